@@ -1,0 +1,114 @@
+"""The organisation directory: who takes part in a SIP and how to reach them.
+
+A YAML (or JSON) file lists organisations with their HSA-id, kind, whom they serve (kommun codes, or
+patients listed with them) and contact channels. Real systems route by the person's home
+municipality and listed primary-care unit; so does this.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from shared.errors import PermanentError
+
+OrgKind = Literal[
+    "kommun_social_services", "primary_care_unit", "hospital", "region_other", "other"
+]
+
+
+class EmailChannel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    type: Literal["email"] = "email"
+    address: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
+
+
+class WebhookChannel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    type: Literal["webhook"] = "webhook"
+    url: str
+
+
+class SmsChannel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    type: Literal["sms"] = "sms"
+    number: str
+
+
+Channel = EmailChannel | WebhookChannel | SmsChannel
+
+
+class Serves(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kommun_codes: tuple[str, ...] = ()
+    listed_patients: bool = Field(
+        default=False,
+        description="Serves the patients listed with it (primary care): matched by HSA-id",
+    )
+
+
+class Organisation(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    hsa_id: str
+    name: str
+    kind: OrgKind
+    serves: Serves = Serves()
+    channels: tuple[Channel, ...] = ()
+
+
+class UnknownRecipient(PermanentError):
+    """Routing found no organisation for a required role."""
+
+
+class Directory(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    organisations: tuple[Organisation, ...]
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> Directory:
+        seen: set[str] = set()
+        for org in self.organisations:
+            if org.hsa_id in seen:
+                raise ValueError(f"duplicate HSA-id in directory: {org.hsa_id}")
+            seen.add(org.hsa_id)
+        return self
+
+    def get(self, hsa_id: str) -> Organisation | None:
+        for org in self.organisations:
+            if org.hsa_id == hsa_id:
+                return org
+        return None
+
+    def social_services_for(self, kommun_code: str) -> Organisation:
+        for org in self.organisations:
+            if org.kind == "kommun_social_services" and kommun_code in org.serves.kommun_codes:
+                return org
+        raise UnknownRecipient(
+            f"no kommun social services in the directory serve kommun code {kommun_code}"
+        )
+
+    def primary_care_for(self, unit_hsa_id: str | None, kommun_code: str) -> Organisation:
+        if unit_hsa_id:
+            org = self.get(unit_hsa_id)
+            if org is None or org.kind != "primary_care_unit":
+                raise UnknownRecipient(f"primary-care unit {unit_hsa_id} is not in the directory")
+            return org
+        for org in self.organisations:
+            if org.kind == "primary_care_unit" and kommun_code in org.serves.kommun_codes:
+                return org
+        raise UnknownRecipient(
+            f"no listed primary-care unit given and none in the directory serves kommun "
+            f"code {kommun_code}"
+        )
+
+
+def load_directory(path: str | Path) -> Directory:
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"organisation directory not found: {p}") from None
+    return Directory.model_validate(data)

@@ -1,0 +1,243 @@
+"""Messaging helpers that make the safe RabbitMQ choices once, for every service.
+
+- persistent messages, publisher confirms, ``on_return_raises=True`` (an unroutable message raises
+  instead of vanishing), a set prefetch;
+- the whole topology declared at start-up (durable quorum queues, dead-letter exchange, delivery
+  limit, at-least-once dead-lettering);
+- a consume middleware that classifies failures: a message that can never succeed (it does not
+  parse, fails contract validation, or the handler raises :class:`PermanentError`) goes to the DLQ
+  at once with the reason in headers; anything else is retried with a growing delay and dead-lettered
+  with its reason once ``max_attempts`` is reached. Poison never blocks a queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from faststream import BaseMiddleware
+from faststream.exceptions import AckMessage, RejectMessage
+from faststream.rabbit import Channel, RabbitBroker
+from faststream.rabbit.message import RabbitMessage
+from pydantic import ValidationError
+
+from shared.contracts import EVENT_EXCHANGES
+from shared.errors import PermanentError
+from shared.topology import (
+    SUBSCRIPTIONS,
+    contract_exchange,
+    dead_letter_exchange,
+    dead_letter_queue,
+    exchange_for,
+    work_queue,
+)
+
+log = logging.getLogger("sip.messaging")
+
+REASON_HEADER = "x-sip-error"
+ERROR_TYPE_HEADER = "x-sip-error-type"
+
+
+def describe_error(exc: BaseException) -> str:
+    """A reason a sender can act on, without echoing input values (they may be personal data)."""
+    if isinstance(exc, ValidationError):
+        parts = []
+        for err in exc.errors(include_input=False, include_url=False):
+            loc = ".".join(str(p) for p in err.get("loc", ())) or "(message)"
+            parts.append(f"{loc}: {err.get('msg')}")
+        return "contract validation failed: " + "; ".join(parts)
+    if isinstance(exc, json.JSONDecodeError):
+        return f"body is not JSON: {exc.msg} at position {exc.pos}"
+    if isinstance(exc, UnicodeDecodeError):
+        return "body is not UTF-8 text"
+    text = str(exc) or exc.__class__.__name__
+    return text[:1000]
+
+
+def is_permanent(exc: BaseException) -> bool:
+    return isinstance(
+        exc, ValidationError | json.JSONDecodeError | UnicodeDecodeError | PermanentError
+    )
+
+
+def _find_validation_error(exc: BaseException) -> BaseException:
+    # fast_depends may wrap the pydantic error; unwrap to classify and describe it.
+    seen = 0
+    cur: BaseException | None = exc
+    while cur is not None and seen < 5:
+        if isinstance(cur, ValidationError):
+            return cur
+        cur = cur.__cause__ or cur.__context__
+        seen += 1
+    return exc
+
+
+def retry_delay(attempt: int) -> float:
+    """Seconds to wait before handing a transiently failed message back (attempt ≥ 1)."""
+    return min(0.2 * (2 ** (attempt - 1)), 5.0)
+
+
+def delivery_attempt(message: RabbitMessage) -> int:
+    headers = message.raw_message.headers or {}
+    count = headers.get("x-delivery-count", 0)
+    try:
+        return int(count) + 1
+    except (TypeError, ValueError):
+        return 1
+
+
+def dead_letter_middleware(
+    consumer: str,
+    broker_ref: Callable[[], RabbitBroker],
+    *,
+    max_attempts: int = 5,
+    on_dead_letter: Callable[[str, str], Awaitable[None] | None] | None = None,
+) -> type[BaseMiddleware]:
+    """Build the consume middleware for one service (``consumer`` names its dead-letter exchange)."""
+
+    dlx = dead_letter_exchange(consumer)
+
+    class DeadLetterMiddleware(BaseMiddleware):
+        async def consume_scope(self, call_next: Any, msg: Any) -> Any:
+            try:
+                return await call_next(msg)
+            except (AckMessage, RejectMessage):
+                raise
+            except asyncio.CancelledError:
+                raise
+            except Exception as raw_exc:
+                exc = _find_validation_error(raw_exc)
+                attempt = delivery_attempt(msg)
+                routing_key = msg.raw_message.routing_key or ""
+                if not is_permanent(exc) and attempt < max_attempts:
+                    delay = retry_delay(attempt)
+                    log.warning(
+                        "transient failure, will retry",
+                        extra={
+                            "routing_key": routing_key,
+                            "message_id": msg.message_id,
+                            "attempt": attempt,
+                            "retry_in_s": delay,
+                            "error_type": type(exc).__name__,
+                        },
+                    )
+                    await asyncio.sleep(delay)
+                    # reject(requeue) counts toward the quorum delivery limit on every version
+                    raise RejectMessage(requeue=True) from None
+                reason = describe_error(exc)
+                headers = dict(msg.raw_message.headers or {})
+                headers.update(
+                    {
+                        REASON_HEADER: reason,
+                        ERROR_TYPE_HEADER: type(exc).__name__,
+                        "x-sip-failed-at": datetime.now(UTC).isoformat(),
+                        "x-sip-attempts": attempt,
+                        "x-sip-original-exchange": msg.raw_message.exchange or "",
+                        "x-sip-original-routing-key": routing_key,
+                        "x-sip-consumer": consumer,
+                    }
+                )
+                # publish (confirmed) first, then ack: a crash in between gives a duplicate
+                # dead letter, never a lost message.
+                await broker_ref().publish(
+                    msg.body,
+                    exchange=dlx,
+                    routing_key=routing_key,
+                    persist=True,
+                    mandatory=True,
+                    headers=headers,
+                    message_id=msg.message_id,
+                    correlation_id=msg.correlation_id,
+                    content_type=msg.content_type,
+                    message_type=msg.raw_message.type,
+                )
+                log.error(
+                    "message dead-lettered",
+                    extra={
+                        "routing_key": routing_key,
+                        "message_id": msg.message_id,
+                        "attempt": attempt,
+                        "error_type": type(exc).__name__,
+                        "reason": reason,
+                    },
+                )
+                if on_dead_letter is not None:
+                    res = on_dead_letter(routing_key, reason)
+                    if asyncio.iscoroutine(res):
+                        await res
+                raise AckMessage() from None
+
+    DeadLetterMiddleware.__name__ = f"DeadLetterMiddleware[{consumer}]"
+    return DeadLetterMiddleware
+
+
+def make_broker(
+    *,
+    service: str,
+    amqp_url: str,
+    prefetch: int = 32,
+    max_attempts: int = 5,
+    graceful_timeout: float = 15.0,
+) -> RabbitBroker:
+    """The one way a service builds its broker. Nothing connects until ``broker.start()``."""
+    holder: dict[str, RabbitBroker] = {}
+    broker = RabbitBroker(
+        amqp_url,
+        default_channel=Channel(
+            prefetch_count=prefetch,
+            publisher_confirms=True,
+            on_return_raises=True,
+        ),
+        app_id=service,
+        graceful_timeout=graceful_timeout,
+        middlewares=(
+            dead_letter_middleware(service, lambda: holder["b"], max_attempts=max_attempts),
+        ),
+        logger=logging.getLogger(f"sip.{service}.broker"),
+        description=f"sip-suite {service} service",
+    )
+    holder["b"] = broker
+    return broker
+
+
+async def declare_topology(broker: RabbitBroker) -> None:
+    """Declare every exchange, work queue, dead-letter exchange and DLQ of the suite."""
+    for name in sorted({s.contract.exchange for s in SUBSCRIPTIONS} | set(EVENT_EXCHANGES)):
+        await broker.declare_exchange(exchange_for(name))
+    for sub in SUBSCRIPTIONS:
+        source = await broker.declare_exchange(contract_exchange(sub.contract))
+        queue = await broker.declare_queue(work_queue(sub))
+        await queue.bind(source, routing_key=sub.contract.routing_key)
+        dlx = await broker.declare_exchange(dead_letter_exchange(sub.consumer))
+        dlq = await broker.declare_queue(dead_letter_queue(sub))
+        await dlq.bind(dlx, routing_key=sub.contract.routing_key)
+
+
+async def publish_raw(
+    broker: RabbitBroker,
+    *,
+    body: bytes,
+    exchange: str,
+    routing_key: str,
+    message_id: str,
+    correlation_id: str | None,
+    headers: dict[str, Any] | None = None,
+) -> None:
+    """Persistent, mandatory, confirmed publish of an already-serialised contract."""
+    await broker.publish(
+        body,
+        exchange=exchange_for(exchange),
+        routing_key=routing_key,
+        persist=True,
+        mandatory=True,
+        message_id=message_id,
+        correlation_id=correlation_id,
+        message_type=routing_key,
+        content_type="application/json",
+        headers=headers,
+        timestamp=datetime.now(UTC),
+    )

@@ -1,0 +1,276 @@
+"""Storage helpers shared by the services: engine, transactional outbox, inbox.
+
+Each service owns its own database (SQLite file by default, PostgreSQL when given a URL) and its own
+tables; this module only supplies the two tables every service needs and the code around them:
+
+- **outbox** — events/commands are inserted in the same transaction as the state change that causes
+  them, and a relay publishes them after commit (confirmed, persistent, mandatory), retrying until
+  the broker confirms. A crash after commit loses nothing: the relay finds the row on restart.
+- **inbox** — the ``message_id`` of every processed message is inserted in the same transaction as
+  its effect; a redelivered or duplicated message finds its id and has no second effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from shared.contracts import Contract
+
+log = logging.getLogger("sip.outbox")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Timezone-aware datetimes on every backend (SQLite stores naive values)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime refused: store aware UTC datetimes")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def sqlite_url(path: str | Path) -> str:
+    return f"sqlite+aiosqlite:///{Path(path)}"
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept the usual spellings and pick the async driver."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        url = "postgresql+asyncpg://" + url[len("postgresql://") :]
+    if url.startswith("sqlite:///"):
+        url = "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
+    return url
+
+
+def make_engine(url: str) -> AsyncEngine:
+    url = normalise_database_url(url)
+    if url.startswith("sqlite"):
+        db_path = url.split("///", 1)[1]
+        if db_path and db_path != ":memory:":
+            Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_async_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def outbox_table(metadata: sa.MetaData) -> sa.Table:
+    return sa.Table(
+        "outbox",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("message_id", sa.String(36), nullable=False, unique=True),
+        sa.Column("exchange", sa.String(128), nullable=False),
+        sa.Column("routing_key", sa.String(128), nullable=False),
+        sa.Column("correlation_id", sa.String(128)),
+        sa.Column("body", sa.Text, nullable=False),
+        sa.Column("created_at", UTCDateTime, nullable=False),
+        sa.Column("published_at", UTCDateTime),
+        sa.Column("attempts", sa.Integer, nullable=False, default=0),
+        sa.Column("last_error", sa.Text),
+        sa.Index("ix_outbox_pending", "published_at", "id"),
+    )
+
+
+def inbox_table(metadata: sa.MetaData) -> sa.Table:
+    return sa.Table(
+        "inbox",
+        metadata,
+        sa.Column("consumer", sa.String(128), primary_key=True),
+        sa.Column("message_id", sa.String(64), primary_key=True),
+        sa.Column("processed_at", UTCDateTime, nullable=False),
+    )
+
+
+async def enqueue(conn: AsyncConnection, outbox: sa.Table, message: Contract) -> None:
+    """Store ``message`` for publishing; call inside the transaction of the state change."""
+    await conn.execute(
+        outbox.insert().values(
+            message_id=str(message.message_id),
+            exchange=message.exchange,
+            routing_key=message.routing_key,
+            correlation_id=message.correlation_id,
+            body=message.model_dump_json(),
+            created_at=utcnow(),
+            attempts=0,
+        )
+    )
+
+
+async def claim_inbox(
+    conn: AsyncConnection, inbox: sa.Table, consumer: str, message_id: str
+) -> bool:
+    """Record ``message_id`` as processed by ``consumer``. False if it already was.
+
+    Runs in the effect's transaction (a savepoint keeps the outer transaction usable on conflict).
+    On PostgreSQL a concurrent replica processing the same id blocks on the key until the first
+    commits, then sees the conflict — so two replicas never both take effect.
+    """
+    exists = await conn.scalar(
+        sa.select(sa.literal(1))
+        .select_from(inbox)
+        .where(inbox.c.consumer == consumer, inbox.c.message_id == message_id)
+    )
+    if exists:
+        return False
+    try:
+        async with conn.begin_nested():
+            await conn.execute(
+                inbox.insert().values(
+                    consumer=consumer, message_id=message_id, processed_at=utcnow()
+                )
+            )
+    except IntegrityError:
+        return False
+    return True
+
+
+Publish = Callable[..., Awaitable[None]]
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows; wakes on demand and polls as a safety net."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        outbox: sa.Table,
+        publish: Publish,
+        *,
+        poll_interval: float = 1.0,
+        batch: int = 200,
+    ) -> None:
+        self._engine = engine
+        self._outbox = outbox
+        self._publish = publish
+        self._poll = poll_interval
+        self._batch = batch
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.published = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            # a final drain so nothing committed waits for the next start
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._task, timeout=10)
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                more = await self.drain_once()
+            except Exception:  # the relay must outlive broker/database hiccups
+                log.exception("outbox relay pass failed; will retry")
+                more = False
+                await asyncio.sleep(self._poll)
+            if self._stopping and not more:
+                return
+            if more:
+                continue
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
+
+    async def drain_once(self) -> bool:
+        """Publish one batch; True if a full batch was published (there may be more)."""
+        o = self._outbox
+        async with self._engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(o)
+                    .where(o.c.published_at.is_(None))
+                    .order_by(o.c.id)
+                    .limit(self._batch)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            if not rows:
+                return False
+            done: list[int] = []
+            failed = 0
+            for row in rows:
+                try:
+                    await self._publish(
+                        body=row.body.encode(),
+                        exchange=row.exchange,
+                        routing_key=row.routing_key,
+                        message_id=row.message_id,
+                        correlation_id=row.correlation_id,
+                    )
+                except Exception as exc:
+                    failed += 1
+                    log.warning(
+                        "outbox publish failed; kept for retry",
+                        extra={
+                            "message_id": row.message_id,
+                            "routing_key": row.routing_key,
+                            "error_type": type(exc).__name__,
+                        },
+                    )
+                    await conn.execute(
+                        o.update()
+                        .where(o.c.id == row.id)
+                        .values(attempts=o.c.attempts + 1, last_error=type(exc).__name__)
+                    )
+                    break  # keep order; try again on the next pass
+                done.append(row.id)
+            if done:
+                await conn.execute(o.update().where(o.c.id.in_(done)).values(published_at=utcnow()))
+                self.published += len(done)
+        if failed:
+            await asyncio.sleep(self._poll)
+            return False
+        return len(rows) == self._batch
+
+
+@contextlib.asynccontextmanager
+async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    async with engine.begin() as conn:
+        yield conn

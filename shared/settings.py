@@ -1,0 +1,68 @@
+"""Typed settings shared by the services.
+
+Each service reads its own prefix first (``PLANNING_``, ``CONSENT_``, ``NOTIFY_``) and falls back to
+``SIP_`` for the settings every service has, so one ``SIP_AMQP_URL`` serves the whole suite.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource
+
+
+class ServiceSettings(BaseSettings):
+    amqp_url: str = Field(
+        default="amqp://guest:guest@127.0.0.1:5672/",
+        description="RabbitMQ URL (amqps:// for TLS)",
+    )
+    database_url: str = Field(
+        default="",
+        description="SQLAlchemy URL; empty = SQLite file under data_dir",
+    )
+    data_dir: str = Field(default="var", description="Where SQLite files live")
+    http_host: str = "127.0.0.1"
+    http_port: int = 0
+    prefetch: int = Field(default=32, ge=1, le=1000, description="RabbitMQ prefetch per channel")
+    max_attempts: int = Field(
+        default=5, ge=1, le=50, description="Deliveries of a failing message before its DLQ"
+    )
+    directory_path: str = Field(
+        default="config/directory.yaml", description="Organisation directory file"
+    )
+    log_level: str = "INFO"
+    log_format: str = Field(default="json", description="json | text")
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _no_placeholder(cls, v: str) -> str:
+        if "CHANGE_ME" in v:
+            raise ValueError("amqp_url still holds a placeholder")
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        suite = EnvSettingsSource(settings_cls, env_prefix="SIP_", case_sensitive=False)
+        return (init_settings, env_settings, suite, dotenv_settings, file_secret_settings)
+
+    def sqlalchemy_url(self, service: str) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir}/{service}.db"
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings safe to print (credentials masked)."""
+        out = self.model_dump()
+        for key, value in out.items():
+            if isinstance(value, str) and "://" in value and "@" in value:
+                scheme, rest = value.split("://", 1)
+                out[key] = f"{scheme}://***@{rest.split('@', 1)[1]}"
+        return out

@@ -1,0 +1,116 @@
+"""The suite's RabbitMQ topology, in one place.
+
+Every service declares the *whole* topology at start-up (declarations are idempotent), so a message
+published before its consumer has ever run is queued, not returned or dropped. Queue arguments are
+identical everywhere because they come from here.
+
+Naming (README, "Message catalogue"):
+- queue ``<consumer>.<routing key>`` — durable quorum queue, replicas of a consumer share it;
+- dead letters ``<consumer>.dlx`` (direct) → ``<queue>.dlq``, bound by the original routing key, so
+  both our own dead-lettering (with a reason header) and the broker's (delivery limit) land there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from faststream.rabbit import ExchangeType, QueueType, RabbitExchange, RabbitQueue
+
+from shared.contracts import (
+    EVENT_EXCHANGES,
+    ConsentDeclined,
+    ConsentGranted,
+    ConsentRequested,
+    Contract,
+    DischargeNotified,
+    InvitationSent,
+    RecordConsent,
+    SendInvitation,
+)
+
+DELIVERY_LIMIT = 20
+"""Broker-side safety net: after this many deliveries the broker dead-letters the message itself."""
+
+
+@dataclass(frozen=True)
+class Subscription:
+    consumer: str
+    contract: type[Contract]
+
+    @property
+    def queue_name(self) -> str:
+        return f"{self.consumer}.{self.contract.routing_key}"
+
+    @property
+    def dlq_name(self) -> str:
+        return f"{self.queue_name}.dlq"
+
+    @property
+    def dlx_name(self) -> str:
+        return dead_letter_exchange_name(self.consumer)
+
+
+SUBSCRIPTIONS: tuple[Subscription, ...] = (
+    Subscription("planning", DischargeNotified),
+    Subscription("planning", ConsentGranted),
+    Subscription("planning", ConsentDeclined),
+    Subscription("planning", InvitationSent),
+    Subscription("consent", ConsentRequested),
+    Subscription("consent", RecordConsent),
+    Subscription("notify", SendInvitation),
+)
+
+
+def dead_letter_exchange_name(consumer: str) -> str:
+    return f"{consumer}.dlx"
+
+
+def exchange_for(name: str) -> RabbitExchange:
+    kind = ExchangeType.TOPIC if name in EVENT_EXCHANGES else ExchangeType.DIRECT
+    return RabbitExchange(name, type=kind, durable=True)
+
+
+def contract_exchange(contract: type[Contract]) -> RabbitExchange:
+    return exchange_for(contract.exchange)
+
+
+def dead_letter_exchange(consumer: str) -> RabbitExchange:
+    return RabbitExchange(
+        dead_letter_exchange_name(consumer), type=ExchangeType.DIRECT, durable=True
+    )
+
+
+def subscription(consumer: str, contract: type[Contract]) -> Subscription:
+    for sub in SUBSCRIPTIONS:
+        if sub.consumer == consumer and sub.contract is contract:
+            return sub
+    raise LookupError(f"no subscription {consumer} ← {contract.routing_key} in the topology")
+
+
+def work_queue(sub: Subscription) -> RabbitQueue:
+    return RabbitQueue(
+        sub.queue_name,
+        queue_type=QueueType.QUORUM,
+        durable=True,
+        routing_key=sub.contract.routing_key,
+        arguments={
+            "x-dead-letter-exchange": sub.dlx_name,
+            "x-delivery-limit": DELIVERY_LIMIT,
+            # at-least-once dead-lettering (RabbitMQ ≥ 3.10) needs reject-publish overflow
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        },
+    )
+
+
+def dead_letter_queue(sub: Subscription) -> RabbitQueue:
+    return RabbitQueue(
+        sub.dlq_name,
+        queue_type=QueueType.QUORUM,
+        durable=True,
+        routing_key=sub.contract.routing_key,
+    )
+
+
+def subscriptions_of(consumer: str) -> tuple[Subscription, ...]:
+    return tuple(s for s in SUBSCRIPTIONS if s.consumer == consumer)
