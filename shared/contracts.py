@@ -91,9 +91,7 @@ class DischargeNotified(Contract):
     patient: PatientRef
     ready_for_discharge_at: AwareDatetime
     expected_discharge_at: AwareDatetime | None = None
-    needs_kommun_support: bool = Field(
-        description="Needs help from the municipality after discharge"
-    )
+    needs_kommun_support: bool = Field(description="Needs help from the municipality after discharge")
     needs_region_support: bool = Field(description="Needs help from the region (primary care, …)")
 
 

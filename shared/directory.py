@@ -15,9 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.errors import PermanentError
 
-OrgKind = Literal[
-    "kommun_social_services", "primary_care_unit", "hospital", "region_other", "other"
-]
+OrgKind = Literal["kommun_social_services", "primary_care_unit", "hospital", "region_other", "other"]
 
 
 class EmailChannel(BaseModel):
@@ -86,9 +84,7 @@ class Directory(BaseModel):
         for org in self.organisations:
             if org.kind == "kommun_social_services" and kommun_code in org.serves.kommun_codes:
                 return org
-        raise UnknownRecipient(
-            f"no kommun social services in the directory serve kommun code {kommun_code}"
-        )
+        raise UnknownRecipient(f"no kommun social services in the directory serve kommun code {kommun_code}")
 
     def primary_care_for(self, unit_hsa_id: str | None, kommun_code: str) -> Organisation:
         if unit_hsa_id:
@@ -100,8 +96,7 @@ class Directory(BaseModel):
             if org.kind == "primary_care_unit" and kommun_code in org.serves.kommun_codes:
                 return org
         raise UnknownRecipient(
-            f"no listed primary-care unit given and none in the directory serves kommun "
-            f"code {kommun_code}"
+            f"no listed primary-care unit given and none in the directory serves kommun code {kommun_code}"
         )
 
 

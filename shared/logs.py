@@ -62,9 +62,7 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> N
     if fmt == "json":
         handler.setFormatter(JsonFormatter(service))
     else:
-        handler.setFormatter(
-            logging.Formatter(f"%(asctime)s {service} %(levelname)s %(name)s %(message)s")
-        )
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {service} %(levelname)s %(name)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -59,9 +59,7 @@ def describe_error(exc: BaseException) -> str:
 
 
 def is_permanent(exc: BaseException) -> bool:
-    return isinstance(
-        exc, ValidationError | json.JSONDecodeError | UnicodeDecodeError | PermanentError
-    )
+    return isinstance(exc, ValidationError | json.JSONDecodeError | UnicodeDecodeError | PermanentError)
 
 
 def _find_validation_error(exc: BaseException) -> BaseException:
@@ -194,9 +192,7 @@ def make_broker(
         ),
         app_id=service,
         graceful_timeout=graceful_timeout,
-        middlewares=(
-            dead_letter_middleware(service, lambda: holder["b"], max_attempts=max_attempts),
-        ),
+        middlewares=(dead_letter_middleware(service, lambda: holder["b"], max_attempts=max_attempts),),
         logger=logging.getLogger(f"sip.{service}.broker"),
         description=f"sip-suite {service} service",
     )

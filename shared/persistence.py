@@ -134,9 +134,7 @@ async def enqueue(conn: AsyncConnection, outbox: sa.Table, message: Contract) ->
     )
 
 
-async def claim_inbox(
-    conn: AsyncConnection, inbox: sa.Table, consumer: str, message_id: str
-) -> bool:
+async def claim_inbox(conn: AsyncConnection, inbox: sa.Table, consumer: str, message_id: str) -> bool:
     """Record ``message_id`` as processed by ``consumer``. False if it already was.
 
     Runs in the effect's transaction (a savepoint keeps the outer transaction usable on conflict).
@@ -153,9 +151,7 @@ async def claim_inbox(
     try:
         async with conn.begin_nested():
             await conn.execute(
-                inbox.insert().values(
-                    consumer=consumer, message_id=message_id, processed_at=utcnow()
-                )
+                inbox.insert().values(consumer=consumer, message_id=message_id, processed_at=utcnow())
             )
     except IntegrityError:
         return False

@@ -28,9 +28,7 @@ class ServiceSettings(BaseSettings):
     max_attempts: int = Field(
         default=5, ge=1, le=50, description="Deliveries of a failing message before its DLQ"
     )
-    directory_path: str = Field(
-        default="config/directory.yaml", description="Organisation directory file"
-    )
+    directory_path: str = Field(default="config/directory.yaml", description="Organisation directory file")
     log_level: str = "INFO"
     log_format: str = Field(default="json", description="json | text")
 

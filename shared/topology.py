@@ -75,9 +75,7 @@ def contract_exchange(contract: type[Contract]) -> RabbitExchange:
 
 
 def dead_letter_exchange(consumer: str) -> RabbitExchange:
-    return RabbitExchange(
-        dead_letter_exchange_name(consumer), type=ExchangeType.DIRECT, durable=True
-    )
+    return RabbitExchange(dead_letter_exchange_name(consumer), type=ExchangeType.DIRECT, durable=True)
 
 
 def subscription(consumer: str, contract: type[Contract]) -> Subscription:

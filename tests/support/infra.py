@@ -1,0 +1,206 @@
+"""Real infrastructure for tests: RabbitMQ vhosts, PostgreSQL databases, processes, an SMTP server.
+
+Nothing here is a double: tests that use these talk to the machine's RabbitMQ and PostgreSQL and to
+real processes over real sockets. Each test gets its own vhost / database, so tests never see each
+other's queues or rows.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+RABBIT_HOST = os.environ.get("SIP_TEST_RABBIT_HOST", "127.0.0.1")
+PG_DSN = os.environ.get("SIP_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+def rabbit_is_up() -> bool:
+    try:
+        with socket.create_connection((RABBIT_HOST, 5672), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def ensure_rabbit() -> None:
+    """Start the machine's broker if a test (or anything) stopped it."""
+    if rabbit_is_up():
+        return
+    subprocess.run(["rabbitmq-server", "-detached"], check=False, capture_output=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        r = subprocess.run(["rabbitmqctl", "-q", "await_startup"], capture_output=True, timeout=95)
+        if r.returncode == 0 and rabbit_is_up():
+            return
+        time.sleep(1)
+    raise RuntimeError("RabbitMQ did not start")
+
+
+@contextmanager
+def rabbit_vhost() -> Iterator[str]:
+    ensure_rabbit()
+    vhost = f"t-{uuid.uuid4().hex[:12]}"
+    _rabbitmqctl("add_vhost", vhost)
+    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    try:
+        yield f"amqp://guest:guest@{RABBIT_HOST}:5672/{vhost}"
+    finally:
+        ensure_rabbit()
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60)
+
+
+@contextmanager
+def pg_database() -> Iterator[str]:
+    import asyncio
+
+    import asyncpg
+
+    name = f"sip_{uuid.uuid4().hex[:12]}"
+
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(PG_DSN)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    base = PG_DSN.rsplit("/", 1)[0]
+    try:
+        yield f"postgresql+asyncpg://{base.split('://', 1)[1]}/{name}"
+    finally:
+        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@dataclass
+class Proc:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    health_url: str | None = None
+    popen: subprocess.Popen[bytes] | None = None
+    _log: object = field(default=None, repr=False)
+
+    def start(self, timeout: float = 60.0) -> Proc:
+        self._log = open(self.log_path, "ab")
+        self.popen = subprocess.Popen(
+            self.argv, env=self.env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        if self.health_url:
+            self.wait_healthy(timeout)
+        return self
+
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            if self.popen is not None and self.popen.poll() is not None:
+                raise RuntimeError(f"{self.name} exited ({self.popen.returncode}); log:\n{self.log()}")
+            try:
+                r = httpx.get(self.health_url, timeout=2)  # type: ignore[arg-type]
+                if r.status_code == 200:
+                    return
+                last = r.text
+            except httpx.HTTPError as exc:
+                last = repr(exc)
+            time.sleep(0.2)
+        raise TimeoutError(f"{self.name} not healthy in {timeout}s: {last}\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
+        if self.popen is None:
+            return None
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+        return self.popen.returncode
+
+    def kill9(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-6000:]
+        except FileNotFoundError:
+            return ""
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+@dataclass
+class MailSink:
+    smtp_port: int
+    http_port: int
+    directory: Path
+    proc: Proc
+
+    def messages(self) -> list[EmailMessage]:
+        out = []
+        for p in sorted(self.directory.glob("*.eml")):
+            out.append(email.message_from_bytes(p.read_bytes(), policy=email.policy.default))
+        return out  # type: ignore[return-value]
+
+    def wait_for(self, count: int, timeout: float = 30.0) -> list[EmailMessage]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msgs = self.messages()
+            if len(msgs) >= count:
+                return msgs
+            time.sleep(0.2)
+        return self.messages()
+
+
+@contextmanager
+def mail_sink(tmp: Path) -> Iterator[MailSink]:
+    smtp_port, http_port = free_port(), free_port()
+    directory = tmp / "mail"
+    proc = Proc(
+        "mailsink",
+        python_module(
+            "devtools.mailsink",
+            "--smtp-port",
+            str(smtp_port),
+            "--http-port",
+            str(http_port),
+            "--dir",
+            str(directory),
+        ),
+        env=dict(os.environ),
+        log_path=tmp / "mailsink.log",
+        health_url=f"http://127.0.0.1:{http_port}/healthz",
+    ).start()
+    try:
+        yield MailSink(smtp_port, http_port, directory, proc)
+    finally:
+        proc.stop()
