@@ -92,6 +92,8 @@ def make_engine(url: str) -> AsyncEngine:
 
 
 def outbox_table(metadata: sa.MetaData) -> sa.Table:
+    if "outbox" in metadata.tables:  # one metadata may serve several app instances
+        return metadata.tables["outbox"]
     return sa.Table(
         "outbox",
         metadata,
@@ -110,6 +112,8 @@ def outbox_table(metadata: sa.MetaData) -> sa.Table:
 
 
 def inbox_table(metadata: sa.MetaData) -> sa.Table:
+    if "inbox" in metadata.tables:
+        return metadata.tables["inbox"]
     return sa.Table(
         "inbox",
         metadata,

@@ -1,0 +1,46 @@
+"""FHIR helpers shared by the services: the checks fhir.resources does not make, OperationOutcome."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fhir_core.fhirabstractmodel import FHIRAbstractModel
+
+
+class FhirValidationError(ValueError):
+    """A resource breaks a rule; ``element`` names the FHIRPath-like location."""
+
+    def __init__(self, element: str, message: str) -> None:
+        super().__init__(f"{element}: {message}")
+        self.element = element
+
+
+def check_required_bindings(model: FHIRAbstractModel, path: str | None = None) -> None:
+    """Refuse codes outside required bindings (fhir.resources only checks the type).
+
+    The allowed codes sit in ``model_fields[name].json_schema_extra["enum_values"]``.
+    """
+    here = path or model.get_resource_type()
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name, None)
+        if value is None:
+            continue
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        allowed = extra.get("enum_values")
+        element = f"{here}.{info.alias or name}"
+        if allowed and isinstance(value, str) and value not in allowed:
+            raise FhirValidationError(element, f"code '{value}' is not in the required value set {allowed}")
+        items = value if isinstance(value, list) else [value]
+        for i, item in enumerate(items):
+            if isinstance(item, FHIRAbstractModel):
+                sub = f"{element}[{i}]" if isinstance(value, list) else element
+                check_required_bindings(item, sub)
+
+
+def operation_outcome(
+    diagnostics: str, *, code: str = "invalid", severity: str = "error", expression: str | None = None
+) -> dict[str, Any]:
+    issue: dict[str, Any] = {"severity": severity, "code": code, "diagnostics": diagnostics}
+    if expression:
+        issue["expression"] = [expression]
+    return {"resourceType": "OperationOutcome", "issue": [issue]}
