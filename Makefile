@@ -1,0 +1,35 @@
+# The README's two commands are `make run` and `make test`; both install what they need first.
+SHELL := /bin/bash
+UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-fast lint format docs clean
+
+.venv/.installed: pyproject.toml uv.lock
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install -q uv
+	$(UV) sync --frozen
+	@touch $@
+
+install: .venv/.installed
+
+run: install
+	@scripts/ensure-infra.sh
+	.venv/bin/sipctl run
+
+test: install
+	@scripts/ensure-infra.sh
+	.venv/bin/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	.venv/bin/python -m pytest -m "not e2e and not broker and not postgres and not fault" $(PYTEST_ARGS)
+
+lint: install
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+format: install
+	.venv/bin/ruff format .
+	.venv/bin/ruff check --fix .
+
+clean:
+	rm -rf var .pytest_cache .ruff_cache

@@ -1,0 +1,279 @@
+"""sipctl — the operator's command line for sip-suite.
+
+  sipctl run                 start the whole suite locally (mail sink + planning + consent + notify)
+  sipctl send-discharge      publish a sample discharge and follow what happens to it
+  sipctl consent CASE_ID     record the person's consent for a case (over the consent API)
+  sipctl status              health of every service and the open SIP cases
+
+Settings come from the environment (see .env.example); the defaults match `make run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from uuid import uuid4
+
+import httpx
+
+from shared.contracts import DischargeNotified, PatientRef
+
+SAMPLE_PERSONNUMMER = "191212121212"  # Skatteverket test personnummer
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def urls() -> dict[str, str]:
+    host = "127.0.0.1"
+    return {
+        "planning": f"http://{host}:{_env('PLANNING_HTTP_PORT', '8080')}",
+        "consent": f"http://{host}:{_env('CONSENT_HTTP_PORT', '8081')}",
+        "notify": f"http://{host}:{_env('NOTIFY_HTTP_PORT', '8082')}",
+    }
+
+
+def amqp_url() -> str:
+    return _env("SIP_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+# ---- run --------------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    env = dict(os.environ)
+    env.setdefault("SIP_DATA_DIR", str(REPO / "var"))
+    env.setdefault("SIP_LOG_FORMAT", "text")
+    smtp_port = env.setdefault("NOTIFY_SMTP_PORT", "1025")
+    mail_http = env.get("MAILSINK_HTTP_PORT", "8025")
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+    py = sys.executable
+    if not args.no_mailsink:
+        procs.append(
+            (
+                "mailsink",
+                subprocess.Popen(
+                    [
+                        py,
+                        "-m",
+                        "devtools.mailsink",
+                        "--smtp-port",
+                        smtp_port,
+                        "--http-port",
+                        mail_http,
+                        "--dir",
+                        str(Path(env["SIP_DATA_DIR"]) / "mail"),
+                    ],
+                    env=env,
+                    cwd=REPO,
+                ),
+            )
+        )
+    for name in ("consent", "planning", "notify"):
+        procs.append((name, subprocess.Popen([py, "-m", f"services.{name}"], env=env, cwd=REPO)))
+
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+    deadline = time.monotonic() + args.startup_timeout
+    healthy: set[str] = set()
+    while not stopping and time.monotonic() < deadline and len(healthy) < 3:
+        for name, base in urls().items():
+            if name in healthy:
+                continue
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    healthy.add(name)
+            except httpx.HTTPError:
+                pass
+        if any(p.poll() is not None for _, p in procs):
+            break
+        time.sleep(0.3)
+    if len(healthy) == 3:
+        print("\nsip-suite is up and healthy:", flush=True)
+        for name, base in urls().items():
+            print(f"  {name:9s} {base}   ({base}/healthz)", flush=True)
+        print(f"  fhir      {urls()['planning']}/fhir/metadata", flush=True)
+        if not args.no_mailsink:
+            print(f"  mail sink smtp://127.0.0.1:{smtp_port}  web http://127.0.0.1:{mail_http}/", flush=True)
+        print("Try: .venv/bin/sipctl send-discharge --follow   (Ctrl-C stops the suite)\n", flush=True)
+    else:
+        print(f"sip-suite did not become healthy (healthy: {sorted(healthy)})", file=sys.stderr, flush=True)
+        stopping = True
+    rc = 0 if len(healthy) == 3 else 1
+    while not stopping:
+        for name, p in procs:
+            if p.poll() is not None:
+                print(f"{name} exited with {p.returncode}; stopping the suite", file=sys.stderr, flush=True)
+                stopping, rc = True, 1
+        time.sleep(0.5)
+    for _, p in reversed(procs):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for _, p in procs:
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    return rc
+
+
+# ---- send-discharge ---------------------------------------------------------------------------
+async def _publish(event: DischargeNotified) -> None:
+    import aio_pika
+
+    conn = await aio_pika.connect(amqp_url())
+    async with conn:
+        ch = await conn.channel(publisher_confirms=True, on_return_raises=True)
+        ex = await ch.declare_exchange(event.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+        await ex.publish(
+            aio_pika.Message(
+                event.model_dump_json().encode(),
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=str(event.message_id),
+                correlation_id=event.correlation_id,
+                type=event.routing_key,
+            ),
+            routing_key=event.routing_key,
+            mandatory=True,
+        )
+
+
+def cmd_send_discharge(args: argparse.Namespace) -> int:
+    now = datetime.now(UTC)
+    event = DischargeNotified(
+        episode_id=args.episode or f"VISIT-{uuid4().hex[:8].upper()}",
+        hospital_hsa_id=args.hospital,
+        patient=PatientRef(
+            identifier=args.personnummer,
+            kommun_code=args.kommun,
+            primary_care_unit_hsa_id=args.primary_care,
+        ),
+        ready_for_discharge_at=now,
+        needs_kommun_support=not args.region_only,
+        needs_region_support=True,
+        correlation_id=f"cli-{uuid4().hex[:12]}",
+    )
+    asyncio.run(_publish(event))
+    print(
+        f"published {event.routing_key} message_id={event.message_id} correlation_id={event.correlation_id}"
+    )
+    print(f"episode {event.episode_id}, ready for discharge {event.ready_for_discharge_at.isoformat()}")
+    if not args.follow:
+        return 0
+    return _follow(event.episode_id, args.timeout)
+
+
+def _follow(episode_id: str, timeout: float) -> int:
+    base = urls()["planning"]
+    deadline = time.monotonic() + timeout
+    last_state = None
+    while time.monotonic() < deadline:
+        try:
+            cases = httpx.get(f"{base}/cases", params={"all": "true"}, timeout=3).json()
+        except (httpx.HTTPError, ValueError):
+            cases = []
+        case = next((c for c in cases if c.get("episode_id") == episode_id), None)
+        if case and case.get("state") != last_state:
+            last_state = case.get("state")
+            print(
+                f"  case {case.get('reference')} ({case.get('id')}): {last_state}; "
+                f"invitation due {case.get('invitation_due_at')}"
+            )
+        if last_state in ("invited", "declined"):
+            return 0
+        time.sleep(0.5)
+    if last_state is None:
+        print("  no SIP case yet (is planning running? did the discharge need both kommun and region?)")
+    return 0 if last_state else 1
+
+
+# ---- consent ----------------------------------------------------------------------------------
+def cmd_consent(args: argparse.Namespace) -> int:
+    body = {
+        "case_id": args.case_id,
+        "patient_identifier": args.personnummer,
+        "decision": "declined" if args.decline else "granted",
+        "method": args.method,
+        "given_by": args.given_by,
+        "recorded_by_hsa_id": args.recorded_by,
+    }
+    r = httpx.post(f"{urls()['consent']}/consents", json=body, timeout=10)
+    print(r.status_code, json.dumps(r.json(), indent=2, ensure_ascii=False))
+    return 0 if r.status_code in (200, 201) else 1
+
+
+# ---- status -----------------------------------------------------------------------------------
+def cmd_status(_: argparse.Namespace) -> int:
+    rc = 0
+    for name, base in urls().items():
+        try:
+            r = httpx.get(f"{base}/healthz", timeout=3)
+            print(f"{name:9s} {r.status_code} {r.text}")
+            rc |= r.status_code != 200
+        except httpx.HTTPError as exc:
+            print(f"{name:9s} DOWN ({type(exc).__name__})")
+            rc = 1
+    try:
+        cases = httpx.get(f"{urls()['planning']}/cases", timeout=3).json()
+        print(f"\nopen SIP cases: {len(cases)}")
+        for c in cases[:20]:
+            print(
+                f"  {c.get('reference')}  {c.get('state'):22s} due {c.get('invitation_due_at')}  "
+                f"owner {c.get('owner_hsa_id')}"
+            )
+    except (httpx.HTTPError, ValueError):
+        pass
+    return int(rc)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        prog="sipctl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="start the whole suite locally")
+    r.add_argument("--no-mailsink", action="store_true", help="use a real SMTP server from NOTIFY_SMTP_*")
+    r.add_argument("--startup-timeout", type=float, default=90)
+    r.set_defaults(fn=cmd_run)
+    d = sub.add_parser("send-discharge", help="publish a sample discharge (test personnummer)")
+    d.add_argument("--personnummer", default=SAMPLE_PERSONNUMMER)
+    d.add_argument("--kommun", default="0180")
+    d.add_argument("--primary-care", default="SE2321000016-VC001")
+    d.add_argument("--hospital", default="SE2321000016-SJH01")
+    d.add_argument("--episode")
+    d.add_argument("--region-only", action="store_true", help="needs no kommun help: no SIP")
+    d.add_argument("--follow", action="store_true", help="poll planning and print the case as it moves")
+    d.add_argument("--timeout", type=float, default=30)
+    d.set_defaults(fn=cmd_send_discharge)
+    c = sub.add_parser("consent", help="record consent for a case")
+    c.add_argument("case_id")
+    c.add_argument("--personnummer", default=SAMPLE_PERSONNUMMER)
+    c.add_argument("--recorded-by", default="SE2321000016-VC001")
+    c.add_argument("--method", choices=["oral", "written"], default="oral")
+    c.add_argument("--given-by", choices=["patient", "guardians", "representative"], default="patient")
+    c.add_argument("--decline", action="store_true")
+    c.set_defaults(fn=cmd_consent)
+    s = sub.add_parser("status", help="health and open cases")
+    s.set_defaults(fn=cmd_status)
+    args = ap.parse_args(argv)
+    sys.exit(args.fn(args))
+
+
+if __name__ == "__main__":
+    main()
