@@ -1,0 +1,89 @@
+"""HTTP API of notify: read what was sent to whom and how it went.
+
+The list view leaves out the recipients' addresses (contact data) and the message text; the
+single-notification view includes the address and subject. Neither ever shows personal data of
+the patient — there is none in notify.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID
+
+from fastapi import APIRouter, HTTPException, Query
+from pydantic import BaseModel
+
+from services.notify.adapters.store import SqlNotificationRepository
+from services.notify.domain import Notification
+from shared.runtime import ServiceRuntime
+
+
+class NotificationSummary(BaseModel):
+    id: UUID
+    case_id: UUID
+    case_reference: str
+    recipient_hsa_id: str
+    channel: str
+    status: str
+    attempts: int
+    next_attempt_at: datetime | None
+    sent_at: datetime | None
+    last_error: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, n: Notification) -> NotificationSummary:
+        return cls(
+            id=n.id,
+            case_id=n.case_id,
+            case_reference=n.case_reference,
+            recipient_hsa_id=n.recipient_hsa_id,
+            channel=n.channel,
+            status=n.status,
+            attempts=n.attempts,
+            next_attempt_at=n.next_attempt_at if n.status == "pending" else None,
+            sent_at=n.sent_at,
+            last_error=n.last_error,
+            created_at=n.created_at,
+        )
+
+
+class NotificationDetail(NotificationSummary):
+    address: str | None
+    subject: str
+    language: str
+    email_message_id: str
+    correlation_id: str | None
+
+    @classmethod
+    def of(cls, n: Notification) -> NotificationDetail:
+        return cls(
+            **NotificationSummary.of(n).model_dump(),
+            address=n.address,
+            subject=n.subject,
+            language=n.language,
+            email_message_id=n.email_message_id,
+            correlation_id=n.correlation_id,
+        )
+
+
+def build_router(runtime: ServiceRuntime) -> APIRouter:
+    router = APIRouter(tags=["notifications"])
+
+    @router.get("/notifications", response_model=list[NotificationSummary])
+    async def list_notifications(
+        case_id: UUID = Query(description="The SIP case"),
+    ) -> list[NotificationSummary]:
+        async with runtime.engine.connect() as conn:
+            found = await SqlNotificationRepository(conn).for_case(case_id)
+        return [NotificationSummary.of(n) for n in found]
+
+    @router.get("/notifications/{notification_id}", response_model=NotificationDetail)
+    async def get_notification(notification_id: UUID) -> NotificationDetail:
+        async with runtime.engine.connect() as conn:
+            n = await SqlNotificationRepository(conn).get(notification_id)
+        if n is None:
+            raise HTTPException(status_code=404, detail="notification not found")
+        return NotificationDetail.of(n)
+
+    return router

@@ -1,0 +1,190 @@
+"""The dispatcher: a background loop that sends due notifications and records the outcome.
+
+One notification at a time goes through three steps, each its own transaction:
+
+1. **claim** — ``pending → sending``, attempts + 1 (only if still pending, so two loops never
+   send the same row at once);
+2. **send** — the e-mail goes to the SMTP server with ``Message-ID: <{notification_id}@sip-suite>``;
+   the id is derived from the dedupe key, so every attempt carries the same Message-ID;
+3. **record** — in ONE transaction: ``sending → sent`` (sent_at) and ``InvitationSent`` into the
+   outbox; or, on a transient failure, back to ``pending`` with an exponential, capped backoff; on a
+   permanent failure or when attempts are exhausted, ``failed`` with a reason free of personal data.
+
+Crash rule (explicit, tested): a notification still in ``sending`` when the dispatcher starts was
+being sent when the process died — between steps 1 and 3 we cannot know whether the server got the
+mail. It is put back to ``pending`` and sent again: **e-mail delivery is at-least-once**. The
+duplicate carries the same Message-ID, so the receiving side (mail systems, people) can recognise
+it. Losing an invitation is worse than a rare duplicate with the same id. This start-up release
+assumes one dispatcher per database (one notify replica), as SQLite implies; several replicas on
+PostgreSQL would need a lease on ``sending`` instead (not done).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from uuid import UUID
+
+from services.notify.adapters.store import SqlNotificationRepository
+from services.notify.domain import Notification, after_failure, backoff
+from services.notify.ports import (
+    EmailSender,
+    OutgoingEmail,
+    PermanentSendError,
+    SendError,
+    TransientSendError,
+)
+from services.notify.settings import NotifySettings
+from shared.clock import Clock
+from shared.contracts import InvitationSent
+from shared.runtime import ServiceRuntime
+
+log = logging.getLogger("sip.notify.dispatcher")
+
+BATCH = 50
+
+
+class Dispatcher:
+    def __init__(
+        self, runtime: ServiceRuntime, sender: EmailSender, clock: Clock, settings: NotifySettings
+    ) -> None:
+        self.runtime = runtime
+        self.sender = sender
+        self.clock = clock
+        self.settings = settings
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # ---- the loop ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Background task: release in-flight rows (crash rule), then send whatever is due."""
+        while True:
+            try:
+                released = await self.release_in_flight()
+                break
+            except Exception:
+                log.exception("could not release in-flight notifications; will retry")
+                await asyncio.sleep(self.settings.dispatch_interval)
+        if released:
+            log.warning(
+                "notifications found in 'sending' at start-up will be sent again (same Message-ID)",
+                extra={"count": released},
+            )
+        while True:
+            try:
+                sent_any = await self.dispatch_once()
+            except Exception:  # the loop must outlive database hiccups
+                log.exception("dispatch pass failed; will retry")
+                sent_any = 0
+            if sent_any >= BATCH:
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.dispatch_interval)
+
+    async def release_in_flight(self) -> int:
+        async with self.runtime.unit_of_work() as uow:
+            return await SqlNotificationRepository(uow.conn).release_in_flight(self.clock.now())
+
+    async def dispatch_once(self) -> int:
+        """Try every due notification once (up to a batch); return how many were tried."""
+        async with self.runtime.engine.connect() as conn:
+            due = await SqlNotificationRepository(conn).due(self.clock.now(), BATCH)
+        for n in due:
+            await self.deliver(n.id)
+        return len(due)
+
+    # ---- one notification -------------------------------------------------------------------
+    async def deliver(self, notification_id: UUID) -> str | None:
+        """Claim, send, record. Returns the resulting status (None if someone else had it)."""
+        async with self.runtime.unit_of_work() as uow:
+            n = await SqlNotificationRepository(uow.conn).claim(notification_id, self.clock.now())
+        if n is None:
+            return None
+        try:
+            await self._send(n)
+        except SendError as exc:
+            return await self._record_failure(n, exc)
+        except Exception as exc:  # an unexpected bug in a sender must not lose the mail
+            log.exception("unexpected error from the e-mail sender", extra={"notification_id": str(n.id)})
+            return await self._record_failure(
+                n, TransientSendError(f"unexpected error ({type(exc).__name__})")
+            )
+        return await self._record_sent(n)
+
+    async def _send(self, n: Notification) -> None:
+        if n.channel != "email" or not n.address:
+            raise PermanentSendError(f"cannot send over channel {n.channel}")
+        addresses = tuple(a.strip() for a in n.address.split(",") if a.strip())
+        await self.sender.send(
+            OutgoingEmail(
+                message_id=n.email_message_id,
+                to=addresses,
+                subject=n.subject,
+                body=n.body,
+                language=n.language,
+            )
+        )
+
+    async def _record_sent(self, n: Notification) -> str:
+        now = self.clock.now()
+        async with self.runtime.unit_of_work() as uow:
+            if await SqlNotificationRepository(uow.conn).mark_sent(n.id, now):
+                await uow.send(
+                    InvitationSent(
+                        case_id=n.case_id,
+                        notification_id=n.id,
+                        recipient_hsa_id=n.recipient_hsa_id,
+                        channel="email",
+                        sent_at=now,
+                        correlation_id=n.correlation_id,
+                    )
+                )
+        log.info(
+            "invitation sent",
+            extra={
+                "notification_id": str(n.id),
+                "case_id": str(n.case_id),
+                "recipient_hsa_id": n.recipient_hsa_id,
+                "attempts": n.attempts,
+                "correlation_id": n.correlation_id,
+            },
+        )
+        return "sent"
+
+    async def _record_failure(self, n: Notification, exc: SendError) -> str:
+        now = self.clock.now()
+        error = str(exc) or type(exc).__name__
+        status = after_failure(
+            attempts=n.attempts,
+            max_attempts=self.settings.max_send_attempts,
+            permanent=isinstance(exc, PermanentSendError),
+        )
+        async with self.runtime.unit_of_work() as uow:
+            repo = SqlNotificationRepository(uow.conn)
+            if status == "failed":
+                if n.attempts >= self.settings.max_send_attempts and not isinstance(exc, PermanentSendError):
+                    error = f"gave up after {n.attempts} attempts: {error}"
+                await repo.mark_failed(n.id, now, error)
+            else:
+                delay = backoff(
+                    n.attempts,
+                    base_seconds=self.settings.retry_base_seconds,
+                    max_seconds=self.settings.retry_max_seconds,
+                )
+                await repo.reschedule(n.id, now + delay, now, error)
+        extra = {
+            "notification_id": str(n.id),
+            "recipient_hsa_id": n.recipient_hsa_id,
+            "attempts": n.attempts,
+            "error": error,
+            "correlation_id": n.correlation_id,
+        }
+        if status == "failed":
+            log.error("notification failed", extra=extra)
+        else:
+            log.warning("send failed, will retry", extra=extra)
+        return status

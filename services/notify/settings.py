@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import ServiceSettings
+
+
+class NotifySettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="NOTIFY_", extra="ignore")
+
+    http_port: int = 8082
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 1025
+    smtp_starttls: bool = Field(default=False, description="Require STARTTLS on a plain connection")
+    smtp_tls: bool = Field(default=False, description="Implicit TLS from the first byte (port 465)")
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    mail_from: str = "sip-suite@localhost"
+    send_timeout: float = Field(default=10.0, gt=0, description="Seconds for one SMTP conversation")
+
+    dispatch_interval: float = Field(default=0.5, gt=0, description="Seconds between dispatcher polls")
+    retry_base_seconds: float = Field(default=1.0, gt=0, description="First retry delay; doubles each time")
+    retry_max_seconds: float = Field(default=300, gt=0, description="Longest retry delay")
+    max_send_attempts: int = Field(default=10, ge=1, le=100, description="Sends before a mail is failed")

@@ -1,0 +1,25 @@
+"""RabbitMQ edge of notify: translate a message, call a handler, inside one unit of work."""
+
+from __future__ import annotations
+
+from services.notify import handlers
+from services.notify.adapters.store import SqlNotificationRepository
+from services.notify.dispatcher import Dispatcher
+from shared.clock import Clock
+from shared.contracts import SendInvitation
+from shared.directory import Directory
+from shared.runtime import ServiceRuntime
+from shared.topology import contract_exchange, subscription, work_queue
+
+
+def register(runtime: ServiceRuntime, directory: Directory, dispatcher: Dispatcher, clock: Clock) -> None:
+    invite = subscription("notify", SendInvitation)
+
+    @runtime.broker.subscriber(work_queue(invite), contract_exchange(SendInvitation), title=invite.queue_name)
+    async def on_send_invitation(msg: SendInvitation) -> None:
+        async with runtime.unit_of_work() as uow:
+            if await uow.first_time(invite.queue_name, str(msg.message_id)):
+                await handlers.accept_invitation(
+                    msg, directory=directory, repo=SqlNotificationRepository(uow.conn), clock=clock
+                )
+        dispatcher.wake()

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.notify.app import create_app
+from services.notify.ports import OutgoingEmail
+from services.notify.settings import NotifySettings
+from shared.clock import FixedClock
+
+T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+
+DIRECTORY = """
+organisations:
+  - hsa_id: SE2120001-SOC0180
+    name: Stockholms stad, socialtjänsten
+    kind: kommun_social_services
+    serves: {kommun_codes: ["0180"]}
+    channels:
+      - {type: email, address: sip-socialtjanst@stockholm.example}
+  - hsa_id: SE2321000016-VC001
+    name: Vårdcentralen Södermalm
+    kind: primary_care_unit
+    channels:
+      - {type: email, address: fast-vardkontakt@vc-sodermalm.example}
+      - {type: email, address: reception@vc-sodermalm.example}
+      - {type: webhook, url: "https://vc.example/hook"}
+      - {type: sms, number: "+46700000000"}
+  - hsa_id: SE2321000016-NONE
+    name: Utan kanal
+    kind: other
+"""
+
+
+class FakeSender:
+    """Records what would be sent; raises the queued errors first."""
+
+    def __init__(self) -> None:
+        self.sent: list[OutgoingEmail] = []
+        self.errors: list[BaseException] = []
+
+    async def send(self, email: OutgoingEmail) -> None:
+        if self.errors:
+            raise self.errors.pop(0)
+        self.sent.append(email)
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    return FixedClock(T0)
+
+
+@pytest.fixture
+def sender() -> FakeSender:
+    return FakeSender()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> NotifySettings:
+    directory = tmp_path / "directory.yaml"
+    directory.write_text(DIRECTORY, encoding="utf-8")
+    return NotifySettings(
+        data_dir=str(tmp_path),
+        directory_path=str(directory),
+        retry_base_seconds=2,
+        retry_max_seconds=60,
+        max_send_attempts=3,
+    )
+
+
+@pytest.fixture
+async def app(settings: NotifySettings, clock: FixedClock, sender: FakeSender) -> Any:
+    """The app with its tables created; the lifespan (broker, dispatcher loop) does not run."""
+    app = create_app(settings, clock=clock, sender=sender)
+    runtime = app.state.runtime
+    async with runtime.engine.begin() as conn:
+        await conn.run_sync(runtime.metadata.create_all)
+    yield app
+    await runtime.engine.dispose()

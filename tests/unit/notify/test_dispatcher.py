@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from uuid import UUID
+
+import sqlalchemy as sa
+
+from services.notify import handlers
+from services.notify.adapters.store import SqlNotificationRepository, notifications
+from services.notify.ports import PermanentSendError, TransientSendError
+from shared.directory import load_directory
+from tests.unit.notify.test_subscriber_and_handler import invitation
+
+
+async def accept(app, settings, clock, *recipients: str):
+    runtime = app.state.runtime
+    async with runtime.unit_of_work() as uow:
+        return await handlers.accept_invitation(
+            invitation(*recipients),
+            directory=load_directory(settings.directory_path),
+            repo=SqlNotificationRepository(uow.conn),
+            clock=clock,
+        )
+
+
+async def get(app, nid: UUID):
+    async with app.state.runtime.engine.connect() as conn:
+        return await SqlNotificationRepository(conn).get(nid)
+
+
+async def outbox(app) -> list:
+    rt = app.state.runtime
+    async with rt.engine.connect() as conn:
+        return list(await conn.execute(sa.select(rt.outbox)))
+
+
+async def test_success_marks_sent_and_enqueues_invitation_sent(app, settings, clock, sender):
+    [n] = await accept(app, settings, clock, "SE2120001-SOC0180")
+    assert await app.state.dispatcher.dispatch_once() == 1
+    [mail] = sender.sent
+    assert mail.message_id == f"<{n.id}@sip-suite>"
+    assert mail.to == ("sip-socialtjanst@stockholm.example",)
+    stored = await get(app, n.id)
+    assert (stored.status, stored.attempts, stored.sent_at) == ("sent", 1, clock.now())
+    [row] = await outbox(app)
+    assert row.routing_key == "notify.invitation-sent.v1"
+    assert row.correlation_id == "corr-1"
+    body = json.loads(row.body)
+    assert body["notification_id"] == str(n.id)
+    assert body["recipient_hsa_id"] == "SE2120001-SOC0180"
+    assert body["channel"] == "email"
+    # nothing more is due: a second pass sends nothing
+    assert await app.state.dispatcher.dispatch_once() == 0
+    assert len(sender.sent) == 1
+
+
+async def test_transient_failure_backs_off_then_succeeds_with_the_same_message_id(
+    app, settings, clock, sender
+):
+    [n] = await accept(app, settings, clock, "SE2120001-SOC0180")
+    sender.errors = [TransientSendError("cannot reach the mail server (ConnectionRefusedError)")] * 2
+    d = app.state.dispatcher
+    await d.dispatch_once()
+    s = await get(app, n.id)
+    assert (s.status, s.attempts) == ("pending", 1)
+    assert s.next_attempt_at == clock.now() + timedelta(seconds=2)  # base 2 s
+    assert "cannot reach" in s.last_error
+    assert await d.dispatch_once() == 0  # not due yet
+    clock.advance(timedelta(seconds=2))
+    await d.dispatch_once()
+    s = await get(app, n.id)
+    assert (s.status, s.attempts) == ("pending", 2)
+    assert s.next_attempt_at == clock.now() + timedelta(seconds=4)  # doubled
+    clock.advance(timedelta(seconds=4))
+    await d.dispatch_once()
+    s = await get(app, n.id)
+    assert (s.status, s.attempts, s.last_error) == ("sent", 3, None)
+    assert [m.message_id for m in sender.sent] == [f"<{n.id}@sip-suite>"]
+    assert len(await outbox(app)) == 1
+
+
+async def test_permanent_failure_fails_at_once_without_event(app, settings, clock, sender):
+    [n] = await accept(app, settings, clock, "SE2120001-SOC0180")
+    sender.errors = [PermanentSendError("SMTP 550: mailbox unavailable")]
+    assert await app.state.dispatcher.deliver(n.id) == "failed"
+    s = await get(app, n.id)
+    assert (s.status, s.attempts, s.last_error) == ("failed", 1, "SMTP 550: mailbox unavailable")
+    assert await outbox(app) == []
+    assert await app.state.dispatcher.dispatch_once() == 0
+
+
+async def test_attempts_are_exhausted(app, settings, clock, sender):
+    [n] = await accept(app, settings, clock, "SE2120001-SOC0180")
+    sender.errors = [TransientSendError("timed out talking to the mail server")] * 5
+    d = app.state.dispatcher
+    for _ in range(settings.max_send_attempts):
+        await d.dispatch_once()
+        clock.advance(timedelta(minutes=5))
+    s = await get(app, n.id)
+    assert (s.status, s.attempts) == ("failed", settings.max_send_attempts)
+    assert s.last_error.startswith("gave up after 3 attempts")
+    assert sender.sent == [] and await outbox(app) == []
+
+
+async def test_unexpected_sender_error_is_retried_not_lost(app, settings, clock, sender):
+    [n] = await accept(app, settings, clock, "SE2120001-SOC0180")
+    sender.errors = [RuntimeError("bug")]
+    assert await app.state.dispatcher.deliver(n.id) == "pending"
+
+
+async def test_claim_happens_once(app, settings, clock, sender):
+    [n] = await accept(app, settings, clock, "SE2120001-SOC0180")
+    async with app.state.runtime.unit_of_work() as uow:
+        assert await SqlNotificationRepository(uow.conn).claim(n.id, clock.now()) is not None
+    assert await app.state.dispatcher.deliver(n.id) is None  # already 'sending': not sent twice
+    assert sender.sent == []
+
+
+async def test_crash_rule_sending_at_start_is_sent_again(app, settings, clock, sender):
+    """A row left in 'sending' (crash between send and record) is released and sent again."""
+    [n] = await accept(app, settings, clock, "SE2120001-SOC0180")
+    async with app.state.runtime.unit_of_work() as uow:
+        await SqlNotificationRepository(uow.conn).claim(n.id, clock.now())
+    d = app.state.dispatcher
+    assert await d.dispatch_once() == 0  # 'sending' is not picked up during normal running
+    assert await d.release_in_flight() == 1
+    await d.dispatch_once()
+    s = await get(app, n.id)
+    assert (s.status, s.attempts) == ("sent", 2)
+    assert [m.message_id for m in sender.sent] == [f"<{n.id}@sip-suite>"]
+
+
+async def test_failed_unsupported_channels_are_never_dispatched(app, settings, clock, sender):
+    await accept(app, settings, clock, "SE2321000016-VC001")
+    assert await app.state.dispatcher.dispatch_once() == 1  # only the e-mail
+    async with app.state.runtime.engine.connect() as conn:
+        statuses = dict(
+            (await conn.execute(sa.select(notifications.c.channel, notifications.c.status))).all()
+        )
+    assert statuses == {"email": "sent", "webhook": "failed", "sms": "failed"}
+    assert sender.sent[0].to == ("fast-vardkontakt@vc-sodermalm.example", "reception@vc-sodermalm.example")
