@@ -28,9 +28,11 @@ class _Store:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.items: list[dict[str, Any]] = []
+        # continue numbering after a restart, never overwrite what already arrived
+        self.offset = len(list(self.dir.glob("*.eml")))
 
     def add(self, mail_from: str, rcpt_tos: list[str], data: bytes) -> None:
-        n = len(self.items) + 1
+        n = self.offset + len(self.items) + 1
         (self.dir / f"{n:06d}.eml").write_bytes(data)
         msg = email.message_from_bytes(data, policy=email.policy.default)
         self.items.append(

@@ -33,3 +33,15 @@ def test_vhost_fixture_gives_isolated_broker(amqp_url):
             return m.body
 
     assert asyncio.run(roundtrip()) == b"x"
+
+
+def test_smtp_sink_keeps_mail_across_a_restart(smtp):
+    for subject in ("first", "second"):
+        msg = EmailMessage()
+        msg["From"], msg["To"], msg["Subject"] = "a@x.example", "b@y.example", subject
+        msg.set_content("x")
+        with smtplib.SMTP("127.0.0.1", smtp.smtp_port, timeout=10) as s:
+            s.send_message(msg)
+        smtp.proc.stop()
+        smtp.proc.start()
+    assert [m["Subject"] for m in smtp.wait_for(2)] == ["first", "second"]
