@@ -74,6 +74,15 @@ def _find_validation_error(exc: BaseException) -> BaseException:
     return exc
 
 
+def _body_error(body: bytes) -> Exception | None:
+    """The JSON/UTF-8 error of a body, if it has one (faststream only decodes JSON by content-type)."""
+    try:
+        json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return exc
+    return None
+
+
 def retry_delay(attempt: int) -> float:
     """Seconds to wait before handing a transiently failed message back (attempt ≥ 1)."""
     return min(0.2 * (2 ** (attempt - 1)), 5.0)
@@ -126,7 +135,7 @@ def dead_letter_middleware(
                     await asyncio.sleep(delay)
                     # reject(requeue) counts toward the quorum delivery limit on every version
                     raise RejectMessage(requeue=True) from None
-                reason = describe_error(exc)
+                reason = describe_error(_body_error(msg.body) or exc)
                 headers = dict(msg.raw_message.headers or {})
                 headers.update(
                     {

@@ -4,6 +4,7 @@
   sipctl send-discharge      publish a sample discharge and follow what happens to it
   sipctl consent CASE_ID     record the person's consent for a case (over the consent API)
   sipctl status              health of every service and the open SIP cases
+  sipctl dead-letters list   dead letters with their reasons;  `replay QUEUE [--id ID ...]` sends them back
 
 Settings come from the environment (see .env.example); the defaults match `make run`.
 """
@@ -242,6 +243,27 @@ def cmd_status(_: argparse.Namespace) -> int:
     return int(rc)
 
 
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    from sipctl import deadletters
+
+    if args.action == "list":
+        items = asyncio.run(deadletters.list_dead_letters(amqp_url(), args.queue, args.limit))
+        if not items:
+            print("no dead letters")
+        for d in items:
+            print(
+                f"{d.queue}  message_id={d.message_id}  attempts={d.attempts}  failed_at={d.failed_at}\n"
+                f"    from {d.exchange or '(default)'} / {d.routing_key}\n    reason: {d.reason}"
+            )
+        return 0
+    if not args.queue:
+        print("replay needs the queue name (see `sipctl dead-letters list`)", file=sys.stderr)
+        return 2
+    n = asyncio.run(deadletters.replay(amqp_url(), args.queue, set(args.id) if args.id else None))
+    print(f"replayed {n} message(s) from {args.queue}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         prog="sipctl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -271,6 +293,12 @@ def main(argv: list[str] | None = None) -> None:
     c.set_defaults(fn=cmd_consent)
     s = sub.add_parser("status", help="health and open cases")
     s.set_defaults(fn=cmd_status)
+    dl = sub.add_parser("dead-letters", help="list or replay dead letters")
+    dl.add_argument("action", choices=["list", "replay"])
+    dl.add_argument("queue", nargs="?", help="a work queue or its .dlq (default: all DLQs, for list)")
+    dl.add_argument("--id", action="append", help="replay only this message_id (repeatable)")
+    dl.add_argument("--limit", type=int, default=100)
+    dl.set_defaults(fn=cmd_dead_letters)
     args = ap.parse_args(argv)
     sys.exit(args.fn(args))
 

@@ -12,6 +12,8 @@ from datetime import datetime
 from typing import Literal
 from uuid import UUID
 
+from shared.errors import PermanentError
+
 Decision = Literal["granted", "declined"]
 Purpose = Literal["draw-up-plan", "share-information", "send-invitation"]
 GivenBy = Literal["patient", "guardians", "representative"]
@@ -19,8 +21,11 @@ Method = Literal["oral", "written"]
 Status = Literal["active", "withdrawn", "cancelled"]
 
 
-class ConsentRuleViolation(ValueError):
-    """The consent as given cannot be recorded; the message says why (no personal data)."""
+class ConsentRuleViolation(PermanentError, ValueError):
+    """The consent as given cannot be recorded; the message says why (no personal data).
+
+    Permanent: a message carrying it goes to the dead-letter queue with this reason at once.
+    """
 
 
 @dataclass(frozen=True)
