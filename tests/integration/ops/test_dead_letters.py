@@ -97,7 +97,8 @@ async def test_poison_goes_to_dlq_with_reason_stream_continues_and_replay_works(
             },
         )
         await _wait_count(amqp_url, "consent.consent.record.v1.dlq", 3)
-        out = subprocess.run(
+        out = await asyncio.to_thread(
+            subprocess.run,
             [
                 sys.executable,
                 "-m",
