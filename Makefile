@@ -33,3 +33,6 @@ format: install
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache
+
+docs: install
+	.venv/bin/python -m devtools.gendocs

@@ -33,6 +33,7 @@ from shared.persistence import (
     outbox_table,
 )
 from shared.settings import ServiceSettings
+from shared.topology import PUBLICATIONS, contract_exchange
 
 log = logging.getLogger("sip.runtime")
 
@@ -62,6 +63,19 @@ class ServiceRuntime:
         )
         self.engine = make_engine(self.settings.sqlalchemy_url(self.service))
         self.relay = OutboxRelay(self.engine, self.outbox, self._publish)
+        self._document_publications()
+
+    def _document_publications(self) -> None:
+        """Describe what this service publishes (via its outbox) in its AsyncAPI document."""
+        for contract in PUBLICATIONS.get(self.service, ()):
+            self.broker.publisher(
+                exchange=contract_exchange(contract),
+                routing_key=contract.routing_key,
+                persist=True,
+                schema=contract,
+                title=f"{self.service}:{contract.routing_key}",
+                description=(contract.__doc__ or "").strip() or None,
+            )
 
     async def _publish(self, **kwargs: Any) -> None:
         await publish_raw(self.broker, **kwargs)

@@ -61,6 +61,14 @@ SUBSCRIPTIONS: tuple[Subscription, ...] = (
 )
 
 
+PUBLICATIONS: dict[str, tuple[type[Contract], ...]] = {
+    "planning": (ConsentRequested, SendInvitation),
+    "consent": (ConsentGranted, ConsentDeclined),
+    "notify": (InvitationSent,),
+}
+"""What each service publishes (through its outbox); documented in its AsyncAPI."""
+
+
 def dead_letter_exchange_name(consumer: str) -> str:
     return f"{consumer}.dlx"
 
