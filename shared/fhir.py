@@ -6,8 +6,10 @@ from typing import Any
 
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
 
+from shared.errors import PermanentError
 
-class FhirValidationError(ValueError):
+
+class FhirValidationError(PermanentError, ValueError):
     """A resource breaks a rule; ``element`` names the FHIRPath-like location."""
 
     def __init__(self, element: str, message: str) -> None:
@@ -28,7 +30,8 @@ def check_required_bindings(model: FHIRAbstractModel, path: str | None = None) -
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         allowed = extra.get("enum_values")
         element = f"{here}.{info.alias or name}"
-        if allowed and isinstance(value, str) and value not in allowed:
+        # fhir.resources ends an abridged value set with "+": such a list cannot refuse a code
+        if allowed and "+" not in allowed and isinstance(value, str) and value not in allowed:
             raise FhirValidationError(element, f"code '{value}' is not in the required value set {allowed}")
         items = value if isinstance(value, list) else [value]
         for i, item in enumerate(items):

@@ -1,0 +1,3 @@
+from services.planning.app import main
+
+main()
