@@ -58,12 +58,13 @@ async def handle_discharge(
 ) -> SipCase | None:
     now = clock.now()
     needed = sip_needed(ev.needs_kommun_support, ev.needs_region_support)
+    # route first: an unknown recipient refuses the discharge before anything is recorded
+    participants, owner = resolve_participants(ev, directory) if needed else ((), "")
     if not await repo.add_episode(ev.hospital_hsa_id, ev.episode_id, now, ev.ready_for_discharge_at, needed):
         log.info("discharge episode already known; no second effect", extra={"episode": ev.episode_id})
         return None
     if not needed:
         return None
-    participants, owner = resolve_participants(ev, directory)
     case_id = new_case_id()
     case = SipCase(
         id=case_id,

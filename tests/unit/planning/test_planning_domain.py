@@ -1,0 +1,93 @@
+from datetime import UTC, datetime, timedelta
+from itertools import product
+from uuid import uuid4
+
+import pytest
+
+from services.planning.domain import (
+    TRANSITIONS,
+    InvalidTransition,
+    Participant,
+    SipCase,
+    invitation_deadline,
+    invitees,
+    new_reference,
+    sip_needed,
+)
+from shared.errors import PermanentError
+
+NOW = datetime(2026, 11, 20, 14, 30, tzinfo=UTC)
+STATES = sorted(TRANSITIONS)
+
+
+def case(state="consent_pending", **kw) -> SipCase:
+    base = dict(
+        id=uuid4(), reference="SIP-2026-ABC123", hospital_hsa_id="H", episode_id="E",
+        patient_identifier="191212121212", is_child=False, kommun_code="0180", owner_hsa_id="VC",
+        participants=(Participant("SOC", "Soc", "kommun_social_services"), Participant("VC", "Vc", "primary_care_unit")),
+        state=state, opened_at=NOW, ready_for_discharge_at=NOW, invitation_due_at=NOW + timedelta(days=3),
+    )  # fmt: skip
+    base.update(kw)
+    return SipCase(**base)
+
+
+ALLOWED = {
+    ("consent_pending", "invitation_requested"),
+    ("consent_pending", "declined"),
+    ("invitation_requested", "invited"),
+}
+
+
+@pytest.mark.parametrize(("current", "target"), sorted(product(STATES, STATES)))
+def test_every_transition_is_either_allowed_or_refused(current, target):
+    c = case(current)
+    if (current, target) in ALLOWED:
+        assert c.move_to(target).state == target
+    else:
+        with pytest.raises(InvalidTransition) as err:
+            c.move_to(target)
+        assert f"from {current} to {target}" in str(err.value)
+        assert isinstance(err.value, PermanentError)  # a refused transition is never retried
+
+
+def test_transition_table_is_what_the_tests_say():
+    assert {(a, b) for a, bs in TRANSITIONS.items() for b in bs} == ALLOWED
+
+
+@pytest.mark.parametrize(
+    ("kommun", "region", "expected"),
+    [(True, True, True), (True, False, False), (False, True, False), (False, False, False)],
+)
+def test_sip_needed_only_when_both_kommun_and_region(kommun, region, expected):
+    assert sip_needed(kommun, region) is expected
+
+
+def test_invitation_deadline_is_three_days_from_the_exact_ready_timestamp():
+    ready = datetime(2026, 12, 30, 23, 59, 59, 123456, tzinfo=UTC)
+    assert invitation_deadline(ready) == datetime(2027, 1, 2, 23, 59, 59, 123456, tzinfo=UTC)
+    assert invitation_deadline(ready, 5) == ready + timedelta(days=5)
+    with pytest.raises(ValueError):
+        invitation_deadline(datetime(2026, 1, 1))
+
+
+def test_deadline_met_is_known_only_once_invited():
+    c = case("invitation_requested")
+    assert c.invitation_deadline_met is None
+    assert c.move_to("invited", invited_at=c.invitation_due_at).invitation_deadline_met is True
+    late = c.move_to("invited", invited_at=c.invitation_due_at + timedelta(seconds=1))
+    assert late.invitation_deadline_met is False
+
+
+def test_only_consented_organisations_are_invited():
+    assert invitees(("A", "B", "C"), ()) == ("A", "B", "C")
+    assert invitees(("A", "B", "C"), ("C", "A", "X")) == ("A", "C")
+    assert invitees(("A",), ("X",)) == ()
+
+
+def test_reference_does_not_look_like_a_personnummer():
+    import re
+
+    for _ in range(200):
+        ref = new_reference(uuid4(), NOW)
+        assert re.fullmatch(r"SIP-2026-[0-9A-F]{6}", ref)
+        assert not re.search(r"\d{6}[-+]?\d{4}", ref)
