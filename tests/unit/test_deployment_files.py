@@ -6,6 +6,8 @@ from pathlib import Path
 import yaml
 
 from services.consent.settings import ConsentSettings
+from services.notify.settings import NotifySettings
+from services.planning.settings import PlanningSettings
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = {"planning": 8080, "consent": 8081, "notify": 8082}
@@ -64,7 +66,12 @@ def test_dockerfile_is_slim_non_root_and_locked():
 def test_env_example_lists_every_setting():
     text = (REPO / ".env.example").read_text()
     keys = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", text, re.M))
-    for field in ConsentSettings.model_fields:
-        assert f"SIP_{field.upper()}" in keys or f"CONSENT_{field.upper()}" in keys, field
+    for prefix, cls in (
+        ("CONSENT", ConsentSettings),
+        ("PLANNING", PlanningSettings),
+        ("NOTIFY", NotifySettings),
+    ):
+        for field in cls.model_fields:
+            assert f"SIP_{field.upper()}" in keys or f"{prefix}_{field.upper()}" in keys, (prefix, field)
     for required in ("RABBITMQ_USER", "RABBITMQ_PASSWORD", "POSTGRES_USER", "POSTGRES_PASSWORD"):
         assert required in keys
