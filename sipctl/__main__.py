@@ -196,6 +196,9 @@ def _follow(episode_id: str, timeout: float) -> int:
                 f"  case {case.get('reference')} ({case.get('id')}): {last_state}; "
                 f"invitation due {case.get('invitation_due_at')}"
             )
+        if last_state == "consent_pending":
+            print(f"  waiting for the person's consent: sipctl consent {case.get('id')}")
+            return 0
         if last_state in ("invited", "declined"):
             return 0
         time.sleep(0.5)

@@ -234,3 +234,28 @@ async def _drain(amqp_url: str, queue: str) -> list[aio_pika.abc.AbstractIncomin
             await m.ack()
             out.append(m)
     return out
+
+
+def test_operator_cli_sends_a_sample_discharge_and_shows_what_happened(suite: Suite):
+    import subprocess
+    import sys
+
+    env = {**suite.env(), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+
+    def sipctl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "sipctl", *args], env=env, capture_output=True, text=True,
+                              timeout=60, cwd=REPO)  # fmt: skip
+
+    pnr = ADULTS[11]
+    sent = sipctl("send-discharge", "--personnummer", pnr, "--follow", "--timeout", "20")
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert "published hospital.discharge.v1" in sent.stdout
+    m = re.search(r"case (SIP-\d{4}-[0-9A-F]{6}) \(([0-9a-f-]{36})\): consent_pending", sent.stdout)
+    assert m, sent.stdout
+    given = sipctl("consent", m.group(2), "--personnummer", pnr)
+    assert given.returncode == 0 and '"decision": "granted"' in given.stdout, given.stdout + given.stderr
+    assert_invitations(suite, pnr)
+    status = wait_until(lambda: (r := sipctl("status")) and m.group(1) in r.stdout and "invited" in r.stdout and r,
+                        what="status shows the invited case")  # fmt: skip
+    assert status.returncode == 0
+    assert all(f"{name:9s} 200" in status.stdout for name in ("planning", "consent", "notify"))
