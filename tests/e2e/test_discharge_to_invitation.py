@@ -12,7 +12,6 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from uuid import uuid4
@@ -23,57 +22,14 @@ import pytest
 
 from shared.contracts import DischargeNotified, PatientRef
 from shared.directory import load_directory
-from tests.support.infra import REPO, MailSink, Proc, free_port, python_module
+from tests.support.infra import REPO, MailSink, free_port
 from tests.support.personnummer import ADULTS
+from tests.support.suite import Suite
 
 pytestmark = [pytest.mark.e2e, pytest.mark.broker]
 
 DIRECTORY = REPO / "config" / "directory.yaml"
 PARTICIPANTS = ("SE2120001-SOC0180", "SE2321000016-VC001", "SE2321000016-SJH01")
-
-
-@dataclass
-class Suite:
-    amqp_url: str
-    tmp: Path
-    ports: dict[str, int]
-    procs: dict[str, Proc]
-    smtp: MailSink
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.ports[name]}"
-
-    def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            SIP_AMQP_URL=self.amqp_url,
-            SIP_DATA_DIR=str(self.tmp / "data"),
-            SIP_DIRECTORY_PATH=str(DIRECTORY),
-            SIP_LOG_FORMAT="json",
-            PLANNING_HTTP_PORT=str(self.ports["planning"]),
-            PLANNING_PUBLIC_BASE_URL=self.url("planning"),
-            CONSENT_HTTP_PORT=str(self.ports["consent"]),
-            NOTIFY_HTTP_PORT=str(self.ports["notify"]),
-            NOTIFY_SMTP_PORT=str(self.smtp.smtp_port),
-            NOTIFY_RETRY_BASE_SECONDS="0.5",
-        )
-        return env
-
-    def start(self, name: str) -> Proc:
-        proc = Proc(
-            name,
-            python_module(f"services.{name}"),
-            env=self.env(),
-            log_path=self.tmp / f"{name}.log",
-            health_url=f"{self.url(name)}/healthz",
-        ).start(timeout=60)
-        self.procs[name] = proc
-        return proc
-
-    def logs(self) -> str:
-        return "\n".join(
-            p.log_path.read_text(errors="replace") for p in self.procs.values() if p.log_path.exists()
-        )
 
 
 @pytest.fixture

@@ -1,0 +1,58 @@
+"""The whole suite as separate processes against a real broker and SMTP server (for e2e and fault tests)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.support.infra import REPO, MailSink, Proc, python_module
+
+DIRECTORY = REPO / "config" / "directory.yaml"
+
+
+@dataclass
+class Suite:
+    amqp_url: str
+    tmp: Path
+    ports: dict[str, int]
+    procs: dict[str, Proc]
+    smtp: MailSink
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            SIP_AMQP_URL=self.amqp_url,
+            SIP_DATA_DIR=str(self.tmp / "data"),
+            SIP_DIRECTORY_PATH=str(DIRECTORY),
+            SIP_LOG_FORMAT="json",
+            PLANNING_HTTP_PORT=str(self.ports["planning"]),
+            PLANNING_PUBLIC_BASE_URL=self.url("planning"),
+            CONSENT_HTTP_PORT=str(self.ports["consent"]),
+            NOTIFY_HTTP_PORT=str(self.ports["notify"]),
+            NOTIFY_SMTP_PORT=str(self.smtp.smtp_port),
+            NOTIFY_RETRY_BASE_SECONDS="0.5",
+        )
+        env.update(self.extra_env)
+        return env
+
+    def start(self, name: str, *, instance: str | None = None, env: dict[str, str] | None = None) -> Proc:
+        key = instance or name
+        proc = Proc(
+            key,
+            python_module(f"services.{name}"),
+            env={**self.env(), **(env or {})},
+            log_path=self.tmp / f"{key}.log",
+            health_url=f"http://127.0.0.1:{(env or {}).get(f'{name.upper()}_HTTP_PORT', self.ports[name])}/healthz",
+        ).start(timeout=60)
+        self.procs[key] = proc
+        return proc
+
+    def logs(self) -> str:
+        return "\n".join(
+            p.log_path.read_text(errors="replace") for p in self.procs.values() if p.log_path.exists()
+        )
