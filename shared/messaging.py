@@ -245,4 +245,5 @@ async def publish_raw(
         content_type="application/json",
         headers=headers,
         timestamp=datetime.now(UTC),
+        timeout=10,  # a broker that does not confirm in time: the outbox keeps the row and retries
     )

@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -80,12 +81,22 @@ def make_engine(url: str) -> AsyncEngine:
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # The sqlite3 driver only sends BEGIN before the first write, so a SAVEPOINT (the
+            # inbox claim) would open — and its RELEASE commit — a transaction of its own,
+            # separating the inbox mark from the effect. Take transaction control ourselves.
+            dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _sqlite_begin(conn: Any) -> None:
+            # IMMEDIATE takes the write lock up front: concurrent writers (replicas) wait on
+            # busy_timeout instead of failing when a read snapshot cannot be upgraded.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_async_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
@@ -107,6 +118,8 @@ def outbox_table(metadata: sa.MetaData) -> sa.Table:
         sa.Column("published_at", UTCDateTime),
         sa.Column("attempts", sa.Integer, nullable=False, default=0),
         sa.Column("last_error", sa.Text),
+        sa.Column("claimed_by", sa.String(32)),
+        sa.Column("claimed_until", UTCDateTime),
         sa.Index("ix_outbox_pending", "published_at", "id"),
     )
 
@@ -176,7 +189,9 @@ class OutboxRelay:
         *,
         poll_interval: float = 1.0,
         batch: int = 200,
+        claim_seconds: float = 30.0,
     ) -> None:
+        self._claim_seconds = claim_seconds
         self._engine = engine
         self._outbox = outbox
         self._publish = publish
@@ -219,52 +234,72 @@ class OutboxRelay:
                 await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
 
     async def drain_once(self) -> bool:
-        """Publish one batch; True if a full batch was published (there may be more)."""
+        """Publish one batch; True if a full batch was published (there may be more).
+
+        Rows are claimed in a short transaction (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, the
+        write lock on SQLite), published outside any transaction, then marked published. Several
+        replicas share the work; a claim that outlives a crashed relay expires and is taken again
+        (the consumers' inbox absorbs the rare second publish).
+        """
         o = self._outbox
+        token = uuid.uuid4().hex
+        now = utcnow()
         async with self._engine.begin() as conn:
-            rows = (
-                await conn.execute(
-                    sa.select(o)
-                    .where(o.c.published_at.is_(None))
-                    .order_by(o.c.id)
-                    .limit(self._batch)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
-            if not rows:
+            pick = (
+                sa.select(o.c.id)
+                .where(o.c.published_at.is_(None))
+                .where(sa.or_(o.c.claimed_until.is_(None), o.c.claimed_until < now))
+                .order_by(o.c.id)
+                .limit(self._batch)
+            )
+            if conn.dialect.name == "postgresql":
+                pick = pick.with_for_update(skip_locked=True)
+            ids = (await conn.execute(pick)).scalars().all()
+            if not ids:
                 return False
-            done: list[int] = []
-            failed = 0
-            for row in rows:
-                try:
-                    await self._publish(
-                        body=row.body.encode(),
-                        exchange=row.exchange,
-                        routing_key=row.routing_key,
-                        message_id=row.message_id,
-                        correlation_id=row.correlation_id,
-                    )
-                except Exception as exc:
-                    failed += 1
-                    log.warning(
-                        "outbox publish failed; kept for retry",
-                        extra={
-                            "message_id": row.message_id,
-                            "routing_key": row.routing_key,
-                            "error_type": type(exc).__name__,
-                        },
-                    )
-                    await conn.execute(
-                        o.update()
-                        .where(o.c.id == row.id)
-                        .values(attempts=o.c.attempts + 1, last_error=type(exc).__name__)
-                    )
-                    break  # keep order; try again on the next pass
-                done.append(row.id)
+            await conn.execute(
+                o.update()
+                .where(o.c.id.in_(ids))
+                .values(claimed_by=token, claimed_until=now + timedelta(seconds=self._claim_seconds))
+            )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(sa.select(o).where(o.c.claimed_by == token).order_by(o.c.id))).all()
+        done: list[int] = []
+        error: str | None = None
+        for row in rows:
+            try:
+                await self._publish(
+                    body=row.body.encode(),
+                    exchange=row.exchange,
+                    routing_key=row.routing_key,
+                    message_id=row.message_id,
+                    correlation_id=row.correlation_id,
+                )
+            except Exception as exc:
+                error = type(exc).__name__
+                log.warning(
+                    "outbox publish failed; kept for retry",
+                    extra={"message_id": row.message_id, "routing_key": row.routing_key, "error_type": error},
+                )
+                break  # keep order; try again on the next pass
+            done.append(row.id)
+        async with self._engine.begin() as conn:
             if done:
                 await conn.execute(o.update().where(o.c.id.in_(done)).values(published_at=utcnow()))
                 self.published += len(done)
-        if failed:
+            rest = [r.id for r in rows if r.id not in set(done)]
+            if rest:
+                await conn.execute(
+                    o.update()
+                    .where(o.c.id.in_(rest))
+                    .values(
+                        claimed_by=None,
+                        claimed_until=None,
+                        attempts=o.c.attempts + 1,
+                        last_error=error,
+                    )
+                )
+        if error:
             await asyncio.sleep(self._poll)
             return False
         return len(rows) == self._batch

@@ -79,6 +79,8 @@ class ServiceRuntime:
 
     async def _publish(self, **kwargs: Any) -> None:
         await publish_raw(self.broker, **kwargs)
+        if self.settings.fault_duplicate_publish:  # fault injection: every message delivered twice
+            await publish_raw(self.broker, **kwargs)
 
     # ---- unit of work -------------------------------------------------------------------------
     @contextlib.asynccontextmanager

@@ -29,6 +29,10 @@ class ServiceSettings(BaseSettings):
         default=5, ge=1, le=50, description="Deliveries of a failing message before its DLQ"
     )
     directory_path: str = Field(default="config/directory.yaml", description="Organisation directory file")
+    fault_duplicate_publish: bool = Field(
+        default=False,
+        description="Fault injection for tests: publish every outgoing message twice. Never in production.",
+    )
     log_level: str = "INFO"
     log_format: str = Field(default="json", description="json | text")
 

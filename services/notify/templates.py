@@ -13,10 +13,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from shared.identifiers import is_valid_person_identifier, luhn_check_digit
+
 STOCKHOLM = ZoneInfo("Europe/Stockholm")
 
 # 10 or 12 digits, optionally with - or + before the last four (YYMMDD-NNNN, YYYYMMDDNNNN, …)
 PERSONAL_NUMBER = re.compile(r"(?<!\d)(?:\d{2})?\d{6}[-+]?\d{4}(?!\d)")
+# UUIDs (case and plan ids in links) often hold long digit runs; they are identifiers we issue.
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 class PersonalDataInText(ValueError):
@@ -35,8 +39,22 @@ _SV_MONTHS = (
 )  # fmt: skip
 
 
+def _is_person_number(candidate: str) -> bool:
+    digits = re.sub(r"\D", "", candidate)
+    if len(digits) == 12:
+        return is_valid_person_identifier(digits)
+    # ten digits: the check digit is all we can test without the century
+    return luhn_check_digit(digits[:9]) == int(digits[9])
+
+
 def contains_personal_number(text: str) -> bool:
-    return PERSONAL_NUMBER.search(text) is not None
+    """True if the text holds a valid personnummer/samordningsnummer (date and check digit).
+
+    Only valid numbers count, and UUIDs are skipped: a guard that fires on any digit run would
+    refuse lawful invitations whose plan link happens to contain one.
+    """
+    scrubbed = _UUID.sub(" ", text)
+    return any(_is_person_number(m.group()) for m in PERSONAL_NUMBER.finditer(scrubbed))
 
 
 def local_due(due_at: datetime) -> datetime:

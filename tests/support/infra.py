@@ -89,12 +89,19 @@ def pg_database() -> Iterator[str]:
         finally:
             await conn.close()
 
-    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    def blocking(sql: str) -> None:
+        # a thread of its own: callers may already be inside a running event loop
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, run(sql)).result()
+
+    blocking(f'CREATE DATABASE "{name}"')
     base = PG_DSN.rsplit("/", 1)[0]
     try:
         yield f"postgresql+asyncpg://{base.split('://', 1)[1]}/{name}"
     finally:
-        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        blocking(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @dataclass

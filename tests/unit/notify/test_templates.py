@@ -79,3 +79,16 @@ def test_personal_number_detector():
     assert contains_personal_number("x 19121212-1212 y")
     assert not contains_personal_number("SIP-2026-4F3A9C")
     assert not contains_personal_number("7d9f2c1e-0b4a-4c1e-9a53-6a1f1c0e5a11")
+
+
+def test_digit_runs_in_plan_links_are_not_mistaken_for_personnummer():
+    from datetime import UTC, datetime
+
+    from services.notify.templates import render_invitation
+
+    # found by the fault-injection stream: a UUID whose last group is all digits
+    url = "http://127.0.0.1:8080/fhir/CarePlan/0f0e0d0c-1b2a-4c3d-8e9f-191212121212"
+    text = render_invitation(case_reference="SIP-2026-0F0E0D", invitation_due_at=datetime(2026, 11, 23, tzinfo=UTC),
+                             plan_url=url, language="sv")  # fmt: skip
+    assert url in text.body
+    assert not contains_personal_number("order 4711 2026-11-23 10:00, ref 1234567890")  # no valid check digit
