@@ -37,7 +37,7 @@ async def _counts(engine, *tables):
 
 
 async def test_failed_effect_rolls_back_the_inbox_mark_and_the_outbox(store):
-    engine, inbox, outbox, effects = store
+    engine, inbox, outbox, effects = store  # noqa: RUF059
     with pytest.raises(RuntimeError):
         async with engine.begin() as conn:
             assert await claim_inbox(conn, inbox, "c", "m-1")
@@ -48,7 +48,7 @@ async def test_failed_effect_rolls_back_the_inbox_mark_and_the_outbox(store):
 
 
 async def test_cancelled_handler_leaves_nothing_behind(store):
-    engine, inbox, outbox, effects = store
+    engine, inbox, outbox, effects = store  # noqa: RUF059
     claimed = asyncio.Event()
 
     async def handler():
@@ -74,7 +74,7 @@ async def test_cancelled_handler_leaves_nothing_behind(store):
 
 
 async def test_relay_publishes_each_row_once_and_keeps_failures(store):
-    engine, inbox, outbox, effects = store
+    engine, inbox, outbox, effects = store  # noqa: RUF059
     async with engine.begin() as conn:
         for i in range(5):
             await enqueue(conn, outbox, ConsentRequested(case_id=f"00000000-0000-0000-0000-00000000000{i}",
