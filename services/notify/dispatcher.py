@@ -93,8 +93,14 @@ class Dispatcher:
         """Try every due notification once (up to a batch); return how many were tried."""
         async with self.runtime.engine.connect() as conn:
             due = await SqlNotificationRepository(conn).due(self.clock.now(), BATCH)
-        for n in due:
-            await self.deliver(n.id)
+        # several mails in flight at once (bounded); the claim keeps any one from going out twice
+        limit = asyncio.Semaphore(self.settings.send_concurrency)
+
+        async def one(notification_id: UUID) -> None:
+            async with limit:
+                await self.deliver(notification_id)
+
+        await asyncio.gather(*(one(n.id) for n in due))
         return len(due)
 
     # ---- one notification -------------------------------------------------------------------

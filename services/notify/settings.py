@@ -24,3 +24,4 @@ class NotifySettings(ServiceSettings):
     retry_base_seconds: float = Field(default=1.0, gt=0, description="First retry delay; doubles each time")
     retry_max_seconds: float = Field(default=300, gt=0, description="Longest retry delay")
     max_send_attempts: int = Field(default=10, ge=1, le=100, description="Sends before a mail is failed")
+    send_concurrency: int = Field(default=8, ge=1, le=64, description="E-mails in flight at once")
