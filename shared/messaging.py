@@ -28,11 +28,14 @@ from pydantic import ValidationError
 from shared.contracts import EVENT_EXCHANGES
 from shared.errors import PermanentError
 from shared.topology import (
+    DEFAULT_RETRY_DELAY_SECONDS,
     SUBSCRIPTIONS,
     contract_exchange,
     dead_letter_exchange,
     dead_letter_queue,
     exchange_for,
+    retry_queue,
+    subscription_for_queue,
     work_queue,
 )
 
@@ -88,13 +91,58 @@ def retry_delay(attempt: int) -> float:
     return min(0.2 * (2 ** (attempt - 1)), 5.0)
 
 
-def delivery_attempt(message: RabbitMessage) -> int:
-    headers = message.raw_message.headers or {}
-    count = headers.get("x-delivery-count", 0)
+PRIOR_ATTEMPTS_HEADER = "x-sip-prior-attempts"
+
+
+def _int(value: Any) -> int:
     try:
-        return int(count) + 1
+        return int(value)
     except (TypeError, ValueError):
-        return 1
+        return 0
+
+
+def delivery_attempt(message: RabbitMessage) -> int:
+    """Deliveries of this copy from its queue (the quorum queue counts redeliveries)."""
+    return _int((message.raw_message.headers or {}).get("x-delivery-count", 0)) + 1
+
+
+def total_attempts(message: RabbitMessage) -> int:
+    """All attempts so far, including those before the message waited in the retry queue."""
+    return _int((message.raw_message.headers or {}).get(PRIOR_ATTEMPTS_HEADER, 0)) + delivery_attempt(message)
+
+
+def original_routing_key(message: RabbitMessage) -> str:
+    headers = message.raw_message.headers or {}
+    return str(headers.get("x-sip-original-routing-key") or message.raw_message.routing_key or "")
+
+
+async def _park_for_retry(
+    broker: RabbitBroker, msg: RabbitMessage, retry_queue_name: str, routing_key: str, attempt: int
+) -> None:
+    """Put a copy in the consumer's retry queue (it comes back after the delay), then ack this one."""
+    headers = {
+        k: v for k, v in (msg.raw_message.headers or {}).items() if k not in ("x-death", "x-delivery-count")
+    }
+    headers.update(
+        {
+            PRIOR_ATTEMPTS_HEADER: attempt,
+            "x-sip-original-routing-key": routing_key,
+            "x-sip-original-exchange": headers.get("x-sip-original-exchange")
+            or msg.raw_message.exchange
+            or "",
+        }
+    )
+    await broker.publish(
+        msg.body,
+        queue=retry_queue_name,
+        persist=True,
+        mandatory=True,
+        headers=headers,
+        message_id=msg.message_id,
+        correlation_id=msg.correlation_id,
+        content_type=msg.content_type,
+        message_type=msg.raw_message.type,
+    )
 
 
 def dead_letter_middleware(
@@ -118,22 +166,28 @@ def dead_letter_middleware(
                 raise
             except Exception as raw_exc:
                 exc = _find_validation_error(raw_exc)
-                attempt = delivery_attempt(msg)
-                routing_key = msg.raw_message.routing_key or ""
+                attempt = total_attempts(msg)
+                routing_key = original_routing_key(msg)
                 if not is_permanent(exc) and attempt < max_attempts:
-                    delay = retry_delay(attempt)
+                    immediate = delivery_attempt(msg) == 1
                     log.warning(
                         "transient failure, will retry",
                         extra={
                             "routing_key": routing_key,
                             "message_id": msg.message_id,
                             "attempt": attempt,
-                            "retry_in_s": delay,
+                            "retry": "immediate" if immediate else "delayed",
                             "error_type": type(exc).__name__,
                         },
                     )
-                    await asyncio.sleep(delay)
-                    # reject(requeue) counts toward the quorum delivery limit on every version
+                    if immediate:
+                        # reject(requeue) counts toward the quorum delivery limit on every version
+                        raise RejectMessage(requeue=True) from None
+                    sub = subscription_for_queue(f"{consumer}.{routing_key}")
+                    if sub is not None:
+                        await _park_for_retry(broker_ref(), msg, sub.retry_queue_name, routing_key, attempt)
+                        raise AckMessage() from None
+                    await asyncio.sleep(retry_delay(attempt))
                     raise RejectMessage(requeue=True) from None
                 reason = describe_error(_body_error(msg.body) or exc)
                 headers = dict(msg.raw_message.headers or {})
@@ -143,7 +197,11 @@ def dead_letter_middleware(
                         ERROR_TYPE_HEADER: type(exc).__name__,
                         "x-sip-failed-at": datetime.now(UTC).isoformat(),
                         "x-sip-attempts": attempt,
-                        "x-sip-original-exchange": msg.raw_message.exchange or "",
+                        "x-sip-original-exchange": (msg.raw_message.headers or {}).get(
+                            "x-sip-original-exchange"
+                        )
+                        or msg.raw_message.exchange
+                        or "",
                         "x-sip-original-routing-key": routing_key,
                         "x-sip-consumer": consumer,
                     }
@@ -209,8 +267,10 @@ def make_broker(
     return broker
 
 
-async def declare_topology(broker: RabbitBroker) -> None:
-    """Declare every exchange, work queue, dead-letter exchange and DLQ of the suite."""
+async def declare_topology(
+    broker: RabbitBroker, retry_delay_seconds: float = DEFAULT_RETRY_DELAY_SECONDS
+) -> None:
+    """Declare every exchange, work queue, retry queue, dead-letter exchange and DLQ of the suite."""
     for name in sorted({s.contract.exchange for s in SUBSCRIPTIONS} | set(EVENT_EXCHANGES)):
         await broker.declare_exchange(exchange_for(name))
     for sub in SUBSCRIPTIONS:
@@ -220,6 +280,7 @@ async def declare_topology(broker: RabbitBroker) -> None:
         dlx = await broker.declare_exchange(dead_letter_exchange(sub.consumer))
         dlq = await broker.declare_queue(dead_letter_queue(sub))
         await dlq.bind(dlx, routing_key=sub.contract.routing_key)
+        await broker.declare_queue(retry_queue(sub, retry_delay_seconds))
 
 
 async def publish_raw(

@@ -97,7 +97,7 @@ class ServiceRuntime:
         async with self.engine.begin() as conn:
             await conn.run_sync(self.metadata.create_all)
         await self.broker.connect()
-        await declare_topology(self.broker)
+        await declare_topology(self.broker, self.settings.retry_delay_seconds)
         if consume:
             await self.broker.start()
         self.broker_started = True

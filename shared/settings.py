@@ -26,7 +26,12 @@ class ServiceSettings(BaseSettings):
     http_port: int = 0
     prefetch: int = Field(default=32, ge=1, le=1000, description="RabbitMQ prefetch per channel")
     max_attempts: int = Field(
-        default=5, ge=1, le=50, description="Deliveries of a failing message before its DLQ"
+        default=6, ge=1, le=50, description="Attempts at a failing message before its DLQ"
+    )
+    retry_delay_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="How long a failed message waits in its retry queue (the same for the whole suite)",
     )
     directory_path: str = Field(default="config/directory.yaml", description="Organisation directory file")
     fault_duplicate_publish: bool = Field(

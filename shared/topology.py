@@ -49,6 +49,10 @@ class Subscription:
     def dlx_name(self) -> str:
         return dead_letter_exchange_name(self.consumer)
 
+    @property
+    def retry_queue_name(self) -> str:
+        return f"{self.queue_name}.retry"
+
 
 SUBSCRIPTIONS: tuple[Subscription, ...] = (
     Subscription("planning", DischargeNotified),
@@ -116,6 +120,37 @@ def dead_letter_queue(sub: Subscription) -> RabbitQueue:
         durable=True,
         routing_key=sub.contract.routing_key,
     )
+
+
+DEFAULT_RETRY_DELAY_SECONDS = 10.0
+
+
+def retry_queue(sub: Subscription, delay_seconds: float = DEFAULT_RETRY_DELAY_SECONDS) -> RabbitQueue:
+    """Where a transiently failed message waits before it goes back to its own work queue.
+
+    Messages expire after ``delay_seconds`` and are dead-lettered through the default exchange
+    straight to ``sub.queue_name`` — only this consumer sees the retry, not every queue bound to
+    the original exchange.
+    """
+    return RabbitQueue(
+        sub.retry_queue_name,
+        queue_type=QueueType.QUORUM,
+        durable=True,
+        arguments={
+            "x-message-ttl": int(delay_seconds * 1000),
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": sub.queue_name,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        },
+    )
+
+
+def subscription_for_queue(queue_name: str) -> Subscription | None:
+    for sub in SUBSCRIPTIONS:
+        if sub.queue_name == queue_name:
+            return sub
+    return None
 
 
 def subscriptions_of(consumer: str) -> tuple[Subscription, ...]:
