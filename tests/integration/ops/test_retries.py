@@ -1,6 +1,7 @@
 """Retries on the real broker: immediate, then delayed in <queue>.retry, then the DLQ with the reason."""
 
 import asyncio
+import itertools
 import time
 
 import aio_pika
@@ -47,7 +48,7 @@ async def test_transient_failure_is_retried_immediately_then_after_a_delay(amqp_
                 break
             await asyncio.sleep(0.1)
         assert len(calls) == 4  # attempt 1, immediate 2, delayed 3, immediate 4 → success
-        gaps = [b - a for a, b in zip(calls, calls[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(calls)]
         assert gaps[0] < 1.0  # immediate
         assert gaps[1] >= 1.4  # waited in the retry queue
         await asyncio.sleep(2.0)
