@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
+from starlette.responses import JSONResponse
 
 from shared.errors import PermanentError
 
@@ -47,3 +48,17 @@ def operation_outcome(
     if expression:
         issue["expression"] = [expression]
     return {"resourceType": "OperationOutcome", "issue": [issue]}
+
+
+FHIR_JSON = "application/fhir+json"
+
+
+def fhir_json(
+    resource: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(resource, status_code=status, media_type=FHIR_JSON, headers=headers)
+
+
+def outcome_response(status: int, diagnostics: str, code: str) -> JSONResponse:
+    """An HTTP error the FHIR way: the status plus an OperationOutcome saying why."""
+    return fhir_json(operation_outcome(diagnostics, code=code), status)

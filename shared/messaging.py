@@ -132,9 +132,15 @@ async def _park_for_retry(
             or "",
         }
     )
+    await _republish(broker, msg, headers, queue=retry_queue_name)
+
+
+async def _republish(
+    broker: RabbitBroker, msg: RabbitMessage, headers: dict[str, Any], **target: Any
+) -> None:
+    """Publish a copy of ``msg`` (same body and ids, new headers) — persistent, mandatory, confirmed."""
     await broker.publish(
         msg.body,
-        queue=retry_queue_name,
         persist=True,
         mandatory=True,
         headers=headers,
@@ -142,6 +148,7 @@ async def _park_for_retry(
         correlation_id=msg.correlation_id,
         content_type=msg.content_type,
         message_type=msg.raw_message.type,
+        **target,
     )
 
 
@@ -208,18 +215,7 @@ def dead_letter_middleware(
                 )
                 # publish (confirmed) first, then ack: a crash in between gives a duplicate
                 # dead letter, never a lost message.
-                await broker_ref().publish(
-                    msg.body,
-                    exchange=dlx,
-                    routing_key=routing_key,
-                    persist=True,
-                    mandatory=True,
-                    headers=headers,
-                    message_id=msg.message_id,
-                    correlation_id=msg.correlation_id,
-                    content_type=msg.content_type,
-                    message_type=msg.raw_message.type,
-                )
+                await _republish(broker_ref(), msg, headers, exchange=dlx, routing_key=routing_key)
                 log.error(
                     "message dead-lettered",
                     extra={

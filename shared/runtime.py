@@ -168,6 +168,16 @@ class ServiceRuntime:
             )
 
 
+def serve(service: str, settings: ServiceSettings, create_app: Callable[[Any], FastAPI]) -> None:
+    """Run a service: JSON logs without personal data, then uvicorn on the configured address."""
+    import uvicorn
+
+    from shared.logs import configure_logging
+
+    configure_logging(service, settings.log_level, settings.log_format)
+    uvicorn.run(create_app(settings), host=settings.http_host, port=settings.http_port, log_config=None)
+
+
 class UnitOfWork:
     def __init__(self, conn: AsyncConnection, runtime: ServiceRuntime) -> None:
         self.conn = conn

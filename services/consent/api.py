@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from uuid import UUID, uuid5
 
 from fastapi import APIRouter, Header, HTTPException, Query, Response
-from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from services.consent import handlers
@@ -16,12 +15,11 @@ from services.consent.adapters.store import SqlConsentRepository
 from services.consent.domain import ConsentRecord, ConsentRuleViolation
 from shared.clock import Clock
 from shared.contracts import ConsentPurpose, HsaId, PersonId, RecordConsent
-from shared.fhir import operation_outcome
+from shared.fhir import fhir_json, outcome_response
 from shared.identifiers import mask
 from shared.messaging import describe_error
 from shared.runtime import ServiceRuntime
 
-FHIR_JSON = "application/fhir+json"
 _IDEMPOTENCY_NS = UUID("6f6b0b7e-3c1e-4d7e-9a53-6a1f1c0e5a11")
 
 
@@ -160,20 +158,15 @@ def build_router(runtime: ServiceRuntime, clock: Clock) -> APIRouter:
         try:
             cid = UUID(consent_id)
         except ValueError:
-            return _oo(404, "no Consent with that id", "not-found")
+            return outcome_response(404, "no Consent with that id", "not-found")
         async with runtime.engine.connect() as conn:
             record = await SqlConsentRepository(conn).get(cid)
         if record is None:
-            return _oo(404, "no Consent with that id", "not-found")
-        return JSONResponse(consent_resource(record), media_type=FHIR_JSON)
+            return outcome_response(404, "no Consent with that id", "not-found")
+        return fhir_json(consent_resource(record))
 
     return router
 
 
 class PersonIdModel(BaseModel):
     v: PersonId
-
-
-def _oo(status: int, text: str, code: str) -> JSONResponse:
-    body: dict[str, Any] = operation_outcome(text, code=code)
-    return JSONResponse(body, status_code=status, media_type=FHIR_JSON)

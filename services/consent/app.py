@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import uvicorn
 from fastapi import FastAPI
 
 from services.consent import api, subscribers
 from services.consent.adapters.store import metadata
 from services.consent.settings import ConsentSettings
 from shared.clock import Clock, SystemClock
-from shared.logs import configure_logging
-from shared.runtime import ServiceRuntime
+from shared.runtime import ServiceRuntime, serve
 
 SERVICE = "consent"
 
@@ -33,6 +31,4 @@ def create_app(settings: ConsentSettings | None = None, *, clock: Clock | None =
 
 
 def main() -> None:
-    settings = ConsentSettings()
-    configure_logging(SERVICE, settings.log_level, settings.log_format)
-    uvicorn.run(create_app(settings), host=settings.http_host, port=settings.http_port, log_config=None)
+    serve(SERVICE, ConsentSettings(), create_app)

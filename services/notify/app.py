@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uvicorn
 from fastapi import FastAPI
 
 from services.notify import api, subscribers
@@ -13,8 +12,7 @@ from services.notify.ports import EmailSender
 from services.notify.settings import NotifySettings
 from shared.clock import Clock, SystemClock
 from shared.directory import load_directory
-from shared.logs import configure_logging
-from shared.runtime import ServiceRuntime
+from shared.runtime import ServiceRuntime, serve
 
 SERVICE = "notify"
 
@@ -47,6 +45,4 @@ def create_app(
 
 
 def main() -> None:
-    settings = NotifySettings()
-    configure_logging(SERVICE, settings.log_level, settings.log_format)
-    uvicorn.run(create_app(settings), host=settings.http_host, port=settings.http_port, log_config=None)
+    serve(SERVICE, NotifySettings(), create_app)

@@ -15,11 +15,9 @@ from services.planning.adapters.store import SqlCaseRepository
 from services.planning.domain import SipCase
 from services.planning.settings import PlanningSettings
 from shared.clock import Clock
-from shared.fhir import operation_outcome
+from shared.fhir import fhir_json, outcome_response
 from shared.identifiers import mask
 from shared.runtime import ServiceRuntime
-
-FHIR_JSON = "application/fhir+json"
 
 
 class ParticipantOut(BaseModel):
@@ -70,10 +68,6 @@ class CaseOut(BaseModel):
         )
 
 
-def _oo(status: int, text: str, code: str) -> JSONResponse:
-    return JSONResponse(operation_outcome(text, code=code), status_code=status, media_type=FHIR_JSON)
-
-
 def build_router(runtime: ServiceRuntime, settings: PlanningSettings, clock: Clock) -> APIRouter:
     router = APIRouter()
 
@@ -95,18 +89,18 @@ def build_router(runtime: ServiceRuntime, settings: PlanningSettings, clock: Clo
 
     @router.get("/fhir/metadata", tags=["fhir"], summary="CapabilityStatement")
     async def metadata() -> JSONResponse:
-        return JSONResponse(capability_statement(settings.public_base_url, clock.now()), media_type=FHIR_JSON)
+        return fhir_json(capability_statement(settings.public_base_url, clock.now()))
 
     @router.get("/fhir/CarePlan/{plan_id}", tags=["fhir"], summary="Read the latest version of a plan")
     async def read_care_plan(plan_id: str) -> JSONResponse:
         try:
             case_id = UUID(plan_id)
         except ValueError:
-            return _oo(404, f"no CarePlan with id {plan_id[:64]}", "not-found")
+            return outcome_response(404, f"no CarePlan with id {plan_id[:64]}", "not-found")
         async with runtime.engine.connect() as conn:
             plan: dict[str, Any] | None = await SqlCaseRepository(conn).latest_plan(case_id)
         if plan is None:
-            return _oo(404, f"no CarePlan with id {case_id}", "not-found")
-        return JSONResponse(plan, media_type=FHIR_JSON, headers={"ETag": f'W/"{plan["meta"]["versionId"]}"'})
+            return outcome_response(404, f"no CarePlan with id {case_id}", "not-found")
+        return fhir_json(plan, headers={"ETag": f'W/"{plan["meta"]["versionId"]}"'})
 
     return router

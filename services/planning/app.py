@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uvicorn
 from fastapi import FastAPI
 
 from services.planning import api, subscribers
@@ -10,8 +9,7 @@ from services.planning.adapters.store import metadata
 from services.planning.settings import PlanningSettings
 from shared.clock import Clock, SystemClock
 from shared.directory import Directory, load_directory
-from shared.logs import configure_logging
-from shared.runtime import ServiceRuntime
+from shared.runtime import ServiceRuntime, serve
 
 SERVICE = "planning"
 
@@ -41,6 +39,4 @@ def create_app(
 
 
 def main() -> None:
-    settings = PlanningSettings()
-    configure_logging(SERVICE, settings.log_level, settings.log_format)
-    uvicorn.run(create_app(settings), host=settings.http_host, port=settings.http_port, log_config=None)
+    serve(SERVICE, PlanningSettings(), create_app)
