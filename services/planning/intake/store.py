@@ -1,0 +1,45 @@
+"""The intake table: every received hospital message, its acknowledgement and its events.
+
+One row per received message. ``(source, sender, control_id)`` is unique, so a resent message (same
+MSH-10 / MessageHeader.id from the same sender) finds its row and is answered with the stored
+acknowledgement, byte for byte, without a second effect. Messages without a control id (garbage) are
+stored with ``control_id`` NULL for the record; NULLs do not collide.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from shared.persistence import UTCDateTime
+
+TABLE = "intake_messages"
+
+
+def intake_tables(metadata: sa.MetaData) -> sa.Table:
+    """Add ``intake_messages`` to ``metadata`` (idempotent) and return it."""
+    if TABLE in metadata.tables:
+        return metadata.tables[TABLE]
+    return sa.Table(
+        TABLE,
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("source", sa.String(16), nullable=False),  # hl7v2 | fhir | json
+        # who sent it: MSH-3|MSH-4 for HL7 v2, MessageHeader.source.endpoint for FHIR
+        sa.Column("sender", sa.String(512), nullable=False, default=""),
+        sa.Column("control_id", sa.String(200)),  # MSH-10 / MessageHeader.id; NULL when absent
+        sa.Column("message_type", sa.String(64)),  # ADT^A03, discharge-inpatient-home, ...
+        sa.Column("received_at", UTCDateTime, nullable=False),
+        sa.Column("content_sha256", sa.String(64), nullable=False),
+        sa.Column("raw", sa.LargeBinary, nullable=False),  # the message as received (health data)
+        sa.Column("outcome", sa.String(16), nullable=False),  # AA/AE/AR, ok/fatal-error
+        sa.Column("http_status", sa.Integer),  # FHIR only
+        sa.Column("response_body", sa.LargeBinary, nullable=False),  # ACK bytes / response JSON
+        sa.Column("error", sa.Text),
+        sa.Column("events", sa.Text, nullable=False, default="[]"),  # JSON list of HospitalEvent
+        # lookup keys of the first event, so a cancellation can find what it cancels
+        sa.Column("hospital_id", sa.String(200)),
+        sa.Column("stay_id", sa.String(200)),
+        sa.Column("primary_kind", sa.String(40)),
+        sa.UniqueConstraint("source", "sender", "control_id", name="uq_intake_messages_control_id"),
+        sa.Index("ix_intake_messages_stay", "source", "hospital_id", "stay_id", "primary_kind"),
+    )
