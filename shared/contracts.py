@@ -18,6 +18,7 @@ from uuid import UUID, uuid4
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
+from shared.hospital import HospitalEvent
 from shared.identifiers import parse_person_identifier
 
 # ---- exchanges ------------------------------------------------------------------------------
@@ -95,6 +96,20 @@ class DischargeNotified(Contract):
     needs_region_support: bool = Field(description="Needs help from the region (primary care, …)")
 
 
+class HospitalStayEvent(Contract):
+    """One event of a hospital stay in the suite's one event model (:class:`shared.hospital.HospitalEvent`).
+
+    Planning's hospital intake publishes one for every event of an accepted HL7 v2 ADT message (MLLP)
+    or FHIR message bundle (``$process-message``); a hospital integration may publish it directly
+    (the RabbitMQ JSON path). ``DischargeNotified`` is mapped into the same model.
+    """
+
+    exchange: ClassVar[str] = HOSPITAL_EVENTS
+    routing_key: ClassVar[str] = "hospital.stay-event.v1"
+
+    event: HospitalEvent
+
+
 # ---- planning → consent ----------------------------------------------------------------------
 ConsentPurpose = Literal["draw-up-plan", "share-information", "send-invitation"]
 ALL_PURPOSES: tuple[ConsentPurpose, ...] = ("draw-up-plan", "share-information", "send-invitation")
@@ -167,6 +182,27 @@ class SendInvitation(Contract):
     invitation_due_at: AwareDatetime
     plan_url: str = Field(description="Where an authorised participant reads the plan (FHIR)")
     language: Literal["sv", "en"] = "sv"
+    # additive (optional) since issue #6: the meeting, the owning unit, the person's language need
+    meeting_start: AwareDatetime | None = Field(
+        default=None, description="When the SIP meeting starts; without it no calendar invitation is sent"
+    )
+    meeting_end: AwareDatetime | None = Field(default=None, description="When the SIP meeting ends")
+    meeting_location: str | None = Field(
+        default=None,
+        max_length=160,
+        description="Where the meeting is (room, address); never health data or the person's address",
+    )
+    meeting_video_url: str | None = Field(
+        default=None, max_length=500, pattern=r"^https?://\S+$", description="Video link when remote"
+    )
+    organizer_hsa_id: HsaId | None = Field(
+        default=None, description="The owning unit that calls the meeting (organizer of the event)"
+    )
+    interpreter_language: str | None = Field(
+        default=None,
+        pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{1,8})*$",
+        description="The person needs an interpreter in this language (BCP 47 code, e.g. 'ar')",
+    )
 
 
 # ---- notify → planning -----------------------------------------------------------------------
@@ -183,6 +219,7 @@ class InvitationSent(Contract):
 
 ALL_CONTRACTS: tuple[type[Contract], ...] = (
     DischargeNotified,
+    HospitalStayEvent,
     ConsentRequested,
     RecordConsent,
     ConsentGranted,
@@ -190,3 +227,66 @@ ALL_CONTRACTS: tuple[type[Contract], ...] = (
     SendInvitation,
     InvitationSent,
 )
+
+
+# ---- consent: withdrawal and the decision gate (issue #4) --------------------------------------
+class ConsentWithdrawn(Contract):
+    """A consent no longer holds, from ``effective_at`` on: the person withdrew it (återkallelse,
+    ``cause=withdrawal``) or it was cancelled as wrongly registered (makulering,
+    ``cause=cancellation``). Sharing under it stops at once; pending disclosures are to be stopped
+    and participants told the SIP is paused, without health data. A new consent is a new record.
+    """
+
+    exchange: ClassVar[str] = CONSENT_EVENTS
+    routing_key: ClassVar[str] = "consent.withdrawn.v1"
+
+    consent_id: UUID
+    case_id: UUID | None
+    patient_identifier: PersonId
+    cause: Literal["withdrawal", "cancellation"]
+    effective_at: AwareDatetime
+    purposes: tuple[ConsentPurpose, ...] = ()
+    recipients: tuple[HsaId, ...] = ()
+
+
+InformationCategory = Annotated[str, Field(min_length=2, max_length=64, pattern=r"^[a-z][a-z0-9\-]+$")]
+
+
+class ConsentDecisionRequested(Contract):
+    """Request/reply (not via the outbox): may ``recipient_hsa_id`` receive ``category`` about the
+    person for ``purpose`` at ``at`` (default: now)? The consent service answers on the request's
+    ``reply_to`` with a :class:`ConsentDecisionReply`; every answer is audited. Categories: the LUS
+    notices (``lus-admission-notice``, ``lus-ready-for-discharge``, ``lus-discharged``, …) and
+    ``invitation-logistics`` need no consent; ``sip-plan``, ``care-needs``, ``health-data``,
+    ``psychiatric``, ``substance-use``, ``medication``, ``social-services`` do.
+    """
+
+    exchange: ClassVar[str] = CONSENT_COMMANDS
+    routing_key: ClassVar[str] = "consent.decide.v1"
+
+    patient_identifier: PersonId
+    recipient_hsa_id: HsaId
+    category: InformationCategory
+    purpose: ConsentPurpose
+    at: AwareDatetime | None = None
+    case_id: UUID | None = None
+    requested_by: str | None = Field(
+        default=None, max_length=128, description="The asking system or unit (HSA-id), for the audit log"
+    )
+
+
+class ConsentDecisionReply(BaseModel):
+    """The answer to a :class:`ConsentDecisionRequested` (and of ``POST /decisions``). No personal data."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    decision: Literal["permit", "deny"]
+    reason: str = Field(
+        description="Reason code, e.g. consent-permits, lus-statutory-notice, consent-withdrawn"
+    )
+    basis: Literal["consent", "lus-logistics", "none"]
+    consent_id: UUID | None = Field(default=None, description="The consent the decision relied on")
+    audit_event_id: UUID | None = Field(default=None, description="The AuditEvent that records it")
+    decided_for: AwareDatetime | None = Field(default=None, description="The time T the decision is for")
+    request_message_id: UUID | None = None
+    detail: str | None = Field(default=None, description="Why a request could not be decided (no values)")

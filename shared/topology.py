@@ -21,8 +21,10 @@ from shared.contracts import (
     ConsentDeclined,
     ConsentGranted,
     ConsentRequested,
+    ConsentWithdrawn,
     Contract,
     DischargeNotified,
+    HospitalStayEvent,
     InvitationSent,
     RecordConsent,
     SendInvitation,
@@ -56,8 +58,10 @@ class Subscription:
 
 SUBSCRIPTIONS: tuple[Subscription, ...] = (
     Subscription("planning", DischargeNotified),
+    Subscription("planning", HospitalStayEvent),
     Subscription("planning", ConsentGranted),
     Subscription("planning", ConsentDeclined),
+    Subscription("planning", ConsentWithdrawn),
     Subscription("planning", InvitationSent),
     Subscription("consent", ConsentRequested),
     Subscription("consent", RecordConsent),
@@ -66,8 +70,8 @@ SUBSCRIPTIONS: tuple[Subscription, ...] = (
 
 
 PUBLICATIONS: dict[str, tuple[type[Contract], ...]] = {
-    "planning": (ConsentRequested, SendInvitation),
-    "consent": (ConsentGranted, ConsentDeclined),
+    "planning": (HospitalStayEvent, ConsentRequested, SendInvitation),
+    "consent": (ConsentGranted, ConsentDeclined, ConsentWithdrawn),
     "notify": (InvitationSent,),
 }
 """What each service publishes (through its outbox); documented in its AsyncAPI."""

@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.infra import MailSink, mail_sink, pg_database, rabbit_vhost
+
+# Planning listens for HL7 v2 over MLLP on 2575 by default; in tests each planning (in-process or a
+# child process) takes any free port unless a test names one, so replicas and parallel runs never collide.
+os.environ.setdefault("PLANNING_MLLP_PORT", "0")
 
 
 @pytest.fixture

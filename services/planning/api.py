@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from services.planning.adapters.fhir import capability_statement
 from services.planning.adapters.store import SqlCaseRepository
-from services.planning.domain import SipCase
+from services.planning.domain import INVITATION_CLOCK_STATES, SipCase
+from services.planning.intake import IntakeService
 from services.planning.settings import PlanningSettings
+from services.planning.stays import Stay
 from shared.clock import Clock
 from shared.fhir import fhir_json, outcome_response
 from shared.identifiers import mask
 from shared.runtime import ServiceRuntime
+
+log = logging.getLogger("sip.planning.api")
 
 
 class ParticipantOut(BaseModel):
@@ -44,6 +49,10 @@ class CaseOut(BaseModel):
     invitation_deadline_met: bool | None
     next_deadline: str | None = Field(description="What is due next, e.g. 'invitation'")
     consent_id: UUID | None
+    suspended_from: str | None = Field(
+        default=None, description="Suspended (ready-for-discharge revoked): the state it resumes to"
+    )
+    closed_reason: str | None = Field(default=None, description="Why a cancelled or closed case ended")
 
     @classmethod
     def of(cls, c: SipCase) -> CaseOut:
@@ -63,13 +72,86 @@ class CaseOut(BaseModel):
             invitation_due_at=c.invitation_due_at,
             invited_at=c.invited_at,
             invitation_deadline_met=c.invitation_deadline_met,
-            next_deadline="invitation" if c.state in ("consent_pending", "invitation_requested") else None,
+            next_deadline="invitation" if c.state in INVITATION_CLOCK_STATES else None,
             consent_id=c.consent_id,
+            suspended_from=c.suspended_from,
+            closed_reason=c.closed_reason,
         )
 
 
-def build_router(runtime: ServiceRuntime, settings: PlanningSettings, clock: Clock) -> APIRouter:
+class StayOut(BaseModel):
+    hospital_id: str
+    stay_id: str
+    patient: str = Field(description="Masked identifier (birth year only)")
+    kommun_code: str | None
+    primary_care_unit: str | None
+    admitted_at: datetime | None
+    expected_discharge_at: datetime | None
+    ready_for_discharge_at: datetime | None
+    discharged_at: datetime | None
+    on_leave: bool
+    deceased: bool
+    cancelled: list[str] = Field(description="Kinds of event the hospital has cancelled for this stay")
+    case_id: str | None
+    note: str | None = Field(description="Why no SIP case was opened, when none was")
+
+    @classmethod
+    def of(cls, s: Stay) -> StayOut:
+        return cls(
+            hospital_id=s.hospital_id,
+            stay_id=s.stay_id,
+            patient=mask(s.patient_value) if s.swedish else "***",
+            kommun_code=s.kommun_code,
+            primary_care_unit=s.primary_care_unit,
+            admitted_at=s.admitted_at,
+            expected_discharge_at=s.expected_discharge_at,
+            ready_for_discharge_at=s.ready_at,
+            discharged_at=s.discharged_at,
+            on_leave=s.on_leave,
+            deceased=s.deceased_at is not None,
+            cancelled=sorted(s.cancelled),
+            case_id=s.case_id,
+            note=s.note,
+        )
+
+
+def build_router(
+    runtime: ServiceRuntime, settings: PlanningSettings, clock: Clock, intake: IntakeService | None = None
+) -> APIRouter:
     router = APIRouter()
+
+    @router.get("/stays", response_model=list[StayOut], tags=["intake"], summary="Hospital stays")
+    async def list_stays(limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[StayOut]:
+        async with runtime.engine.connect() as conn:
+            items = await SqlCaseRepository(conn).list_stays(limit)
+        return [StayOut.of(s) for s in items]
+
+    if intake is not None:
+
+        @router.post(
+            "/fhir/$process-message",
+            tags=["fhir", "intake"],
+            summary="Receive a FHIR R4 message Bundle (MedCom HospitalNotification, Da Vinci notifications)",
+            description="Answers 200 with a response message Bundle once the message is durably stored; "
+            "400/422 with an OperationOutcome saying why when it is refused; a resent message "
+            "(same MessageHeader.id from the same sender) gets the same answer and has no second effect. "
+            "503 when it could not be stored: send it again.",
+            responses={
+                200: {"description": "Accepted"},
+                400: {"description": "Refused (OperationOutcome)"},
+                422: {"description": "Refused (OperationOutcome)"},
+                503: {"description": "Not stored; resend"},
+            },
+        )
+        async def process_message(request: Request) -> JSONResponse:
+            body = await request.body()
+            try:
+                status, answer = await intake.handle_fhir(body)
+            except Exception:
+                log.exception("FHIR message could not be stored")
+                return outcome_response(503, "the message could not be stored; send it again", "transient")
+            runtime.relay.wake()
+            return fhir_json(answer, status)
 
     @router.get("/cases", response_model=list[CaseOut], tags=["cases"], summary="Open SIP cases by deadline")
     async def list_cases(

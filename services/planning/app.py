@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from uuid import uuid4
+from zoneinfo import ZoneInfo
+
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.planning import api, subscribers
 from services.planning.adapters.store import metadata
+from services.planning.intake import IntakeService, MLLPServer, intake_tables
 from services.planning.settings import PlanningSettings
 from shared.clock import Clock, SystemClock
+from shared.contracts import HospitalStayEvent
 from shared.directory import Directory, load_directory
+from shared.hospital import HospitalEvent
+from shared.persistence import enqueue
 from shared.runtime import ServiceRuntime, serve
 
 SERVICE = "planning"
+log = logging.getLogger("sip.planning")
 
 
 def create_app(
@@ -25,17 +37,67 @@ def create_app(
     directory = directory or load_directory(settings.directory_path)
     runtime = ServiceRuntime(SERVICE, settings, metadata)
     subscribers.register(runtime, settings, directory, clock)
+    intake = build_intake(runtime, settings)
+    mllp = (
+        MLLPServer(
+            intake.handle_hl7,
+            settings.mllp_host,
+            settings.mllp_port,
+            max_frame=settings.mllp_max_frame_bytes,
+            idle_timeout=settings.mllp_idle_timeout,
+        )
+        if settings.mllp_enabled
+        else None
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with runtime.lifespan(app):
+            if mllp is not None:
+                await mllp.start()  # a taken port fails the start-up, visibly
+                log.info("MLLP listener started", extra={"port": mllp.port})
+            try:
+                yield
+            finally:
+                if mllp is not None:
+                    await mllp.stop()  # stop taking messages before the broker and database go
+
     app = FastAPI(
         title="sip-suite planning",
         version="0.1.0",
         description="Opens SIP cases from hospital discharges, keeps their deadlines and serves each "
         "plan as FHIR R4 CarePlan.",
-        lifespan=runtime.lifespan,
+        lifespan=lifespan,
     )
     runtime.add_health_routes(app)
-    app.include_router(api.build_router(runtime, settings, clock))
+    app.include_router(api.build_router(runtime, settings, clock, intake))
     app.state.runtime = runtime
+    app.state.mllp = mllp
     return app
+
+
+def build_intake(runtime: ServiceRuntime, settings: PlanningSettings) -> IntakeService:
+    """HL7 v2 / FHIR intake: each accepted message is stored with its acknowledgement and, in the same
+    transaction, one ``hospital.stay-event.v1`` per event in the outbox; the ACK goes out after commit."""
+
+    async def on_event(conn: AsyncConnection, event: HospitalEvent) -> None:
+        await enqueue(conn, runtime.outbox, HospitalStayEvent(event=event, correlation_id=str(uuid4())))
+
+    service = IntakeService(
+        runtime.engine,
+        intake_tables(metadata),
+        on_event=on_event,
+        default_tz=ZoneInfo(settings.intake_timezone),
+    )
+    handle_hl7 = service.handle_hl7
+
+    async def handle_and_wake(raw: bytes) -> bytes:
+        ack = await handle_hl7(raw)
+        runtime.relay.wake()
+        return ack
+
+    service.handle_hl7 = handle_and_wake  # type: ignore[method-assign]
+    return service
 
 
 def main() -> None:

@@ -15,14 +15,25 @@ from uuid import UUID, uuid4
 
 from shared.errors import PermanentError
 
-State = Literal["consent_pending", "declined", "invitation_requested", "invited"]
-OPEN_STATES: frozenset[str] = frozenset({"consent_pending", "invitation_requested", "invited"})
+State = Literal[
+    "consent_pending", "declined", "invitation_requested", "invited", "suspended", "cancelled", "closed"
+]
+OPEN_STATES: frozenset[str] = frozenset({"consent_pending", "invitation_requested", "invited", "suspended"})
+FINAL_STATES: frozenset[str] = frozenset({"declined", "cancelled", "closed"})
+#: states in which the LUS invitation clock runs (a suspended case's clock stands still)
+INVITATION_CLOCK_STATES: frozenset[str] = frozenset({"consent_pending", "invitation_requested"})
 
 TRANSITIONS: dict[str, frozenset[str]] = {
-    "consent_pending": frozenset({"invitation_requested", "declined"}),
-    "invitation_requested": frozenset({"invited"}),
-    "invited": frozenset(),
+    # suspended: the hospital revoked ready-for-discharge; the case resumes where it was
+    # cancelled: the hospital cancelled the notice that opened the case (wrong person or stay)
+    # closed: ended for a recorded reason (the person died, ...)
+    "consent_pending": frozenset({"invitation_requested", "declined", "suspended", "cancelled", "closed"}),
+    "invitation_requested": frozenset({"invited", "suspended", "cancelled", "closed"}),
+    "invited": frozenset({"suspended", "cancelled", "closed"}),
+    "suspended": frozenset({"consent_pending", "invitation_requested", "invited", "cancelled", "closed"}),
     "declined": frozenset(),
+    "cancelled": frozenset(),
+    "closed": frozenset(),
 }
 """Allowed moves. Later lifecycle steps (meeting, plan established, follow-up) extend this table."""
 
@@ -60,11 +71,32 @@ class SipCase:
     correlation_id: str | None = None
     consent_id: UUID | None = None
     invited_at: datetime | None = None
+    #: the state a suspended case resumes to
+    suspended_from: str | None = None
+    #: why a case was cancelled or closed (no health data: "deceased", "hospital cancelled discharged")
+    closed_reason: str | None = None
 
     def move_to(self, target: State, **changes: object) -> SipCase:
         if target not in TRANSITIONS[self.state]:
             raise InvalidTransition(self.state, target)
+        if target in ("cancelled", "closed") and not changes.get("closed_reason", self.closed_reason):
+            raise PermanentError(f"a SIP case is {target} only with a recorded reason")
+        if self.state == "suspended" and target in OPEN_STATES and target != self.suspended_from:
+            raise InvalidTransition(self.state, target)
         return dataclasses.replace(self, state=target, **changes)  # type: ignore[arg-type]
+
+    def suspend(self) -> SipCase:
+        return self.move_to("suspended", suspended_from=self.state)
+
+    def resume(self, ready_for_discharge_at: datetime, days: int) -> SipCase:
+        """Ready for discharge again: back where it was, the deadline counted from the new time."""
+        target = self.suspended_from or "consent_pending"
+        return self.move_to(
+            target,  # type: ignore[arg-type]
+            suspended_from=None,
+            ready_for_discharge_at=ready_for_discharge_at,
+            invitation_due_at=invitation_deadline(ready_for_discharge_at, days),
+        )
 
     @property
     def is_open(self) -> bool:

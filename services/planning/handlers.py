@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from datetime import datetime
+from uuid import UUID
 
+from services.planning import stays
 from services.planning.adapters.fhir import care_plan
 from services.planning.domain import (
+    FINAL_STATES,
+    INVITATION_CLOCK_STATES,
     REQUIRED_PURPOSES,
     Participant,
     SipCase,
@@ -17,6 +22,7 @@ from services.planning.domain import (
     sip_needed,
 )
 from services.planning.ports import CaseRepository, Outbox
+from services.planning.stays import Stay
 from shared.clock import Clock
 from shared.contracts import (
     ConsentDeclined,
@@ -26,25 +32,54 @@ from shared.contracts import (
     InvitationSent,
     SendInvitation,
 )
-from shared.directory import Directory, Organisation
+from shared.directory import Directory, Organisation, UnknownRecipient
 from shared.errors import PermanentError
+from shared.hospital import HospitalEvent, PatientIdentifier
 from shared.identifiers import parse_person_identifier
 
 log = logging.getLogger("sip.planning")
 
+NO_SIP_NEEDED = "no SIP case: help from both kommun and region is not needed"
+CASE_CANCELLED = "the SIP case was cancelled: the hospital cancelled the notice that opened it"
+NO_SWEDISH_ID = "no SIP case: the person has no Swedish personal identity number"
 
-def resolve_participants(ev: DischargeNotified, directory: Directory) -> tuple[tuple[Participant, ...], str]:
+
+def resolve_participants(
+    kommun_code: str | None, primary_care_unit: str | None, hospital_id: str | None, directory: Directory
+) -> tuple[tuple[Participant, ...], str]:
     """Kommun social services of the home kommun, the listed primary-care unit, the sending hospital.
 
     Returns the participants and the owner (the primary-care unit). Raises ``UnknownRecipient``.
     """
-    social = directory.social_services_for(ev.patient.kommun_code)
-    primary = directory.primary_care_for(ev.patient.primary_care_unit_hsa_id, ev.patient.kommun_code)
+    if not kommun_code:
+        raise UnknownRecipient("the message names no home kommun (kommun code): no recipient can be chosen")
+    social = directory.social_services_for(kommun_code)
+    primary = directory.primary_care_for(primary_care_unit, kommun_code)
     orgs: list[Organisation] = [social, primary]
-    hospital = directory.get(ev.hospital_hsa_id)
+    hospital = directory.get(hospital_id) if hospital_id else None
     if hospital is not None:
         orgs.append(hospital)
     return tuple(Participant(o.hsa_id, o.name, o.kind) for o in orgs), primary.hsa_id
+
+
+def discharge_event(ev: DischargeNotified) -> HospitalEvent:
+    """The JSON ``hospital.discharge.v1`` notice in the one event model: a ready-for-discharge."""
+    pid = parse_person_identifier(ev.patient.identifier)
+    return HospitalEvent(
+        source="json",
+        source_message_id=str(ev.message_id),
+        source_event_code=DischargeNotified.routing_key,
+        kind="ready-for-discharge",
+        occurred_at=ev.ready_for_discharge_at,
+        stay_id=ev.episode_id,
+        hospital_id=ev.hospital_hsa_id,
+        patient=PatientIdentifier(system=pid.system, value=pid.value),
+        kommun_code=ev.patient.kommun_code,
+        primary_care_unit=ev.patient.primary_care_unit_hsa_id,
+        expected_discharge_at=ev.expected_discharge_at,
+        needs_kommun_support=ev.needs_kommun_support,
+        needs_region_support=ev.needs_region_support,
+    )
 
 
 async def handle_discharge(
@@ -56,31 +91,99 @@ async def handle_discharge(
     clock: Clock,
     deadline_days: int = 3,
 ) -> SipCase | None:
+    """The RabbitMQ JSON discharge notice: mapped into the one event model and handled as such."""
+    return await handle_stay_event(
+        discharge_event(ev), repo=repo, outbox=outbox, directory=directory, clock=clock,
+        deadline_days=deadline_days, correlation_id=ev.correlation_id,
+    )  # fmt: skip
+
+
+async def handle_stay_event(
+    ev: HospitalEvent,
+    *,
+    repo: CaseRepository,
+    outbox: Outbox,
+    directory: Directory,
+    clock: Clock,
+    deadline_days: int = 3,
+    assume_sip_needed: bool = True,
+    correlation_id: str | None = None,
+) -> SipCase | None:
+    """One hospital-stay event (any source) → the stay updated → the stay's SIP case opened/changed.
+
+    Returns the case when it was opened or changed, else None. Raises ``UnknownRecipient`` (permanent:
+    dead-lettered with the reason, nothing recorded) when a case must be opened but the kommun or the
+    primary-care unit is not in the directory.
+    """
     now = clock.now()
-    needed = sip_needed(ev.needs_kommun_support, ev.needs_region_support)
-    # route first: an unknown recipient refuses the discharge before anything is recorded
-    participants, owner = resolve_participants(ev, directory) if needed else ((), "")
-    if not await repo.add_episode(ev.hospital_hsa_id, ev.episode_id, now, ev.ready_for_discharge_at, needed):
-        log.info("discharge episode already known; no second effect", extra={"episode": ev.episode_id})
-        return None
-    if not needed:
-        return None
+    hospital_id = ev.hospital_id or ""
+    stay = await repo.get_stay(hospital_id, ev.stay_id)
+    is_new = stay is None
+    if stay is None:
+        stay = Stay.first(ev)
+    elif (stay.patient_system, stay.patient_value) != (ev.patient.system, ev.patient.value):
+        raise PermanentError(
+            "the event names another person than the stay it refers to; the hospital must cancel the "
+            "stay (A11 / cancel) and send it again for the right person"
+        )
+    stay, effect = stays.apply(stay, ev)
+    case: SipCase | None = None
+    if effect == "open-case":
+        stay, case = await _open_case(
+            stay, ev, repo=repo, outbox=outbox, directory=directory, now=now, deadline_days=deadline_days,
+            assume_sip_needed=assume_sip_needed, correlation_id=correlation_id,
+        )  # fmt: skip
+    elif effect not in ("none", "ignored") and stay.case_id is not None:
+        case = await _change_case(stay, ev, effect, repo=repo, now=now, deadline_days=deadline_days)
+        if case is not None and case.state == "cancelled":
+            # the notice that opened it was wrong: a later, valid notice for the stay opens a new case
+            stay = dataclasses.replace(stay, case_id=None, case_opened_by=None, note=CASE_CANCELLED)
+    await repo.save_stay(stay, now, new=is_new)
+    log.info(
+        "hospital event handled",
+        extra={"kind": ev.kind, "source": ev.source, "effect": effect, "case_id": stay.case_id},
+    )
+    return case
+
+
+async def _open_case(
+    stay: Stay,
+    ev: HospitalEvent,
+    *,
+    repo: CaseRepository,
+    outbox: Outbox,
+    directory: Directory,
+    now: datetime,
+    deadline_days: int,
+    assume_sip_needed: bool,
+    correlation_id: str | None,
+) -> tuple[Stay, SipCase | None]:
+    kommun_help = assume_sip_needed if ev.needs_kommun_support is None else ev.needs_kommun_support
+    region_help = assume_sip_needed if ev.needs_region_support is None else ev.needs_region_support
+    if not sip_needed(kommun_help, region_help):
+        return dataclasses.replace(stay, note=NO_SIP_NEEDED), None
+    if not stay.swedish:
+        return dataclasses.replace(stay, note=NO_SWEDISH_ID), None
+    # route first: an unknown recipient refuses the event before anything is recorded
+    participants, owner = resolve_participants(stay.kommun_code, stay.primary_care_unit, stay.hospital_id,
+                                               directory)  # fmt: skip
+    ready = stay.ready_at or ev.occurred_at
     case_id = new_case_id()
     case = SipCase(
         id=case_id,
         reference=new_reference(case_id, now),
-        hospital_hsa_id=ev.hospital_hsa_id,
-        episode_id=ev.episode_id,
-        patient_identifier=ev.patient.identifier,
-        is_child=parse_person_identifier(ev.patient.identifier).age_on(now.date()) < 18,
-        kommun_code=ev.patient.kommun_code,
+        hospital_hsa_id=stay.hospital_id,
+        episode_id=stay.stay_id,
+        patient_identifier=stay.patient_value,
+        is_child=parse_person_identifier(stay.patient_value).age_on(now.date()) < 18,
+        kommun_code=stay.kommun_code or "",
         owner_hsa_id=owner,
         participants=participants,
         state="consent_pending",
         opened_at=now,
-        ready_for_discharge_at=ev.ready_for_discharge_at,
-        invitation_due_at=invitation_deadline(ev.ready_for_discharge_at, deadline_days),
-        correlation_id=ev.correlation_id,
+        ready_for_discharge_at=ready,
+        invitation_due_at=invitation_deadline(ready, deadline_days),
+        correlation_id=correlation_id,
     )
     await repo.add_case(case)
     await outbox.send(
@@ -94,7 +197,40 @@ async def handle_discharge(
         )
     )
     log.info("SIP case opened", extra={"case_id": str(case.id), "reference": case.reference})
-    return case
+    return dataclasses.replace(stay, case_id=str(case.id), case_opened_by=ev.kind, note=None), case
+
+
+async def _change_case(
+    stay: Stay, ev: HospitalEvent, effect: stays.Effect, *, repo: CaseRepository, now: datetime,
+    deadline_days: int,
+) -> SipCase | None:  # fmt: skip
+    case = await repo.get_case(UUID(stay.case_id)) if stay.case_id else None
+    if case is None or case.state in FINAL_STATES:
+        return None
+    changed: SipCase | None = None
+    if effect == "suspend" and case.state != "suspended":
+        changed = case.suspend()
+    elif effect == "resume" and case.state == "suspended" and stay.ready_at is not None:
+        changed = case.resume(stay.ready_at, deadline_days)
+    elif effect == "earlier-ready" and case.state in INVITATION_CLOCK_STATES and stay.ready_at is not None:
+        if stay.ready_at < case.ready_for_discharge_at:
+            changed = dataclasses.replace(
+                case,
+                ready_for_discharge_at=stay.ready_at,
+                invitation_due_at=invitation_deadline(stay.ready_at, deadline_days),
+            )
+    elif effect == "cancel-case":
+        changed = case.move_to("cancelled", closed_reason=f"the hospital cancelled the {ev.cancels} notice")
+    elif effect == "close-case":
+        changed = case.move_to("closed", closed_reason="deceased")
+    if changed is None:
+        return None
+    await repo.update_case(changed)
+    if await repo.next_plan_version(changed.id) > 1:  # a plan exists: its status follows the case
+        await _new_plan_version(repo, changed, now, invitation_sent=changed.invited_at is not None)
+    log.info("SIP case changed by a hospital event",
+             extra={"case_id": str(changed.id), "state": changed.state})  # fmt: skip
+    return changed
 
 
 async def _case_for(repo: CaseRepository, case_id: object, patient_identifier: str) -> SipCase:

@@ -5,17 +5,12 @@ from typing import Any, Protocol
 from uuid import UUID
 
 from services.planning.domain import SipCase
+from services.planning.stays import Stay
 
 
 class CaseRepository(Protocol):
-    async def add_episode(
-        self,
-        hospital_hsa_id: str,
-        episode_id: str,
-        received_at: datetime,
-        ready_for_discharge_at: datetime,
-        sip_needed: bool,
-    ) -> bool: ...
+    async def get_stay(self, hospital_id: str, stay_id: str) -> Stay | None: ...
+    async def save_stay(self, stay: Stay, at: datetime, *, new: bool) -> None: ...
     async def add_case(self, case: SipCase) -> None: ...
     async def get_case(self, case_id: UUID) -> SipCase | None: ...
     async def update_case(self, case: SipCase) -> None: ...

@@ -17,3 +17,24 @@ class PlanningSettings(ServiceSettings):
     invitation_deadline_days: int = Field(
         default=3, ge=1, le=30, description="LUS: SIP invitation within N days of ready-for-discharge"
     )
+
+    # ---- hospital intake (HL7 v2 ADT over MLLP; FHIR messages on POST /fhir/$process-message) ----
+    mllp_enabled: bool = Field(default=True, description="Listen for HL7 v2 ADT over MLLP")
+    mllp_host: str = Field(default="127.0.0.1", description="MLLP listen address (0.0.0.0 in containers)")
+    mllp_port: int = Field(default=2575, ge=0, le=65535, description="MLLP listen port (0 = any free port)")
+    mllp_max_frame_bytes: int = Field(
+        default=1 << 20, ge=1024, description="Largest HL7 message; a larger frame closes the connection"
+    )
+    mllp_idle_timeout: float = Field(
+        default=300.0, gt=0, description="Seconds an idle MLLP connection is kept open"
+    )
+    intake_timezone: str = Field(
+        default="Europe/Stockholm", description="Zone of HL7/FHIR times sent without an offset"
+    )
+    intake_assume_sip_needed: bool = Field(
+        default=True,
+        description="HL7 ADT and FHIR notifications do not say whether the person needs help from both "
+        "kommun and region. True: hospitals send this hub only the LUS notices of patients who do, so "
+        "ready-for-discharge (or discharge) opens a SIP case. False: such stays are only recorded. "
+        "The JSON paths say it per message and are not affected.",
+    )

@@ -6,7 +6,13 @@ from services.planning import handlers
 from services.planning.adapters.store import SqlCaseRepository
 from services.planning.settings import PlanningSettings
 from shared.clock import Clock
-from shared.contracts import ConsentDeclined, ConsentGranted, DischargeNotified, InvitationSent
+from shared.contracts import (
+    ConsentDeclined,
+    ConsentGranted,
+    DischargeNotified,
+    HospitalStayEvent,
+    InvitationSent,
+)
 from shared.directory import Directory
 from shared.runtime import ServiceRuntime
 from shared.topology import contract_exchange, subscription, work_queue
@@ -15,6 +21,7 @@ from shared.topology import contract_exchange, subscription, work_queue
 def register(runtime: ServiceRuntime, settings: PlanningSettings, directory: Directory, clock: Clock) -> None:
     broker = runtime.broker
     discharge = subscription("planning", DischargeNotified)
+    stay_event = subscription("planning", HospitalStayEvent)
     granted = subscription("planning", ConsentGranted)
     declined = subscription("planning", ConsentDeclined)
     sent = subscription("planning", InvitationSent)
@@ -28,6 +35,18 @@ def register(runtime: ServiceRuntime, settings: PlanningSettings, directory: Dir
                 await handlers.handle_discharge(
                     msg, repo=SqlCaseRepository(uow.conn), outbox=uow, directory=directory, clock=clock,
                     deadline_days=settings.invitation_deadline_days,
+                )  # fmt: skip
+
+    @broker.subscriber(
+        work_queue(stay_event), contract_exchange(HospitalStayEvent), title=stay_event.queue_name
+    )
+    async def on_stay_event(msg: HospitalStayEvent) -> None:
+        async with runtime.unit_of_work() as uow:
+            if await uow.first_time(stay_event.queue_name, str(msg.message_id)):
+                await handlers.handle_stay_event(
+                    msg.event, repo=SqlCaseRepository(uow.conn), outbox=uow, directory=directory,
+                    clock=clock, deadline_days=settings.invitation_deadline_days,
+                    assume_sip_needed=settings.intake_assume_sip_needed, correlation_id=msg.correlation_id,
                 )  # fmt: skip
 
     @broker.subscriber(work_queue(granted), contract_exchange(ConsentGranted), title=granted.queue_name)

@@ -32,6 +32,7 @@ class Suite:
             SIP_LOG_FORMAT="json",
             PLANNING_HTTP_PORT=str(self.ports["planning"]),
             PLANNING_PUBLIC_BASE_URL=self.url("planning"),
+            PLANNING_MLLP_PORT=str(self.ports.get("mllp", 0)),
             CONSENT_HTTP_PORT=str(self.ports["consent"]),
             NOTIFY_HTTP_PORT=str(self.ports["notify"]),
             NOTIFY_SMTP_PORT=str(self.smtp.smtp_port),

@@ -27,6 +27,15 @@ ROLE_TEXT = {
 }
 
 
+#: case state → CarePlan.status (required binding request-status)
+PLAN_STATUS = {
+    "suspended": "on-hold",
+    "declined": "revoked",
+    "closed": "revoked",
+    "cancelled": "entered-in-error",
+}
+
+
 def _org(hsa_id: str, display: str | None = None) -> dict[str, Any]:
     ref: dict[str, Any] = {"identifier": {"system": HSA_SYSTEM, "value": hsa_id}}
     if display:
@@ -43,7 +52,7 @@ def care_plan(case: SipCase, *, version: int, at: datetime, invitation_sent: boo
         "id": str(case.id),
         "meta": {"versionId": str(version), "lastUpdated": at.isoformat()},
         "identifier": [{"system": CASE_SYSTEM, "value": case.reference}],
-        "status": "draft",
+        "status": PLAN_STATUS.get(case.state, "draft"),
         "intent": "plan",
         "category": [
             {"coding": [{"system": CATEGORY_SYSTEM, "code": "SIP", "display": "Samordnad individuell plan"}]}
@@ -104,6 +113,22 @@ def capability_statement(base_url: str, at: datetime) -> dict[str, Any]:
             {
                 "mode": "server",
                 "resource": [{"type": "CarePlan", "interaction": [{"code": "read"}]}],
+                "operation": [
+                    {
+                        "name": "process-message",
+                        "definition": "http://hl7.org/fhir/OperationDefinition/MessageHeader-process-message",
+                    }
+                ],
+            }
+        ],
+        "messaging": [
+            {
+                "documentation": "Hospital stay notifications: MedCom HospitalNotification and Da Vinci "
+                "notification bundles (Bundle.type = message), POST [base]/$process-message.",
+                "supportedMessage": [
+                    {"mode": "receiver", "definition": "http://medcomfhir.dk/ig/hospitalnotification/"},
+                    {"mode": "receiver", "definition": "http://hl7.org/fhir/us/davinci-alerts/"},
+                ],
             }
         ],
     }

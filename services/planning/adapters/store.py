@@ -1,7 +1,8 @@
-"""SQL storage of discharge episodes, SIP cases, plan versions and sent invitations."""
+"""SQL storage of hospital stays, SIP cases, plan versions and sent invitations."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import datetime
 from typing import Any
@@ -11,18 +12,33 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.planning.domain import OPEN_STATES, Participant, SipCase
+from services.planning.stays import Cancellation, Stay
 from shared.persistence import UTCDateTime
 
 metadata = sa.MetaData()
 
-episodes = sa.Table(
-    "discharge_episodes",
+stays = sa.Table(
+    "hospital_stays",
     metadata,
-    sa.Column("hospital_hsa_id", sa.String(64), primary_key=True),
-    sa.Column("episode_id", sa.String(128), primary_key=True),
-    sa.Column("received_at", UTCDateTime, nullable=False),
-    sa.Column("ready_for_discharge_at", UTCDateTime, nullable=False),
-    sa.Column("sip_needed", sa.Boolean, nullable=False),
+    sa.Column("hospital_id", sa.String(200), primary_key=True),
+    sa.Column("stay_id", sa.String(200), primary_key=True),
+    sa.Column("patient_system", sa.String(200), nullable=False),
+    sa.Column("patient_value", sa.String(64), nullable=False),
+    sa.Column("patient_kind", sa.String(20), nullable=False),
+    sa.Column("kommun_code", sa.String(4)),
+    sa.Column("primary_care_unit", sa.String(200)),
+    sa.Column("admitted_at", UTCDateTime),
+    sa.Column("expected_discharge_at", UTCDateTime),
+    sa.Column("ready_at", UTCDateTime),
+    sa.Column("discharged_at", UTCDateTime),
+    sa.Column("on_leave", sa.Boolean, nullable=False, default=False),
+    sa.Column("deceased_at", UTCDateTime),
+    sa.Column("applied", sa.Text, nullable=False),  # JSON: kind → [time, message id]
+    sa.Column("cancelled", sa.Text, nullable=False),  # JSON: kind → [time, message id | null]
+    sa.Column("case_id", sa.String(36)),
+    sa.Column("case_opened_by", sa.String(40)),
+    sa.Column("note", sa.String(200)),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
 )
 
 cases = sa.Table(
@@ -30,8 +46,8 @@ cases = sa.Table(
     metadata,
     sa.Column("id", sa.String(36), primary_key=True),
     sa.Column("reference", sa.String(32), nullable=False, unique=True),
-    sa.Column("hospital_hsa_id", sa.String(64), nullable=False),
-    sa.Column("episode_id", sa.String(128), nullable=False),
+    sa.Column("hospital_hsa_id", sa.String(200), nullable=False),  # the stay's hospital id
+    sa.Column("episode_id", sa.String(200), nullable=False),  # the stay id
     sa.Column("patient_identifier", sa.String(12), nullable=False, index=True),
     sa.Column("is_child", sa.Boolean, nullable=False),
     sa.Column("kommun_code", sa.String(4), nullable=False),
@@ -44,7 +60,10 @@ cases = sa.Table(
     sa.Column("correlation_id", sa.String(128)),
     sa.Column("consent_id", sa.String(36)),
     sa.Column("invited_at", UTCDateTime),
-    sa.UniqueConstraint("hospital_hsa_id", "episode_id", name="uq_case_episode"),
+    sa.Column("suspended_from", sa.String(32)),
+    sa.Column("closed_reason", sa.String(200)),
+    # one live case per stay is kept by hospital_stays.case_id (a cancelled case frees the stay)
+    sa.Index("ix_case_episode", "hospital_hsa_id", "episode_id"),
 )
 
 care_plans = sa.Table(
@@ -84,7 +103,42 @@ def _case(row: Any) -> SipCase:
         correlation_id=row.correlation_id,
         consent_id=UUID(row.consent_id) if row.consent_id else None,
         invited_at=row.invited_at,
+        suspended_from=row.suspended_from,
+        closed_reason=row.closed_reason,
     )
+
+
+def _stay(row: Any) -> Stay:
+    return Stay(
+        hospital_id=row.hospital_id,
+        stay_id=row.stay_id,
+        patient_system=row.patient_system,
+        patient_value=row.patient_value,
+        patient_kind=row.patient_kind,
+        kommun_code=row.kommun_code,
+        primary_care_unit=row.primary_care_unit,
+        admitted_at=row.admitted_at,
+        expected_discharge_at=row.expected_discharge_at,
+        ready_at=row.ready_at,
+        discharged_at=row.discharged_at,
+        on_leave=row.on_leave,
+        deceased_at=row.deceased_at,
+        applied={k: (datetime.fromisoformat(t), m) for k, (t, m) in json.loads(row.applied).items()},
+        cancelled={
+            k: Cancellation(datetime.fromisoformat(t), m) for k, (t, m) in json.loads(row.cancelled).items()
+        },
+        case_id=row.case_id,
+        case_opened_by=row.case_opened_by,
+        note=row.note,
+    )
+
+
+def _stay_values(stay: Stay, at: datetime) -> dict[str, Any]:
+    values = {f.name: getattr(stay, f.name) for f in dataclasses.fields(stay)}
+    values["applied"] = json.dumps({k: [t.isoformat(), m] for k, (t, m) in stay.applied.items()})
+    values["cancelled"] = json.dumps({k: [c.at.isoformat(), c.message_id] for k, c in stay.cancelled.items()})
+    values["updated_at"] = at
+    return values
 
 
 def _values(case: SipCase) -> dict[str, Any]:
@@ -105,6 +159,8 @@ def _values(case: SipCase) -> dict[str, Any]:
         "correlation_id": case.correlation_id,
         "consent_id": str(case.consent_id) if case.consent_id else None,
         "invited_at": case.invited_at,
+        "suspended_from": case.suspended_from,
+        "closed_reason": case.closed_reason,
     }
 
 
@@ -112,28 +168,28 @@ class SqlCaseRepository:
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
 
-    async def add_episode(
-        self, hospital_hsa_id: str, episode_id: str, received_at: datetime,
-        ready_for_discharge_at: datetime, sip_needed: bool,
-    ) -> bool:  # fmt: skip
-        """False when this hospital's episode is already known (a resent notice)."""
-        exists = await self.conn.scalar(
-            sa.select(sa.func.count())
-            .select_from(episodes)
-            .where(episodes.c.hospital_hsa_id == hospital_hsa_id, episodes.c.episode_id == episode_id)
-        )
-        if exists:
-            return False
-        await self.conn.execute(
-            episodes.insert().values(
-                hospital_hsa_id=hospital_hsa_id,
-                episode_id=episode_id,
-                received_at=received_at,
-                ready_for_discharge_at=ready_for_discharge_at,
-                sip_needed=sip_needed,
+    async def get_stay(self, hospital_id: str, stay_id: str) -> Stay | None:
+        row = (
+            await self.conn.execute(
+                stays.select().where(stays.c.hospital_id == hospital_id, stays.c.stay_id == stay_id)
             )
-        )
-        return True
+        ).first()
+        return _stay(row) if row else None
+
+    async def save_stay(self, stay: Stay, at: datetime, *, new: bool) -> None:
+        values = _stay_values(stay, at)
+        if new:
+            await self.conn.execute(stays.insert().values(**values))
+        else:
+            await self.conn.execute(
+                stays.update()
+                .where(stays.c.hospital_id == stay.hospital_id, stays.c.stay_id == stay.stay_id)
+                .values(**values)
+            )
+
+    async def list_stays(self, limit: int = 200) -> list[Stay]:
+        q = stays.select().order_by(stays.c.updated_at.desc()).limit(limit)
+        return [_stay(r) for r in await self.conn.execute(q)]
 
     async def add_case(self, case: SipCase) -> None:
         await self.conn.execute(cases.insert().values(**_values(case)))

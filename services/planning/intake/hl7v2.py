@@ -41,6 +41,10 @@ TRIGGERS: dict[str, tuple[EventKind, EventKind | None]] = {
     "A08": ("corrected", None),  # becomes expected-discharge-changed when PV2-9 is given
     "A11": ("cancelled", "admitted"),
     "A13": ("cancelled", "discharged"),
+    # LUS over ADT: A16 "pending discharge" carries utskrivningsklar (EVN-6 = the exact time the
+    # doctor judged the patient ready), A25 "cancel pending discharge" is the revocation.
+    "A16": ("ready-for-discharge", None),
+    "A25": ("ready-revoked", None),
     "A21": ("leave-started", None),
     "A22": ("leave-ended", None),
 }

@@ -230,6 +230,8 @@ def test_a08_without_pv2_is_corrected() -> None:
         ("A13", "cancelled", "discharged"),
         ("A21", "leave-started", None),
         ("A22", "leave-ended", None),
+        ("A16", "ready-for-discharge", None),
+        ("A25", "ready-revoked", None),
     ],
 )
 def test_trigger_mapping(trigger: str, kind: str, cancels: str | None) -> None:
@@ -237,6 +239,14 @@ def test_trigger_mapping(trigger: str, kind: str, cancels: str | None) -> None:
     assert out.ack_code == "AA", out.error
     assert out.events[0].kind == kind
     assert out.events[0].cancels == cancels
+
+
+def test_a16_ready_for_discharge_keeps_the_exact_evn6_time() -> None:
+    out = parse_adt(adt_bytes("A16", evn_occurred="20240301093012+0100"))
+    assert out.ack_code == "AA", out.error
+    (ev,) = out.events
+    assert ev.kind == "ready-for-discharge"
+    assert ev.ready_for_discharge_at == datetime(2024, 3, 1, 8, 30, 12, tzinfo=UTC)
 
 
 def test_admit_time_from_pv1_44_and_local_time_default() -> None:

@@ -34,24 +34,57 @@ def case(state="consent_pending", **kw) -> SipCase:
 ALLOWED = {
     ("consent_pending", "invitation_requested"),
     ("consent_pending", "declined"),
+    ("consent_pending", "suspended"),
+    ("consent_pending", "cancelled"),
+    ("consent_pending", "closed"),
     ("invitation_requested", "invited"),
+    ("invitation_requested", "suspended"),
+    ("invitation_requested", "cancelled"),
+    ("invitation_requested", "closed"),
+    ("invited", "suspended"),
+    ("invited", "cancelled"),
+    ("invited", "closed"),
+    ("suspended", "consent_pending"),
+    ("suspended", "invitation_requested"),
+    ("suspended", "invited"),
+    ("suspended", "cancelled"),
+    ("suspended", "closed"),
 }
 
 
 @pytest.mark.parametrize(("current", "target"), sorted(product(STATES, STATES)))
 def test_every_transition_is_either_allowed_or_refused(current, target):
-    c = case(current)
+    # a suspended case may only resume to where it was; here it was suspended from the target
+    c = case(current, suspended_from=target if current == "suspended" else None)
+    reason = {"closed_reason": "deceased"} if target in ("cancelled", "closed") else {}
     if (current, target) in ALLOWED:
-        assert c.move_to(target).state == target
+        assert c.move_to(target, **reason).state == target
     else:
         with pytest.raises(InvalidTransition) as err:
-            c.move_to(target)
+            c.move_to(target, **reason)
         assert f"from {current} to {target}" in str(err.value)
         assert isinstance(err.value, PermanentError)  # a refused transition is never retried
 
 
 def test_transition_table_is_what_the_tests_say():
     assert {(a, b) for a, bs in TRANSITIONS.items() for b in bs} == ALLOWED
+
+
+@pytest.mark.parametrize("target", ["cancelled", "closed"])
+def test_ending_a_case_needs_a_recorded_reason(target):
+    with pytest.raises(PermanentError, match="reason"):
+        case().move_to(target)
+
+
+def test_a_suspended_case_resumes_only_where_it_was_with_a_new_deadline():
+    c = case("invitation_requested").suspend()
+    assert c.state == "suspended" and c.suspended_from == "invitation_requested"
+    with pytest.raises(InvalidTransition):
+        c.move_to("consent_pending")
+    later = NOW + timedelta(days=5)
+    r = c.resume(later, 3)
+    assert r.state == "invitation_requested" and r.suspended_from is None
+    assert r.ready_for_discharge_at == later and r.invitation_due_at == later + timedelta(days=3)
 
 
 @pytest.mark.parametrize(
