@@ -196,8 +196,6 @@ async def test_on_event_failure_rolls_back_and_resend_succeeds(tmp_path: Path) -
 
 async def test_fhir_duplicate_and_tek_fcc(stack: Stack) -> None:
     medcom = CONFORMANCE / "medcom-hospitalnotification"
-    if not medcom.exists():
-        pytest.skip(f"conformance examples not available at {medcom}")
     first = await stack.service.handle_fhir((medcom / "HospitalNotification_Ex_STIN_A.json").read_bytes())
     # TEK_DUB repeats STIN_A's MessageHeader.id: recognised as a duplicate, same answer, no effect
     dup = await stack.service.handle_fhir((medcom / "HospitalNotification_Ex_TEK_DUB.json").read_bytes())
@@ -209,3 +207,49 @@ async def test_fhir_duplicate_and_tek_fcc(stack: Stack) -> None:
     rows = await stack.rows()
     assert [(r.source, r.outcome) for r in rows] == [("fhir", "ok"), ("fhir", "fatal-error")]
     assert [e.kind for e in stack.seen] == ["admitted"]
+
+
+async def test_iso_8859_1_names_over_the_socket_are_stored_as_sent(stack: Stack) -> None:
+    raw = adt_bytes(name="Öberg^Åsa", charset="8859/1", encoding="iso8859-1", control_id="LATIN-1")
+    assert "Åsa".encode("iso8859-1") in raw
+    (ack,) = await _exchange(stack.server.port, [frame(raw)], 1)
+    assert msa(ack)[1:3] == ["AA", "LATIN-1"]
+    [row] = await stack.rows()
+    assert bytes(row.raw) == raw  # the message as received, byte for byte
+    assert [e.kind for e in stack.seen] == ["discharged"]
+
+
+@pytest.mark.parametrize(
+    ("version", "pv1_36"), [("2.3", "01"), ("2.7", "01^Discharged to home or self care^HL70112")]
+)
+async def test_v23_and_v27_field_types_over_the_socket(stack: Stack, version: str, pv1_36: str) -> None:
+    raw = adt_bytes(version=version, pv1_36=pv1_36, control_id=f"V{version}")
+    (ack,) = await _exchange(stack.server.port, [frame(raw)], 1)
+    assert msa(ack)[1:3] == ["AA", f"V{version}"]
+    [ev] = stack.seen
+    assert ev.discharge_disposition == "01" and ev.kind == "discharged"
+
+
+@pytest.mark.postgres
+async def test_on_postgresql_duplicates_sent_at_once_get_one_row_and_the_same_ack(pg_url: str) -> None:
+    engine = make_engine(pg_url)
+    md = sa.MetaData()
+    table = intake_tables(md)
+    async with engine.begin() as conn:
+        await conn.run_sync(md.create_all)
+    seen: list[HospitalEvent] = []
+
+    async def on_event(conn: AsyncConnection, event: HospitalEvent) -> None:
+        seen.append(event)
+
+    service = IntakeService(engine, table, on_event=on_event)
+    try:
+        raw = adt_bytes(name="Öberg^Åsa", charset="8859/1", encoding="iso8859-1", control_id="PG-1")
+        acks = await asyncio.gather(*(service.handle_hl7(raw) for _ in range(8)))
+        assert len(set(acks)) == 1 and msa(acks[0])[1] == "AA"
+        async with engine.connect() as conn:
+            rows = (await conn.execute(sa.select(table))).all()
+        assert len(rows) == 1 and bytes(rows[0].raw) == raw
+        assert len(seen) == 1
+    finally:
+        await engine.dispose()

@@ -8,7 +8,7 @@ from tests.support.personnummer import ADULT
 
 PNR_AUTHORITY = "SKV&1.2.752.129.2.1.3.1&ISO"
 SNR_AUTHORITY = "SKV&1.2.752.129.2.1.3.3&ISO"
-CONFORMANCE = Path(__file__).resolve().parents[3].parent / "shared" / "conformance"
+CONFORMANCE = Path(__file__).resolve().parents[2] / "conformance"
 
 
 def bad_check_digit(pnr: str) -> str:

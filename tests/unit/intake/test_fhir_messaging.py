@@ -20,8 +20,7 @@ INVALID_MEDCOM = {"HospitalNotification_Ex_TEK_FCC.json"}
 
 
 def _need(path: Path) -> None:
-    if not path.exists():
-        pytest.skip(f"conformance examples not available at {path} (expected ../shared/conformance)")
+    assert path.exists(), f"conformance examples missing at {path} (tests/conformance)"
 
 
 def _medcom_files() -> list[str]:

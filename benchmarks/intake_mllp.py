@@ -1,0 +1,174 @@
+"""Benchmark: HL7 v2 ADT^A03 over MLLP into the planning service, beside raw RabbitMQ in the same run.
+
+    .venv/bin/python -m benchmarks.intake_mllp [--messages 3000] [--connections 4]
+
+Starts the planning service as its own process (SQLite, this machine's RabbitMQ, a fresh vhost),
+sends distinct ADT^A03 messages (Skatteverket test personnummer) over ``--connections`` MLLP
+connections — each connection waits for its ACK before the next message, as MLLP senders do — and
+prints sustained messages/s and the time from the last byte sent to the ACK received (p50/p99).
+Every ACK is an AA sent after the message, its ACK and its outgoing event were committed.
+
+In the same run it measures the ceiling: raw aio-pika publishes of the same number of persistent
+messages of the same size, with publisher confirms, from the same number of concurrent publishers,
+each waiting for its confirm (as the intake waits for its commit). It prints both and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aio_pika
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from services.planning.intake.mllp import FrameDecoder, frame  # noqa: E402
+from tests.support.infra import Proc, free_port, python_module, rabbit_vhost  # noqa: E402
+from tests.support.personnummer import ADULTS  # noqa: E402
+
+VC = "SE2321000016-VC001"
+
+
+def a03(i: int) -> bytes:
+    pnr = ADULTS[i % len(ADULTS)]
+    segments = [
+        f"MSH|^~\\&|PAS|SU^1.2.752.129.2.1.4.1^ISO|SIP|KOMMUN|20261120140600+0100||ADT^A03^ADT_A03|BENCH-{i}|P|2.5"
+        "||||||8859/1",
+        "EVN|A03|20261120140500+0100",
+        f"PID|1||{pnr}^^^SKV&1.2.752.129.2.1.3.1&ISO^PN||Åström^Örjan||20000101|F|||"
+        "Storgatan 1^^Stockholm^^11122^SWE^H^^0180",
+        f"PD1|||Vårdcentralen Södermalm^^^^^^^^^{VC}",
+        f"PV1|1|I|||||||||||||||||BENCH-V{i}|||||||||||||||||01||||||||20261118090000+0100|20261120140000+0100",
+    ]
+    return ("\r".join(segments) + "\r").encode("iso8859-1")
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+async def mllp_run(port: int, total: int, connections: int) -> tuple[float, list[float], dict[str, int]]:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(total):
+        queue.put_nowait(i)
+    latencies: list[float] = []
+    codes: dict[str, int] = {}
+
+    async def sender() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        decoder = FrameDecoder()
+        try:
+            while True:
+                try:
+                    i = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                writer.write(frame(a03(i)))
+                await writer.drain()
+                t0 = time.perf_counter()
+                acks: list[bytes] = []
+                while not acks:
+                    chunk = await asyncio.wait_for(reader.read(65536), timeout=30)
+                    if not chunk:
+                        raise ConnectionError("the service closed the connection")
+                    acks = decoder.feed(chunk)
+                latencies.append(time.perf_counter() - t0)
+                msa = next(s for s in acks[0].split(b"\r") if s.startswith(b"MSA|")).split(b"|")[1].decode()
+                codes[msa] = codes.get(msa, 0) + 1
+        finally:
+            writer.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(sender() for _ in range(connections)))
+    return time.perf_counter() - start, latencies, codes
+
+
+async def raw_run(amqp_url: str, total: int, publishers: int, size: int) -> tuple[float, list[float]]:
+    conn = await aio_pika.connect_robust(amqp_url)
+    latencies: list[float] = []
+    async with conn:
+        setup = await conn.channel()
+        q = await setup.declare_queue("bench.raw", durable=True, arguments={"x-queue-type": "quorum"})
+        body = b"x" * size
+        counter = iter(range(total))
+
+        async def publisher() -> None:
+            ch = await conn.channel(publisher_confirms=True)
+            for _ in counter:
+                t0 = time.perf_counter()
+                await ch.default_exchange.publish(
+                    aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=q.name
+                )
+                latencies.append(time.perf_counter() - t0)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(publisher() for _ in range(publishers)))
+        elapsed = time.perf_counter() - start
+        await q.delete(if_unused=False, if_empty=False)
+    return elapsed, latencies
+
+
+async def wait_drained(amqp_url: str, queue: str, timeout: float = 300) -> float:
+    """Seconds until planning has consumed every stay event (the whole pipeline caught up)."""
+    conn = await aio_pika.connect(amqp_url)
+    start = time.perf_counter()
+    async with conn:
+        ch = await conn.channel()
+        while time.perf_counter() - start < timeout:
+            q = await ch.declare_queue(queue, passive=True)
+            if q.declaration_result.message_count == 0:
+                return time.perf_counter() - start
+            await asyncio.sleep(0.2)
+    return float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--messages", type=int, default=3000)
+    ap.add_argument("--connections", type=int, default=4)
+    args = ap.parse_args()
+
+    with rabbit_vhost() as amqp_url, tempfile.TemporaryDirectory() as tmp:
+        http_port, mllp_port = free_port(), free_port()
+        env = dict(os.environ)
+        env.update(
+            SIP_AMQP_URL=amqp_url,
+            SIP_DATA_DIR=tmp,
+            SIP_DIRECTORY_PATH=str(REPO / "config" / "directory.yaml"),
+            SIP_LOG_LEVEL="WARNING",
+            PLANNING_HTTP_PORT=str(http_port),
+            PLANNING_MLLP_PORT=str(mllp_port),
+        )
+        proc = Proc("planning", python_module("services.planning"), env, Path(tmp) / "planning.log",
+                    health_url=f"http://127.0.0.1:{http_port}/healthz").start()  # fmt: skip
+        try:
+            asyncio.run(mllp_run(mllp_port, min(100, args.messages), args.connections))  # warm-up
+            elapsed, lat, codes = asyncio.run(mllp_run(mllp_port, args.messages, args.connections))
+            drain = asyncio.run(wait_drained(amqp_url, "planning.hospital.stay-event.v1"))
+        finally:
+            proc.stop()
+        size = len(a03(0))
+        raw_elapsed, raw_lat = asyncio.run(raw_run(amqp_url, args.messages, args.connections, size))
+
+    rate, raw_rate = len(lat) / elapsed, len(raw_lat) / raw_elapsed
+    print(f"HL7 v2 ADT^A03 over MLLP → planning (SQLite, RabbitMQ outbox), {args.connections} connections")
+    print(f"  messages            {len(lat)}  ACK codes {codes}")
+    print(f"  sustained           {rate:8.1f} messages/s")
+    print(f"  time to ACK         p50 {pct(lat, 50) * 1000:6.2f} ms   p99 {pct(lat, 99) * 1000:6.2f} ms")
+    print(f"  stay events consumed by planning {drain:.1f} s after the last ACK")
+    print(f"raw aio-pika persistent publish + confirm, {args.connections} publishers, {size}-byte body")
+    print(f"  sustained           {raw_rate:8.1f} messages/s")
+    print(f"  time to confirm     p50 {pct(raw_lat, 50) * 1000:6.2f} ms   p99 {pct(raw_lat, 99) * 1000:6.2f} ms")
+    print(f"intake / raw publish  {rate / raw_rate:8.2f}   (mean ACK {statistics.mean(lat) * 1000:.2f} ms)")
+
+
+if __name__ == "__main__":
+    main()
