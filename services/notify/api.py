@@ -1,8 +1,9 @@
 """HTTP API of notify: read what was sent to whom and how it went.
 
 The list view leaves out the recipients' addresses (contact data) and the message text; the
-single-notification view includes the address and subject. Neither ever shows personal data of
-the patient — there is none in notify.
+single-notification view includes the address and subject. Every notification is also readable
+as a FHIR R4 ``Communication`` (``/fhir/Communication/{id}``: completed, or not-done with the
+reason). None of them ever shows personal data of the patient — there is none in notify.
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ from datetime import datetime
 from uuid import UUID
 
 from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from services.notify.adapters.fhir import communication_resource
 from services.notify.adapters.store import SqlNotificationRepository
 from services.notify.domain import Notification
+from shared.fhir import fhir_json, outcome_response
 from shared.runtime import ServiceRuntime
 
 
@@ -22,6 +26,7 @@ class NotificationSummary(BaseModel):
     id: UUID
     case_id: UUID
     case_reference: str
+    kind: str
     recipient_hsa_id: str
     channel: str
     status: str
@@ -37,6 +42,7 @@ class NotificationSummary(BaseModel):
             id=n.id,
             case_id=n.case_id,
             case_reference=n.case_reference,
+            kind=n.kind,
             recipient_hsa_id=n.recipient_hsa_id,
             channel=n.channel,
             status=n.status,
@@ -54,6 +60,8 @@ class NotificationDetail(NotificationSummary):
     language: str
     email_message_id: str
     correlation_id: str | None
+    calendar_attached: bool
+    fhir_url: str
 
     @classmethod
     def of(cls, n: Notification) -> NotificationDetail:
@@ -64,6 +72,8 @@ class NotificationDetail(NotificationSummary):
             language=n.language,
             email_message_id=n.email_message_id,
             correlation_id=n.correlation_id,
+            calendar_attached=n.ics is not None,
+            fhir_url=f"/fhir/Communication/{n.id}",
         )
 
 
@@ -85,5 +95,22 @@ def build_router(runtime: ServiceRuntime) -> APIRouter:
         if n is None:
             raise HTTPException(status_code=404, detail="notification not found")
         return NotificationDetail.of(n)
+
+    @router.get(
+        "/fhir/Communication/{notification_id}",
+        tags=["fhir"],
+        summary="Read a notification (one delivery) as FHIR R4 Communication",
+        response_class=JSONResponse,
+    )
+    async def fhir_communication(notification_id: str) -> JSONResponse:
+        try:
+            nid = UUID(notification_id)
+        except ValueError:
+            return outcome_response(404, f"no Communication with id {notification_id[:64]}", "not-found")
+        async with runtime.engine.connect() as conn:
+            n = await SqlNotificationRepository(conn).get(nid)
+        if n is None:
+            return outcome_response(404, f"no Communication with id {nid}", "not-found")
+        return fhir_json(communication_resource(n))
 
     return router

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from fastapi import FastAPI
 
 from services.notify import api, subscribers
-from services.notify.adapters.smtp import SmtpEmailSender
+from services.notify.adapters.http_channels import SmsGatewaySender, WebhookChannelSender, WebhookSecrets
+from services.notify.adapters.smtp import EmailChannelSender, SmtpEmailSender
 from services.notify.adapters.store import metadata
 from services.notify.dispatcher import Dispatcher
-from services.notify.ports import EmailSender
+from services.notify.ports import ChannelSender, EmailSender
 from services.notify.settings import NotifySettings
 from shared.clock import Clock, SystemClock
 from shared.directory import load_directory
@@ -22,19 +25,33 @@ def create_app(
     *,
     clock: Clock | None = None,
     sender: EmailSender | None = None,
+    channels: Mapping[str, ChannelSender] | None = None,
+    webhook_secrets: WebhookSecrets | None = None,
 ) -> FastAPI:
+    """``sender`` replaces the SMTP sender; ``channels`` replaces any channel (by kind)."""
     settings = settings or NotifySettings()
     clock = clock or SystemClock()
     sender = sender or SmtpEmailSender(settings)
+    secrets = webhook_secrets or WebhookSecrets.load(file=settings.webhook_secrets_file)
+    token = settings.sms_gateway_token.get_secret_value() if settings.sms_gateway_token else None
+    all_channels: dict[str, ChannelSender] = {
+        "email": EmailChannelSender(sender),
+        "webhook": WebhookChannelSender(secrets, timeout=settings.http_timeout),
+        "sms": SmsGatewaySender(url=settings.sms_gateway_url, token=token, timeout=settings.http_timeout),
+        **(channels or {}),
+    }
     runtime = ServiceRuntime(SERVICE, settings, metadata)
     directory = load_directory(settings.directory_path)
-    dispatcher = Dispatcher(runtime, sender, clock, settings)
-    subscribers.register(runtime, directory, dispatcher, clock)
+    dispatcher = Dispatcher(runtime, all_channels, clock, settings)
+    subscribers.register(runtime, directory, dispatcher, clock, settings)
     runtime.background.append(dispatcher.run)
     app = FastAPI(
         title="sip-suite notify",
         version="0.1.0",
-        description="Sends SIP invitations (e-mail) to participating organisations; no personal data.",
+        description=(
+            "Sends SIP notifications (e-mail with a calendar invitation, signed FHIR webhook, SMS) to "
+            "participating organisations; no personal data. Every delivery is a FHIR Communication."
+        ),
         lifespan=runtime.lifespan,
     )
     runtime.add_health_routes(app)

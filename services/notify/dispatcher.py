@@ -4,19 +4,23 @@ One notification at a time goes through three steps, each its own transaction:
 
 1. **claim** — ``pending → sending``, attempts + 1 (only if still pending, so two loops never
    send the same row at once);
-2. **send** — the e-mail goes to the SMTP server with ``Message-ID: <{notification_id}@sip-suite>``;
-   the id is derived from the dedupe key, so every attempt carries the same Message-ID;
+2. **send** — over the notification's channel, each behind the one port
+   :class:`~services.notify.ports.ChannelSender`: e-mail to the SMTP server with
+   ``Message-ID: <{notification_id}@sip-suite>`` (the id is derived from the dedupe key, so every
+   attempt carries the same Message-ID); webhook as a signed FHIR Communication whose id is the
+   notification id; SMS through the HTTP gateway;
 3. **record** — in ONE transaction: ``sending → sent`` (sent_at) and ``InvitationSent`` into the
    outbox; or, on a transient failure, back to ``pending`` with an exponential, capped backoff; on a
    permanent failure or when attempts are exhausted, ``failed`` with a reason free of personal data.
 
 Crash rule (explicit, tested): a notification still in ``sending`` when the dispatcher starts was
 being sent when the process died — between steps 1 and 3 we cannot know whether the server got the
-mail. It is put back to ``pending`` and sent again: **e-mail delivery is at-least-once**. The
-duplicate carries the same Message-ID, so the receiving side (mail systems, people) can recognise
-it. Losing an invitation is worse than a rare duplicate with the same id. This start-up release
-assumes one dispatcher per database (one notify replica), as SQLite implies; several replicas on
-PostgreSQL would need a lease on ``sending`` instead (not done).
+mail. It is put back to ``pending`` and sent again: **delivery is at-least-once** on every channel.
+The duplicate carries the same Message-ID (e-mail) or Communication id and ``X-Sip-Delivery-Id``
+(webhook), so the receiving side can recognise it. Losing an invitation is worse than a rare
+duplicate with the same id. This start-up release assumes one dispatcher per database (one notify
+replica), as SQLite implies; several replicas on PostgreSQL would need a lease on ``sending``
+instead (not done).
 """
 
 from __future__ import annotations
@@ -24,13 +28,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from uuid import UUID
 
+from services.notify.adapters.fhir import communication_resource
 from services.notify.adapters.store import SqlNotificationRepository
 from services.notify.domain import Notification, after_failure, backoff
 from services.notify.ports import (
-    EmailSender,
-    OutgoingEmail,
+    ChannelSender,
+    Delivery,
     PermanentSendError,
     SendError,
     TransientSendError,
@@ -47,10 +53,14 @@ BATCH = 50
 
 class Dispatcher:
     def __init__(
-        self, runtime: ServiceRuntime, sender: EmailSender, clock: Clock, settings: NotifySettings
+        self,
+        runtime: ServiceRuntime,
+        channels: Mapping[str, ChannelSender],
+        clock: Clock,
+        settings: NotifySettings,
     ) -> None:
         self.runtime = runtime
-        self.sender = sender
+        self.channels = dict(channels)
         self.clock = clock
         self.settings = settings
         self._wake = asyncio.Event()
@@ -115,44 +125,43 @@ class Dispatcher:
         except SendError as exc:
             return await self._record_failure(n, exc)
         except Exception as exc:  # an unexpected bug in a sender must not lose the mail
-            log.exception("unexpected error from the e-mail sender", extra={"notification_id": str(n.id)})
+            log.exception(
+                "unexpected error from a channel",
+                extra={"notification_id": str(n.id), "channel": n.channel},
+            )
             return await self._record_failure(
                 n, TransientSendError(f"unexpected error ({type(exc).__name__})")
             )
         return await self._record_sent(n)
 
     async def _send(self, n: Notification) -> None:
-        if n.channel != "email" or not n.address:
-            raise PermanentSendError(f"cannot send over channel {n.channel}")
-        addresses = tuple(a.strip() for a in n.address.split(",") if a.strip())
-        await self.sender.send(
-            OutgoingEmail(
-                message_id=n.email_message_id,
-                to=addresses,
-                subject=n.subject,
-                body=n.body,
-                language=n.language,
-            )
-        )
+        channel = self.channels.get(n.channel)
+        if channel is None:
+            raise PermanentSendError(f"no sender configured for channel {n.channel}")
+        communication = communication_resource(n, sent_at=self.clock.now(), for_delivery=True)
+        await channel.deliver(Delivery(notification=n, communication=communication))
 
     async def _record_sent(self, n: Notification) -> str:
         now = self.clock.now()
         async with self.runtime.unit_of_work() as uow:
-            if await SqlNotificationRepository(uow.conn).mark_sent(n.id, now):
+            marked = await SqlNotificationRepository(uow.conn).mark_sent(n.id, now)
+            if marked and n.kind == "invitation":
                 await uow.send(
                     InvitationSent(
                         case_id=n.case_id,
                         notification_id=n.id,
                         recipient_hsa_id=n.recipient_hsa_id,
-                        channel="email",
+                        channel=n.channel,
                         sent_at=now,
                         correlation_id=n.correlation_id,
                     )
                 )
         log.info(
-            "invitation sent",
+            "notification sent",
             extra={
                 "notification_id": str(n.id),
+                "kind": n.kind,
+                "channel": n.channel,
                 "case_id": str(n.case_id),
                 "recipient_hsa_id": n.recipient_hsa_id,
                 "attempts": n.attempts,
@@ -185,6 +194,7 @@ class Dispatcher:
         extra = {
             "notification_id": str(n.id),
             "recipient_hsa_id": n.recipient_hsa_id,
+            "channel": n.channel,
             "attempts": n.attempts,
             "error": error,
             "correlation_id": n.correlation_id,

@@ -11,7 +11,7 @@ States::
        ▲                  │
        └──transient error─┤
                           └──permanent error / attempts exhausted──▶ failed
-    pending ──(channel not supported)──▶ failed
+    pending ──(no channel / not sendable)──▶ failed
 
 ``sent`` and ``failed`` are final.
 """
@@ -74,6 +74,12 @@ class Notification:
     updated_at: datetime
     sent_at: datetime | None = None
     last_error: str | None = None
+    # since issue #6 (stored beside the row, see adapters/store.py): what kind of notification,
+    # where the plan is read, the owning unit that sends it, the calendar invitation (e-mail only)
+    kind: str = "invitation"
+    plan_url: str | None = None
+    sender_hsa_id: str | None = None
+    ics: str | None = None
 
     @property
     def key(self) -> DedupeKey:

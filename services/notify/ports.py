@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 from uuid import UUID
 
 from services.notify.domain import Notification
@@ -23,18 +23,50 @@ class PermanentSendError(SendError):
 
 
 @dataclass(frozen=True)
+class CalendarAttachment:
+    """An iCalendar object sent as ``text/calendar; method=REQUEST`` (and as ``invite.ics``)."""
+
+    ics: str
+    method: str = "REQUEST"
+    filename: str = "invite.ics"
+
+
+@dataclass(frozen=True)
 class OutgoingEmail:
     message_id: str  # "<...@sip-suite>", the same for every attempt of one notification
     to: tuple[str, ...]
     subject: str
     body: str
     language: str = "sv"
+    calendar: CalendarAttachment | None = None
 
 
 class EmailSender(Protocol):
     async def send(self, email: OutgoingEmail) -> None:
         """Hand the message to the mail server; raise TransientSendError / PermanentSendError."""
         ...
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One attempt at one notification, as every channel sees it.
+
+    ``communication`` is the FHIR R4 Communication (JSON) describing the message; the webhook
+    channel posts it, the others may ignore it.
+    """
+
+    notification: Notification
+    communication: dict[str, Any]
+
+
+class ChannelSender(Protocol):
+    """The one port every channel (e-mail, webhook, SMS) implements.
+
+    Raise :class:`TransientSendError` for what a later attempt can fix and
+    :class:`PermanentSendError` for what it cannot; return normally when the receiver accepted it.
+    """
+
+    async def deliver(self, delivery: Delivery) -> None: ...
 
 
 class NotificationRepository(Protocol):

@@ -25,3 +25,20 @@ class NotifySettings(ServiceSettings):
     retry_max_seconds: float = Field(default=300, gt=0, description="Longest retry delay")
     max_send_attempts: int = Field(default=10, ge=1, le=100, description="Sends before a mail is failed")
     send_concurrency: int = Field(default=8, ge=1, le=64, description="E-mails in flight at once")
+
+    # ---- webhook and SMS channels (issue #6) ----
+    webhook_secrets_file: str | None = Field(
+        default=None,
+        description=(
+            "YAML file mapping HSA-id → webhook shared secret; NOTIFY_WEBHOOK_SECRET_<HSA-ID> "
+            "(HSA-id in capitals, other characters as _) in the environment wins over it"
+        ),
+    )
+    http_timeout: float = Field(default=10.0, gt=0, description="Seconds for one webhook or SMS request")
+    sms_gateway_url: str | None = Field(
+        default=None, description="SMS gateway endpoint: POST {to, text} as JSON (https)"
+    )
+    sms_gateway_token: SecretStr | None = Field(default=None, description="Bearer token for the gateway")
+    meeting_default_minutes: int = Field(
+        default=60, ge=5, le=480, description="Length of a meeting sent without an end time (calendar)"
+    )

@@ -1,16 +1,27 @@
-"""The invitation e-mail text, in Swedish and English. Pure.
+"""The notification texts, in Swedish and English, plain language. Pure.
 
-The input is deliberately narrow — the case reference, the due time, the plan URL and the language —
-because that is all an invitation may say: *what* happened and *where* an authorised participant
-reads more. E-mail is not a secure channel: no name, no personnummer, no health data. As a last line
-of defence, text that would carry something shaped like a personal identity number is refused.
+Every kind of notification has one render function (see :data:`RENDERERS`) returning the e-mail
+subject and body and a short SMS text. The inputs are deliberately narrow — a case reference, times,
+links, codes from fixed sets and the person's interpreter language as a code — because that is all a
+notification may say: *what* happened and *where* an authorised participant reads more. E-mail and
+SMS are not secure channels: no name, no personnummer, no health data.
+
+Two last lines of defence run over every rendered text:
+
+- anything shaped like a valid personal identity number refuses the text (:class:`PersonalDataInText`);
+- anything that looks like health data — an ICD-10-shaped code or a common diagnosis word — refuses
+  it too (:class:`HealthDataInText`). The one free-text input (the meeting place) can only come
+  through these guards; a code such as the interpreter language is mapped to a name and can carry
+  no text at all. An interpreter need is a language need, not health data.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from shared.identifiers import is_valid_person_identifier, luhn_check_digit
@@ -21,24 +32,136 @@ STOCKHOLM = ZoneInfo("Europe/Stockholm")
 PERSONAL_NUMBER = re.compile(r"(?<!\d)(?:\d{2})?\d{6}[-+]?\d{4}(?!\d)")
 # UUIDs (case and plan ids in links) often hold long digit runs; they are identifiers we issue.
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# an ICD-10 code standing alone: F32, F32.1, E11.65, Z99.2A
+_ICD10 = re.compile(r"(?<![A-Za-z0-9])[A-TV-Z]\d{2}(?:\.\d{1,2}[A-Z]?)?(?![A-Za-z0-9])")
+# word beginnings that name a diagnosis or a sensitive condition (sv/en); deliberately broad
+_HEALTH_WORDS = re.compile(
+    r"\b(diagnos|depressi|schizofren|schizophren|psykos|psychos|bipol[aä]r|cancer|tum[oö]r|tumour"
+    r"|diabet|demens|dementia|alzheimer|hiv\b|aids\b|hepatit|missbruk|substance abuse|addiction"
+    r"|alkoholis|alcoholi|narkoman|epileps|epilepsi|stroke|infarkt|infarction|suicid|självmord"
+    r"|självskad|self-harm|ätstörning|eating disorder|anorexi|bulimi|ptsd|adhd|autism|psykisk ohälsa"
+    r"|mental illness|sjukdom|disease)",
+    re.IGNORECASE,
+)
+# a case reference we issue: letters, digits, dashes (SIP-2026-4F3A9C)
+_REFERENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-_.]{0,63}$")
+_URL = re.compile(r"^https?://[^\s<>\"']{1,500}$")
+_LANGUAGE_CODE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
+
+Kind = Literal[
+    "invitation",
+    "reminder",
+    "plan-established",
+    "follow-up-due",
+    "deadline-escalation",
+    "consent-withdrawn",
+    "case-closed",
+]
+KINDS: tuple[Kind, ...] = (
+    "invitation",
+    "reminder",
+    "plan-established",
+    "follow-up-due",
+    "deadline-escalation",
+    "consent-withdrawn",
+    "case-closed",
+)
+Deadline = Literal["invitation", "meeting", "follow-up"]
+ClosedReason = Literal["plan-completed", "person-ended", "consent-withdrawn", "other"]
 
 
-class PersonalDataInText(ValueError):
+class UnsafeText(ValueError):
+    """A notification text would carry something it must not; the message names the rule only."""
+
+
+class PersonalDataInText(UnsafeText):
     """The rendered text would contain something shaped like a personnummer."""
+
+
+class HealthDataInText(UnsafeText):
+    """The rendered text would contain something that looks like health data (a diagnosis)."""
 
 
 @dataclass(frozen=True)
 class RenderedEmail:
+    """One notification's texts: e-mail subject and body, and the short SMS text."""
+
     subject: str
     body: str
+    sms: str = ""
+
+
+Rendered = RenderedEmail
+
+
+@dataclass(frozen=True)
+class Meeting:
+    """A SIP meeting. ``video_url`` set means the meeting is held (also) remotely."""
+
+    start: datetime
+    end: datetime | None = None
+    location: str | None = None
+    video_url: str | None = None
+
+    @property
+    def remote(self) -> bool:
+        return self.video_url is not None
 
 
 _SV_MONTHS = (
     "januari", "februari", "mars", "april", "maj", "juni",
     "juli", "augusti", "september", "oktober", "november", "december",
 )  # fmt: skip
+_EN_MONTHS = (
+    "January", "February", "March", "April", "May", "June",
+    "July", "August", "September", "October", "November", "December",
+)  # fmt: skip
+_SV_WEEKDAYS = ("måndag", "tisdag", "onsdag", "torsdag", "fredag", "lördag", "söndag")
+_EN_WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+# interpreter languages: code → (Swedish, English). An unknown but well-formed code is shown as is.
+LANGUAGE_NAMES: dict[str, tuple[str, str]] = {
+    "am": ("amhariska", "Amharic"),
+    "ar": ("arabiska", "Arabic"),
+    "bs": ("bosniska", "Bosnian"),
+    "ckb": ("sorani", "Sorani Kurdish"),
+    "de": ("tyska", "German"),
+    "el": ("grekiska", "Greek"),
+    "en": ("engelska", "English"),
+    "es": ("spanska", "Spanish"),
+    "fa": ("persiska", "Persian"),
+    "fi": ("finska", "Finnish"),
+    "fit": ("meänkieli", "Meänkieli"),
+    "fr": ("franska", "French"),
+    "hr": ("kroatiska", "Croatian"),
+    "hu": ("ungerska", "Hungarian"),
+    "it": ("italienska", "Italian"),
+    "kmr": ("kurmanji", "Kurmanji Kurdish"),
+    "ku": ("kurdiska", "Kurdish"),
+    "pl": ("polska", "Polish"),
+    "prs": ("dari", "Dari"),
+    "ps": ("pashto", "Pashto"),
+    "pt": ("portugisiska", "Portuguese"),
+    "ro": ("rumänska", "Romanian"),
+    "rmy": ("romani", "Romani"),
+    "ru": ("ryska", "Russian"),
+    "se": ("nordsamiska", "Northern Sami"),
+    "so": ("somaliska", "Somali"),
+    "sq": ("albanska", "Albanian"),
+    "sr": ("serbiska", "Serbian"),
+    "swl": ("svenskt teckenspråk", "Swedish Sign Language"),
+    "th": ("thailändska", "Thai"),
+    "ti": ("tigrinja", "Tigrinya"),
+    "tr": ("turkiska", "Turkish"),
+    "uk": ("ukrainska", "Ukrainian"),
+    "ur": ("urdu", "Urdu"),
+    "vi": ("vietnamesiska", "Vietnamese"),
+    "yi": ("jiddisch", "Yiddish"),
+    "zh": ("kinesiska", "Chinese"),
+}
 
 
+# ---- guards ---------------------------------------------------------------------------------
 def _is_person_number(candidate: str) -> bool:
     digits = re.sub(r"\D", "", candidate)
     if len(digits) == 12:
@@ -57,6 +180,70 @@ def contains_personal_number(text: str) -> bool:
     return any(_is_person_number(m.group()) for m in PERSONAL_NUMBER.finditer(scrubbed))
 
 
+def contains_health_data(text: str) -> bool:
+    """True if the text holds an ICD-10-shaped code or a common diagnosis word (a heuristic)."""
+    scrubbed = _UUID.sub(" ", text)
+    return bool(_ICD10.search(scrubbed) or _HEALTH_WORDS.search(scrubbed))
+
+
+def check_text(*texts: str) -> None:
+    """Refuse texts carrying a personnummer or something that looks like health data."""
+    for text in texts:
+        if contains_personal_number(text):
+            raise PersonalDataInText(
+                "notification text would contain a personal identity number "
+                "(check case_reference, links and meeting place)"
+            )
+        if contains_health_data(text):
+            raise HealthDataInText(
+                "notification text would contain what looks like health data "
+                "(check case_reference, links and meeting place)"
+            )
+
+
+def _reference(value: str) -> str:
+    if not _REFERENCE.match(value):
+        raise UnsafeText("case_reference: only letters, digits and - _ . are allowed (max 64)")
+    return value
+
+
+def _url(value: str, field: str) -> str:
+    if not _URL.match(value):
+        raise UnsafeText(f"{field}: must be an http(s) link without spaces")
+    return value
+
+
+def _place(value: str | None) -> str | None:
+    if value is None:
+        return None
+    cleaned = " ".join(value.split())
+    if not cleaned:
+        return None
+    if len(cleaned) > 160 or any(ord(c) < 32 for c in value if c not in "\t\n\r"):
+        raise UnsafeText("meeting_location: one line of at most 160 characters")
+    return cleaned
+
+
+def interpreter_language_name(code: str, language: str) -> str:
+    """The name of an interpreter language in the text's language (the code if it is not listed)."""
+    if not _LANGUAGE_CODE.match(code):
+        raise UnsafeText("interpreter_language: must be a language code such as 'ar' (BCP 47)")
+    names = LANGUAGE_NAMES.get(code.split("-", 1)[0])
+    if names is None:
+        return code
+    return names[0] if language == "sv" else names[1]
+
+
+def interpreter_line(code: str | None, language: str) -> str | None:
+    if not code:
+        return None
+    name = interpreter_language_name(code, language)
+    if language == "sv":
+        return f"Tolk: {name} behövs"
+    return f"Interpreter: {name} needed"
+
+
+# ---- times ----------------------------------------------------------------------------------
 def local_due(due_at: datetime) -> datetime:
     if due_at.tzinfo is None:
         raise ValueError("due time must carry a time zone")
@@ -67,52 +254,413 @@ def _format_sv(dt: datetime) -> str:
     return f"{dt.day} {_SV_MONTHS[dt.month - 1]} {dt.year} kl. {dt:%H:%M} ({dt:%Z})"
 
 
-_EN_MONTHS = (
-    "January", "February", "March", "April", "May", "June",
-    "July", "August", "September", "October", "November", "December",
-)  # fmt: skip
-
-
 def _format_en(dt: datetime) -> str:
     # month names spelled out here: strftime's %B follows the process locale
     return f"{dt.day} {_EN_MONTHS[dt.month - 1]} {dt.year}, {dt:%H:%M} Swedish time ({dt:%Z})"
 
 
+def _format(dt: datetime, language: str) -> str:
+    local = local_due(dt)
+    return _format_sv(local) if language == "sv" else _format_en(local)
+
+
+def _short(dt: datetime, language: str) -> str:
+    d = local_due(dt)
+    if language == "sv":
+        return f"{d.day} {_SV_MONTHS[d.month - 1][:3]} kl. {d:%H:%M}"
+    return f"{d.day} {_EN_MONTHS[d.month - 1][:3]} {d:%H:%M}"
+
+
+def format_meeting_time(meeting: Meeting, language: str) -> str:
+    start = local_due(meeting.start)
+    end = local_due(meeting.end) if meeting.end is not None else None
+    if language == "sv":
+        text = f"{_SV_WEEKDAYS[start.weekday()]} {start.day} {_SV_MONTHS[start.month - 1]} {start.year} "
+        text += f"kl. {start:%H:%M}"
+        if end is not None:
+            text += f"–{end:%H:%M}" if end.date() == start.date() else f" – {_format_sv(end)}"
+        return f"{text} ({start:%Z})"
+    text = f"{_EN_WEEKDAYS[start.weekday()]} {start.day} {_EN_MONTHS[start.month - 1]} {start.year}, "
+    text += f"{start:%H:%M}"
+    if end is not None:
+        text += f"–{end:%H:%M}" if end.date() == start.date() else f" – {_format_en(end)}"
+    return f"{text} Swedish time ({start:%Z})"
+
+
+# ---- shared pieces --------------------------------------------------------------------------
+_FOOTER = {
+    "sv": (
+        "Av hänsyn till den enskildes integritet innehåller meddelandet inga namn, "
+        "personnummer eller uppgifter om hälsa. Ange ärendereferensen när ni hör av er.\n\n"
+        "Meddelandet är skickat automatiskt av sip-suite och går inte att svara på.\n"
+    ),
+    "en": (
+        "For the person's privacy this message contains no name, personal identity number or "
+        "health information. Refer to the case reference when you get in touch.\n\n"
+        "This message was sent automatically by sip-suite; replies are not read.\n"
+    ),
+}
+_READ_HERE = {
+    "sv": "Läs ärendet och planen här (inloggning krävs, endast behöriga deltagare):",
+    "en": "Read the case and the plan here (sign-in required, authorised participants only):",
+}
+
+
+def _language(language: str) -> str:
+    if language not in ("sv", "en"):
+        raise ValueError(f"unsupported language: {language!r}")
+    return language
+
+
+def _meeting_lines(meeting: Meeting, language: str) -> list[str]:
+    place = _place(meeting.location)
+    video = _url(meeting.video_url, "meeting_video_url") if meeting.video_url else None
+    sv = language == "sv"
+    lines = [f"{'Tid' if sv else 'Time'}: {format_meeting_time(meeting, language)}"]
+    if place:
+        lines.append(f"{'Plats' if sv else 'Place'}: {place}")
+    if video:
+        lines.append(f"{'Videolänk' if sv else 'Video link'}: {video}")
+    return lines
+
+
+def _sms_meeting(meeting: Meeting, language: str) -> str:
+    where = _place(meeting.location) or ""
+    if meeting.video_url:
+        where = f"{where}, video {meeting.video_url}" if where else f"video {meeting.video_url}"
+    when = _short(meeting.start, language)
+    return f"{when}, {where}" if where else when
+
+
+def _finish(subject: str, body: str, sms: str) -> RenderedEmail:
+    check_text(subject, body, sms)
+    return RenderedEmail(subject=subject, body=body, sms=sms)
+
+
+def _lines(*parts: str | None) -> str:
+    return "\n".join(p for p in parts if p is not None)
+
+
+# ---- the kinds ------------------------------------------------------------------------------
 def render_invitation(
-    *, case_reference: str, invitation_due_at: datetime, plan_url: str, language: str = "sv"
+    *,
+    case_reference: str,
+    invitation_due_at: datetime,
+    plan_url: str,
+    language: str = "sv",
+    meeting: Meeting | None = None,
+    interpreter_language: str | None = None,
 ) -> RenderedEmail:
+    """The invitation (kallelse). Without a meeting time the text says the time will follow."""
+    lang = _language(language)
+    ref = _reference(case_reference)
+    url = _url(plan_url, "plan_url")
     due = local_due(invitation_due_at)
-    if language == "en":
-        subject = f"Invitation to SIP planning – {case_reference}"
+    tolk = interpreter_line(interpreter_language, lang)
+    if lang == "sv":
+        subject = f"Kallelse till SIP-planering – {ref}"
+        if meeting is not None:
+            when = _lines(*_meeting_lines(meeting, lang), tolk)
+            calendar = "En kalenderinbjudan är bifogad. Svara i kalendern om ni kommer.\n\n"
+            sms_when = f"Möte {_sms_meeting(meeting, lang)}."
+        else:
+            when = _lines("Tid: inte bestämd ännu. Ni får en ny kallelse när tiden är bestämd.", tolk)
+            calendar = "Ingen kalenderinbjudan är bifogad eftersom mötestiden inte är bestämd.\n\n"
+            sms_when = "Mötestid ej bestämd."
+        body = (
+            "Hej,\n\n"
+            "Er verksamhet kallas att delta i arbetet med en samordnad individuell plan (SIP).\n\n"
+            f"Ärende: {ref}\n"
+            f"Tidsfrist: {_format_sv(due)}\n"
+            f"{when}\n\n"
+            f"{calendar}"
+            f"{_READ_HERE[lang]}\n{url}\n\n" + _FOOTER[lang]
+        )
+        sms = f"Kallelse till SIP, ärende {ref}. {sms_when}" + (f" {tolk}." if tolk else "") + f" Läs: {url}"
+    else:
+        subject = f"Invitation to SIP planning – {ref}"
+        if meeting is not None:
+            when = _lines(*_meeting_lines(meeting, lang), tolk)
+            calendar = "A calendar invitation is attached. Please reply in your calendar.\n\n"
+            sms_when = f"Meeting {_sms_meeting(meeting, lang)}."
+        else:
+            when = _lines("Time: not set yet. You will get a new invitation once the time is set.", tolk)
+            calendar = "No calendar invitation is attached because the meeting time is not set yet.\n\n"
+            sms_when = "Meeting time not set yet."
         body = (
             "Hello,\n\n"
             "Your organisation is invited to take part in drawing up a coordinated individual plan "
             "(samordnad individuell plan, SIP).\n\n"
-            f"Case reference: {case_reference}\n"
-            f"Deadline: {_format_en(due)}\n\n"
-            "Read the case and the plan here (sign-in required, authorised participants only):\n"
-            f"{plan_url}\n\n"
-            "For the person's privacy this message contains no name, personal identity number or "
-            "health information. Refer to the case reference when you get in touch.\n\n"
-            "This message was sent automatically by sip-suite; replies are not read.\n"
+            f"Case reference: {ref}\n"
+            f"Deadline: {_format_en(due)}\n"
+            f"{when}\n\n"
+            f"{calendar}"
+            f"{_READ_HERE[lang]}\n{url}\n\n" + _FOOTER[lang]
         )
-    elif language == "sv":
-        subject = f"Kallelse till SIP-planering – {case_reference}"
+        sms = f"Invitation to SIP, case {ref}. {sms_when}" + (f" {tolk}." if tolk else "") + f" Read: {url}"
+    return _finish(subject, body, sms)
+
+
+def render_reminder(
+    *,
+    case_reference: str,
+    meeting: Meeting,
+    plan_url: str,
+    language: str = "sv",
+    interpreter_language: str | None = None,
+) -> RenderedEmail:
+    """A reminder before the meeting."""
+    lang = _language(language)
+    ref = _reference(case_reference)
+    url = _url(plan_url, "plan_url")
+    tolk = interpreter_line(interpreter_language, lang)
+    details = _lines(*_meeting_lines(meeting, lang), tolk)
+    if lang == "sv":
+        subject = f"Påminnelse: SIP-möte {_short(meeting.start, lang)} – {ref}"
         body = (
             "Hej,\n\n"
-            "Er verksamhet kallas att delta i arbetet med en samordnad individuell plan (SIP).\n\n"
-            f"Ärende: {case_reference}\n"
-            f"Tidsfrist: {_format_sv(due)}\n\n"
-            "Läs ärendet och planen här (inloggning krävs, endast behöriga deltagare):\n"
-            f"{plan_url}\n\n"
-            "Av hänsyn till den enskildes integritet innehåller meddelandet inga namn, "
-            "personnummer eller uppgifter om hälsa. Ange ärendereferensen när ni hör av er.\n\n"
-            "Meddelandet är skickat automatiskt av sip-suite och går inte att svara på.\n"
+            "Det här är en påminnelse om SIP-mötet som er verksamhet är kallad till.\n\n"
+            f"Ärende: {ref}\n{details}\n\n"
+            "Kan ni inte komma? Hör av er till den som kallade, så snart som möjligt.\n\n"
+            f"{_READ_HERE[lang]}\n{url}\n\n" + _FOOTER[lang]
+        )
+        sms = f"Påminnelse: SIP-möte {_sms_meeting(meeting, lang)}, ärende {ref}." + (
+            f" {tolk}." if tolk else ""
         )
     else:
-        raise ValueError(f"unsupported language: {language!r}")
-    if contains_personal_number(subject) or contains_personal_number(body):
-        raise PersonalDataInText(
-            "invitation text would contain a personal identity number (check case_reference and plan_url)"
+        subject = f"Reminder: SIP meeting {_short(meeting.start, lang)} – {ref}"
+        body = (
+            "Hello,\n\n"
+            "This is a reminder of the SIP meeting your organisation is invited to.\n\n"
+            f"Case reference: {ref}\n{details}\n\n"
+            "Cannot come? Tell the organiser as soon as possible.\n\n"
+            f"{_READ_HERE[lang]}\n{url}\n\n" + _FOOTER[lang]
         )
-    return RenderedEmail(subject=subject, body=body)
+        sms = f"Reminder: SIP meeting {_sms_meeting(meeting, lang)}, case {ref}." + (
+            f" {tolk}." if tolk else ""
+        )
+    return _finish(subject, body, sms)
+
+
+def render_plan_established(*, case_reference: str, plan_url: str, language: str = "sv") -> RenderedEmail:
+    """The plan is agreed: where to read it. Nothing of its content."""
+    lang = _language(language)
+    ref = _reference(case_reference)
+    url = _url(plan_url, "plan_url")
+    if lang == "sv":
+        subject = f"SIP-planen är fastställd – {ref}"
+        body = (
+            "Hej,\n\n"
+            f"Den samordnade individuella planen (SIP) i ärende {ref} är nu fastställd. "
+            "Er verksamhet är en av deltagarna.\n\n"
+            "Läs planen här, och se vad er verksamhet ska göra och när "
+            "(inloggning krävs, endast behöriga deltagare):\n"
+            f"{url}\n\n" + _FOOTER[lang]
+        )
+        sms = f"SIP-planen i ärende {ref} är fastställd. Läs: {url}"
+    else:
+        subject = f"The SIP plan is agreed – {ref}"
+        body = (
+            "Hello,\n\n"
+            f"The coordinated individual plan (SIP) in case {ref} is now agreed. "
+            "Your organisation is one of the participants.\n\n"
+            "Read the plan here and see what your organisation is to do and when "
+            "(sign-in required, authorised participants only):\n"
+            f"{url}\n\n" + _FOOTER[lang]
+        )
+        sms = f"The SIP plan in case {ref} is agreed. Read: {url}"
+    return _finish(subject, body, sms)
+
+
+def render_follow_up_due(
+    *,
+    case_reference: str,
+    follow_up_due_at: datetime,
+    plan_url: str,
+    language: str = "sv",
+    interpreter_language: str | None = None,
+) -> RenderedEmail:
+    """The plan's follow-up (uppföljning) is due."""
+    lang = _language(language)
+    ref = _reference(case_reference)
+    url = _url(plan_url, "plan_url")
+    tolk = interpreter_line(interpreter_language, lang)
+    if lang == "sv":
+        subject = f"Dags att följa upp SIP – {ref}"
+        body = (
+            "Hej,\n\n"
+            f"Planen i ärende {ref} ska följas upp senast {_format(follow_up_due_at, lang)}.\n"
+            "Boka ett uppföljningsmöte tillsammans med personen och de andra deltagarna.\n"
+            + (f"{tolk} vid mötet.\n" if tolk else "")
+            + f"\n{_READ_HERE[lang]}\n{url}\n\n"
+            + _FOOTER[lang]
+        )
+        sms = (
+            f"SIP {ref} ska följas upp senast {_short(follow_up_due_at, lang)}."
+            + (f" {tolk}." if tolk else "")
+            + f" Läs: {url}"
+        )
+    else:
+        subject = f"Time to follow up the SIP – {ref}"
+        body = (
+            "Hello,\n\n"
+            f"The plan in case {ref} is to be followed up by {_format(follow_up_due_at, lang)}.\n"
+            "Book a follow-up meeting with the person and the other participants.\n"
+            + (f"{tolk} at the meeting.\n" if tolk else "")
+            + f"\n{_READ_HERE[lang]}\n{url}\n\n"
+            + _FOOTER[lang]
+        )
+        sms = (
+            f"SIP {ref} is to be followed up by {_short(follow_up_due_at, lang)}."
+            + (f" {tolk}." if tolk else "")
+            + f" Read: {url}"
+        )
+    return _finish(subject, body, sms)
+
+
+_DEADLINE_SV = {
+    "invitation": "skicka kallelsen till SIP-planering",
+    "meeting": "hålla SIP-mötet",
+    "follow-up": "följa upp planen",
+}
+_DEADLINE_EN = {
+    "invitation": "send the invitation to SIP planning",
+    "meeting": "hold the SIP meeting",
+    "follow-up": "follow up the plan",
+}
+
+
+def render_deadline_escalation(
+    *, case_reference: str, deadline: Deadline, due_at: datetime, plan_url: str, language: str = "sv"
+) -> RenderedEmail:
+    """To the owning unit: a deadline has passed and the case needs someone to act."""
+    lang = _language(language)
+    ref = _reference(case_reference)
+    url = _url(plan_url, "plan_url")
+    if deadline not in _DEADLINE_SV:
+        raise ValueError(f"unknown deadline: {deadline!r}")
+    if lang == "sv":
+        subject = f"Tidsfristen har passerat – {ref}"
+        body = (
+            "Hej,\n\n"
+            f"Tidsfristen för att {_DEADLINE_SV[deadline]} i ärende {ref} gick ut "
+            f"{_format(due_at, lang)}.\n"
+            "Er verksamhet har ansvaret för ärendet. Se till att någon tar hand om det i dag.\n\n"
+            f"{_READ_HERE[lang]}\n{url}\n\n" + _FOOTER[lang]
+        )
+        sms = f"Tidsfristen i SIP {ref} har passerat ({_short(due_at, lang)}). Åtgärda i dag: {url}"
+    else:
+        subject = f"The deadline has passed – {ref}"
+        body = (
+            "Hello,\n\n"
+            f"The deadline to {_DEADLINE_EN[deadline]} in case {ref} passed on "
+            f"{_format(due_at, lang)}.\n"
+            "Your organisation is responsible for the case. Make sure someone deals with it today.\n\n"
+            f"{_READ_HERE[lang]}\n{url}\n\n" + _FOOTER[lang]
+        )
+        sms = f"The deadline in SIP {ref} has passed ({_short(due_at, lang)}). Act today: {url}"
+    return _finish(subject, body, sms)
+
+
+def render_consent_withdrawn(
+    *, case_reference: str, withdrawn_at: datetime, language: str = "sv"
+) -> RenderedEmail:
+    """The person withdrew consent: sharing stops now. No link, no health data."""
+    lang = _language(language)
+    ref = _reference(case_reference)
+    if lang == "sv":
+        subject = f"SIP pausad: samtycket är återkallat – {ref}"
+        body = (
+            "Hej,\n\n"
+            f"Personen har återkallat sitt samtycke till SIP i ärende {ref} "
+            f"({_format(withdrawn_at, lang)}).\n\n"
+            "Det betyder från och med nu:\n"
+            "- Dela inga uppgifter om personen med de andra deltagarna i ärendet.\n"
+            "- Planerade SIP-möten hålls inte förrän det finns ett nytt samtycke.\n"
+            "- Personens rätt till vård och stöd påverkas inte.\n\n" + _FOOTER[lang]
+        )
+        sms = f"SIP {ref} är pausad: samtycket är återkallat. Dela inga uppgifter om personen."
+    else:
+        subject = f"SIP paused: consent withdrawn – {ref}"
+        body = (
+            "Hello,\n\n"
+            f"The person has withdrawn their consent to the SIP in case {ref} "
+            f"({_format(withdrawn_at, lang)}).\n\n"
+            "From now on:\n"
+            "- Do not share anything about the person with the other participants in the case.\n"
+            "- Planned SIP meetings are not held unless there is a new consent.\n"
+            "- The person's right to care and support is not affected.\n\n" + _FOOTER[lang]
+        )
+        sms = f"SIP {ref} is paused: consent withdrawn. Do not share anything about the person."
+    return _finish(subject, body, sms)
+
+
+_CLOSED_SV = {
+    "plan-completed": "planens mål är uppnådda eller insatserna avslutade",
+    "person-ended": "personen har valt att avsluta sin SIP",
+    "consent-withdrawn": "samtycket är återkallat",
+    "other": "ärendet är avslutat av den ansvariga verksamheten",
+}
+_CLOSED_EN = {
+    "plan-completed": "the plan's goals are met or its interventions have ended",
+    "person-ended": "the person has chosen to end their SIP",
+    "consent-withdrawn": "consent has been withdrawn",
+    "other": "the responsible organisation has closed the case",
+}
+
+
+def render_case_closed(
+    *,
+    case_reference: str,
+    closed_at: datetime,
+    reason: ClosedReason,
+    language: str = "sv",
+    plan_url: str | None = None,
+) -> RenderedEmail:
+    """The SIP is closed (avslut). The reason is a code from a fixed set, never free text."""
+    lang = _language(language)
+    ref = _reference(case_reference)
+    url = _url(plan_url, "plan_url") if plan_url else None
+    if reason not in _CLOSED_SV:
+        raise ValueError(f"unknown reason: {reason!r}")
+    if lang == "sv":
+        subject = f"SIP avslutad – {ref}"
+        read = f"{_READ_HERE[lang]}\n{url}\n\n" if url else ""
+        body = (
+            "Hej,\n\n"
+            f"Den samordnade individuella planen i ärende {ref} avslutades {_format(closed_at, lang)}.\n"
+            f"Orsak: {_CLOSED_SV[reason]}.\n\n"
+            "Er verksamhet behöver inte göra något mer inom denna SIP.\n\n" + read + _FOOTER[lang]
+        )
+        sms = f"SIP {ref} är avslutad." + (f" Läs: {url}" if url else "")
+    else:
+        subject = f"SIP closed – {ref}"
+        read = f"{_READ_HERE[lang]}\n{url}\n\n" if url else ""
+        body = (
+            "Hello,\n\n"
+            f"The coordinated individual plan in case {ref} was closed on {_format(closed_at, lang)}.\n"
+            f"Reason: {_CLOSED_EN[reason]}.\n\n"
+            "Your organisation has nothing more to do in this SIP.\n\n" + read + _FOOTER[lang]
+        )
+        sms = f"SIP {ref} is closed." + (f" Read: {url}" if url else "")
+    return _finish(subject, body, sms)
+
+
+RENDERERS: dict[Kind, Callable[..., RenderedEmail]] = {
+    "invitation": render_invitation,
+    "reminder": render_reminder,
+    "plan-established": render_plan_established,
+    "follow-up-due": render_follow_up_due,
+    "deadline-escalation": render_deadline_escalation,
+    "consent-withdrawn": render_consent_withdrawn,
+    "case-closed": render_case_closed,
+}
+
+
+def render(kind: Kind, **fields: Any) -> RenderedEmail:
+    """Render any kind by name (``fields`` are the render function's keyword arguments)."""
+    try:
+        fn = RENDERERS[kind]
+    except KeyError:
+        raise ValueError(f"unknown notification kind: {kind!r}") from None
+    return fn(**fields)

@@ -19,7 +19,15 @@ from email.utils import formatdate
 
 import aiosmtplib
 
-from services.notify.ports import OutgoingEmail, PermanentSendError, SendError, TransientSendError
+from services.notify.ports import (
+    CalendarAttachment,
+    Delivery,
+    EmailSender,
+    OutgoingEmail,
+    PermanentSendError,
+    SendError,
+    TransientSendError,
+)
 from services.notify.settings import NotifySettings
 from services.notify.templates import PERSONAL_NUMBER
 
@@ -45,6 +53,16 @@ def build_message(email: OutgoingEmail, mail_from: str) -> EmailMessage:
     msg["Content-Language"] = email.language
     msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies, please
     msg.set_content(email.body)
+    if email.calendar is not None:
+        # the calendar part that mail clients turn into an event (RFC 6047), plus the same as a
+        # file for clients that only show attachments
+        msg.add_alternative(email.calendar.ics, subtype="calendar", params={"method": email.calendar.method})
+        msg.add_attachment(
+            email.calendar.ics.encode("utf-8"),
+            maintype="application",
+            subtype="ics",
+            filename=email.calendar.filename,
+        )
     return msg
 
 
@@ -100,3 +118,30 @@ class SmtpEmailSender:
                 "mail server refused some recipients",
                 extra={"message_id": email.message_id, "refused": len(errors)},
             )
+
+
+class EmailChannelSender:
+    """The e-mail channel behind the one channel port: a notification → an :class:`OutgoingEmail`.
+
+    ``Message-ID`` is derived from the notification id (the same for every attempt); an invitation
+    with a meeting time carries its calendar invitation.
+    """
+
+    def __init__(self, sender: EmailSender) -> None:
+        self.sender = sender
+
+    async def deliver(self, delivery: Delivery) -> None:
+        n = delivery.notification
+        addresses = tuple(a.strip() for a in (n.address or "").split(",") if a.strip())
+        if not addresses:
+            raise PermanentSendError("email: no address in the directory")
+        await self.sender.send(
+            OutgoingEmail(
+                message_id=n.email_message_id,
+                to=addresses,
+                subject=n.subject,
+                body=n.body,
+                language=n.language,
+                calendar=CalendarAttachment(n.ics) if n.ics else None,
+            )
+        )

@@ -41,7 +41,23 @@ notifications = sa.Table(
     sa.Index("ix_notifications_case", "case_id"),
 )
 
+# Added by issue #6 as a table of its own (not new columns): ``create_all`` adds a missing table to
+# an existing database but never a missing column, and there are no migrations yet. A notification
+# without a row here is an invitation from before (kind "invitation", no calendar attachment).
+notification_details = sa.Table(
+    "notification_details",
+    metadata,
+    sa.Column("id", sa.String(36), sa.ForeignKey("notifications.id"), primary_key=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("plan_url", sa.Text, comment="Where an authorised participant reads the plan"),
+    sa.Column("sender_hsa_id", sa.String(64), comment="The owning unit that sends it"),
+    sa.Column("ics", sa.Text, comment="Calendar invitation (text/calendar) attached to the e-mail"),
+)
+
 _t = notifications
+_d = notification_details
+_joined = _t.outerjoin(_d, _d.c.id == _t.c.id)
+_columns = (*_t.c, _d.c.kind, _d.c.plan_url, _d.c.sender_hsa_id, _d.c.ics)
 
 
 def _row(n: Notification) -> dict[str, Any]:
@@ -67,6 +83,16 @@ def _row(n: Notification) -> dict[str, Any]:
     }
 
 
+def _details(n: Notification) -> dict[str, Any]:
+    return {
+        "id": str(n.id),
+        "kind": n.kind,
+        "plan_url": n.plan_url,
+        "sender_hsa_id": n.sender_hsa_id,
+        "ics": n.ics,
+    }
+
+
 def _from_row(r: Any) -> Notification:
     return Notification(
         id=UUID(r.id),
@@ -87,7 +113,15 @@ def _from_row(r: Any) -> Notification:
         updated_at=r.updated_at,
         sent_at=r.sent_at,
         last_error=r.last_error,
+        kind=r.kind or "invitation",
+        plan_url=r.plan_url,
+        sender_hsa_id=r.sender_hsa_id,
+        ics=r.ics,
     )
+
+
+def _select() -> sa.Select[Any]:
+    return sa.select(*_columns).select_from(_joined)
 
 
 class SqlNotificationRepository:
@@ -98,23 +132,26 @@ class SqlNotificationRepository:
         try:
             async with self.conn.begin_nested():
                 await self.conn.execute(_t.insert().values(**_row(n)))
+                await self.conn.execute(_d.insert().values(**_details(n)))
         except IntegrityError:
             return False
         return True
 
     async def get(self, notification_id: UUID) -> Notification | None:
-        r = (await self.conn.execute(sa.select(_t).where(_t.c.id == str(notification_id)))).first()
+        r = (await self.conn.execute(_select().where(_t.c.id == str(notification_id)))).first()
         return _from_row(r) if r else None
 
     async def for_case(self, case_id: UUID) -> list[Notification]:
         rows = await self.conn.execute(
-            sa.select(_t).where(_t.c.case_id == str(case_id)).order_by(_t.c.created_at, _t.c.recipient_hsa_id)
+            _select()
+            .where(_t.c.case_id == str(case_id))
+            .order_by(_t.c.created_at, _t.c.recipient_hsa_id, _t.c.channel)
         )
         return [_from_row(r) for r in rows]
 
     async def due(self, now: datetime, limit: int) -> list[Notification]:
         rows = await self.conn.execute(
-            sa.select(_t)
+            _select()
             .where(_t.c.status == "pending", _t.c.next_attempt_at <= now)
             .order_by(_t.c.next_attempt_at, _t.c.created_at)
             .limit(limit)

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from services.notify.app import create_app
-from services.notify.ports import OutgoingEmail
+from services.notify.ports import Delivery, OutgoingEmail
 from services.notify.settings import NotifySettings
 from shared.clock import FixedClock
 
@@ -48,6 +48,29 @@ class FakeSender:
         self.sent.append(email)
 
 
+class FakeChannel:
+    """A webhook/SMS channel that records deliveries; raises the queued errors first."""
+
+    def __init__(self) -> None:
+        self.delivered: list[Delivery] = []
+        self.errors: list[BaseException] = []
+
+    async def deliver(self, delivery: Delivery) -> None:
+        if self.errors:
+            raise self.errors.pop(0)
+        self.delivered.append(delivery)
+
+
+@pytest.fixture
+def webhook() -> FakeChannel:
+    return FakeChannel()
+
+
+@pytest.fixture
+def sms() -> FakeChannel:
+    return FakeChannel()
+
+
 @pytest.fixture
 def clock() -> FixedClock:
     return FixedClock(T0)
@@ -72,9 +95,14 @@ def settings(tmp_path: Path) -> NotifySettings:
 
 
 @pytest.fixture
-async def app(settings: NotifySettings, clock: FixedClock, sender: FakeSender) -> Any:
-    """The app with its tables created; the lifespan (broker, dispatcher loop) does not run."""
-    app = create_app(settings, clock=clock, sender=sender)
+async def app(
+    settings: NotifySettings, clock: FixedClock, sender: FakeSender, webhook: FakeChannel, sms: FakeChannel
+) -> Any:
+    """The app with its tables created; the lifespan (broker, dispatcher loop) does not run.
+
+    E-mail goes through the real e-mail channel to the fake SMTP sender; webhook and SMS to fakes.
+    """
+    app = create_app(settings, clock=clock, sender=sender, channels={"webhook": webhook, "sms": sms})
     runtime = app.state.runtime
     async with runtime.engine.begin() as conn:
         await conn.run_sync(runtime.metadata.create_all)

@@ -131,12 +131,51 @@ async def test_crash_rule_sending_at_start_is_sent_again(app, settings, clock, s
     assert [m.message_id for m in sender.sent] == [f"<{n.id}@sip-suite>"]
 
 
-async def test_failed_unsupported_channels_are_never_dispatched(app, settings, clock, sender):
+async def test_every_channel_of_an_organisation_is_dispatched(app, settings, clock, sender, webhook, sms):
     await accept(app, settings, clock, "SE2321000016-VC001")
-    assert await app.state.dispatcher.dispatch_once() == 1  # only the e-mail
+    assert await app.state.dispatcher.dispatch_once() == 3  # e-mail, webhook, SMS
     async with app.state.runtime.engine.connect() as conn:
         statuses = dict(
             (await conn.execute(sa.select(notifications.c.channel, notifications.c.status))).all()
         )
-    assert statuses == {"email": "sent", "webhook": "failed", "sms": "failed"}
+    assert statuses == {"email": "sent", "webhook": "sent", "sms": "sent"}
     assert sender.sent[0].to == ("fast-vardkontakt@vc-sodermalm.example", "reception@vc-sodermalm.example")
+    [hook] = webhook.delivered
+    assert hook.notification.address == "https://vc.example/hook"
+    comm = hook.communication
+    assert comm["resourceType"] == "Communication" and comm["status"] == "completed"
+    assert comm["id"] == str(hook.notification.id)
+    assert comm["recipient"][0]["identifier"]["value"] == "SE2321000016-VC001"
+    [text] = sms.delivered
+    assert text.notification.address == "+46700000000"
+    assert text.notification.body.startswith("Kallelse till SIP, ärende SIP-2026-4F3A9C")
+    assert len(text.notification.body) < 320
+    # each channel's delivery is reported, so planning sees how every organisation was reached
+    channels = sorted(json.loads(r.body)["channel"] for r in await outbox(app))
+    assert channels == ["email", "sms", "webhook"]
+
+
+async def test_a_failing_channel_does_not_hold_back_the_others(app, settings, clock, sender, webhook, sms):
+    await accept(app, settings, clock, "SE2321000016-VC001")
+    webhook.errors = [TransientSendError("webhook answered HTTP 503 Service Unavailable")]
+    sms.errors = [PermanentSendError("sms gateway answered HTTP 400 Bad Request")]
+    await app.state.dispatcher.dispatch_once()
+    async with app.state.runtime.engine.connect() as conn:
+        rows = {
+            r.channel: r
+            for r in await conn.execute(
+                sa.select(notifications.c.channel, notifications.c.status, notifications.c.last_error)
+            )
+        }
+    assert rows["email"].status == "sent"
+    assert (rows["webhook"].status, rows["webhook"].last_error) == (
+        "pending",
+        "webhook answered HTTP 503 Service Unavailable",
+    )
+    assert (rows["sms"].status, rows["sms"].last_error) == (
+        "failed",
+        "sms gateway answered HTTP 400 Bad Request",
+    )
+    clock.advance(timedelta(seconds=2))
+    await app.state.dispatcher.dispatch_once()
+    assert len(webhook.delivered) == 1 and sms.delivered == []

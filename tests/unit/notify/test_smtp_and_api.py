@@ -62,8 +62,8 @@ async def test_http_list_hides_addresses_detail_shows_them(app, settings, clock)
         assert {(i["recipient_hsa_id"], i["channel"], i["status"]) for i in items} == {
             ("SE2120001-SOC0180", "email", "pending"),
             ("SE2321000016-VC001", "email", "pending"),
-            ("SE2321000016-VC001", "webhook", "failed"),
-            ("SE2321000016-VC001", "sms", "failed"),
+            ("SE2321000016-VC001", "webhook", "pending"),
+            ("SE2321000016-VC001", "sms", "pending"),
         }
         assert "@" not in r.text  # no contact addresses in the list
         assert all("body" not in i and "address" not in i for i in items)

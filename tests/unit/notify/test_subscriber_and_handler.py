@@ -9,7 +9,7 @@ from faststream.rabbit import TestRabbitBroker
 
 from services.notify import handlers
 from services.notify.adapters.store import SqlNotificationRepository, notifications
-from services.notify.domain import CHANNEL_NOT_SUPPORTED, DedupeKey
+from services.notify.domain import DedupeKey
 from shared.contracts import SendInvitation
 from shared.directory import UnknownRecipient, load_directory
 from shared.topology import contract_exchange
@@ -60,16 +60,17 @@ async def test_send_invitation_creates_one_pending_email_notification_per_recipi
     assert emails[0].id == str(DedupeKey(str(cmd.message_id), "SE2120001-SOC0180", "email").notification_id())
 
 
-async def test_unsupported_channels_are_recorded_as_failed_not_dropped(app):
+async def test_webhook_and_sms_channels_get_a_pending_notification_each(app):
     runtime = app.state.runtime
     async with TestRabbitBroker(runtime.broker) as br:
         await publish(br, invitation("SE2321000016-VC001"))
     got = {r.channel: r for r in await rows(runtime)}
     assert set(got) == {"email", "webhook", "sms"}
-    assert got["email"].status == "pending"
-    for kind in ("webhook", "sms"):
-        assert got[kind].status == "failed"
-        assert got[kind].last_error == CHANNEL_NOT_SUPPORTED
+    assert all(r.status == "pending" and r.last_error is None for r in got.values())
+    assert got["webhook"].address == "https://vc.example/hook"
+    assert got["sms"].address == "+46700000000"
+    assert got["sms"].body.startswith("Kallelse till SIP") and len(got["sms"].body) < 320
+    assert got["webhook"].body == got["email"].body  # the full text, carried in the Communication
 
 
 async def test_the_same_message_twice_creates_nothing_new(app):

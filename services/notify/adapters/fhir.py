@@ -1,0 +1,126 @@
+"""Notification → FHIR R4 ``Communication`` (built and validated with fhir.resources' R4B models).
+
+One resource per notification (one message to one organisation over one channel), id = the
+notification id. Two uses:
+
+- the **record** of a delivery (``GET /fhir/Communication/{id}``): ``status`` follows the
+  notification — ``preparation`` (not tried yet), ``in-progress`` (being tried or waiting for a
+  retry), ``completed`` (delivered, with ``sent``), ``not-done`` (given up, with ``statusReason``);
+- the **payload** the webhook channel posts to an organisation's endpoint (``status: completed``,
+  ``sent`` = the attempt's time).
+
+Neither carries personal data: no ``subject`` (patient), the text is the guarded notification text.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fhir.resources.R4B.communication import Communication
+
+from services.notify.domain import Notification
+from shared.fhir import check_required_bindings
+from shared.identifiers import HSA_SYSTEM
+
+NOTIFICATION_SYSTEM = "urn:sip-suite:notification"
+CASE_SYSTEM = "urn:sip-suite:sip-case"
+KIND_SYSTEM = "urn:sip-suite:codesystem:notification-kind"
+CHANNEL_SYSTEM = "urn:sip-suite:codesystem:notification-channel"
+MEDIUM_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ParticipationMode"
+# how the message travels: v3 ParticipationMode where it has a code, our own channel code besides
+_MEDIUM = {
+    "email": ("EMAILWRIT", "email"),
+    "webhook": ("ELECTRONIC", "electronic data"),
+    "sms": ("WRITTEN", "written"),
+}
+_KIND_DISPLAY = {
+    "invitation": "Kallelse till SIP-planering",
+    "reminder": "Påminnelse om SIP-möte",
+    "plan-established": "SIP-planen är fastställd",
+    "follow-up-due": "Dags att följa upp SIP",
+    "deadline-escalation": "Tidsfrist passerad",
+    "consent-withdrawn": "Samtycket är återkallat",
+    "case-closed": "SIP avslutad",
+}
+
+
+def _status(n: Notification) -> str:
+    if n.status == "sent":
+        return "completed"
+    if n.status == "failed":
+        return "not-done"
+    if n.status == "sending" or n.attempts > 0:
+        return "in-progress"
+    return "preparation"
+
+
+def communication_resource(
+    n: Notification, *, sent_at: datetime | None = None, for_delivery: bool = False
+) -> dict[str, Any]:
+    """The notification as a validated FHIR R4 Communication (JSON-ready dict)."""
+    code, display = _MEDIUM.get(n.channel, ("ELECTRONIC", "electronic data"))
+    data: dict[str, Any] = {
+        "resourceType": "Communication",
+        "id": str(n.id),
+        "identifier": [
+            {"system": NOTIFICATION_SYSTEM, "value": str(n.id)},
+            {"system": CASE_SYSTEM, "value": n.case_reference},
+        ],
+        "status": "completed" if for_delivery else _status(n),
+        "category": [
+            {
+                "coding": [
+                    {"system": KIND_SYSTEM, "code": n.kind, "display": _KIND_DISPLAY.get(n.kind, n.kind)}
+                ]
+            }
+        ],
+        "medium": [
+            {
+                "coding": [
+                    {"system": MEDIUM_SYSTEM, "code": code, "display": display},
+                    {"system": CHANNEL_SYSTEM, "code": n.channel},
+                ]
+            }
+        ],
+        "recipient": [
+            {"type": "Organization", "identifier": {"system": HSA_SYSTEM, "value": n.recipient_hsa_id}}
+        ],
+        "topic": {"text": n.subject},
+        "payload": [{"contentString": n.body}],
+        "extension": [
+            {"url": "urn:sip-suite:extension:sip-case-id", "valueString": str(n.case_id)},
+        ],
+    }
+    if n.language:
+        data["language"] = n.language
+    if n.plan_url:
+        data["about"] = [{"reference": n.plan_url, "type": "CarePlan"}]
+    if n.sender_hsa_id:
+        data["sender"] = {
+            "type": "Organization",
+            "identifier": {"system": HSA_SYSTEM, "value": n.sender_hsa_id},
+        }
+    else:
+        data["sender"] = {"display": "sip-suite"}
+    when = sent_at if for_delivery else n.sent_at
+    if when is not None:
+        data["sent"] = when.isoformat()
+    if not for_delivery and n.status == "failed":
+        data["statusReason"] = {
+            "coding": [
+                {
+                    "system": "urn:sip-suite:codesystem:notification-failure",
+                    "code": "delivery-failed",
+                    "display": "Delivery failed",
+                }
+            ],
+            "text": n.last_error or "delivery failed",
+        }
+    if n.correlation_id:
+        data["extension"].append(
+            {"url": "urn:sip-suite:extension:correlation-id", "valueString": n.correlation_id}
+        )
+    model = Communication.model_validate(data)
+    check_required_bindings(model)
+    return model.model_dump(mode="json", exclude_none=True)

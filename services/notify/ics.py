@@ -1,0 +1,133 @@
+"""The calendar invitation (iCalendar, RFC 5545/5546 ``METHOD:REQUEST``) attached to an invitation e-mail.
+
+- one event per SIP case: ``UID`` is derived from the case id, so a resent invitation (a new
+  ``SendInvitation`` for the same case, e.g. a new time) *updates* the event in the participants'
+  calendars instead of adding a second one; ``SEQUENCE`` grows with the command's time, so the later
+  command wins;
+- times in Europe/Stockholm (``DTSTART;TZID=Europe/Stockholm`` with its ``VTIMEZONE``);
+- ``ORGANIZER`` is the owning unit, ``ATTENDEE`` every invited organisation reachable by e-mail;
+- a remote meeting carries its video link as ``URL``, in ``LOCATION`` (when no place is given) and in
+  ``DESCRIPTION``.
+
+The texts are the same guarded texts as the e-mail: no name, personnummer or health data.
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from uuid import UUID
+
+from icalendar import Calendar, Event, Timezone, vCalAddress, vText
+
+from services.notify.templates import (
+    STOCKHOLM,
+    Meeting,
+    check_text,
+    format_meeting_time,
+    interpreter_line,
+)
+
+TZID = "Europe/Stockholm"
+PRODID = "-//sip-suite//notify//SV"
+_SEQUENCE_EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class CalendarParty:
+    """An organisation in the event: its name, HSA-id and e-mail address."""
+
+    name: str
+    hsa_id: str
+    email: str
+
+
+def event_uid(case_id: UUID) -> str:
+    """The same for every invitation of one case: calendars update the event they already have."""
+    return f"sip-case-{case_id}@sip-suite"
+
+
+def sequence_for(issued_at: datetime) -> int:
+    """Minutes since 2024 of the command: a later invitation for the same case supersedes earlier ones."""
+    return max(0, int((issued_at - _SEQUENCE_EPOCH).total_seconds() // 60))
+
+
+def _address(party: CalendarParty, *, role: str | None) -> vCalAddress:
+    addr = vCalAddress(f"mailto:{party.email}")
+    addr.params["CN"] = vText(party.name)
+    if role is not None:
+        addr.params["CUTYPE"] = vText("GROUP")
+        addr.params["ROLE"] = vText(role)
+        addr.params["PARTSTAT"] = vText("NEEDS-ACTION")
+        addr.params["RSVP"] = vText("TRUE")
+    return addr
+
+
+def invitation_ics(
+    *,
+    case_id: UUID,
+    case_reference: str,
+    meeting: Meeting,
+    organizer: CalendarParty,
+    attendees: tuple[CalendarParty, ...],
+    plan_url: str,
+    issued_at: datetime,
+    language: str = "sv",
+    interpreter_language: str | None = None,
+    default_duration: timedelta = timedelta(hours=1),
+) -> str:
+    """The VCALENDAR text (CRLF line endings) for a SIP meeting."""
+    if meeting.start.tzinfo is None:
+        raise ValueError("meeting start must carry a time zone")
+    start = meeting.start.astimezone(STOCKHOLM)
+    end = meeting.end.astimezone(STOCKHOLM) if meeting.end is not None else start + default_duration
+    sv = language == "sv"
+    summary = f"SIP-möte – {case_reference}" if sv else f"SIP meeting – {case_reference}"
+    lines = [
+        ("Samordnad individuell plan (SIP)" if sv else "Coordinated individual plan (SIP)"),
+        f"{'Ärende' if sv else 'Case reference'}: {case_reference}",
+        f"{'Tid' if sv else 'Time'}: {format_meeting_time(meeting, language)}",
+    ]
+    if meeting.location:
+        lines.append(f"{'Plats' if sv else 'Place'}: {' '.join(meeting.location.split())}")
+    if meeting.video_url:
+        lines.append(f"{'Videolänk' if sv else 'Video link'}: {meeting.video_url}")
+    tolk = interpreter_line(interpreter_language, language)
+    if tolk:
+        lines.append(tolk)
+    lines.append(f"{'Läs ärendet och planen' if sv else 'Read the case and the plan'}: {plan_url}")
+    description = "\n".join(lines)
+    location = " ".join(meeting.location.split()) if meeting.location else None
+    if meeting.video_url:
+        location = f"{location} / {meeting.video_url}" if location else meeting.video_url
+    check_text(summary, description, location or "")
+
+    cal = Calendar()
+    cal.add("prodid", PRODID)
+    cal.add("version", "2.0")
+    cal.add("calscale", "GREGORIAN")
+    cal.add("method", "REQUEST")
+    cal.add_component(
+        Timezone.from_tzid(TZID, first_date=date(start.year - 1, 1, 1), last_date=date(end.year + 2, 1, 1))
+    )
+    ev = Event()
+    ev.add("uid", event_uid(case_id))
+    ev.add("sequence", sequence_for(issued_at))
+    ev.add("dtstamp", issued_at.astimezone(UTC))
+    ev.add("dtstart", start)
+    ev.add("dtend", end)
+    ev.add("summary", summary)
+    ev.add("description", description)
+    if location:
+        ev.add("location", location)
+    if meeting.video_url:
+        ev.add("url", meeting.video_url)
+    ev.add("status", "CONFIRMED")
+    ev.add("transp", "OPAQUE")
+    ev.add("class", "CONFIDENTIAL")
+    ev.add("organizer", _address(organizer, role=None))
+    for party in attendees:
+        ev.add("attendee", _address(party, role="REQ-PARTICIPANT"), encode=False)
+    cal.add_component(ev)
+    return cal.to_ical().decode("utf-8")
