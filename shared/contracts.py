@@ -217,6 +217,31 @@ class InvitationSent(Contract):
     sent_at: AwareDatetime
 
 
+# ---- planning → everyone: deadlines (issue #5) ----------------------------------------------------
+class DeadlineBreached(Contract):
+    """A deadline of a SIP case passed unmet and is escalated to the owning unit. No personal data.
+
+    Kinds: ``admission-notice`` (the hospital's admission notice came later than 24 h after the
+    admission), ``invitation`` (no SIP invitation within N days of ready-for-discharge, LUS),
+    ``meeting`` (no meeting by the regional deadline), ``follow-up`` (the planned follow-up passed
+    without one), ``consent-expiry`` (the consent ends within N days). Readers tolerate new kinds.
+    Published once per deadline: ``message_id`` is derived from the case, the kind and the cycle.
+    """
+
+    exchange: ClassVar[str] = PLANNING_EVENTS
+    routing_key: ClassVar[str] = "planning.deadline-breached.v1"
+
+    case_id: UUID
+    case_reference: str = Field(description="Short human reference, e.g. SIP-2026-4F3A9C")
+    kind: str = Field(
+        pattern=r"^[a-z][a-z\-]{1,39}$",
+        description="admission-notice | invitation | meeting | follow-up | consent-expiry (open set)",
+    )
+    due_at: AwareDatetime
+    breached_at: AwareDatetime = Field(description="When the breach was detected and escalated")
+    owner_hsa_id: HsaId = Field(description="The unit that owns the case and is escalated to")
+
+
 ALL_CONTRACTS: tuple[type[Contract], ...] = (
     DischargeNotified,
     HospitalStayEvent,
@@ -226,6 +251,7 @@ ALL_CONTRACTS: tuple[type[Contract], ...] = (
     ConsentDeclined,
     SendInvitation,
     InvitationSent,
+    DeadlineBreached,
 )
 
 

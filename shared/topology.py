@@ -23,6 +23,7 @@ from shared.contracts import (
     ConsentRequested,
     ConsentWithdrawn,
     Contract,
+    DeadlineBreached,
     DischargeNotified,
     HospitalStayEvent,
     InvitationSent,
@@ -70,7 +71,7 @@ SUBSCRIPTIONS: tuple[Subscription, ...] = (
 
 
 PUBLICATIONS: dict[str, tuple[type[Contract], ...]] = {
-    "planning": (HospitalStayEvent, ConsentRequested, SendInvitation),
+    "planning": (HospitalStayEvent, ConsentRequested, SendInvitation, DeadlineBreached),
     "consent": (ConsentGranted, ConsentDeclined, ConsentWithdrawn),
     "notify": (InvitationSent,),
 }

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
-from typing import Annotated, Any
+from datetime import date, datetime
+from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from services.planning.adapters.fhir import capability_statement
 from services.planning.adapters.store import SqlCaseRepository
 from services.planning.domain import INVITATION_CLOCK_STATES, SipCase
 from services.planning.intake import IntakeService
+from services.planning.plan import Approval, Meeting, MeetingPreferences, PlanContent
 from services.planning.settings import PlanningSettings
 from services.planning.stays import Stay
 from shared.clock import Clock
@@ -43,8 +43,8 @@ class CaseOut(BaseModel):
     owner_hsa_id: str = Field(description="Owns the next deadline: the primary-care unit (fast vårdkontakt)")
     participants: list[ParticipantOut]
     opened_at: datetime
-    ready_for_discharge_at: datetime
-    invitation_due_at: datetime
+    ready_for_discharge_at: datetime | None
+    invitation_due_at: datetime | None
     invited_at: datetime | None
     invitation_deadline_met: bool | None
     next_deadline: str | None = Field(description="What is due next, e.g. 'invitation'")
@@ -52,7 +52,15 @@ class CaseOut(BaseModel):
     suspended_from: str | None = Field(
         default=None, description="Suspended (ready-for-discharge revoked): the state it resumes to"
     )
-    closed_reason: str | None = Field(default=None, description="Why a cancelled or closed case ended")
+    closed_reason: str | None = Field(
+        default=None, description="Why a refused, cancelled or closed case ended"
+    )
+    origin: str = Field(description="discharge | proposal")
+    proposed_by: str | None = None
+    preferences: MeetingPreferences | None = None
+    meeting: Meeting | None = None
+    approval: Approval | None = Field(default=None, description="The person's approval of the plan in force")
+    follow_up_date: date | None = None
 
     @classmethod
     def of(cls, c: SipCase) -> CaseOut:
@@ -72,11 +80,40 @@ class CaseOut(BaseModel):
             invitation_due_at=c.invitation_due_at,
             invited_at=c.invited_at,
             invitation_deadline_met=c.invitation_deadline_met,
-            next_deadline="invitation" if c.state in INVITATION_CLOCK_STATES else None,
+            next_deadline=next_deadline(c),
             consent_id=c.consent_id,
             suspended_from=c.suspended_from,
             closed_reason=c.closed_reason,
+            origin=c.origin,
+            proposed_by=c.proposed_by,
+            preferences=c.preferences,
+            meeting=c.meeting,
+            approval=c.approval,
+            follow_up_date=c.follow_up_date,
         )
+
+
+def next_deadline(c: SipCase) -> str | None:
+    if c.state in INVITATION_CLOCK_STATES and c.invitation_due_at is not None:
+        return "invitation"
+    if c.state in ("invited",):
+        return "meeting"
+    if c.state in ("established", "follow_up_due"):
+        return "follow-up"
+    if c.state == "plan_drafted":
+        return "approval"
+    return None
+
+
+class CaseDetail(CaseOut):
+    plan: PlanContent | None = Field(
+        default=None, description="The latest plan content (a draft until approved)"
+    )
+    plan_in_force: PlanContent | None = Field(default=None, description="The plan the person approved")
+
+    @classmethod
+    def detail(cls, c: SipCase) -> CaseDetail:
+        return cls(**CaseOut.of(c).model_dump(), plan=c.plan, plan_in_force=c.plan_in_force)
 
 
 class StayOut(BaseModel):
@@ -161,28 +198,12 @@ def build_router(
             items = await SqlCaseRepository(conn).open_cases(include_closed=all)
         return [CaseOut.of(c) for c in items]
 
-    @router.get("/cases/{case_id}", response_model=CaseOut, tags=["cases"])
-    async def get_case(case_id: UUID) -> CaseOut:
+    @router.get("/cases/{case_id}", response_model=CaseDetail, tags=["cases"])
+    async def get_case(case_id: UUID) -> CaseDetail:
         async with runtime.engine.connect() as conn:
             case = await SqlCaseRepository(conn).get_case(case_id)
         if case is None:
             raise HTTPException(404, detail="no such SIP case")
-        return CaseOut.of(case)
-
-    @router.get("/fhir/metadata", tags=["fhir"], summary="CapabilityStatement")
-    async def metadata() -> JSONResponse:
-        return fhir_json(capability_statement(settings.public_base_url, clock.now()))
-
-    @router.get("/fhir/CarePlan/{plan_id}", tags=["fhir"], summary="Read the latest version of a plan")
-    async def read_care_plan(plan_id: str) -> JSONResponse:
-        try:
-            case_id = UUID(plan_id)
-        except ValueError:
-            return outcome_response(404, f"no CarePlan with id {plan_id[:64]}", "not-found")
-        async with runtime.engine.connect() as conn:
-            plan: dict[str, Any] | None = await SqlCaseRepository(conn).latest_plan(case_id)
-        if plan is None:
-            return outcome_response(404, f"no CarePlan with id {case_id}", "not-found")
-        return fhir_json(plan, headers={"ETag": f'W/"{plan["meta"]["versionId"]}"'})
+        return CaseDetail.detail(case)
 
     return router

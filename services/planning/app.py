@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.planning import api, subscribers
+from services.planning import api, api_cases, api_fhir, subscribers
 from services.planning.adapters.store import metadata
 from services.planning.intake import IntakeService, MLLPServer, intake_tables
 from services.planning.settings import PlanningSettings
@@ -71,6 +71,8 @@ def create_app(
     )
     runtime.add_health_routes(app)
     app.include_router(api.build_router(runtime, settings, clock, intake))
+    app.include_router(api_cases.build_router(runtime, settings, clock, directory))
+    app.include_router(api_fhir.build_router(runtime, settings, clock, directory))
     app.state.runtime = runtime
     app.state.mllp = mllp
     return app

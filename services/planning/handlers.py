@@ -9,6 +9,7 @@ from uuid import UUID
 
 from services.planning import stays
 from services.planning.adapters.fhir import care_plan
+from services.planning.adapters.store import case_snapshot
 from services.planning.domain import (
     FINAL_STATES,
     INVITATION_CLOCK_STATES,
@@ -227,7 +228,7 @@ async def _change_case(
         return None
     await repo.update_case(changed)
     if await repo.next_plan_version(changed.id) > 1:  # a plan exists: its status follows the case
-        await _new_plan_version(repo, changed, now, invitation_sent=changed.invited_at is not None)
+        await _new_plan_version(repo, changed, now, reason=f"hospital: {ev.kind}")
     log.info("SIP case changed by a hospital event",
              extra={"case_id": str(changed.id), "state": changed.state})  # fmt: skip
     return changed
@@ -259,21 +260,35 @@ async def handle_consent_granted(
     if not recipients:
         raise PermanentError(f"the consent covers none of the participants of SIP case {case.id}")
     now = clock.now()
-    case = case.move_to("invitation_requested", consent_id=ev.consent_id)
-    await _new_plan_version(repo, case, now, invitation_sent=False)
+    case = case.consent_given(ev.consent_id)
+    if case.state == "invitation_requested":  # a discharge: the LUS clock runs, invite at once
+        await outbox.send(invitation(case, recipients, public_base_url, ev.correlation_id))
+    await _new_plan_version(repo, case, now, reason="consent given")
     await repo.update_case(case)
-    await outbox.send(
-        SendInvitation(
-            case_id=case.id,
-            case_reference=case.reference,
-            consent_id=ev.consent_id,
-            recipients=recipients,
-            invitation_due_at=case.invitation_due_at,
-            plan_url=f"{public_base_url.rstrip('/')}/fhir/CarePlan/{case.id}",
-            correlation_id=case.correlation_id or ev.correlation_id,
-        )
-    )
     return case
+
+
+def invitation(
+    case: SipCase, recipients: tuple[str, ...], public_base_url: str, correlation_id: str | None = None
+) -> SendInvitation:
+    """The invitation command for notify: no personal data; the meeting when one is scheduled."""
+    assert case.consent_id is not None and case.invitation_due_at is not None
+    m = case.meeting
+    return SendInvitation(
+        case_id=case.id,
+        case_reference=case.reference,
+        consent_id=case.consent_id,
+        recipients=recipients,
+        invitation_due_at=case.invitation_due_at,
+        plan_url=f"{public_base_url.rstrip('/')}/fhir/CarePlan/{case.id}",
+        organizer_hsa_id=case.owner_hsa_id,
+        meeting_start=m.start if m else None,
+        meeting_end=m.end if m else None,
+        meeting_location=m.location if m else None,
+        meeting_video_url=m.video_url if m else None,
+        interpreter_language=case.preferences.interpreter_language if case.preferences else None,
+        correlation_id=case.correlation_id or correlation_id,
+    )
 
 
 async def handle_consent_declined(ev: ConsentDeclined, *, repo: CaseRepository) -> SipCase | None:
@@ -284,6 +299,8 @@ async def handle_consent_declined(ev: ConsentDeclined, *, repo: CaseRepository) 
         return None
     case = case.move_to("declined")
     await repo.update_case(case)
+    if await repo.next_plan_version(case.id) > 1:
+        await _new_plan_version(repo, case, ev.occurred_at, reason="consent declined")
     return case
 
 
@@ -296,14 +313,18 @@ async def handle_invitation_sent(ev: InvitationSent, *, repo: CaseRepository, cl
         return None
     case = case.move_to("invited", invited_at=ev.sent_at)
     await repo.update_case(case)
-    await _new_plan_version(repo, case, clock.now(), invitation_sent=True)
+    await _new_plan_version(repo, case, clock.now(), reason="invitation sent")
     return case
 
 
 async def _new_plan_version(
-    repo: CaseRepository, case: SipCase, at: datetime, *, invitation_sent: bool
-) -> None:
-    """Every change to the plan is a new version; earlier versions are kept."""
+    repo: CaseRepository, case: SipCase, at: datetime, *, agent_hsa_id: str | None = None,
+    reason: str | None = None,
+) -> int:  # fmt: skip
+    """Every change to the plan is a new version (with its Provenance); earlier versions are kept."""
     version = await repo.next_plan_version(case.id)
-    await repo.add_plan_version(case.id, version, care_plan(case, version=version, at=at,
-                                invitation_sent=invitation_sent), at)  # fmt: skip
+    await repo.add_plan_version(
+        case.id, version, care_plan(case, version=version, at=at), at, snapshot=case_snapshot(case),
+        activity="CREATE" if version == 1 else "UPDATE", agent_hsa_id=agent_hsa_id, reason=reason,
+    )  # fmt: skip
+    return version

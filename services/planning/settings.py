@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -37,4 +39,27 @@ class PlanningSettings(ServiceSettings):
         "kommun and region. True: hospitals send this hub only the LUS notices of patients who do, so "
         "ready-for-discharge (or discharge) opens a SIP case. False: such stays are only recorded. "
         "The JSON paths say it per message and are not affected.",
+    )
+
+    # ---- deadlines and escalation (services/planning/deadlines.py, scheduler.py) ----
+    deadline_day_counting: Literal["calendar", "working"] = Field(
+        default="calendar",
+        description="How deadline days are counted in Europe/Stockholm time: calendar days, or Swedish "
+        "working days (not weekends, public holidays, midsommarafton, julafton, nyårsafton); the deadline "
+        "is at the same local clock time. The 24 h admission-notice rule is always clock hours.",
+    )
+    meeting_deadline_days: int = Field(
+        default=14,
+        ge=1,
+        le=365,
+        description="Regional agreement: SIP meeting within N days of the invitation",
+    )
+    follow_up_grace_days: int = Field(
+        default=0, ge=0, le=90, description="A planned follow-up not held N days after its date is escalated"
+    )
+    consent_expiry_warning_days: int = Field(
+        default=14, ge=0, le=365, description="Escalate N days before a consent's end date"
+    )
+    deadline_check_interval: float = Field(
+        default=30.0, gt=0, le=3600, description="Seconds between two scans for breached deadlines"
     )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from datetime import datetime
+from datetime import date, datetime
+from types import SimpleNamespace
 from typing import Any
 from uuid import UUID
 
@@ -12,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.planning.domain import OPEN_STATES, Participant, SipCase
+from services.planning.plan import Approval, Meeting, MeetingPreferences, PlanContent
 from services.planning.stays import Cancellation, Stay
 from shared.persistence import UTCDateTime
 
@@ -55,13 +57,20 @@ cases = sa.Table(
     sa.Column("participants", sa.Text, nullable=False),
     sa.Column("state", sa.String(32), nullable=False, index=True),
     sa.Column("opened_at", UTCDateTime, nullable=False),
-    sa.Column("ready_for_discharge_at", UTCDateTime, nullable=False),
-    sa.Column("invitation_due_at", UTCDateTime, nullable=False),
+    sa.Column("ready_for_discharge_at", UTCDateTime),
+    sa.Column("invitation_due_at", UTCDateTime),
     sa.Column("correlation_id", sa.String(128)),
     sa.Column("consent_id", sa.String(36)),
     sa.Column("invited_at", UTCDateTime),
     sa.Column("suspended_from", sa.String(32)),
     sa.Column("closed_reason", sa.String(200)),
+    sa.Column("origin", sa.String(16), nullable=False, default="discharge"),
+    sa.Column("proposed_by", sa.String(32)),
+    sa.Column("external_id", sa.String(300), index=True),
+    # the person's meeting preferences, the meeting, the plan (draft and in force), the approval (JSON)
+    sa.Column("details", sa.Text, nullable=False, default="{}"),
+    sa.Column("follow_up_date", sa.Date),
+    sa.Column("updated_at", UTCDateTime),
     # one live case per stay is kept by hospital_stays.case_id (a cancelled case frees the stay)
     sa.Index("ix_case_episode", "hospital_hsa_id", "episode_id"),
 )
@@ -71,8 +80,15 @@ care_plans = sa.Table(
     metadata,
     sa.Column("case_id", sa.String(36), primary_key=True),
     sa.Column("version", sa.Integer, primary_key=True),
-    sa.Column("resource", sa.Text, nullable=False),
+    sa.Column("resource", sa.Text, nullable=False),  # the R4 CarePlan of this version
+    sa.Column(
+        "snapshot", sa.Text, nullable=False, default="{}"
+    ),  # the case as it was (R5 is rendered from it)
     sa.Column("recorded_at", UTCDateTime, nullable=False),
+    # Provenance: what changed and who did it
+    sa.Column("activity", sa.String(16), nullable=False, default="UPDATE"),  # CREATE | UPDATE
+    sa.Column("agent_hsa_id", sa.String(64)),
+    sa.Column("reason", sa.String(200)),
 )
 
 invitations = sa.Table(
@@ -105,7 +121,56 @@ def _case(row: Any) -> SipCase:
         invited_at=row.invited_at,
         suspended_from=row.suspended_from,
         closed_reason=row.closed_reason,
+        origin=row.origin,
+        proposed_by=row.proposed_by,
+        external_id=row.external_id,
+        follow_up_date=row.follow_up_date,
+        **_details_in(json.loads(row.details or "{}")),
     )
+
+
+_DETAILS = {
+    "preferences": MeetingPreferences,
+    "meeting": Meeting,
+    "plan": PlanContent,
+    "plan_in_force": PlanContent,
+    "approval": Approval,
+}
+
+
+def _details_in(d: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {k: m.model_validate(d[k]) for k, m in _DETAILS.items() if d.get(k) is not None}
+    if d.get("followed_up_at"):
+        out["followed_up_at"] = datetime.fromisoformat(d["followed_up_at"])
+    return out
+
+
+def _details_out(case: SipCase) -> str:
+    d: dict[str, Any] = {
+        k: getattr(case, k).model_dump(mode="json") for k in _DETAILS if getattr(case, k) is not None
+    }
+    if case.followed_up_at:
+        d["followed_up_at"] = case.followed_up_at.isoformat()
+    return json.dumps(d, ensure_ascii=False)
+
+
+def case_snapshot(case: SipCase) -> str:
+    """The whole case as JSON, kept with each plan version (vread in any FHIR version renders from it)."""
+    v = _values(case)
+    return json.dumps({k: (x.isoformat() if isinstance(x, datetime | date) else x) for k, x in v.items()})
+
+
+_DATETIMES = ("opened_at", "ready_for_discharge_at", "invitation_due_at", "invited_at", "updated_at")
+
+
+def case_from_snapshot(text: str) -> SipCase:
+    d = json.loads(text)
+    for k in _DATETIMES:
+        if d.get(k):
+            d[k] = datetime.fromisoformat(d[k])
+    if d.get("follow_up_date"):
+        d["follow_up_date"] = date.fromisoformat(d["follow_up_date"])
+    return _case(SimpleNamespace(**d))
 
 
 def _stay(row: Any) -> Stay:
@@ -161,6 +226,11 @@ def _values(case: SipCase) -> dict[str, Any]:
         "invited_at": case.invited_at,
         "suspended_from": case.suspended_from,
         "closed_reason": case.closed_reason,
+        "origin": case.origin,
+        "proposed_by": case.proposed_by,
+        "external_id": case.external_id,
+        "details": _details_out(case),
+        "follow_up_date": case.follow_up_date,
     }
 
 
@@ -202,7 +272,7 @@ class SqlCaseRepository:
         await self.conn.execute(cases.update().where(cases.c.id == str(case.id)).values(**_values(case)))
 
     async def open_cases(self, include_closed: bool = False) -> list[SipCase]:
-        q = cases.select().order_by(cases.c.invitation_due_at)
+        q = cases.select().order_by(cases.c.invitation_due_at, cases.c.opened_at)
         if not include_closed:
             q = q.where(cases.c.state.in_(sorted(OPEN_STATES)))
         return [_case(r) for r in await self.conn.execute(q)]
@@ -214,24 +284,68 @@ class SqlCaseRepository:
         return int(current or 0) + 1
 
     async def add_plan_version(
-        self, case_id: UUID, version: int, resource: dict[str, Any], at: datetime
-    ) -> None:
+        self, case_id: UUID, version: int, resource: dict[str, Any], at: datetime, *,
+        snapshot: str = "{}", activity: str = "UPDATE", agent_hsa_id: str | None = None,
+        reason: str | None = None,
+    ) -> None:  # fmt: skip
         await self.conn.execute(
             care_plans.insert().values(
-                case_id=str(case_id), version=version, resource=json.dumps(resource), recorded_at=at
+                case_id=str(case_id),
+                version=version,
+                resource=json.dumps(resource),
+                recorded_at=at,
+                snapshot=snapshot,
+                activity=activity,
+                agent_hsa_id=agent_hsa_id,
+                reason=reason,
             )
         )
 
     async def latest_plan(self, case_id: UUID) -> dict[str, Any] | None:
-        row = (
-            await self.conn.execute(
-                care_plans.select()
-                .where(care_plans.c.case_id == str(case_id))
-                .order_by(care_plans.c.version.desc())
-                .limit(1)
-            )
-        ).first()
+        row = await self.plan_version(case_id)
         return json.loads(row.resource) if row else None
+
+    async def plan_version(self, case_id: UUID, version: int | None = None) -> Any | None:
+        """One stored version (the latest when ``version`` is None): resource, snapshot, provenance."""
+        q = care_plans.select().where(care_plans.c.case_id == str(case_id))
+        q = (
+            q.order_by(care_plans.c.version.desc()).limit(1)
+            if version is None
+            else q.where(care_plans.c.version == version)
+        )
+        return (await self.conn.execute(q)).first()
+
+    async def plan_versions(self, case_id: UUID) -> list[Any]:
+        q = (
+            care_plans.select()
+            .where(care_plans.c.case_id == str(case_id))
+            .order_by(care_plans.c.version.desc())
+        )
+        return list((await self.conn.execute(q)).all())
+
+    async def find_cases(
+        self, *, patient: str | None = None, reference: str | None = None, states: set[str] | None = None,
+        external_id: str | None = None,
+        created_from: datetime | None = None, created_to: datetime | None = None, limit: int = 100,
+    ) -> list[SipCase]:  # fmt: skip
+        q = cases.select().order_by(cases.c.opened_at.desc()).limit(limit)
+        if patient is not None:
+            q = q.where(cases.c.patient_identifier == patient)
+        if reference is not None:
+            q = q.where(cases.c.reference == reference)
+        if external_id is not None:
+            q = q.where(cases.c.external_id == external_id)
+        if states is not None:
+            q = q.where(cases.c.state.in_(sorted(states)))
+        if created_from is not None:
+            q = q.where(cases.c.opened_at >= created_from)
+        if created_to is not None:
+            q = q.where(cases.c.opened_at < created_to)
+        return [_case(r) for r in await self.conn.execute(q)]
+
+    async def invited_recipients(self, case_id: UUID) -> list[str]:
+        q = sa.select(invitations.c.recipient_hsa_id).where(invitations.c.case_id == str(case_id)).distinct()
+        return sorted((await self.conn.execute(q)).scalars().all())
 
     async def record_invitation(self, case_id: UUID, recipient: str, channel: str, sent_at: datetime) -> bool:
         exists = await self.conn.scalar(

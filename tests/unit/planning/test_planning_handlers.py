@@ -209,6 +209,7 @@ def test_care_plan_is_valid_r4_with_careteam_and_deadline_task():
     assert model.subject.identifier.system == "http://electronichealth.se/identifier/personnummer"
     team = next(r for r in model.contained if r.get_resource_type() == "CareTeam")
     assert [p.member.identifier.value for p in team.participant] == [
+        ADULT,  # the person is a member of the team
         "SE2120001-SOC0180",
         "SE2321000016-VC001",
     ]

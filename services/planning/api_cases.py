@@ -1,0 +1,177 @@
+"""HTTP commands over a SIP's lifecycle, for coordinators' systems.
+
+Every command names the acting organisation in ``X-Sip-Organisation`` (its HSA-id); it is recorded as
+the agent of the change (Provenance). A step the lifecycle does not allow answers **409** with the
+current state and the refused step; a body that breaks a rule answers **422** naming the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Literal
+from uuid import UUID
+
+from fastapi import APIRouter, Header, HTTPException
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.planning import lifecycle
+from services.planning.adapters.store import SqlCaseRepository
+from services.planning.api import CaseDetail
+from services.planning.domain import InvalidTransition, MissingReason, SipCase
+from services.planning.plan import FollowUp, Meeting, MeetingPreferences, PlanContent
+from services.planning.settings import PlanningSettings
+from shared.clock import Clock
+from shared.directory import Directory, UnknownRecipient
+from shared.errors import PermanentError
+from shared.runtime import ServiceRuntime, UnitOfWork
+
+Actor = Annotated[
+    str,
+    Header(
+        alias="X-Sip-Organisation",
+        pattern=r"^[A-Za-z0-9\-]{3,64}$",
+        description="HSA-id of the organisation acting (recorded in the plan's Provenance)",
+    ),
+]
+
+
+class Reason(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=3, max_length=200, description="Recorded; no health data")
+
+
+class ApprovalIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int = Field(ge=1, description="The plan version the person approved (the latest draft)")
+    approved_by: Literal["person", "guardians", "legal-representative"]
+    method: Literal["oral", "written", "digital"]
+
+
+def build_router(
+    runtime: ServiceRuntime, settings: PlanningSettings, clock: Clock, directory: Directory
+) -> APIRouter:
+    router = APIRouter(prefix="/cases", tags=["lifecycle"])
+    base = settings.public_base_url
+
+    async def run(step: Callable[[UnitOfWork, SqlCaseRepository], Awaitable[SipCase]]) -> CaseDetail:
+        try:
+            async with runtime.unit_of_work() as uow:
+                case = await step(uow, SqlCaseRepository(uow.conn))
+        except lifecycle.CaseNotFound as exc:
+            raise HTTPException(404, detail=str(exc)) from None
+        except (InvalidTransition, MissingReason) as exc:
+            raise HTTPException(409, detail=str(exc)) from None
+        except (lifecycle.PlanRuleViolation, UnknownRecipient) as exc:
+            raise HTTPException(422, detail=str(exc)) from None
+        except PermanentError as exc:
+            raise HTTPException(409, detail=str(exc)) from None
+        return CaseDetail.detail(case)
+
+    @router.post("", status_code=201, response_model=CaseDetail, summary="Propose a SIP (need identified)")
+    async def propose(body: lifecycle.Proposal) -> CaseDetail:
+        return await run(
+            lambda uow, repo: lifecycle.propose(body, repo=repo, directory=directory, now=clock.now())
+        )
+
+    @router.post("/{case_id}/accept", response_model=CaseDetail, summary="Take a proposal up: ask consent")
+    async def accept(case_id: UUID, actor: Actor) -> CaseDetail:
+        return await run(
+            lambda uow, repo: lifecycle.accept(
+                case_id,
+                repo=repo,
+                outbox=uow,
+                now=clock.now(),
+                agent_hsa_id=actor,
+                deadline_days=settings.invitation_deadline_days,
+            )
+        )
+
+    @router.post(
+        "/{case_id}/refuse", response_model=CaseDetail, summary="Refuse a proposal (reason required)"
+    )
+    async def refuse(case_id: UUID, body: Reason, actor: Actor) -> CaseDetail:
+        return await run(
+            lambda uow, repo: lifecycle.refuse(
+                case_id, body.reason, repo=repo, now=clock.now(), agent_hsa_id=actor
+            )
+        )
+
+    @router.put(
+        "/{case_id}/preferences", response_model=CaseDetail, summary="The person's meeting preferences"
+    )
+    async def preferences(case_id: UUID, body: MeetingPreferences, actor: Actor) -> CaseDetail:
+        return await run(
+            lambda uow, repo: lifecycle.record_preferences(
+                case_id, body, repo=repo, now=clock.now(), agent_hsa_id=actor
+            )
+        )
+
+    @router.post(
+        "/{case_id}/invite", response_model=CaseDetail, summary="Send the invitation (prepared case)"
+    )
+    async def invite(case_id: UUID, actor: Actor) -> CaseDetail:
+        return await run(
+            lambda uow, repo: lifecycle.invite(
+                case_id, repo=repo, outbox=uow, now=clock.now(), agent_hsa_id=actor, public_base_url=base
+            )
+        )
+
+    @router.put("/{case_id}/meeting", response_model=CaseDetail, summary="Schedule (or move) the SIP meeting")
+    async def meeting(case_id: UUID, body: Meeting, actor: Actor) -> CaseDetail:
+        return await run(
+            lambda uow, repo: lifecycle.schedule_meeting(
+                case_id,
+                body,
+                repo=repo,
+                outbox=uow,
+                now=clock.now(),
+                agent_hsa_id=actor,
+                public_base_url=base,
+            )
+        )
+
+    @router.put("/{case_id}/plan", response_model=CaseDetail, summary="Draft the plan (a new version)")
+    async def plan(case_id: UUID, body: PlanContent, actor: Actor) -> CaseDetail:
+        return await run(
+            lambda uow, repo: lifecycle.draft_plan(
+                case_id, body, repo=repo, now=clock.now(), agent_hsa_id=actor
+            )
+        )
+
+    @router.post(
+        "/{case_id}/plan/approve",
+        response_model=CaseDetail,
+        summary="Record the person's approval: the drafted version takes effect",
+    )
+    async def approve(case_id: UUID, body: ApprovalIn, actor: Actor) -> CaseDetail:
+        return await run(
+            lambda uow, repo: lifecycle.approve(
+                case_id,
+                version=body.version,
+                approved_by=body.approved_by,
+                method=body.method,
+                repo=repo,
+                now=clock.now(),
+                agent_hsa_id=actor,
+            )
+        )
+
+    @router.post(
+        "/{case_id}/follow-up", response_model=CaseDetail, summary="Follow up: continue, revise or close"
+    )
+    async def follow_up(case_id: UUID, body: FollowUp, actor: Actor) -> CaseDetail:
+        return await run(
+            lambda uow, repo: lifecycle.follow_up(
+                case_id, body, repo=repo, now=clock.now(), agent_hsa_id=actor
+            )
+        )
+
+    @router.post("/{case_id}/close", response_model=CaseDetail, summary="Close the SIP (reason required)")
+    async def close(case_id: UUID, body: Reason, actor: Actor) -> CaseDetail:
+        return await run(
+            lambda uow, repo: lifecycle.close(
+                case_id, body.reason, repo=repo, now=clock.now(), agent_hsa_id=actor
+            )
+        )
+
+    return router

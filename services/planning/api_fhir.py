@@ -1,0 +1,352 @@
+"""The planning FHIR API (base ``/fhir``): CarePlan read, vread, ``_history``, search, ``$validate``,
+conditional create (a SIP proposal), Provenance, CapabilityStatement. R4 by default; R5 when the
+client asks with ``Accept: application/fhir+json; fhirVersion=5.0``. Every error is an
+OperationOutcome.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+from uuid import UUID
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from services.planning import lifecycle
+from services.planning.adapters.fhir import (
+    CASE_SYSTEM,
+    FhirVersion,
+    capability_statement,
+    care_plan,
+    plan_status,
+    provenance,
+)
+from services.planning.adapters.store import SqlCaseRepository, case_from_snapshot
+from services.planning.domain import SipCase
+from services.planning.settings import PlanningSettings
+from shared.clock import Clock
+from shared.directory import Directory, UnknownRecipient
+from shared.fhir import FHIR_JSON, FhirValidationError, check_required_bindings, fhir_json, outcome_response
+from shared.identifiers import PERSONNUMMER_SYSTEM, SAMORDNINGSNUMMER_SYSTEM, InvalidPersonIdentifier
+from shared.runtime import ServiceRuntime
+
+
+def wanted_version(request: Request) -> FhirVersion:
+    accept = request.headers.get("accept", "")
+    for part in accept.split(";"):
+        key, _, value = part.strip().partition("=")
+        if key.lower() == "fhirversion" and value.strip().strip('"').startswith("5.0"):
+            return "5.0"
+    return "4.0"
+
+
+def _respond(
+    resource: dict[str, Any], version: FhirVersion, status: int = 200, **headers: str
+) -> JSONResponse:
+    media = f"{FHIR_JSON}; fhirVersion={version}"
+    return JSONResponse(resource, status_code=status, media_type=media, headers=headers or None)
+
+
+def _element(resource_type: str, exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    path = ".".join(str(p) for p in err["loc"] if not isinstance(p, int))
+    return f"{resource_type}.{path}" if path else resource_type
+
+
+def validate_resource(body: bytes, version: FhirVersion) -> tuple[dict[str, Any] | None, JSONResponse | None]:
+    """Parse + validate a CarePlan incl. required bindings; else an OperationOutcome naming the element."""
+    from fhir.resources import get_fhir_model_class
+    from fhir.resources.R4B import get_fhir_model_class as get_r4b
+
+    try:
+        raw = json.loads(body)
+    except ValueError:
+        return None, outcome_response(400, "the body is not JSON", "invalid")
+    if not isinstance(raw, dict) or raw.get("resourceType") != "CarePlan":
+        return None, outcome_response(422, "the body must be a CarePlan resource", "invalid")
+    model_class = (get_fhir_model_class if version == "5.0" else get_r4b)("CarePlan")
+    try:
+        model = model_class.model_validate(raw)
+        check_required_bindings(model)
+    except ValidationError as exc:
+        element = _element("CarePlan", exc)
+        return None, fhir_json(
+            {
+                "resourceType": "OperationOutcome",
+                "issue": [
+                    {
+                        "severity": "error",
+                        "code": "invalid",
+                        "diagnostics": f"{element}: {exc.errors()[0]['msg']}",
+                        "expression": [element],
+                    }
+                ],
+            },
+            422,
+        )
+    except FhirValidationError as exc:
+        return None, fhir_json(
+            {
+                "resourceType": "OperationOutcome",
+                "issue": [
+                    {
+                        "severity": "error",
+                        "code": "code-invalid",
+                        "diagnostics": str(exc),
+                        "expression": [exc.element],
+                    }
+                ],
+            },
+            422,
+        )
+    return model.model_dump(mode="json", exclude_none=True), None
+
+
+def _bundle(kind: str, entries: list[dict[str, Any]], base: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Bundle",
+        "type": kind,
+        "total": len(entries),
+        "entry": [{"fullUrl": f"{base}/fhir/{e['resourceType']}/{e['id']}", "resource": e} for e in entries],
+    }
+
+
+def _date_range(values: list[str]) -> tuple[datetime | None, datetime | None, str | None]:
+    lo = hi = None
+    for v in values:
+        prefix, day = (v[:2], v[2:]) if v[:2] in ("ge", "le", "gt", "lt", "eq") else ("eq", v)
+        try:
+            d = date.fromisoformat(day[:10])
+        except ValueError:
+            return None, None, f"date: '{v}' is not a date (use e.g. ge2026-01-01)"
+        start = datetime.combine(d, time.min, tzinfo=UTC)
+        if prefix in ("ge", "eq"):
+            lo = start
+        if prefix == "gt":
+            lo = start + timedelta(days=1)
+        if prefix in ("le", "eq"):
+            hi = start + timedelta(days=1)
+        if prefix == "lt":
+            hi = start
+    return lo, hi, None
+
+
+def build_router(
+    runtime: ServiceRuntime, settings: PlanningSettings, clock: Clock, directory: Directory
+) -> APIRouter:
+    router = APIRouter(prefix="/fhir", tags=["fhir"])
+    base = settings.public_base_url.rstrip("/")
+
+    def render(case: SipCase, version: int, at: datetime, fv: FhirVersion) -> dict[str, Any]:
+        return care_plan(case, version=version, at=at, fhir_version=fv)
+
+    @router.get("/metadata", summary="CapabilityStatement")
+    async def metadata() -> JSONResponse:
+        return fhir_json(capability_statement(settings.public_base_url, clock.now()))
+
+    async def _version_row(plan_id: str, vid: int | None) -> tuple[Any, JSONResponse | None]:
+        try:
+            case_id = UUID(plan_id)
+        except ValueError:
+            return None, outcome_response(404, f"no CarePlan with id {plan_id[:64]}", "not-found")
+        async with runtime.engine.connect() as conn:
+            row = await SqlCaseRepository(conn).plan_version(case_id, vid)
+        if row is None:
+            what = f"version {vid} of CarePlan {case_id}" if vid else f"CarePlan with id {case_id}"
+            return None, outcome_response(404, f"no {what}", "not-found")
+        return row, None
+
+    def _from_row(row: Any, fv: FhirVersion) -> dict[str, Any]:
+        if fv == "4.0":
+            return json.loads(row.resource)
+        return render(case_from_snapshot(row.snapshot), row.version, row.recorded_at, fv)
+
+    @router.get("/CarePlan/{plan_id}", summary="Read the latest version of a plan")
+    async def read(plan_id: str, request: Request) -> JSONResponse:
+        row, error = await _version_row(plan_id, None)
+        if error:
+            return error
+        fv = wanted_version(request)
+        return _respond(_from_row(row, fv), fv, ETag=f'W/"{row.version}"')
+
+    @router.get("/CarePlan/{plan_id}/_history/{vid}", summary="Read one version of a plan (vread)")
+    async def vread(plan_id: str, vid: int, request: Request) -> JSONResponse:
+        row, error = await _version_row(plan_id, vid)
+        if error:
+            return error
+        fv = wanted_version(request)
+        return _respond(_from_row(row, fv), fv, ETag=f'W/"{row.version}"')
+
+    @router.get("/CarePlan/{plan_id}/_history", summary="Every version of a plan, newest first")
+    async def history(plan_id: str, request: Request) -> JSONResponse:
+        try:
+            case_id = UUID(plan_id)
+        except ValueError:
+            return outcome_response(404, f"no CarePlan with id {plan_id[:64]}", "not-found")
+        async with runtime.engine.connect() as conn:
+            rows = await SqlCaseRepository(conn).plan_versions(case_id)
+        if not rows:
+            return outcome_response(404, f"no CarePlan with id {case_id}", "not-found")
+        fv = wanted_version(request)
+        bundle = _bundle("history", [_from_row(r, fv) for r in rows], base)
+        for entry, r in zip(bundle["entry"], rows, strict=True):
+            entry["request"] = {"method": "POST" if r.version == 1 else "PUT", "url": f"CarePlan/{case_id}"}
+            entry["response"] = {"status": "201" if r.version == 1 else "200", "etag": f'W/"{r.version}"'}
+        return _respond(bundle, fv)
+
+    @router.get("/CarePlan", summary="Search plans: patient, status, category, date, identifier, _count")
+    async def search(request: Request) -> JSONResponse:
+        q = request.query_params
+        known = {"patient", "subject:identifier", "status", "category", "date", "identifier", "_count"}
+        unknown = sorted(set(q.keys()) - known)
+        if unknown:
+            return outcome_response(
+                400, f"unsupported search parameter(s): {', '.join(unknown)}", "not-supported"
+            )
+        patient = q.get("patient") or q.get("subject:identifier")
+        if patient and "|" in patient:
+            system, _, patient = patient.partition("|")
+            if system not in ("", PERSONNUMMER_SYSTEM, SAMORDNINGSNUMMER_SYSTEM):
+                return _respond(_bundle("searchset", [], base), wanted_version(request))
+        reference = None
+        if q.get("identifier"):
+            system, _, value = q["identifier"].rpartition("|")
+            if system not in ("", CASE_SYSTEM):
+                return _respond(_bundle("searchset", [], base), wanted_version(request))
+            reference = value
+        category = q.get("category")
+        if category and category.rpartition("|")[2] != "SIP":
+            return _respond(_bundle("searchset", [], base), wanted_version(request))
+        lo, hi, error = _date_range(q.getlist("date"))
+        if error:
+            return outcome_response(400, error, "invalid")
+        try:
+            count = min(int(q.get("_count", "50")), 200)
+        except ValueError:
+            return outcome_response(400, "_count must be a number", "invalid")
+        statuses = set(q.get("status", "").split(",")) - {""}
+        fv = wanted_version(request)
+        async with runtime.engine.connect() as conn:
+            repo = SqlCaseRepository(conn)
+            limit = count * 4 if statuses else count
+            found = await repo.find_cases(
+                patient=patient, reference=reference, created_from=lo, created_to=hi, limit=limit
+            )
+            entries = []
+            for c in found:
+                if statuses and plan_status(c) not in statuses:
+                    continue
+                row = await repo.plan_version(c.id)
+                if row is not None:
+                    entries.append(_from_row(row, fv))
+                if len(entries) >= count:
+                    break
+        return _respond(_bundle("searchset", entries, base), fv)
+
+    @router.post(
+        "/CarePlan/$validate", summary="Validate a CarePlan (R4, or R5 when asked), incl. required codes"
+    )
+    async def validate(request: Request) -> JSONResponse:
+        fv = wanted_version(request)
+        _, error = validate_resource(await request.body(), fv)
+        if error:
+            return error
+        return _respond(
+            {
+                "resourceType": "OperationOutcome",
+                "issue": [
+                    {
+                        "severity": "information",
+                        "code": "informational",
+                        "diagnostics": f"valid FHIR {fv} CarePlan",
+                    }
+                ],
+            },
+            fv,
+        )
+
+    @router.post(
+        "/CarePlan",
+        summary="Propose a SIP as a CarePlan (status draft); conditional create with If-None-Exist",
+        description="The subject must be identified by personnummer or samordningsnummer and the author "
+        "be the proposing organisation (HSA-id). The home kommun is taken from the author's area in "
+        "the organisation directory. `If-None-Exist: identifier=<system>|<value>` makes the create "
+        "idempotent: an existing plan with that identifier is answered with 200 and not created again.",
+    )
+    async def create(request: Request) -> JSONResponse:
+        resource, error = validate_resource(await request.body(), "4.0")
+        if error:
+            return error
+        assert resource is not None
+        ident = (resource.get("identifier") or [{}])[0]
+        external = f"{ident.get('system', '')}|{ident['value']}" if ident.get("value") else None
+        condition = request.headers.get("if-none-exist")
+        if condition:
+            key, _, value = condition.partition("=")
+            if key.strip() != "identifier" or not value:
+                return outcome_response(
+                    400, "If-None-Exist supports identifier=<system>|<value> only", "not-supported"
+                )
+            async with runtime.engine.connect() as conn:
+                existing = await SqlCaseRepository(conn).find_cases(external_id=value.strip(), limit=1)
+            if existing:
+                async with runtime.engine.connect() as conn:
+                    row = await SqlCaseRepository(conn).plan_version(existing[0].id)
+                return _respond(
+                    json.loads(row.resource), "4.0", 200, Location=f"{base}/fhir/CarePlan/{existing[0].id}"
+                )
+            external = value.strip()
+        subject = (resource.get("subject") or {}).get("identifier") or {}
+        if subject.get("system") not in (PERSONNUMMER_SYSTEM, SAMORDNINGSNUMMER_SYSTEM):
+            return outcome_response(
+                422, "CarePlan.subject.identifier must be a personnummer or samordningsnummer", "required"
+            )
+        author = ((resource.get("author") or {}).get("identifier") or {}).get("value")
+        org = directory.get(author) if author else None
+        if org is None or not org.serves.kommun_codes:
+            return outcome_response(
+                422,
+                "CarePlan.author: the proposing organisation (HSA-id) must be in the directory with its area",
+                "required",
+            )
+        try:
+            proposal = lifecycle.Proposal(
+                patient_identifier=subject.get("value", ""), kommun_code=org.serves.kommun_codes[0],
+                proposed_by="professional", proposer_hsa_id=org.hsa_id, external_id=external,
+                primary_care_unit_hsa_id=org.hsa_id if org.kind == "primary_care_unit" else None,
+            )  # fmt: skip
+        except (ValidationError, InvalidPersonIdentifier):
+            return outcome_response(
+                422, "CarePlan.subject.identifier: not a valid personal identity number", "invalid"
+            )
+        try:
+            async with runtime.unit_of_work() as uow:
+                repo = SqlCaseRepository(uow.conn)
+                case = await lifecycle.propose(proposal, repo=repo, directory=directory, now=clock.now())
+                row = await repo.plan_version(case.id)
+        except UnknownRecipient as exc:
+            return outcome_response(422, str(exc), "not-found")
+        return _respond(
+            json.loads(row.resource), "4.0", 201, Location=f"{base}/fhir/CarePlan/{case.id}/_history/1"
+        )
+
+    @router.get("/Provenance", summary="Who changed a plan: Provenance?target=CarePlan/{id}")
+    async def provenance_search(request: Request, target: str) -> JSONResponse:
+        plan_id = target.removeprefix("CarePlan/").split("/")[0]
+        try:
+            case_id = UUID(plan_id)
+        except ValueError:
+            return outcome_response(400, "target must be CarePlan/<id>", "invalid")
+        fv = wanted_version(request)
+        async with runtime.engine.connect() as conn:
+            rows = await SqlCaseRepository(conn).plan_versions(case_id)
+        entries = [
+            provenance(str(case_id), r.version, r.recorded_at, r.activity, r.agent_hsa_id, r.reason, fv)
+            for r in rows
+        ]
+        return _respond(_bundle("searchset", entries, base), fv)
+
+    return router

@@ -1,0 +1,141 @@
+"""What a SIP holds: the plan content the law and practice require, the person's meeting preferences,
+the meeting, and the person's approval. Pydantic models: they are validated where they enter (HTTP)
+and stored as JSON with the case.
+
+Plan content (SoL 2:7, HSL 16:4 and practice): the needs today and the person's goals; each
+intervention (*insats*) with its goal, who is responsible (an organisation, or the person/relatives
+for self-care) and its end date; what others will do; the organisation with overall responsibility
+(*huvudansvar*); how the interventions are coordinated; the follow-up date.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+Text = Annotated[str, Field(min_length=1, max_length=2000)]
+ShortText = Annotated[str, Field(min_length=1, max_length=200)]
+LocalId = Annotated[str, Field(pattern=r"^[A-Za-z0-9\-]{1,40}$")]
+HsaId = Annotated[str, Field(min_length=3, max_length=64, pattern=r"^[A-Za-z0-9\-]+$")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Goal(_Model):
+    id: LocalId
+    description: Text = Field(description="The person's goal, in the person's words where possible")
+    due_date: date | None = None
+
+
+class Responsible(_Model):
+    kind: Literal["organisation", "person", "relative"] = Field(
+        description="An organisation, or the person or relatives (self-care, what relatives do)"
+    )
+    hsa_id: HsaId | None = Field(default=None, description="The organisation's HSA-id (kind organisation)")
+    name: ShortText | None = None
+
+    @model_validator(mode="after")
+    def _org_needs_id(self) -> Responsible:
+        if self.kind == "organisation" and not self.hsa_id:
+            raise ValueError("an organisation responsible for an intervention needs its hsa_id")
+        return self
+
+
+class Intervention(_Model):
+    id: LocalId
+    description: Text
+    goal_ids: tuple[LocalId, ...] = Field(default=(), description="The goals this intervention serves")
+    responsible: Responsible
+    end_date: date | None = None
+
+
+class PlanContent(_Model):
+    needs: tuple[Text, ...] = Field(min_length=1, description="The person's needs today")
+    goals: tuple[Goal, ...] = Field(min_length=1)
+    interventions: tuple[Intervention, ...] = Field(default=(), max_length=500)
+    others: tuple[Text, ...] = Field(
+        default=(), description="What others (outside the plan's parties) will do"
+    )
+    overall_responsibility_hsa_id: HsaId = Field(description="The organisation with overall responsibility")
+    coordination: Text = Field(description="How the interventions are coordinated")
+    follow_up_date: date
+
+    @model_validator(mode="after")
+    def _references(self) -> PlanContent:
+        goals = {g.id for g in self.goals}
+        if len(goals) != len(self.goals):
+            raise ValueError("goal ids must be unique")
+        ids = [i.id for i in self.interventions]
+        if len(set(ids)) != len(ids):
+            raise ValueError("intervention ids must be unique")
+        for i in self.interventions:
+            unknown = set(i.goal_ids) - goals
+            if unknown:
+                raise ValueError(
+                    f"intervention {i.id} names goals that are not in the plan: {sorted(unknown)}"
+                )
+        return self
+
+
+class MeetingPreferences(_Model):
+    """What the person has said about the meeting (recorded as data, not free text in a note)."""
+
+    place: ShortText | None = None
+    time_of_day: ShortText | None = Field(default=None, description="e.g. 'förmiddag'")
+    longest_duration_minutes: int | None = Field(default=None, ge=10, le=480)
+    interpreter_language: str | None = Field(
+        default=None, pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{1,8})*$", description="BCP 47 code, e.g. 'ar'"
+    )
+    picture_support: bool = Field(default=False, description="Bildstöd")
+    disturbances: ShortText | None = Field(default=None, description="Things that may disturb")
+    room: ShortText | None = Field(default=None, description="The room and its surroundings")
+    attend_all: bool = Field(default=True, description="Whether the person attends the whole meeting")
+    someone_stays_after: bool = Field(
+        default=False, description="Someone stays afterwards to go through what was decided"
+    )
+
+
+class Meeting(_Model):
+    start: AwareDatetime
+    end: AwareDatetime
+    location: ShortText | None = Field(default=None, description="Room or address of the meeting")
+    video_url: Annotated[str, Field(max_length=500, pattern=r"^https://\S+$")] | None = None
+
+    @model_validator(mode="after")
+    def _order(self) -> Meeting:
+        if self.end <= self.start:
+            raise ValueError("the meeting must end after it starts")
+        if not self.location and not self.video_url:
+            raise ValueError("a meeting needs a location or a video link")
+        return self
+
+
+class Approval(_Model):
+    """The person's (or, for a child, the guardians') recorded approval of one plan version."""
+
+    version: int = Field(ge=1)
+    approved_by: Literal["person", "guardians", "legal-representative"]
+    method: Literal["oral", "written", "digital"]
+    recorded_by_hsa_id: HsaId
+    approved_at: AwareDatetime
+
+
+class FollowUp(_Model):
+    outcome: Literal["continue", "revise", "close"] = Field(
+        description="continue: the plan stays in force with a new follow-up date; revise: a new plan "
+        "version is drafted; close: the SIP ends"
+    )
+    next_follow_up_date: date | None = None
+    reason: ShortText | None = Field(default=None, description="Required when closing")
+
+    @model_validator(mode="after")
+    def _needs(self) -> FollowUp:
+        if self.outcome == "close" and not self.reason:
+            raise ValueError("closing a SIP needs a recorded reason")
+        if self.outcome == "continue" and self.next_follow_up_date is None:
+            raise ValueError("continuing needs the next follow-up date")
+        return self
