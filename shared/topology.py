@@ -64,9 +64,12 @@ SUBSCRIPTIONS: tuple[Subscription, ...] = (
     Subscription("planning", ConsentDeclined),
     Subscription("planning", ConsentWithdrawn),
     Subscription("planning", InvitationSent),
+    Subscription("planning", DeadlineBreached),
     Subscription("consent", ConsentRequested),
     Subscription("consent", RecordConsent),
     Subscription("notify", SendInvitation),
+    Subscription("notify", DeadlineBreached),
+    Subscription("notify", ConsentWithdrawn),
 )
 
 

@@ -11,6 +11,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from services.planning.adapters import deadline_store
 from services.planning.adapters.store import SqlCaseRepository
 from services.planning.domain import INVITATION_CLOCK_STATES, SipCase
 from services.planning.intake import IntakeService
@@ -116,6 +117,28 @@ class CaseDetail(CaseOut):
         return cls(**CaseOut.of(c).model_dump(), plan=c.plan, plan_in_force=c.plan_in_force)
 
 
+class DeadlineOut(BaseModel):
+    kind: str = Field(description="admission-notice | invitation | meeting | follow-up | consent-expiry")
+    cycle: int
+    status: str = Field(description="pending | met | breached | cancelled")
+    started_at: datetime
+    due_at: datetime
+    owner_hsa_id: str
+    met_at: datetime | None
+    breached_at: datetime | None
+    escalated_to: str | None
+
+
+class OverviewRow(BaseModel):
+    case_id: UUID
+    case_reference: str
+    state: str
+    owner_hsa_id: str = Field(description="Who owns the next deadline")
+    next_deadline: str | None
+    due_at: datetime | None
+    breached_unmet: int = Field(description="Escalated deadlines of the case not met yet")
+
+
 class StayOut(BaseModel):
     hospital_id: str
     stay_id: str
@@ -197,6 +220,32 @@ def build_router(
         async with runtime.engine.connect() as conn:
             items = await SqlCaseRepository(conn).open_cases(include_closed=all)
         return [CaseOut.of(c) for c in items]
+
+    @router.get(
+        "/overview", response_model=list[OverviewRow], tags=["cases"],
+        summary="Coordinators' overview: every open case with its next deadline and who owns it",
+    )  # fmt: skip
+    async def overview() -> list[OverviewRow]:
+        async with runtime.engine.connect() as conn:
+            rows = await deadline_store.next_deadlines(conn)
+        return [
+            OverviewRow(
+                case_id=r.case_id,
+                case_reference=r.case_reference,
+                state=r.case_state,
+                owner_hsa_id=r.owner_hsa_id,
+                next_deadline=r.kind,
+                due_at=r.due_at,
+                breached_unmet=r.breached_unmet,
+            )
+            for r in rows
+        ]
+
+    @router.get("/cases/{case_id}/deadlines", response_model=list[DeadlineOut], tags=["cases"])
+    async def case_deadlines(case_id: UUID) -> list[DeadlineOut]:
+        async with runtime.engine.connect() as conn:
+            rows = await deadline_store.history_for(conn, case_id)
+        return [DeadlineOut.model_validate(r, from_attributes=True) for r in rows]
 
     @router.get("/cases/{case_id}", response_model=CaseDetail, tags=["cases"])
     async def get_case(case_id: UUID) -> CaseDetail:

@@ -15,8 +15,10 @@ from fastapi import APIRouter, Header, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.planning import lifecycle
+from services.planning.adapters.deadline_store import SqlDeadlines
 from services.planning.adapters.store import SqlCaseRepository
 from services.planning.api import CaseDetail
+from services.planning.deadlines import DeadlinePolicy
 from services.planning.domain import InvalidTransition, MissingReason, SipCase
 from services.planning.plan import FollowUp, Meeting, MeetingPreferences, PlanContent
 from services.planning.settings import PlanningSettings
@@ -52,6 +54,8 @@ def build_router(
 ) -> APIRouter:
     router = APIRouter(prefix="/cases", tags=["lifecycle"])
     base = settings.public_base_url
+    policy = DeadlinePolicy.from_settings(settings)
+    DeadlinePolicy.from_settings(settings)
 
     async def run(step: Callable[[UnitOfWork, SqlCaseRepository], Awaitable[SipCase]]) -> CaseDetail:
         try:
@@ -82,7 +86,8 @@ def build_router(
                 outbox=uow,
                 now=clock.now(),
                 agent_hsa_id=actor,
-                deadline_days=settings.invitation_deadline_days,
+                policy=policy,
+                deadlines=SqlDeadlines(uow.conn),
             )
         )
 
@@ -92,7 +97,12 @@ def build_router(
     async def refuse(case_id: UUID, body: Reason, actor: Actor) -> CaseDetail:
         return await run(
             lambda uow, repo: lifecycle.refuse(
-                case_id, body.reason, repo=repo, now=clock.now(), agent_hsa_id=actor
+                case_id,
+                body.reason,
+                repo=repo,
+                now=clock.now(),
+                agent_hsa_id=actor,
+                deadlines=SqlDeadlines(uow.conn),
             )
         )
 
@@ -134,7 +144,12 @@ def build_router(
     async def plan(case_id: UUID, body: PlanContent, actor: Actor) -> CaseDetail:
         return await run(
             lambda uow, repo: lifecycle.draft_plan(
-                case_id, body, repo=repo, now=clock.now(), agent_hsa_id=actor
+                case_id,
+                body,
+                repo=repo,
+                now=clock.now(),
+                agent_hsa_id=actor,
+                deadlines=SqlDeadlines(uow.conn),
             )
         )
 
@@ -153,6 +168,8 @@ def build_router(
                 repo=repo,
                 now=clock.now(),
                 agent_hsa_id=actor,
+                deadlines=SqlDeadlines(uow.conn),
+                policy=policy,
             )
         )
 
@@ -162,7 +179,13 @@ def build_router(
     async def follow_up(case_id: UUID, body: FollowUp, actor: Actor) -> CaseDetail:
         return await run(
             lambda uow, repo: lifecycle.follow_up(
-                case_id, body, repo=repo, now=clock.now(), agent_hsa_id=actor
+                case_id,
+                body,
+                repo=repo,
+                now=clock.now(),
+                agent_hsa_id=actor,
+                deadlines=SqlDeadlines(uow.conn),
+                policy=policy,
             )
         )
 
@@ -170,7 +193,12 @@ def build_router(
     async def close(case_id: UUID, body: Reason, actor: Actor) -> CaseDetail:
         return await run(
             lambda uow, repo: lifecycle.close(
-                case_id, body.reason, repo=repo, now=clock.now(), agent_hsa_id=actor
+                case_id,
+                body.reason,
+                repo=repo,
+                now=clock.now(),
+                agent_hsa_id=actor,
+                deadlines=SqlDeadlines(uow.conn),
             )
         )
 

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.planning import api, api_cases, api_fhir, subscribers
 from services.planning.adapters.store import metadata
 from services.planning.intake import IntakeService, MLLPServer, intake_tables
+from services.planning.scheduler import scheduler_job
 from services.planning.settings import PlanningSettings
 from shared.clock import Clock, SystemClock
 from shared.contracts import HospitalStayEvent
@@ -37,6 +38,7 @@ def create_app(
     directory = directory or load_directory(settings.directory_path)
     runtime = ServiceRuntime(SERVICE, settings, metadata)
     subscribers.register(runtime, settings, directory, clock)
+    runtime.background.append(scheduler_job(runtime, clock, settings.deadline_check_interval))
     intake = build_intake(runtime, settings)
     mllp = (
         MLLPServer(

@@ -139,14 +139,20 @@ class SipCase:
     def suspend(self) -> SipCase:
         return self.move_to("suspended", suspended_from=self.state)
 
-    def resume(self, ready_for_discharge_at: datetime, days: int) -> SipCase:
-        """Ready for discharge again: back where it was, the deadline counted from the new time."""
+    def resume(self, ready_for_discharge_at: datetime, days_or_due: int | datetime) -> SipCase:
+        """Ready for discharge again: back where it was, the deadline counted from the new time
+        (``days_or_due``: calendar days, or the due time the deadline policy computed)."""
         target = self.suspended_from or "consent_pending"
+        due = (
+            days_or_due
+            if isinstance(days_or_due, datetime)
+            else invitation_deadline(ready_for_discharge_at, days_or_due)
+        )
         return self.move_to(
             target,  # type: ignore[arg-type]
             suspended_from=None,
             ready_for_discharge_at=ready_for_discharge_at,
-            invitation_due_at=invitation_deadline(ready_for_discharge_at, days),
+            invitation_due_at=due,
         )
 
     # ---- lifecycle steps (each refuses what the table does not allow) -------------------------

@@ -10,25 +10,27 @@ from uuid import UUID
 from services.planning import stays
 from services.planning.adapters.fhir import care_plan
 from services.planning.adapters.store import case_snapshot
+from services.planning.deadlines import DeadlinePolicy, due_at
 from services.planning.domain import (
     FINAL_STATES,
     INVITATION_CLOCK_STATES,
     REQUIRED_PURPOSES,
     Participant,
     SipCase,
-    invitation_deadline,
     invitees,
     new_case_id,
     new_reference,
     sip_needed,
 )
-from services.planning.ports import CaseRepository, Outbox
+from services.planning.ports import CaseRepository, Deadlines, Outbox
 from services.planning.stays import Stay
 from shared.clock import Clock
 from shared.contracts import (
     ConsentDeclined,
     ConsentGranted,
     ConsentRequested,
+    ConsentWithdrawn,
+    DeadlineBreached,
     DischargeNotified,
     InvitationSent,
     SendInvitation,
@@ -91,11 +93,13 @@ async def handle_discharge(
     directory: Directory,
     clock: Clock,
     deadline_days: int = 3,
+    deadlines: Deadlines | None = None,
+    policy: DeadlinePolicy | None = None,
 ) -> SipCase | None:
     """The RabbitMQ JSON discharge notice: mapped into the one event model and handled as such."""
     return await handle_stay_event(
         discharge_event(ev), repo=repo, outbox=outbox, directory=directory, clock=clock,
-        deadline_days=deadline_days, correlation_id=ev.correlation_id,
+        deadline_days=deadline_days, correlation_id=ev.correlation_id, deadlines=deadlines, policy=policy,
     )  # fmt: skip
 
 
@@ -109,6 +113,8 @@ async def handle_stay_event(
     deadline_days: int = 3,
     assume_sip_needed: bool = True,
     correlation_id: str | None = None,
+    deadlines: Deadlines | None = None,
+    policy: DeadlinePolicy | None = None,
 ) -> SipCase | None:
     """One hospital-stay event (any source) → the stay updated → the stay's SIP case opened/changed.
 
@@ -117,6 +123,7 @@ async def handle_stay_event(
     primary-care unit is not in the directory.
     """
     now = clock.now()
+    policy = policy or DeadlinePolicy(invitation_days=deadline_days)
     hospital_id = ev.hospital_id or ""
     stay = await repo.get_stay(hospital_id, ev.stay_id)
     is_new = stay is None
@@ -131,15 +138,24 @@ async def handle_stay_event(
     case: SipCase | None = None
     if effect == "open-case":
         stay, case = await _open_case(
-            stay, ev, repo=repo, outbox=outbox, directory=directory, now=now, deadline_days=deadline_days,
-            assume_sip_needed=assume_sip_needed, correlation_id=correlation_id,
+            stay, ev, repo=repo, outbox=outbox, directory=directory, now=now, policy=policy,
+            assume_sip_needed=assume_sip_needed, correlation_id=correlation_id, deadlines=deadlines,
         )  # fmt: skip
     elif effect not in ("none", "ignored") and stay.case_id is not None:
-        case = await _change_case(stay, ev, effect, repo=repo, now=now, deadline_days=deadline_days)
+        case = await _change_case(stay, ev, effect, repo=repo, now=now, policy=policy, deadlines=deadlines)
         if case is not None and case.state == "cancelled":
             # the notice that opened it was wrong: a later, valid notice for the stay opens a new case
             stay = dataclasses.replace(stay, case_id=None, case_opened_by=None, note=CASE_CANCELLED)
     await repo.save_stay(stay, now, new=is_new)
+    if ev.kind == "admitted" and effect != "ignored" and deadlines is not None:
+        live = await repo.get_case(UUID(stay.case_id)) if stay.case_id else None
+        await deadlines.admission_noticed(
+            hospital_id=hospital_id,
+            stay_id=ev.stay_id,
+            admitted_at=ev.occurred_at,
+            received_at=now,
+            case=live,
+        )
     log.info(
         "hospital event handled",
         extra={"kind": ev.kind, "source": ev.source, "effect": effect, "case_id": stay.case_id},
@@ -155,9 +171,10 @@ async def _open_case(
     outbox: Outbox,
     directory: Directory,
     now: datetime,
-    deadline_days: int,
+    policy: DeadlinePolicy,
     assume_sip_needed: bool,
     correlation_id: str | None,
+    deadlines: Deadlines | None = None,
 ) -> tuple[Stay, SipCase | None]:
     kommun_help = assume_sip_needed if ev.needs_kommun_support is None else ev.needs_kommun_support
     region_help = assume_sip_needed if ev.needs_region_support is None else ev.needs_region_support
@@ -183,10 +200,12 @@ async def _open_case(
         state="consent_pending",
         opened_at=now,
         ready_for_discharge_at=ready,
-        invitation_due_at=invitation_deadline(ready, deadline_days),
+        invitation_due_at=due_at("invitation", ready, policy),
         correlation_id=correlation_id,
     )
     await repo.add_case(case)
+    if deadlines is not None:
+        await deadlines.case_opened(case, at=now)
     await outbox.send(
         ConsentRequested(
             case_id=case.id,
@@ -203,7 +222,7 @@ async def _open_case(
 
 async def _change_case(
     stay: Stay, ev: HospitalEvent, effect: stays.Effect, *, repo: CaseRepository, now: datetime,
-    deadline_days: int,
+    policy: DeadlinePolicy, deadlines: Deadlines | None = None,
 ) -> SipCase | None:  # fmt: skip
     case = await repo.get_case(UUID(stay.case_id)) if stay.case_id else None
     if case is None or case.state in FINAL_STATES:
@@ -212,13 +231,13 @@ async def _change_case(
     if effect == "suspend" and case.state != "suspended":
         changed = case.suspend()
     elif effect == "resume" and case.state == "suspended" and stay.ready_at is not None:
-        changed = case.resume(stay.ready_at, deadline_days)
+        changed = case.resume(stay.ready_at, due_at("invitation", stay.ready_at, policy))
     elif effect == "earlier-ready" and case.state in INVITATION_CLOCK_STATES and stay.ready_at is not None:
         if stay.ready_at < case.ready_for_discharge_at:
             changed = dataclasses.replace(
                 case,
                 ready_for_discharge_at=stay.ready_at,
-                invitation_due_at=invitation_deadline(stay.ready_at, deadline_days),
+                invitation_due_at=due_at("invitation", stay.ready_at, policy),
             )
     elif effect == "cancel-case":
         changed = case.move_to("cancelled", closed_reason=f"the hospital cancelled the {ev.cancels} notice")
@@ -227,6 +246,13 @@ async def _change_case(
     if changed is None:
         return None
     await repo.update_case(changed)
+    if deadlines is not None:
+        if changed.state == "suspended":
+            await deadlines.case_suspended(changed.id, at=now)
+        elif changed.state in FINAL_STATES:
+            await deadlines.case_ended(changed.id, at=now, reason=changed.closed_reason or changed.state)
+        else:
+            await deadlines.case_resumed(changed, at=now)
     if await repo.next_plan_version(changed.id) > 1:  # a plan exists: its status follows the case
         await _new_plan_version(repo, changed, now, reason=f"hospital: {ev.kind}")
     log.info("SIP case changed by a hospital event",
@@ -244,8 +270,9 @@ async def _case_for(repo: CaseRepository, case_id: object, patient_identifier: s
 
 
 async def handle_consent_granted(
-    ev: ConsentGranted, *, repo: CaseRepository, outbox: Outbox, clock: Clock, public_base_url: str
-) -> SipCase | None:
+    ev: ConsentGranted, *, repo: CaseRepository, outbox: Outbox, clock: Clock, public_base_url: str,
+    deadlines: Deadlines | None = None, policy: DeadlinePolicy | None = None,
+) -> SipCase | None:  # fmt: skip
     if ev.case_id is None:
         return None  # a consent not tied to a case opened here
     case = await _case_for(repo, ev.case_id, ev.patient_identifier)
@@ -265,6 +292,8 @@ async def handle_consent_granted(
         await outbox.send(invitation(case, recipients, public_base_url, ev.correlation_id))
     await _new_plan_version(repo, case, now, reason="consent given")
     await repo.update_case(case)
+    if deadlines is not None and ev.valid_until is not None:
+        await deadlines.start(case, "consent-expiry", ev.valid_until, policy or DeadlinePolicy(), at=now)
     return case
 
 
@@ -291,7 +320,9 @@ def invitation(
     )
 
 
-async def handle_consent_declined(ev: ConsentDeclined, *, repo: CaseRepository) -> SipCase | None:
+async def handle_consent_declined(
+    ev: ConsentDeclined, *, repo: CaseRepository, deadlines: Deadlines | None = None
+) -> SipCase | None:
     if ev.case_id is None:
         return None
     case = await _case_for(repo, ev.case_id, ev.patient_identifier)
@@ -299,12 +330,52 @@ async def handle_consent_declined(ev: ConsentDeclined, *, repo: CaseRepository) 
         return None
     case = case.move_to("declined")
     await repo.update_case(case)
+    if deadlines is not None:
+        await deadlines.case_ended(case.id, at=ev.occurred_at, reason="declined")
     if await repo.next_plan_version(case.id) > 1:
         await _new_plan_version(repo, case, ev.occurred_at, reason="consent declined")
     return case
 
 
-async def handle_invitation_sent(ev: InvitationSent, *, repo: CaseRepository, clock: Clock) -> SipCase | None:
+async def handle_consent_withdrawn(
+    ev: ConsentWithdrawn, *, repo: CaseRepository, clock: Clock, deadlines: Deadlines | None = None
+) -> SipCase | None:
+    """The consent the case rests on was withdrawn (or cancelled as wrongly registered): the SIP ends
+    at once, its deadlines stop, and the plan records why. Notify stops what is pending itself."""
+    if ev.case_id is None:
+        return None
+    case = await _case_for(repo, ev.case_id, ev.patient_identifier)
+    if case.consent_id != ev.consent_id or case.state in FINAL_STATES:
+        return None  # not the consent this case rests on, or already ended
+    now = clock.now()
+    case = case.consent_withdrawn() if case.state != "consent_pending" else case.move_to("declined")
+    await repo.update_case(case)
+    if deadlines is not None:
+        await deadlines.case_ended(case.id, at=now, reason="consent withdrawn")
+    await _new_plan_version(repo, case, now, reason=f"consent {ev.cause}")
+    return case
+
+
+async def handle_deadline_breached(
+    ev: DeadlineBreached, *, repo: CaseRepository, clock: Clock
+) -> SipCase | None:
+    """Planning's own reaction to a breach: the follow-up date has come — the case is due for follow-up.
+    (Escalating to the owning unit is notify's.)"""
+    if ev.kind != "follow-up":
+        return None
+    case = await repo.get_case(ev.case_id)
+    if case is None or case.state != "established":
+        return None
+    case = case.follow_up_is_due()
+    await repo.update_case(case)
+    await _new_plan_version(repo, case, clock.now(), reason="follow-up due")
+    return case
+
+
+async def handle_invitation_sent(
+    ev: InvitationSent, *, repo: CaseRepository, clock: Clock, deadlines: Deadlines | None = None,
+    policy: DeadlinePolicy | None = None,
+) -> SipCase | None:  # fmt: skip
     case = await repo.get_case(ev.case_id)
     if case is None:
         raise PermanentError(f"no SIP case {ev.case_id}")
@@ -313,6 +384,10 @@ async def handle_invitation_sent(ev: InvitationSent, *, repo: CaseRepository, cl
         return None
     case = case.move_to("invited", invited_at=ev.sent_at)
     await repo.update_case(case)
+    if deadlines is not None:
+        await deadlines.invitation_sent(case.id, at=ev.sent_at)
+        # the meeting must be held by the regional deadline, counted from the invitation
+        await deadlines.start(case, "meeting", ev.sent_at, policy or DeadlinePolicy(), at=clock.now())
     await _new_plan_version(repo, case, clock.now(), reason="invitation sent")
     return case
 

@@ -8,22 +8,22 @@ and any message goes out through the outbox. A step the lifecycle does not allow
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime
+from datetime import date, datetime, time
 from typing import Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.planning.deadlines import STOCKHOLM, DeadlinePolicy, due_at
 from services.planning.domain import (
     Participant,
     SipCase,
-    invitation_deadline,
     new_case_id,
     new_reference,
 )
 from services.planning.handlers import _new_plan_version, invitation, resolve_participants
 from services.planning.plan import Approval, FollowUp, Meeting, MeetingPreferences, PlanContent
-from services.planning.ports import CaseRepository, Outbox
+from services.planning.ports import CaseRepository, Deadlines, Outbox
 from shared.contracts import ConsentRequested, PersonId
 from shared.directory import Directory
 from shared.errors import PermanentError
@@ -106,11 +106,14 @@ async def propose(
 
 async def accept(
     case_id: UUID, *, repo: CaseRepository, outbox: Outbox, now: datetime, agent_hsa_id: str,
-    deadline_days: int = 3,
+    policy: DeadlinePolicy | None = None, deadlines: Deadlines | None = None,
 ) -> SipCase:  # fmt: skip
     """The proposal is taken up: work starts without delay — the invitation gets the same deadline."""
+    policy = policy or DeadlinePolicy()
     case = (await _load(repo, case_id)).accept()
-    case = dataclasses.replace(case, invitation_due_at=invitation_deadline(now, deadline_days))
+    case = dataclasses.replace(case, invitation_due_at=due_at("invitation", now, policy))
+    if deadlines is not None:
+        await deadlines.start(case, "invitation", now, policy, at=now)
     await outbox.send(
         ConsentRequested(
             case_id=case.id,
@@ -125,9 +128,12 @@ async def accept(
 
 
 async def refuse(
-    case_id: UUID, reason: str, *, repo: CaseRepository, now: datetime, agent_hsa_id: str
-) -> SipCase:
+    case_id: UUID, reason: str, *, repo: CaseRepository, now: datetime, agent_hsa_id: str,
+    deadlines: Deadlines | None = None,
+) -> SipCase:  # fmt: skip
     case = (await _load(repo, case_id)).refuse(reason)
+    if deadlines is not None:
+        await deadlines.case_ended(case.id, at=now, reason="refused")
     return await _save(repo, case, now, agent_hsa_id, f"refused: {reason}")
 
 
@@ -160,8 +166,9 @@ async def schedule_meeting(
 
 
 async def draft_plan(
-    case_id: UUID, content: PlanContent, *, repo: CaseRepository, now: datetime, agent_hsa_id: str
-) -> SipCase:
+    case_id: UUID, content: PlanContent, *, repo: CaseRepository, now: datetime, agent_hsa_id: str,
+    deadlines: Deadlines | None = None,
+) -> SipCase:  # fmt: skip
     case = await _load(repo, case_id)
     parties = set(case.participant_ids)
     if content.overall_responsibility_hsa_id not in parties:
@@ -173,7 +180,10 @@ async def draft_plan(
             raise PlanRuleViolation(
                 f"interventions[{i.id}].responsible: {i.responsible.hsa_id} is not a participant"
             )
+    first_draft = case.state == "meeting_scheduled"
     case = case.draft_plan(content)
+    if deadlines is not None and first_draft:
+        await deadlines.met(case.id, "meeting", at=now)  # the plan is drafted at the meeting
     return await _save(repo, case, now, agent_hsa_id, "plan drafted")
 
 
@@ -181,9 +191,14 @@ class PlanRuleViolation(PermanentError):
     pass
 
 
+def follow_up_start(day: date) -> datetime:
+    """A follow-up date falls due at the start of that day, Stockholm time."""
+    return datetime.combine(day, time.min, tzinfo=STOCKHOLM)
+
+
 async def approve(
     case_id: UUID, *, version: int, approved_by: str, method: str, repo: CaseRepository, now: datetime,
-    agent_hsa_id: str,
+    agent_hsa_id: str, deadlines: Deadlines | None = None, policy: DeadlinePolicy | None = None,
 ) -> SipCase:  # fmt: skip
     """The person's recorded approval of the drafted version: only then does it take effect."""
     case = await _load(repo, case_id)
@@ -200,6 +215,9 @@ async def approve(
         approved_at=now,
     )  # type: ignore[arg-type]
     case = case.approve(approval)
+    if deadlines is not None and case.follow_up_date is not None:
+        start = follow_up_start(case.follow_up_date)
+        await deadlines.start(case, "follow-up", start, policy or DeadlinePolicy(), at=now)
     return await _save(repo, case, now, agent_hsa_id, f"approved by the {approved_by} ({method})")
 
 
@@ -209,14 +227,25 @@ async def follow_up_due(case_id: UUID, *, repo: CaseRepository, now: datetime) -
 
 
 async def follow_up(
-    case_id: UUID, outcome: FollowUp, *, repo: CaseRepository, now: datetime, agent_hsa_id: str
-) -> SipCase:
+    case_id: UUID, outcome: FollowUp, *, repo: CaseRepository, now: datetime, agent_hsa_id: str,
+    deadlines: Deadlines | None = None, policy: DeadlinePolicy | None = None,
+) -> SipCase:  # fmt: skip
     case = (await _load(repo, case_id)).followed_up(outcome, now)
+    if deadlines is not None:
+        await deadlines.met(case.id, "follow-up", at=now)
+        if case.state == "closed":
+            await deadlines.case_ended(case.id, at=now, reason="closed")
+        elif case.state == "established" and case.follow_up_date is not None:
+            await deadlines.start(case, "follow-up", follow_up_start(case.follow_up_date),
+                                  policy or DeadlinePolicy(), at=now)  # fmt: skip
     return await _save(repo, case, now, agent_hsa_id, f"followed up: {outcome.outcome}")
 
 
 async def close(
-    case_id: UUID, reason: str, *, repo: CaseRepository, now: datetime, agent_hsa_id: str
-) -> SipCase:
+    case_id: UUID, reason: str, *, repo: CaseRepository, now: datetime, agent_hsa_id: str,
+    deadlines: Deadlines | None = None,
+) -> SipCase:  # fmt: skip
     case = (await _load(repo, case_id)).close(reason)
+    if deadlines is not None:
+        await deadlines.case_ended(case.id, at=now, reason="closed")
     return await _save(repo, case, now, agent_hsa_id, f"closed: {reason}")

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from services.planning import handlers
+from services.planning.adapters.deadline_store import SqlDeadlines
 from services.planning.adapters.store import SqlCaseRepository
+from services.planning.deadlines import DeadlinePolicy
 from services.planning.settings import PlanningSettings
 from shared.clock import Clock
 from shared.contracts import (
     ConsentDeclined,
     ConsentGranted,
+    ConsentWithdrawn,
+    DeadlineBreached,
     DischargeNotified,
     HospitalStayEvent,
     InvitationSent,
@@ -25,6 +29,9 @@ def register(runtime: ServiceRuntime, settings: PlanningSettings, directory: Dir
     granted = subscription("planning", ConsentGranted)
     declined = subscription("planning", ConsentDeclined)
     sent = subscription("planning", InvitationSent)
+    withdrawn = subscription("planning", ConsentWithdrawn)
+    breached = subscription("planning", DeadlineBreached)
+    policy = DeadlinePolicy.from_settings(settings)
 
     @broker.subscriber(
         work_queue(discharge), contract_exchange(DischargeNotified), title=discharge.queue_name
@@ -34,7 +41,7 @@ def register(runtime: ServiceRuntime, settings: PlanningSettings, directory: Dir
             if await uow.first_time(discharge.queue_name, str(msg.message_id)):
                 await handlers.handle_discharge(
                     msg, repo=SqlCaseRepository(uow.conn), outbox=uow, directory=directory, clock=clock,
-                    deadline_days=settings.invitation_deadline_days,
+                    deadlines=SqlDeadlines(uow.conn), policy=policy,
                 )  # fmt: skip
 
     @broker.subscriber(
@@ -45,7 +52,7 @@ def register(runtime: ServiceRuntime, settings: PlanningSettings, directory: Dir
             if await uow.first_time(stay_event.queue_name, str(msg.message_id)):
                 await handlers.handle_stay_event(
                     msg.event, repo=SqlCaseRepository(uow.conn), outbox=uow, directory=directory,
-                    clock=clock, deadline_days=settings.invitation_deadline_days,
+                    clock=clock, deadlines=SqlDeadlines(uow.conn), policy=policy,
                     assume_sip_needed=settings.intake_assume_sip_needed, correlation_id=msg.correlation_id,
                 )  # fmt: skip
 
@@ -55,17 +62,39 @@ def register(runtime: ServiceRuntime, settings: PlanningSettings, directory: Dir
             if await uow.first_time(granted.queue_name, str(msg.message_id)):
                 await handlers.handle_consent_granted(
                     msg, repo=SqlCaseRepository(uow.conn), outbox=uow, clock=clock,
-                    public_base_url=settings.public_base_url,
+                    public_base_url=settings.public_base_url, deadlines=SqlDeadlines(uow.conn), policy=policy,
                 )  # fmt: skip
 
     @broker.subscriber(work_queue(declined), contract_exchange(ConsentDeclined), title=declined.queue_name)
     async def on_consent_declined(msg: ConsentDeclined) -> None:
         async with runtime.unit_of_work() as uow:
             if await uow.first_time(declined.queue_name, str(msg.message_id)):
-                await handlers.handle_consent_declined(msg, repo=SqlCaseRepository(uow.conn))
+                await handlers.handle_consent_declined(
+                    msg, repo=SqlCaseRepository(uow.conn), deadlines=SqlDeadlines(uow.conn)
+                )
 
     @broker.subscriber(work_queue(sent), contract_exchange(InvitationSent), title=sent.queue_name)
     async def on_invitation_sent(msg: InvitationSent) -> None:
         async with runtime.unit_of_work() as uow:
             if await uow.first_time(sent.queue_name, str(msg.message_id)):
-                await handlers.handle_invitation_sent(msg, repo=SqlCaseRepository(uow.conn), clock=clock)
+                await handlers.handle_invitation_sent(
+                    msg,
+                    repo=SqlCaseRepository(uow.conn),
+                    clock=clock,
+                    deadlines=SqlDeadlines(uow.conn),
+                    policy=policy,
+                )
+
+    @broker.subscriber(work_queue(withdrawn), contract_exchange(ConsentWithdrawn), title=withdrawn.queue_name)
+    async def on_consent_withdrawn(msg: ConsentWithdrawn) -> None:
+        async with runtime.unit_of_work() as uow:
+            if await uow.first_time(withdrawn.queue_name, str(msg.message_id)):
+                await handlers.handle_consent_withdrawn(
+                    msg, repo=SqlCaseRepository(uow.conn), clock=clock, deadlines=SqlDeadlines(uow.conn)
+                )
+
+    @broker.subscriber(work_queue(breached), contract_exchange(DeadlineBreached), title=breached.queue_name)
+    async def on_deadline_breached(msg: DeadlineBreached) -> None:
+        async with runtime.unit_of_work() as uow:
+            if await uow.first_time(breached.queue_name, str(msg.message_id)):
+                await handlers.handle_deadline_breached(msg, repo=SqlCaseRepository(uow.conn), clock=clock)

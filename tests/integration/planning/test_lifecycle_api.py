@@ -29,14 +29,28 @@ R5 = {"Accept": "application/fhir+json; fhirVersion=5.0"}
 def plan(n: int = 5, follow_up: date = date(2027, 3, 1), **kw) -> dict:
     return {
         "needs": ["Stöd i hemmet efter utskrivning", "Hjälp med läkemedel"],
-        "goals": [{"id": "g1", "description": "Bo kvar hemma", "due_date": "2027-06-01"},
-                  {"id": "g2", "description": "Klara morgonrutinerna själv"}],  # fmt: skip
+        "goals": [
+            {"id": "g1", "description": "Bo kvar hemma", "due_date": "2027-06-01"},
+            {"id": "g2", "description": "Klara morgonrutinerna själv"},
+        ],  # fmt: skip
         "interventions": [
-            {"id": f"i{k}", "description": f"Insats {k}", "goal_ids": ["g1"] if k % 2 else ["g1", "g2"],
-             "responsible": {"kind": "organisation", "hsa_id": SOC if k % 2 else VC}, "end_date": "2027-02-01"}
+            {
+                "id": f"i{k}",
+                "description": f"Insats {k}",
+                "goal_ids": ["g1"] if k % 2 else ["g1", "g2"],
+                "responsible": {"kind": "organisation", "hsa_id": SOC if k % 2 else VC},
+                "end_date": "2027-02-01",
+            }
             for k in range(n)
-        ] + [{"id": "self", "description": "Promenad varje dag", "goal_ids": ["g2"],
-              "responsible": {"kind": "person"}}],  # fmt: skip
+        ]
+        + [
+            {
+                "id": "self",
+                "description": "Promenad varje dag",
+                "goal_ids": ["g2"],
+                "responsible": {"kind": "person"},
+            }
+        ],  # fmt: skip
         "others": ["Hemtjänsten samordnar med dottern"],
         "overall_responsibility_hsa_id": VC,
         "coordination": "Vårdcentralen samordnar; avstämning varannan vecka per telefon.",
@@ -70,12 +84,16 @@ async def take(amqp_url: str, queue: str, timeout: float = 20.0) -> dict:
 
 @pytest.fixture
 async def api(amqp_url, tmp_path):
-    settings = PlanningSettings(amqp_url=amqp_url, data_dir=str(tmp_path), directory_path=str(REPO / "config/directory.yaml"))
+    settings = PlanningSettings(
+        amqp_url=amqp_url, data_dir=str(tmp_path), directory_path=str(REPO / "config/directory.yaml")
+    )
     app = create_app(settings)
     rt = app.state.runtime
     await rt.start()
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://planning") as client:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://planning"
+        ) as client:
             yield client
     finally:
         await rt.stop()
@@ -106,6 +124,8 @@ async def test_a_proposed_sip_from_need_to_closing(api, amqp_url):
 
     r = await api.post(f"/cases/{cid}/accept", headers=ACTOR)
     assert r.json()["state"] == "consent_pending" and r.json()["invitation_due_at"]
+    [row] = [o for o in (await api.get("/overview")).json() if o["case_id"] == cid]
+    assert row["next_deadline"] == "invitation" and row["owner_hsa_id"] == VC
     req = await take(amqp_url, "consent.consent.request.v1")
     assert req["case_id"] == cid
 
@@ -144,7 +164,9 @@ async def test_a_proposed_sip_from_need_to_closing(api, amqp_url):
     assert r.json()["state"] == "plan_drafted"
     fhir = (await api.get(f"/fhir/CarePlan/{cid}")).json()
     draft_version = int(fhir["meta"]["versionId"])
-    assert fhir["status"] == "draft" and len(fhir["activity"]) == 6 + 3  # 6 insatser; invitation, meeting, follow-up
+    assert (
+        fhir["status"] == "draft" and len(fhir["activity"]) == 6 + 3
+    )  # 6 insatser; invitation, meeting, follow-up
     r = await api.post(f"/cases/{cid}/plan/approve", json={"version": draft_version - 1, "approved_by": "person",
                                                             "method": "oral"}, headers=ACTOR)  # fmt: skip
     assert r.status_code == 422 and "latest" in r.json()["detail"]
@@ -170,10 +192,15 @@ async def test_a_proposed_sip_from_need_to_closing(api, amqp_url):
     assert r.json()["state"] == "established" and r.json()["follow_up_date"] == "2027-09-01"
     r = await api.post(f"/cases/{cid}/follow-up", json={"outcome": "close"}, headers=ACTOR)
     assert r.status_code == 422  # closing needs a reason
-    r = await api.post(f"/cases/{cid}/follow-up", json={"outcome": "close", "reason": "målen nådda"}, headers=ACTOR)
+    r = await api.post(
+        f"/cases/{cid}/follow-up", json={"outcome": "close", "reason": "målen nådda"}, headers=ACTOR
+    )
     assert r.json()["state"] == "closed"
     final = (await api.get(f"/fhir/CarePlan/{cid}")).json()
     assert final["status"] == "completed"
+    deadlines = {(d["kind"], d["status"]) for d in (await api.get(f"/cases/{cid}/deadlines")).json()}
+    assert {("invitation", "met"), ("meeting", "met"), ("follow-up", "met")} <= deadlines
+    assert not any(status == "pending" for _, status in deadlines)  # a closed case has no clock running
 
     # versions, vread, history and Provenance
     history = (await api.get(f"/fhir/CarePlan/{cid}/_history")).json()
@@ -198,8 +225,12 @@ async def test_a_proposed_sip_from_need_to_closing(api, amqp_url):
     found = (await api.get("/fhir/CarePlan", params={"patient": pnr})).json()
     assert [e["resource"]["id"] for e in found["entry"]] == [cid]
     assert (await api.get("/fhir/CarePlan", params={"patient": pnr, "status": "active"})).json()["total"] == 0
-    assert (await api.get("/fhir/CarePlan", params={"patient": pnr, "status": "completed"})).json()["total"] == 1
-    assert (await api.get("/fhir/CarePlan", params={"date": "ge2000-01-01", "category": "SIP"})).json()["total"] == 1
+    assert (await api.get("/fhir/CarePlan", params={"patient": pnr, "status": "completed"})).json()[
+        "total"
+    ] == 1
+    assert (await api.get("/fhir/CarePlan", params={"date": "ge2000-01-01", "category": "SIP"})).json()[
+        "total"
+    ] == 1
     r = await api.get("/fhir/CarePlan", params={"bogus": "1"})
     assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome"
 
@@ -226,7 +257,10 @@ async def test_validate_and_conditional_create(api):
     assert r.status_code == 200 and r.json()["issue"][0]["severity"] == "information"
     r = await api.post("/fhir/CarePlan/$validate", json={**good, "status": "bogus"})
     assert r.status_code == 422
-    assert r.json()["issue"][0]["expression"] == ["CarePlan.status"] and "bogus" in r.json()["issue"][0]["diagnostics"]
+    assert (
+        r.json()["issue"][0]["expression"] == ["CarePlan.status"]
+        and "bogus" in r.json()["issue"][0]["diagnostics"]
+    )
     r = await api.post("/fhir/CarePlan/$validate", json={**good, "wrongElement": 1})
     assert r.status_code == 422 and "wrongElement" in r.json()["issue"][0]["expression"][0]
 
