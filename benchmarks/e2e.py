@@ -1,0 +1,337 @@
+"""Benchmark: discharge accepted → invitation delivered, end to end, beside raw RabbitMQ in the same run.
+
+    .venv/bin/python -m benchmarks.e2e [--rates 10,50] [--per-rate 300] [--saturation 1000] [--mllp 200]
+
+Starts the three services as processes (SQLite, this machine's RabbitMQ in a fresh vhost) and a real
+SMTP sink, and a *consent desk* that grants consent the moment a case asks (it listens on its own queue
+bound to ``consent.request.v1``). Then, for each offered rate, it publishes ``hospital.discharge.v1``
+messages (persistent, confirmed: "accepted" = confirmed by the broker) and waits until every
+participant's invitation has arrived at the SMTP server. A last phase offers discharges as fast as the
+broker confirms them (saturation), and another sends ADT^A16 (ready for discharge) over MLLP
+("accepted" = the AA ACK).
+
+It prints, per phase: sustained discharges/s end to end, latency p50/p95/p99 from accepted to the last
+participant's invitation delivered, and where the time goes (accepted → case opened → invitation sent
+→ delivered, medians). Then the raw ceiling measured in the same run — aio-pika confirmed publish +
+consume of the same number of messages — and the suite's throughput as a ratio of it, and CPU seconds
+and peak RSS of each service process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import email
+import email.policy
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from uuid import NAMESPACE_URL, uuid4, uuid5
+
+import aio_pika
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.intake_mllp import pct  # noqa: E402
+from services.planning.intake.mllp import FrameDecoder, frame  # noqa: E402
+from shared.contracts import ConsentRequested, DischargeNotified, RecordConsent  # noqa: E402
+from tests.support.infra import free_port, mail_sink, rabbit_vhost  # noqa: E402
+from tests.support.personnummer import ADULTS  # noqa: E402
+from tests.support.suite import Suite  # noqa: E402
+
+VC = "SE2321000016-VC001"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Phase:
+    label: str
+    accepted_at: dict[str, float] = field(default_factory=dict)  # episode id → when accepted
+    started: float = 0.0
+    emails_before: int = 0
+
+
+async def consent_desk(amqp_url: str, stop: asyncio.Event) -> None:
+    conn = await aio_pika.connect_robust(amqp_url)
+    async with conn:
+        ch = await conn.channel(publisher_confirms=True)
+        await ch.set_qos(prefetch_count=200)
+        q = await ch.declare_queue("bench.consent-desk", durable=True)
+        await q.bind("consent.commands", routing_key=ConsentRequested.routing_key)
+        out = await ch.get_exchange("consent.commands")
+
+        async def on(msg: aio_pika.abc.AbstractIncomingMessage) -> None:
+            req = ConsentRequested.model_validate_json(msg.body)
+            cmd = RecordConsent(
+                message_id=uuid5(NAMESPACE_URL, f"bench-consent:{req.case_id}"), case_id=req.case_id,
+                patient_identifier=req.patient_identifier, decision="granted", recorded_by_hsa_id=VC,
+                correlation_id=req.correlation_id,
+            )  # fmt: skip
+            await out.publish(
+                aio_pika.Message(cmd.model_dump_json().encode(), message_id=str(cmd.message_id),
+                                 content_type="application/json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                routing_key=cmd.routing_key,
+            )  # fmt: skip
+            await msg.ack()
+
+        tag = await q.consume(on)
+        await stop.wait()
+        await q.cancel(tag)
+
+
+def discharge(episode: str, i: int) -> DischargeNotified:
+    return DischargeNotified(
+        episode_id=episode, hospital_hsa_id="SE2321000016-SJH01",
+        patient={"identifier": ADULTS[i % len(ADULTS)], "kommun_code": "0180", "primary_care_unit_hsa_id": VC},
+        ready_for_discharge_at=datetime.now(UTC), needs_kommun_support=True, needs_region_support=True,
+        correlation_id=episode,
+    )  # fmt: skip
+
+
+async def offer_json(amqp_url: str, phase: Phase, n: int, rate: float | None) -> None:
+    """Publish n discharges at ``rate`` per second (None: as fast as confirms come back)."""
+    conn = await aio_pika.connect(amqp_url)
+    async with conn:
+        ch = await conn.channel(publisher_confirms=True)
+        ex = await ch.get_exchange("hospital.events")
+        phase.started = time.time()
+        sem = asyncio.Semaphore(200)
+
+        async def one(i: int) -> None:
+            ev = discharge(f"{phase.label}-{i:05d}", i)
+            async with sem:
+                await ex.publish(
+                    aio_pika.Message(ev.model_dump_json().encode(), message_id=str(ev.message_id),
+                                     content_type="application/json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                    routing_key=ev.routing_key, mandatory=True,
+                )  # fmt: skip
+            phase.accepted_at[ev.episode_id] = time.time()
+
+        tasks = []
+        for i in range(n):
+            if rate:
+                delay = phase.started + i / rate - time.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+
+
+def a16(i: int, visit: str) -> bytes:
+    pnr = ADULTS[i % len(ADULTS)]
+    now = datetime.now(UTC).strftime("%Y%m%d%H%M%S+0000")
+    segs = [
+        f"MSH|^~\\&|PAS|SU^1.2.752.129.2.1.4.1^ISO|SIP|KOMMUN|{now}||ADT^A16^ADT_A16|{visit}|P|2.5",
+        f"EVN|A16|{now}|||||{now}",
+        f"PID|1||{pnr}^^^SKV&1.2.752.129.2.1.3.1&ISO^PN||Andersson^Anna||20000101|F|||"
+        "Storgatan 1^^Stockholm^^11122^SWE^H^^0180",
+        f"PD1|||Vårdcentralen Södermalm^^^^^^^^^{VC}",
+        f"PV1|1|I|||||||||||||||||{visit}",
+    ]
+    return ("\r".join(segs) + "\r").encode()
+
+
+async def offer_mllp(port: int, phase: Phase, n: int, connections: int = 4) -> None:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(n):
+        queue.put_nowait(i)
+    phase.started = time.time()
+
+    async def sender() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        decoder = FrameDecoder()
+        while not queue.empty():
+            i = queue.get_nowait()
+            visit = f"{phase.label}-{i:05d}"
+            writer.write(frame(a16(i, visit)))
+            await writer.drain()
+            acks: list[bytes] = []
+            while not acks:
+                acks = decoder.feed(await reader.read(65536))
+            if b"MSA|AA" in acks[0]:
+                phase.accepted_at[visit] = time.time()
+        writer.close()
+
+    await asyncio.gather(*(sender() for _ in range(connections)))
+
+
+def arrivals(mail_dir: Path) -> dict[str, list[float]]:
+    """case reference → arrival times of its invitation emails (file mtime at the SMTP sink)."""
+    out: dict[str, list[float]] = {}
+    for p in mail_dir.glob("*.eml"):
+        msg = email.message_from_bytes(p.read_bytes(), policy=email.policy.default)
+        ref = str(msg["Subject"]).rsplit(" ", 1)[-1]
+        out.setdefault(ref, []).append(p.stat().st_mtime)
+    return out
+
+
+async def wait_delivered(suite: Suite, phase: Phase, timeout: float, per_case: int) -> dict[str, object]:
+    """Wait until every accepted discharge of the phase has all its invitations; return the figures.
+
+    Only the SMTP sink's directory is watched while waiting (listing every case over HTTP while the
+    suite works would load planning and skew the figures); planning is asked once at the end."""
+    deadline = time.time() + timeout
+    before = phase.emails_before
+    expected = before + per_case * len(phase.accepted_at)
+    while len(list(suite.smtp.directory.glob("*.eml"))) < expected and time.time() < deadline:
+        await asyncio.sleep(0.5)
+    async with httpx.AsyncClient(timeout=120) as http:
+        cases = [c for c in (await http.get(f"{suite.url('planning')}/cases", params={"all": "true"})).json()
+                 if c["episode_id"] in phase.accepted_at]  # fmt: skip
+    got = arrivals(suite.smtp.directory)
+    done = [c for c in cases if len(got.get(c["reference"], ())) >= len(c["participants"])]
+    lat, hop_open, hop_sent, hop_deliver = [], [], [], []
+    last = phase.started
+    for c in done:
+        t0 = phase.accepted_at[c["episode_id"]]
+        delivered = max(got[c["reference"]])
+        last = max(last, delivered)
+        lat.append(delivered - t0)
+        opened = datetime.fromisoformat(c["opened_at"]).timestamp()
+        hop_open.append(opened - t0)
+        if c["invited_at"]:
+            sent = datetime.fromisoformat(c["invited_at"]).timestamp()
+            hop_sent.append(sent - opened)
+            hop_deliver.append(delivered - sent)
+    return {
+        "accepted": len(phase.accepted_at), "delivered": len(done),
+        "rate": len(done) / max(last - phase.started, 1e-9), "lat": lat,
+        "hops": (hop_open, hop_sent, hop_deliver),
+    }  # fmt: skip
+
+
+async def raw_ceiling(amqp_url: str, n: int, size: int) -> float:
+    """Confirmed persistent publish + consume of n messages: messages/s from first publish to last ack."""
+    conn = await aio_pika.connect(amqp_url)
+    async with conn:
+        ch = await conn.channel(publisher_confirms=True)
+        q = await ch.declare_queue("bench.raw", durable=True, arguments={"x-queue-type": "quorum"})
+        cch = await conn.channel()
+        await cch.set_qos(prefetch_count=32)
+        cq = await cch.get_queue("bench.raw")
+        got = 0
+        done = asyncio.Event()
+
+        async def on(msg: aio_pika.abc.AbstractIncomingMessage) -> None:
+            nonlocal got
+            await msg.ack()
+            got += 1
+            if got >= n:
+                done.set()
+
+        await cq.consume(on)
+        body = b"x" * size
+        sem = asyncio.Semaphore(200)
+        start = time.perf_counter()
+
+        async def pub() -> None:
+            async with sem:
+                await ch.default_exchange.publish(
+                    aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=q.name
+                )
+
+        await asyncio.gather(*(pub() for _ in range(n)))
+        await asyncio.wait_for(done.wait(), timeout=300)
+        elapsed = time.perf_counter() - start
+        await q.delete(if_unused=False, if_empty=False)
+    return n / elapsed
+
+
+def proc_usage(pid: int) -> tuple[float, float]:
+    """(CPU seconds, peak RSS MB) of a running process."""
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(stat[11]) + int(stat[12])) / CLK_TCK
+    hwm = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmHWM"))
+    return cpu, int(hwm.split()[1]) / 1024
+
+
+def report(label: str, offered: str, fig: dict[str, object]) -> None:
+    lat = sorted(fig["lat"])  # type: ignore[arg-type]
+    if not lat:
+        print(f"{label:>12} {offered:>9}  nothing delivered")
+        return
+    o, s, d = (sorted(h) for h in fig["hops"])  # type: ignore[misc]
+    med = lambda v: pct(v, 50) * 1000 if v else float("nan")  # noqa: E731
+    print(
+        f"{label:>12} {offered:>9} {fig['delivered']:>5}/{fig['accepted']:<5} {fig['rate']:8.1f}/s "
+        f"p50 {pct(lat, 50) * 1000:7.0f} p95 {pct(lat, 95) * 1000:7.0f} p99 {pct(lat, 99) * 1000:7.0f} ms  "
+        f"hops: →case {med(o):5.0f} →sent {med(s):6.0f} →delivered {med(d):5.0f} ms"
+    )
+
+
+async def run(args: argparse.Namespace, suite: Suite) -> list[tuple[str, str, dict[str, object]]]:
+    stop = asyncio.Event()
+    desk = asyncio.create_task(consent_desk(suite.amqp_url, stop))
+    await asyncio.sleep(1.0)
+    results = []
+    try:
+        def new_phase(label: str) -> Phase:
+            return Phase(f"{label}-{uuid4().hex[:4]}", emails_before=len(list(suite.smtp.directory.glob("*.eml"))))
+
+        # JSON discharges name the hospital (in the directory): 3 participants; the MLLP sender's
+        # hospital id is an OID not in the directory: 2 participants (kommun and primary care)
+        for rate in args.rates:
+            phase = new_phase(f"r{rate:g}")
+            await offer_json(suite.amqp_url, phase, args.per_rate, rate)
+            results.append((f"{rate:g}/s", f"{rate:g}/s", await wait_delivered(suite, phase, args.timeout, 3)))
+        if args.saturation:
+            phase = new_phase("sat")
+            await offer_json(suite.amqp_url, phase, args.saturation, None)
+            results.append(("saturation", "max", await wait_delivered(suite, phase, args.timeout, 3)))
+        if args.mllp:
+            phase = new_phase("mllp")
+            await offer_mllp(suite.ports["mllp"], phase, args.mllp)
+            results.append(("MLLP A16", "max", await wait_delivered(suite, phase, args.timeout, 2)))
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await desk
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",") if x], default=[10.0, 50.0])
+    ap.add_argument("--per-rate", type=int, default=300)
+    ap.add_argument("--saturation", type=int, default=1000)
+    ap.add_argument("--mllp", type=int, default=200)
+    ap.add_argument("--timeout", type=float, default=600)
+    args = ap.parse_args()
+    with rabbit_vhost() as amqp_url, tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        with mail_sink(tmp) as smtp:
+            ports = {n: free_port() for n in ("planning", "consent", "notify", "mllp")}
+            suite = Suite(amqp_url, tmp, ports, {}, smtp, extra_env={"SIP_LOG_LEVEL": "WARNING"})
+            try:
+                for name in ("consent", "planning", "notify"):
+                    suite.start(name)
+                results = asyncio.run(run(args, suite))
+                usage = {name: proc_usage(p.popen.pid) for name, p in suite.procs.items() if p.popen}
+            finally:
+                for p in suite.procs.values():
+                    p.stop()
+        n_raw = max(args.saturation, 1000)
+        ceiling = asyncio.run(raw_ceiling(amqp_url, n_raw, len(discharge("x", 0).model_dump_json())))
+
+    print("discharge accepted → every participant's invitation at the SMTP server (3 processes, SQLite)")
+    print(f"{'phase':>12} {'offered':>9} {'done':>11} {'sustained':>10}  latency                         "
+          "where the time goes (medians)")  # fmt: skip
+    for label, offered, fig in results:
+        report(label, offered, fig)
+    best = max((fig["rate"] for _, _, fig in results), default=0.0)  # type: ignore[type-var]
+    print(f"raw aio-pika confirmed publish + consume, {n_raw} messages: {ceiling:8.1f} messages/s")
+    print(f"suite end to end / raw ceiling: {best / ceiling:.3f}   (best sustained {best:.1f}/s)")  # type: ignore[operator]
+    print("per service: CPU seconds, peak RSS")
+    for name, (cpu, rss) in usage.items():
+        print(f"  {name:>9} {cpu:8.1f} s {rss:8.1f} MB")
+
+
+if __name__ == "__main__":
+    main()
