@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.planning.adapters.fhir import care_plan  # noqa: E402
-from tests.unit.planning.test_care_plan_fhir import NOW, full_case  # noqa: E402
+from services.planning.adapters.fhir import care_plan
+from tests.unit.planning.test_care_plan_fhir import NOW, full_case
 
 
 def measure(n: int, version: str, rounds: int) -> tuple[list[float], int]:

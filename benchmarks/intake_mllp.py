@@ -52,7 +52,7 @@ def a03(i: int) -> bytes:
 
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
 async def mllp_run(port: int, total: int, connections: int) -> tuple[float, list[float], dict[str, int]]:

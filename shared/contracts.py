@@ -316,3 +316,7 @@ class ConsentDecisionReply(BaseModel):
     decided_for: AwareDatetime | None = Field(default=None, description="The time T the decision is for")
     request_message_id: UUID | None = None
     detail: str | None = Field(default=None, description="Why a request could not be decided (no values)")
+
+
+# the consent contracts above are declared after the first list; every contract is in ALL_CONTRACTS
+ALL_CONTRACTS = (*ALL_CONTRACTS, ConsentWithdrawn, ConsentDecisionRequested)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 from fastapi import FastAPI
 
 from services.consent import api, subscribers
-from services.consent.adapters.store import metadata
+from services.consent.adapters.store import AuditWriter, metadata, upgrade_schema
 from services.consent.settings import ConsentSettings
 from shared.clock import Clock, SystemClock
 from shared.runtime import ServiceRuntime, serve
@@ -17,17 +20,40 @@ def create_app(settings: ConsentSettings | None = None, *, clock: Clock | None =
     settings = settings or ConsentSettings()
     clock = clock or SystemClock()
     runtime = ServiceRuntime(SERVICE, settings, metadata)
-    subscribers.register(runtime, clock)
+    audit_writer = AuditWriter(runtime.engine)
+    subscribers.register(runtime, clock, audit_writer)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await prepare_database(runtime)
+        try:
+            async with runtime.lifespan(app):
+                yield
+        finally:
+            await audit_writer.stop()
+
     app = FastAPI(
         title="sip-suite consent",
         version="0.1.0",
-        description="Records the person's (or guardians') consent to a SIP and publishes the decision.",
-        lifespan=runtime.lifespan,
+        description=(
+            "Records the person's (or guardians') consent to a SIP, its withdrawal and cancellation, "
+            "publishes the decision, answers 'may this organisation receive this information' "
+            "(HTTP and RabbitMQ request/reply) and keeps the audit log of every answer."
+        ),
+        lifespan=lifespan,
     )
     runtime.add_health_routes(app)
-    app.include_router(api.build_router(runtime, clock))
+    app.include_router(api.build_router(runtime, clock, audit_writer))
     app.state.runtime = runtime
+    app.state.audit_writer = audit_writer
     return app
+
+
+async def prepare_database(runtime: ServiceRuntime) -> None:
+    """Bring a database created before the current schema up to date (additive), then create the rest."""
+    async with runtime.engine.begin() as conn:
+        await conn.run_sync(upgrade_schema)
+        await conn.run_sync(metadata.create_all)
 
 
 def main() -> None:

@@ -2,19 +2,37 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Awaitable, Callable
+from datetime import datetime
 from uuid import UUID, uuid4
 
 from services.consent.domain import (
+    CancelReason,
+    ConsentDetails,
     ConsentRecord,
     ConsentRequest,
     ConsentRuleViolation,
+    ConsentStateConflict,
     check_new_consent,
+    check_withdrawal,
     effective_recipients,
+    is_child_on,
 )
-from services.consent.ports import ConsentRepository, Outbox
+from services.consent.policy import DecisionQuery, DecisionResult, decide
+from services.consent.ports import AuditEntry, ConsentRepository, Outbox
 from shared.clock import Clock
-from shared.contracts import ConsentDeclined, ConsentGranted, ConsentRequested, RecordConsent
-from shared.identifiers import parse_person_identifier
+from shared.contracts import (
+    ConsentDeclined,
+    ConsentGranted,
+    ConsentRequested,
+    ConsentWithdrawn,
+    RecordConsent,
+)
+
+
+class ConsentNotFound(LookupError):
+    pass
 
 
 async def request_consent(cmd: ConsentRequested, *, repo: ConsentRepository, clock: Clock) -> bool:
@@ -39,33 +57,46 @@ async def record_consent(
     outbox: Outbox,
     clock: Clock,
     consent_id: UUID | None = None,
+    details: ConsentDetails | None = None,
 ) -> ConsentRecord:
     """Record a granted or declined consent and publish the decision."""
+    details = details or ConsentDetails()
     now = clock.now()
     request = await repo.get_request(cmd.case_id) if cmd.case_id else None
     if request is not None and request.patient_identifier != cmd.patient_identifier:
         raise ConsentRuleViolation("the case belongs to another person than the consent names")
-    is_child = parse_person_identifier(cmd.patient_identifier).age_on(now.date()) < 18
     check_new_consent(
         decision=cmd.decision,
         purposes=tuple(cmd.purposes),
         given_by=cmd.given_by,
-        is_child=is_child,
+        is_child=is_child_on(cmd.patient_identifier, now),
         valid_until=cmd.valid_until,
         now=now,
+        valid_from=details.valid_from,
+        custody=details.custody,
+        guardians=details.guardians,
+        child_view=details.child_view,
+        excluded_categories=details.excluded_categories,
     )
+    recipients = effective_recipients(tuple(cmd.recipients), request)
     record = ConsentRecord(
         id=consent_id or uuid4(),
         patient_identifier=cmd.patient_identifier,
         case_id=cmd.case_id,
         decision=cmd.decision,
         purposes=tuple(cmd.purposes),
-        recipients=effective_recipients(tuple(cmd.recipients), request),
+        recipients=tuple(r for r in recipients if r not in details.excluded_organisations),
         given_by=cmd.given_by,
         method=cmd.method,
         recorded_by_hsa_id=cmd.recorded_by_hsa_id,
         recorded_at=now,
         valid_until=cmd.valid_until,
+        valid_from=details.valid_from,
+        excluded_organisations=details.excluded_organisations,
+        excluded_categories=details.excluded_categories,
+        custody=details.custody,
+        guardians=details.guardians,
+        child_view=details.child_view,
     )
     correlation_id = cmd.correlation_id or (request.correlation_id if request else None)
     await repo.add(record)
@@ -93,3 +124,187 @@ async def record_consent(
             )
         )
     return record
+
+
+async def _load(repo: ConsentRepository, consent_id: UUID) -> ConsentRecord:
+    record = await repo.get(consent_id, for_update=True)
+    if record is None:
+        raise ConsentNotFound("no such consent")
+    return record
+
+
+async def withdraw_consent(
+    consent_id: UUID,
+    *,
+    by_hsa_id: str,
+    repo: ConsentRepository,
+    outbox: Outbox,
+    clock: Clock,
+    at: datetime | None = None,
+    correlation_id: str | None = None,
+) -> tuple[ConsentRecord, bool]:
+    """Withdraw (återkallelse): immediate and irreversible; the record stays as history.
+
+    ``at`` may say when the person withdrew it if that was earlier than now (never later). A second
+    withdrawal changes nothing and returns the record with ``False``.
+    """
+    now = clock.now()
+    record = await _load(repo, consent_id)
+    if record.status == "withdrawn":
+        return record, False
+    check_withdrawal(record)
+    effective = at or now
+    if effective > now:
+        raise ConsentRuleViolation("a withdrawal takes effect at once: withdrawn_at cannot be in the future")
+    if effective < record.recorded_at:
+        raise ConsentRuleViolation("withdrawn_at is before the consent was recorded")
+    after = dataclasses.replace(
+        record,
+        status="withdrawn",
+        status_changed_at=effective,
+        status_changed_by_hsa_id=by_hsa_id,
+        status_reason="withdrawn-by-person",
+        version=record.version + 1,
+    )
+    if not await repo.update_status(record, after, "withdrawn"):
+        raise ConsentStateConflict("the consent changed meanwhile; read it again")
+    await repo.add_audit(
+        AuditEntry(
+            id=uuid4(),
+            recorded_at=now,
+            patient_identifier=record.patient_identifier,
+            action="withdrawal",
+            outcome="done",
+            reason="withdrawn-by-person",
+            basis="none",
+            channel="http",
+            consent_id=record.id,
+            case_id=record.case_id,
+            requested_by=by_hsa_id,
+            correlation_id=correlation_id,
+        )
+    )
+    await outbox.send(
+        ConsentWithdrawn(
+            consent_id=record.id,
+            case_id=record.case_id,
+            patient_identifier=record.patient_identifier,
+            cause="withdrawal",
+            effective_at=effective,
+            purposes=record.purposes,
+            recipients=record.recipients,
+            correlation_id=correlation_id,
+        )
+    )
+    return after, True
+
+
+async def cancel_consent(
+    consent_id: UUID,
+    *,
+    by_hsa_id: str,
+    reason: CancelReason,
+    repo: ConsentRepository,
+    outbox: Outbox,
+    clock: Clock,
+    correlation_id: str | None = None,
+) -> tuple[ConsentRecord, bool]:
+    """Cancel (makulering) a wrongly registered consent; audited. Not the person's withdrawal.
+
+    The record is kept (status ``cancelled``, FHIR ``entered-in-error``) and ignored by decisions.
+    A granted consent that was still active is announced as withdrawn (``cause=cancellation``); a
+    consent request it answered is pending again, so the right decision can be recorded.
+    """
+    now = clock.now()
+    record = await _load(repo, consent_id)
+    if record.status == "cancelled":
+        return record, False
+    after = dataclasses.replace(
+        record,
+        status="cancelled",
+        status_changed_at=now,
+        status_changed_by_hsa_id=by_hsa_id,
+        status_reason=reason,
+        version=record.version + 1,
+    )
+    if not await repo.update_status(record, after, "cancelled"):
+        raise ConsentStateConflict("the consent changed meanwhile; read it again")
+    await repo.add_audit(
+        AuditEntry(
+            id=uuid4(),
+            recorded_at=now,
+            patient_identifier=record.patient_identifier,
+            action="cancellation",
+            outcome="done",
+            reason=reason,
+            basis="none",
+            channel="http",
+            consent_id=record.id,
+            case_id=record.case_id,
+            requested_by=by_hsa_id,
+            correlation_id=correlation_id,
+        )
+    )
+    if record.case_id is not None:
+        await repo.reopen_request(record.case_id, record.id)
+    if record.status == "active" and record.decision == "granted":
+        await outbox.send(
+            ConsentWithdrawn(
+                consent_id=record.id,
+                case_id=record.case_id,
+                patient_identifier=record.patient_identifier,
+                cause="cancellation",
+                effective_at=now,
+                purposes=record.purposes,
+                recipients=record.recipients,
+                correlation_id=correlation_id,
+            )
+        )
+    return after, True
+
+
+async def decide_and_audit(
+    query: DecisionQuery,
+    *,
+    clock: Clock,
+    channel: str,
+    repo: ConsentRepository | None = None,
+    records_of: Callable[[str], Awaitable[list[ConsentRecord]]] | None = None,
+    audit: Callable[[AuditEntry], Awaitable[None]] | None = None,
+    requested_by: str | None = None,
+    correlation_id: str | None = None,
+) -> tuple[DecisionResult, UUID]:
+    """Decide (pure) on the person's records — one indexed query — and audit the answer.
+
+    Reads through ``records_of`` (or ``repo``); ``audit`` stores the audit record durably before
+    this returns (default: ``repo.add_audit`` in the caller's transaction; the service passes its
+    group-committing writer and reads on a connection of its own that is closed by then).
+    """
+    load = records_of or (repo.for_patient if repo is not None else None)
+    store = audit or (repo.add_audit if repo is not None else None)
+    if load is None or store is None:
+        raise TypeError("decide_and_audit needs a repo, or records_of and audit")
+    records = await load(query.patient_identifier)
+    result = decide(query, records)
+    audit_id = uuid4()
+    await store(
+        AuditEntry(
+            id=audit_id,
+            recorded_at=clock.now(),
+            patient_identifier=query.patient_identifier,
+            action="decision",
+            outcome=result.outcome,
+            reason=result.reason,
+            basis=result.basis,
+            channel=channel,
+            recipient_hsa_id=query.recipient,
+            category=query.category,
+            purpose=query.purpose,
+            consent_id=result.consent_id,
+            case_id=query.case_id,
+            decision_at=query.at,
+            requested_by=requested_by,
+            correlation_id=correlation_id,
+        )
+    )
+    return result, audit_id

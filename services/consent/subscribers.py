@@ -2,15 +2,41 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
+from faststream.rabbit import RabbitQueue, RabbitResponse
+from faststream.rabbit.annotations import RabbitMessage
+from pydantic import ValidationError
+
 from services.consent import handlers
-from services.consent.adapters.store import SqlConsentRepository
+from services.consent.adapters.store import AuditWriter, SqlConsentRepository, records_reader
+from services.consent.policy import DecisionQuery
 from shared.clock import Clock
-from shared.contracts import ConsentRequested, RecordConsent
+from shared.contracts import ConsentDecisionReply, ConsentDecisionRequested, ConsentRequested, RecordConsent
+from shared.messaging import describe_error
 from shared.runtime import ServiceRuntime
 from shared.topology import contract_exchange, subscription, work_queue
 
+log = logging.getLogger("sip.consent.decisions")
 
-def register(runtime: ServiceRuntime, clock: Clock) -> None:
+DECISION_REQUEST_TTL_MS = 30_000
+"""A decision request nobody took within this time is dropped: its caller has given up by then."""
+
+
+def decision_queue() -> RabbitQueue:
+    """The request/reply queue of the consent gate: classic (low latency), durable, shared by
+    replicas, requests expire. No dead-lettering: a request is answered, or its caller times out
+    and treats the gate as unavailable (fail closed)."""
+    return RabbitQueue(
+        f"consent.{ConsentDecisionRequested.routing_key}",
+        durable=True,
+        routing_key=ConsentDecisionRequested.routing_key,
+        arguments={"x-message-ttl": DECISION_REQUEST_TTL_MS},
+    )
+
+
+def register(runtime: ServiceRuntime, clock: Clock, audit_writer: AuditWriter) -> None:
     broker = runtime.broker
     requested = subscription("consent", ConsentRequested)
     record = subscription("consent", RecordConsent)
@@ -28,3 +54,76 @@ def register(runtime: ServiceRuntime, clock: Clock) -> None:
                 await handlers.record_consent(
                     msg, repo=SqlConsentRepository(uow.conn), outbox=uow, clock=clock
                 )
+
+    queue = decision_queue()
+    records_of = records_reader(runtime.engine)
+
+    @broker.subscriber(
+        queue,
+        contract_exchange(ConsentDecisionRequested),
+        title=queue.name,
+        description="Request/reply: answers a ConsentDecisionRequested with a ConsentDecisionReply",
+    )
+    async def on_decision_request(message: RabbitMessage) -> RabbitResponse:
+        """Decide and audit; always answer (a bad request gets ``invalid-request``, never a DLQ)."""
+        return _reply(await _decide(message))
+
+    async def _decide(message: Any) -> ConsentDecisionReply:
+        try:
+            req = ConsentDecisionRequested.model_validate_json(message.body)
+        except (ValidationError, ValueError) as exc:
+            detail = describe_error(exc) if isinstance(exc, ValidationError) else "body is not a JSON object"
+            return ConsentDecisionReply(
+                decision="deny", reason="invalid-request", basis="none", detail=detail
+            )
+        at = req.at or clock.now()
+        query = DecisionQuery(
+            patient_identifier=req.patient_identifier,
+            recipient=req.recipient_hsa_id,
+            category=req.category,
+            purpose=req.purpose,
+            at=at,
+            case_id=req.case_id,
+        )
+        try:
+            result, audit_id = await handlers.decide_and_audit(
+                query,
+                records_of=records_of,
+                audit=audit_writer.write,
+                clock=clock,
+                channel="amqp",
+                requested_by=req.requested_by,
+                correlation_id=req.correlation_id,
+            )
+        except Exception as exc:  # answer rather than leave the caller waiting; it fails closed
+            # no traceback: database errors can carry bound parameters (personal data)
+            log.error(
+                "decision failed", extra={"message_id": str(req.message_id), "error_type": type(exc).__name__}
+            )
+            return ConsentDecisionReply(
+                decision="deny",
+                reason="consent-service-error",
+                basis="none",
+                request_message_id=req.message_id,
+                detail=type(exc).__name__,
+            )
+        return ConsentDecisionReply(
+            decision=result.outcome,
+            reason=result.reason,
+            basis=result.basis,
+            consent_id=result.consent_id,
+            audit_event_id=audit_id,
+            decided_for=at,
+            request_message_id=req.message_id,
+        )
+
+
+def _reply(reply: ConsentDecisionReply) -> RabbitResponse:
+    # Not mandatory: RabbitMQ 3.10 returns every mandatory publish to a direct reply-to address as
+    # NO_ROUTE even when it was delivered, and a caller that gave up is no reason to fail.
+    return RabbitResponse(
+        reply.model_dump_json().encode(),
+        mandatory=False,
+        content_type="application/json",
+        message_type="consent.decision-reply.v1",
+    )

@@ -1,16 +1,32 @@
-"""ConsentRecord → FHIR R4 Consent (validated with fhir.resources' R4B models)."""
+"""ConsentRecord → FHIR Consent (R4 by default, validated with fhir.resources' R4B models; R5 on
+request, validated with the R5 models), version history as a ``history`` Bundle, and the audit log
+as R4 ``AuditEvent`` resources in a ``searchset`` Bundle.
+
+Every resource is validated once here, at the edge, including the required-binding codes
+fhir.resources does not check (:func:`shared.fhir.check_required_bindings`).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
+from fhir.resources.bundle import Bundle as BundleR5
+from fhir.resources.consent import Consent as ConsentR5
+from fhir.resources.R4B.auditevent import AuditEvent
+from fhir.resources.R4B.bundle import Bundle as BundleR4
 from fhir.resources.R4B.consent import Consent
 
-from services.consent.domain import ConsentRecord
-from shared.fhir import check_required_bindings
-from shared.identifiers import HSA_SYSTEM, parse_person_identifier
+from services.consent.domain import CATEGORY_DISPLAY, AuditEntry, ConsentRecord
+from shared.fhir import FhirValidationError, check_required_bindings
+from shared.identifiers import HSA_SYSTEM, PERSONNUMMER_SYSTEM, parse_person_identifier
+
+FhirVersion = Literal["4.0", "5.0"]
 
 PURPOSE_SYSTEM = "urn:sip-suite:codesystem:consent-purpose"
+CATEGORY_SYSTEM = "urn:sip-suite:codesystem:information-category"
+CASE_SYSTEM = "urn:sip-suite:sip-case"
+EXT = "urn:sip-suite:extension:"
 PURPOSE_DISPLAY = {
     "draw-up-plan": "Upprätta samordnad individuell plan",
     "share-information": "Utbyta information mellan deltagarna",
@@ -21,64 +37,378 @@ GIVEN_BY_DISPLAY = {
     "guardians": "Vårdnadshavare",
     "representative": "Företrädare",
 }
+POLICY_TEXT = "SoL 2 kap. 7 §; HSL 16 kap. 4 § (samordnad individuell plan)"
+_STATUS = {"active": "active", "withdrawn": "inactive", "cancelled": "entered-in-error"}
+_IRCP = {
+    "coding": [
+        {
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+            "code": "IRCP",
+            "display": "information recipient",
+        }
+    ]
+}
+_CATEGORY = [{"coding": [{"system": "http://loinc.org", "code": "59284-0", "display": "Consent"}]}]
 
 
-def consent_resource(record: ConsentRecord) -> dict[str, Any]:
-    pid = parse_person_identifier(record.patient_identifier)
-    patient_ref = {"identifier": {"system": pid.system, "value": pid.value}}
+def _iso(value: datetime) -> str:
+    return value.isoformat()
+
+
+def _patient_ref(record_or_value: ConsentRecord | str) -> dict[str, Any]:
+    value = record_or_value if isinstance(record_or_value, str) else record_or_value.patient_identifier
+    pid = parse_person_identifier(value)
+    return {"type": "Patient", "identifier": {"system": pid.system, "value": pid.value}}
+
+
+def _org_ref(hsa: str) -> dict[str, Any]:
+    return {"type": "Organization", "identifier": {"system": HSA_SYSTEM, "value": hsa}}
+
+
+def _purpose(code: str) -> dict[str, str]:
+    return {"system": PURPOSE_SYSTEM, "code": code, "display": PURPOSE_DISPLAY.get(code, code)}
+
+
+def _category_concept(code: str) -> dict[str, Any]:
+    return {
+        "coding": [{"system": CATEGORY_SYSTEM, "code": code, "display": CATEGORY_DISPLAY.get(code, code)}]
+    }
+
+
+def _guardian_refs(record: ConsentRecord, *, consenting_only: bool) -> list[dict[str, Any]]:
+    out = []
+    for g in record.guardians:
+        if consenting_only and g.stance != "consents":
+            continue
+        ref: dict[str, Any] = {"type": "RelatedPerson", "display": GIVEN_BY_DISPLAY["guardians"]}
+        if g.identifier:
+            ref["identifier"] = {"system": PERSONNUMMER_SYSTEM, "value": g.identifier}
+        out.append(ref)
+    return out
+
+
+def _givers(record: ConsentRecord) -> list[dict[str, Any]]:
+    if record.given_by == "patient":
+        return [_patient_ref(record)]
+    if record.given_by == "guardians" and record.guardians:
+        return _guardian_refs(record, consenting_only=True) or [{"display": GIVEN_BY_DISPLAY["guardians"]}]
+    return [{"display": GIVEN_BY_DISPLAY[record.given_by]}]
+
+
+def _extensions(record: ConsentRecord) -> list[dict[str, Any]]:
+    ext: list[dict[str, Any]] = [{"url": f"{EXT}consent-method", "valueCode": record.method}]
+    ext.append({"url": f"{EXT}given-by", "valueCode": record.given_by})
+    if record.custody:
+        ext.append({"url": f"{EXT}custody", "valueCode": record.custody})
+    if record.child_view:
+        ext.append({"url": f"{EXT}child-view", "valueCode": record.child_view})
+    for g in record.guardians:
+        sub: list[dict[str, Any]] = [{"url": "stance", "valueCode": g.stance}]
+        if g.identifier:
+            sub.append(
+                {"url": "guardian", "valueIdentifier": {"system": PERSONNUMMER_SYSTEM, "value": g.identifier}}
+            )
+        ext.append({"url": f"{EXT}guardian-statement", "extension": sub})
+    ext.append(
+        {
+            "url": f"{EXT}recorded-by",
+            "valueIdentifier": {"system": HSA_SYSTEM, "value": record.recorded_by_hsa_id},
+        }
+    )
+    if record.status != "active":
+        change: list[dict[str, Any]] = [{"url": "status", "valueCode": record.status}]
+        if record.status_changed_at:
+            change.append({"url": "at", "valueDateTime": _iso(record.status_changed_at)})
+        if record.status_changed_by_hsa_id:
+            change.append(
+                {
+                    "url": "by",
+                    "valueIdentifier": {"system": HSA_SYSTEM, "value": record.status_changed_by_hsa_id},
+                }
+            )
+        if record.status_reason:
+            change.append({"url": "reason", "valueCode": record.status_reason})
+        ext.append({"url": f"{EXT}status-change", "extension": change})
+    return ext
+
+
+def _period(record: ConsentRecord) -> dict[str, str]:
+    period = {"start": _iso(record.starts_at)}
+    if record.ends_at is not None:
+        period["end"] = _iso(record.ends_at)
+    return period
+
+
+def _exclusions(record: ConsentRecord, *, r4: bool) -> list[dict[str, Any]]:
+    """Nested provisions: what the consent does not cover (R4 type deny; R5 exceptions to the root)."""
+    if record.decision != "granted":
+        return []
+    out: list[dict[str, Any]] = []
+    for hsa in record.excluded_organisations:
+        p: dict[str, Any] = {"actor": [{"role": _IRCP, "reference": _org_ref(hsa)}]}
+        out.append({"type": "deny", **p} if r4 else p)
+    if record.excluded_categories:
+        p = {"code": [_category_concept(c) for c in record.excluded_categories]}
+        out.append({"type": "deny", **p} if r4 else p)
+    return out
+
+
+def _meta(record: ConsentRecord) -> dict[str, str]:
+    return {
+        "versionId": str(record.version),
+        "lastUpdated": _iso(record.status_changed_at or record.recorded_at),
+    }
+
+
+def _status(record: ConsentRecord, now: datetime | None) -> str:
+    if record.status == "active" and now is not None and record.effective_status(now) == "expired":
+        return "inactive"
+    return _STATUS[record.status]
+
+
+def consent_r4(record: ConsentRecord, now: datetime | None = None) -> dict[str, Any]:
     provision: dict[str, Any] = {
         "type": "permit" if record.decision == "granted" else "deny",
-        "purpose": [
-            {"system": PURPOSE_SYSTEM, "code": p, "display": PURPOSE_DISPLAY[p]} for p in record.purposes
-        ],
-        "actor": [
-            {
-                "role": {
-                    "coding": [
-                        {
-                            "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
-                            "code": "IRCP",
-                            "display": "information recipient",
-                        }
-                    ]
-                },
-                "reference": {"identifier": {"system": HSA_SYSTEM, "value": hsa}},
-            }
-            for hsa in record.recipients
-        ],
+        "period": _period(record),
+        "purpose": [_purpose(p) for p in record.purposes],
     }
-    period: dict[str, str] = {"start": record.recorded_at.isoformat()}
-    if record.valid_until is not None:
-        period["end"] = record.valid_until.isoformat()
-    provision["period"] = period
-    status = {"active": "active", "withdrawn": "inactive", "cancelled": "entered-in-error"}[record.status]
+    actors = [{"role": _IRCP, "reference": _org_ref(hsa)} for hsa in record.recipients]
+    if actors:
+        provision["actor"] = actors
+    if nested := _exclusions(record, r4=True):
+        provision["provision"] = nested
     data: dict[str, Any] = {
         "resourceType": "Consent",
         "id": str(record.id),
-        "status": status,
+        "meta": _meta(record),
+        "extension": _extensions(record),
+        "status": _status(record, now),
         "scope": {
             "coding": [
                 {"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}
             ]
         },
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0", "display": "Consent"}]}],
-        "patient": patient_ref,
-        "dateTime": record.recorded_at.isoformat(),
-        "performer": [
-            patient_ref if record.given_by == "patient" else {"display": GIVEN_BY_DISPLAY[record.given_by]}
-        ],
-        "organization": [{"identifier": {"system": HSA_SYSTEM, "value": record.recorded_by_hsa_id}}],
-        "policyRule": {"text": "SoL 2 kap. 7 §; HSL 16 kap. 4 § (samordnad individuell plan)"},
+        "category": _CATEGORY,
+        "patient": _patient_ref(record),
+        "dateTime": _iso(record.recorded_at),
+        "performer": _givers(record),
+        "organization": [_org_ref(record.recorded_by_hsa_id)],
+        "policyRule": {"text": POLICY_TEXT},
         "provision": provision,
-        "extension": [
-            {
-                "url": "urn:sip-suite:extension:consent-method",
-                "valueCode": record.method,
-            }
-        ],
     }
     if record.case_id is not None:
-        data["identifier"] = [{"system": "urn:sip-suite:sip-case", "value": str(record.case_id)}]
+        data["identifier"] = [{"system": CASE_SYSTEM, "value": str(record.case_id)}]
     model = Consent.model_validate(data)
+    check_required_bindings(model)
+    return model.model_dump(mode="json", exclude_none=True)
+
+
+def consent_r5(record: ConsentRecord, now: datetime | None = None) -> dict[str, Any]:
+    provision: dict[str, Any] = {"purpose": [_purpose(p) for p in record.purposes]}
+    if nested := _exclusions(record, r4=False):
+        provision["provision"] = nested
+    data: dict[str, Any] = {
+        "resourceType": "Consent",
+        "id": str(record.id),
+        "meta": _meta(record),
+        "extension": _extensions(record),
+        "status": _status(record, now),
+        "category": _CATEGORY,
+        "subject": _patient_ref(record),
+        "date": record.recorded_at.date().isoformat(),
+        "period": _period(record),
+        "grantor": _givers(record),
+        "manager": [_org_ref(record.recorded_by_hsa_id)],
+        "regulatoryBasis": [{"text": POLICY_TEXT}],
+        "decision": "permit" if record.decision == "granted" else "deny",
+        "provision": [provision],
+    }
+    if record.recipients:
+        data["grantee"] = [_org_ref(hsa) for hsa in record.recipients]
+    if record.case_id is not None:
+        data["identifier"] = [{"system": CASE_SYSTEM, "value": str(record.case_id)}]
+    model = ConsentR5.model_validate(data)
+    check_required_bindings(model)
+    return model.model_dump(mode="json", exclude_none=True)
+
+
+def consent_resource(
+    record: ConsentRecord, version: FhirVersion = "4.0", now: datetime | None = None
+) -> dict[str, Any]:
+    return consent_r5(record, now) if version == "5.0" else consent_r4(record, now)
+
+
+def consent_history(
+    versions: list[tuple[int, str, datetime, ConsentRecord]], version: FhirVersion = "4.0"
+) -> dict[str, Any]:
+    """A ``history`` Bundle, newest version first (FHIR's order)."""
+    entries = []
+    for vid, change, changed_at, snapshot in sorted(versions, key=lambda v: v[0], reverse=True):
+        cid = str(snapshot.id)
+        entries.append(
+            {
+                "fullUrl": f"Consent/{cid}/_history/{vid}",
+                "resource": consent_resource(snapshot, version),
+                "request": {
+                    "method": "POST" if change == "created" else "PUT",
+                    "url": f"Consent/{cid}" if change != "created" else "Consent",
+                },
+                "response": {
+                    "status": "201 Created" if change == "created" else "200 OK",
+                    "lastModified": _iso(changed_at),
+                    "etag": f'W/"{vid}"',
+                },
+            }
+        )
+    data = {"resourceType": "Bundle", "type": "history", "total": len(entries), "entry": entries}
+    bundle_cls = BundleR5 if version == "5.0" else BundleR4
+    model = bundle_cls.model_validate(data)
+    check_required_bindings(model)
+    return model.model_dump(mode="json", exclude_none=True)
+
+
+# ---- audit ----------------------------------------------------------------------------------------
+_AUDIT_TYPE = {
+    "decision": ("disclose", "Disclose Record Lifecycle Event", "E"),
+    "withdrawal": ("amend", "Amend (Update) Record Lifecycle Event", "U"),
+    "cancellation": ("deprecate", "Deprecate Record Lifecycle Event", "U"),
+}
+AUDIT_SUBTYPE_SYSTEM = "urn:sip-suite:codesystem:audit-action"
+_AUDIT_ACTIONS = ("C", "R", "U", "D", "E")
+_AUDIT_OUTCOMES = ("0", "4", "8", "12")
+
+
+def audit_event(entry: AuditEntry) -> dict[str, Any]:
+    """One audit log row as an R4 AuditEvent: who (organisation) was to receive what, why, under
+    which consent, and the answer."""
+    code, display, action = _AUDIT_TYPE[entry.action]
+    outcome = "4" if entry.outcome == "deny" else "0"
+    agents: list[dict[str, Any]] = []
+    if entry.recipient_hsa_id:
+        recipient: dict[str, Any] = {
+            "type": _IRCP,
+            "who": _org_ref(entry.recipient_hsa_id),
+            "requestor": False,
+        }
+        if entry.purpose:
+            recipient["purposeOfUse"] = [{"coding": [_purpose(entry.purpose)]}]
+        agents.append(recipient)
+    agents.append(
+        {
+            "type": {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                        "code": "AUT",
+                        "display": "author (originator)",
+                    }
+                ]
+            },
+            "who": {"display": entry.requested_by or "unknown"},
+            "requestor": True,
+        }
+    )
+    details = [
+        {"type": "outcome", "valueString": entry.outcome},
+        {"type": "reason", "valueString": entry.reason},
+        {"type": "basis", "valueString": entry.basis},
+        {"type": "channel", "valueString": entry.channel},
+    ]
+    if entry.decision_at is not None:
+        details.append({"type": "decision-time", "valueString": _iso(entry.decision_at)})
+    entities: list[dict[str, Any]] = [
+        {
+            "what": _patient_ref(entry.patient_identifier),
+            "type": {
+                "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+                "code": "1",
+                "display": "Person",
+            },
+            "role": {
+                "system": "http://terminology.hl7.org/CodeSystem/object-role",
+                "code": "1",
+                "display": "Patient",
+            },
+        }
+    ]
+    if entry.category:
+        entities.append(
+            {
+                "what": {"display": CATEGORY_DISPLAY.get(entry.category, entry.category)},
+                "type": {
+                    "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+                    "code": "2",
+                    "display": "System Object",
+                },
+                "name": entry.category,
+                "description": "information category asked for",
+                "detail": details,
+            }
+        )
+    else:
+        entities[0]["detail"] = details
+    if entry.consent_id:
+        entities.append(
+            {"what": {"reference": f"Consent/{entry.consent_id}"}, "description": "consent relied on"}
+        )
+    if entry.case_id:
+        entities.append({"what": {"identifier": {"system": CASE_SYSTEM, "value": str(entry.case_id)}}})
+    data: dict[str, Any] = {
+        "resourceType": "AuditEvent",
+        "id": str(entry.id),
+        "type": {
+            "system": "http://terminology.hl7.org/CodeSystem/iso-21089-lifecycle",
+            "code": code,
+            "display": display,
+        },
+        "subtype": [{"system": AUDIT_SUBTYPE_SYSTEM, "code": f"consent-{entry.action}"}],
+        "action": action,
+        "recorded": _iso(entry.recorded_at),
+        "outcome": outcome,
+        "outcomeDesc": f"{entry.outcome}: {entry.reason}",
+        "agent": agents,
+        "source": {
+            "site": "sip-suite",
+            "observer": {"display": "sip-suite consent service"},
+            "type": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
+                    "code": "4",
+                    "display": "Application Server",
+                }
+            ],
+        },
+        "entity": entities,
+    }
+    if entry.purpose:
+        data["purposeOfEvent"] = [{"coding": [_purpose(entry.purpose)]}]
+    return data
+
+
+def audit_bundle(entries: list[AuditEntry], self_url: str) -> dict[str, Any]:
+    """A ``searchset`` Bundle of AuditEvents (newest first), validated once as a whole."""
+    resources = [audit_event(e) for e in entries]
+    for r in resources:  # R4B AuditEvent does not carry these required bindings: check them here
+        if r["action"] not in _AUDIT_ACTIONS:
+            raise FhirValidationError("AuditEvent.action", f"code '{r['action']}' not allowed")
+        if r["outcome"] not in _AUDIT_OUTCOMES:
+            raise FhirValidationError("AuditEvent.outcome", f"code '{r['outcome']}' not allowed")
+    data = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": len(resources),
+        "link": [{"relation": "self", "url": self_url}],
+        "entry": [
+            {"fullUrl": f"AuditEvent/{r['id']}", "resource": r, "search": {"mode": "match"}}
+            for r in resources
+        ],
+    }
+    model = BundleR4.model_validate(data)
+    check_required_bindings(model)
+    return model.model_dump(mode="json", exclude_none=True)
+
+
+def audit_event_resource(entry: AuditEntry) -> dict[str, Any]:
+    model = AuditEvent.model_validate(audit_event(entry))
     check_required_bindings(model)
     return model.model_dump(mode="json", exclude_none=True)

@@ -1,15 +1,25 @@
-"""SQL storage of consents and consent requests (SQLAlchemy Core; SQLite or PostgreSQL)."""
+"""SQL storage of consents, their history, consent requests and the audit log (SQLAlchemy Core;
+SQLite or PostgreSQL).
+
+A consent row holds the current version; every version (created, withdrawn, cancelled) is also kept
+in ``consent_versions`` as a snapshot, so ``_history`` and ``vread`` need no reconstruction. Every
+decision (permit and deny) and every cancellation is a row in ``audit_events``, indexed by person
+and time so "who received what about me" is one range scan.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.consent.domain import ConsentRecord, ConsentRequest
+from services.consent.domain import AuditEntry, ConsentRecord, ConsentRequest, GuardianStatement
 from shared.persistence import UTCDateTime
 
 metadata = sa.MetaData()
@@ -29,6 +39,27 @@ consents = sa.Table(
     sa.Column("recorded_at", UTCDateTime, nullable=False),
     sa.Column("valid_until", UTCDateTime),
     sa.Column("status", sa.String(16), nullable=False),
+    # added with issue #4 (nullable: rows written before it read as the defaults)
+    sa.Column("valid_from", UTCDateTime),
+    sa.Column("excluded_organisations", sa.Text),
+    sa.Column("excluded_categories", sa.Text),
+    sa.Column("custody", sa.String(8)),
+    sa.Column("guardians", sa.Text),
+    sa.Column("child_view", sa.String(16)),
+    sa.Column("status_changed_at", UTCDateTime),
+    sa.Column("status_changed_by_hsa_id", sa.String(64)),
+    sa.Column("status_reason", sa.String(64)),
+    sa.Column("version", sa.Integer),
+)
+
+consent_versions = sa.Table(
+    "consent_versions",
+    metadata,
+    sa.Column("consent_id", sa.String(36), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("change", sa.String(16), nullable=False),  # created | withdrawn | cancelled
+    sa.Column("changed_at", UTCDateTime, nullable=False),
+    sa.Column("snapshot", sa.Text, nullable=False),
 )
 
 consent_requests = sa.Table(
@@ -45,6 +76,116 @@ consent_requests = sa.Table(
     sa.Column("correlation_id", sa.String(128)),
 )
 
+audit_events = sa.Table(
+    "audit_events",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("recorded_at", UTCDateTime, nullable=False),
+    sa.Column("patient_identifier", sa.String(12), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),  # decision | withdrawal | cancellation
+    sa.Column("outcome", sa.String(8), nullable=False),  # permit | deny | done
+    sa.Column("reason", sa.String(64), nullable=False),
+    sa.Column("basis", sa.String(16), nullable=False),
+    sa.Column("recipient_hsa_id", sa.String(64)),
+    sa.Column("category", sa.String(64)),
+    sa.Column("purpose", sa.String(32)),
+    sa.Column("consent_id", sa.String(36)),
+    sa.Column("case_id", sa.String(36)),
+    sa.Column("decision_at", UTCDateTime),
+    sa.Column("requested_by", sa.String(128)),
+    sa.Column("channel", sa.String(8), nullable=False),  # http | amqp
+    sa.Column("correlation_id", sa.String(128)),
+    sa.Index("ix_audit_events_patient_time", "patient_identifier", "recorded_at"),
+)
+
+_ADDED_CONSENT_COLUMNS = (
+    "valid_from",
+    "excluded_organisations",
+    "excluded_categories",
+    "custody",
+    "guardians",
+    "child_view",
+    "status_changed_at",
+    "status_changed_by_hsa_id",
+    "status_reason",
+    "version",
+)
+
+
+def upgrade_schema(sync_conn: sa.Connection) -> None:
+    """Add the issue-#4 columns to a ``consents`` table created before them (additive, idempotent)."""
+    inspector = sa.inspect(sync_conn)
+    if "consents" not in inspector.get_table_names():
+        return
+    have = {c["name"] for c in inspector.get_columns("consents")}
+    for name in _ADDED_CONSENT_COLUMNS:
+        if name not in have:
+            col = consents.c[name]
+            ddl = col.type.compile(dialect=sync_conn.dialect)
+            sync_conn.execute(sa.text(f'ALTER TABLE consents ADD COLUMN "{name}" {ddl}'))
+
+
+def _dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def record_to_json(r: ConsentRecord) -> dict[str, Any]:
+    return {
+        "id": str(r.id),
+        "patient_identifier": r.patient_identifier,
+        "case_id": str(r.case_id) if r.case_id else None,
+        "decision": r.decision,
+        "purposes": list(r.purposes),
+        "recipients": list(r.recipients),
+        "given_by": r.given_by,
+        "method": r.method,
+        "recorded_by_hsa_id": r.recorded_by_hsa_id,
+        "recorded_at": r.recorded_at.isoformat(),
+        "valid_until": r.valid_until.isoformat() if r.valid_until else None,
+        "status": r.status,
+        "valid_from": r.valid_from.isoformat() if r.valid_from else None,
+        "excluded_organisations": list(r.excluded_organisations),
+        "excluded_categories": list(r.excluded_categories),
+        "custody": r.custody,
+        "guardians": [{"stance": g.stance, "identifier": g.identifier} for g in r.guardians],
+        "child_view": r.child_view,
+        "status_changed_at": r.status_changed_at.isoformat() if r.status_changed_at else None,
+        "status_changed_by_hsa_id": r.status_changed_by_hsa_id,
+        "status_reason": r.status_reason,
+        "version": r.version,
+    }
+
+
+def record_from_json(d: dict[str, Any]) -> ConsentRecord:
+    return ConsentRecord(
+        id=UUID(d["id"]),
+        patient_identifier=d["patient_identifier"],
+        case_id=UUID(d["case_id"]) if d.get("case_id") else None,
+        decision=d["decision"],
+        purposes=tuple(d["purposes"]),
+        recipients=tuple(d["recipients"]),
+        given_by=d["given_by"],
+        method=d["method"],
+        recorded_by_hsa_id=d["recorded_by_hsa_id"],
+        recorded_at=datetime.fromisoformat(d["recorded_at"]),
+        valid_until=_dt(d.get("valid_until")),
+        status=d["status"],
+        valid_from=_dt(d.get("valid_from")),
+        excluded_organisations=tuple(d.get("excluded_organisations") or ()),
+        excluded_categories=tuple(d.get("excluded_categories") or ()),
+        custody=d.get("custody"),
+        guardians=tuple(GuardianStatement(**g) for g in d.get("guardians") or ()),
+        child_view=d.get("child_view"),
+        status_changed_at=_dt(d.get("status_changed_at")),
+        status_changed_by_hsa_id=d.get("status_changed_by_hsa_id"),
+        status_reason=d.get("status_reason"),
+        version=int(d.get("version") or 1),
+    )
+
+
+def _json_list(value: str | None) -> tuple[Any, ...]:
+    return tuple(json.loads(value)) if value else ()
+
 
 def _record(row: Any) -> ConsentRecord:
     return ConsentRecord(
@@ -60,6 +201,16 @@ def _record(row: Any) -> ConsentRecord:
         recorded_at=row.recorded_at,
         valid_until=row.valid_until,
         status=row.status,
+        valid_from=row.valid_from,
+        excluded_organisations=_json_list(row.excluded_organisations),
+        excluded_categories=_json_list(row.excluded_categories),
+        custody=row.custody,
+        guardians=tuple(GuardianStatement(**g) for g in _json_list(row.guardians)),
+        child_view=row.child_view,
+        status_changed_at=row.status_changed_at,
+        status_changed_by_hsa_id=row.status_changed_by_hsa_id,
+        status_reason=row.status_reason,
+        version=row.version or 1,
     )
 
 
@@ -77,31 +228,120 @@ def _request(row: Any) -> ConsentRequest:
     )
 
 
+def _columns(record: ConsentRecord) -> dict[str, Any]:
+    return {
+        "patient_identifier": record.patient_identifier,
+        "case_id": str(record.case_id) if record.case_id else None,
+        "decision": record.decision,
+        "purposes": json.dumps(list(record.purposes)),
+        "recipients": json.dumps(list(record.recipients)),
+        "given_by": record.given_by,
+        "method": record.method,
+        "recorded_by_hsa_id": record.recorded_by_hsa_id,
+        "recorded_at": record.recorded_at,
+        "valid_until": record.valid_until,
+        "status": record.status,
+        "valid_from": record.valid_from,
+        "excluded_organisations": json.dumps(list(record.excluded_organisations)),
+        "excluded_categories": json.dumps(list(record.excluded_categories)),
+        "custody": record.custody,
+        "guardians": json.dumps([{"stance": g.stance, "identifier": g.identifier} for g in record.guardians]),
+        "child_view": record.child_view,
+        "status_changed_at": record.status_changed_at,
+        "status_changed_by_hsa_id": record.status_changed_by_hsa_id,
+        "status_reason": record.status_reason,
+        "version": record.version,
+    }
+
+
+def _audit(row: Any) -> AuditEntry:
+    return AuditEntry(
+        id=UUID(row.id),
+        recorded_at=row.recorded_at,
+        patient_identifier=row.patient_identifier,
+        action=row.action,
+        outcome=row.outcome,
+        reason=row.reason,
+        basis=row.basis,
+        channel=row.channel,
+        recipient_hsa_id=row.recipient_hsa_id,
+        category=row.category,
+        purpose=row.purpose,
+        consent_id=UUID(row.consent_id) if row.consent_id else None,
+        case_id=UUID(row.case_id) if row.case_id else None,
+        decision_at=row.decision_at,
+        requested_by=row.requested_by,
+        correlation_id=row.correlation_id,
+    )
+
+
+def _audit_row(entry: AuditEntry) -> dict[str, Any]:
+    return {
+        "id": str(entry.id),
+        "recorded_at": entry.recorded_at,
+        "patient_identifier": entry.patient_identifier,
+        "action": entry.action,
+        "outcome": entry.outcome,
+        "reason": entry.reason,
+        "basis": entry.basis,
+        "channel": entry.channel,
+        "recipient_hsa_id": entry.recipient_hsa_id,
+        "category": entry.category,
+        "purpose": entry.purpose,
+        "consent_id": str(entry.consent_id) if entry.consent_id else None,
+        "case_id": str(entry.case_id) if entry.case_id else None,
+        "decision_at": entry.decision_at,
+        "requested_by": entry.requested_by,
+        "correlation_id": entry.correlation_id,
+    }
+
+
 class SqlConsentRepository:
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
 
     async def add(self, record: ConsentRecord) -> None:
+        await self.conn.execute(consents.insert().values(id=str(record.id), **_columns(record)))
+        await self._version(record, "created", record.recorded_at)
+
+    async def _version(self, record: ConsentRecord, change: str, at: datetime) -> None:
         await self.conn.execute(
-            consents.insert().values(
-                id=str(record.id),
-                patient_identifier=record.patient_identifier,
-                case_id=str(record.case_id) if record.case_id else None,
-                decision=record.decision,
-                purposes=json.dumps(list(record.purposes)),
-                recipients=json.dumps(list(record.recipients)),
-                given_by=record.given_by,
-                method=record.method,
-                recorded_by_hsa_id=record.recorded_by_hsa_id,
-                recorded_at=record.recorded_at,
-                valid_until=record.valid_until,
-                status=record.status,
+            consent_versions.insert().values(
+                consent_id=str(record.id),
+                version=record.version,
+                change=change,
+                changed_at=at,
+                snapshot=json.dumps(record_to_json(record)),
             )
         )
 
-    async def get(self, consent_id: UUID) -> ConsentRecord | None:
-        row = (await self.conn.execute(consents.select().where(consents.c.id == str(consent_id)))).first()
+    async def update_status(self, before: ConsentRecord, after: ConsentRecord, change: str) -> bool:
+        """Store a status change (optimistic: only if the row is still at ``before.version``)."""
+        result = await self.conn.execute(
+            consents.update()
+            .where(consents.c.id == str(before.id))
+            .where(sa.func.coalesce(consents.c.version, 1) == before.version)
+            .values(**_columns(after))
+        )
+        if result.rowcount != 1:
+            return False
+        await self._version(after, change, after.status_changed_at or after.recorded_at)
+        return True
+
+    async def get(self, consent_id: UUID, *, for_update: bool = False) -> ConsentRecord | None:
+        query = consents.select().where(consents.c.id == str(consent_id))
+        if for_update and self.conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        row = (await self.conn.execute(query)).first()
         return _record(row) if row else None
+
+    async def history(self, consent_id: UUID) -> list[tuple[int, str, datetime, ConsentRecord]]:
+        rows = await self.conn.execute(
+            consent_versions.select()
+            .where(consent_versions.c.consent_id == str(consent_id))
+            .order_by(consent_versions.c.version)
+        )
+        return [(r.version, r.change, r.changed_at, record_from_json(json.loads(r.snapshot))) for r in rows]
 
     async def for_patient(self, patient_identifier: str) -> list[ConsentRecord]:
         rows = await self.conn.execute(
@@ -148,6 +388,15 @@ class SqlConsentRepository:
             .values(status="answered", answered_by=str(consent_id))
         )
 
+    async def reopen_request(self, case_id: UUID, consent_id: UUID) -> None:
+        """The consent that answered the case's request was cancelled: the request waits again."""
+        await self.conn.execute(
+            consent_requests.update()
+            .where(consent_requests.c.case_id == str(case_id))
+            .where(consent_requests.c.answered_by == str(consent_id))
+            .values(status="pending", answered_by=None)
+        )
+
     async def pending_requests(self) -> list[ConsentRequest]:
         rows = await self.conn.execute(
             consent_requests.select()
@@ -155,3 +404,90 @@ class SqlConsentRepository:
             .order_by(consent_requests.c.requested_at)
         )
         return [_request(r) for r in rows]
+
+    # ---- audit --------------------------------------------------------------------------------
+    async def add_audit(self, entry: AuditEntry) -> None:
+        await self.add_audits([entry])
+
+    async def add_audits(self, entries: list[AuditEntry]) -> None:
+        await self.conn.execute(audit_events.insert(), [_audit_row(e) for e in entries])
+
+    async def audit_for_patient(
+        self, patient_identifier: str, *, limit: int = 100, outcome: str | None = None
+    ) -> list[AuditEntry]:
+        query = audit_events.select().where(audit_events.c.patient_identifier == patient_identifier)
+        if outcome is not None:
+            query = query.where(audit_events.c.outcome == outcome)
+        rows = await self.conn.execute(
+            query.order_by(audit_events.c.recorded_at.desc(), audit_events.c.id.desc()).limit(limit)
+        )
+        return [_audit(r) for r in rows]
+
+    async def get_audit(self, audit_id: UUID) -> AuditEntry | None:
+        row = (
+            await self.conn.execute(audit_events.select().where(audit_events.c.id == str(audit_id)))
+        ).first()
+        return _audit(row) if row else None
+
+
+class AuditWriter:
+    """Group commit for the audit log: concurrent decisions share one transaction.
+
+    ``await write(entry)`` returns once the row is committed (an answer never leaves before its
+    audit record is durable), but up to ``batch`` waiting rows commit together — on SQLite one
+    writer at a time is the limit, so this is what lets decisions scale with concurrency.
+    """
+
+    def __init__(self, engine: Any, *, batch: int = 256) -> None:
+        self._engine = engine
+        self._batch = batch
+        self._queue: asyncio.Queue[tuple[AuditEntry, asyncio.Future[None]]] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def write(self, entry: AuditEntry) -> None:
+        if self._task is None or self._task.done():
+            self._queue = asyncio.Queue()
+            self._task = asyncio.create_task(self._run(), name="consent-audit-writer")
+        assert self._queue is not None
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._queue.put((entry, done))
+        await done
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        queue = self._queue
+        while True:
+            items = [await queue.get()]
+            while len(items) < self._batch and not queue.empty():
+                items.append(queue.get_nowait())
+            try:
+                async with self._engine.begin() as conn:
+                    repo = SqlConsentRepository(conn)
+                    await repo.add_audits([entry for entry, _ in items])
+            except Exception as exc:
+                for _, fut in items:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for _, fut in items:
+                if not fut.done():
+                    fut.set_result(None)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+
+
+def records_reader(engine: Any) -> Any:
+    """``records_of(patient)``: the person's consents, on a connection closed before returning
+    (on SQLite every transaction takes the write lock, so a decision must not hold one while its
+    audit record waits for the writer)."""
+
+    async def records_of(patient_identifier: str) -> list[ConsentRecord]:
+        async with engine.connect() as conn:
+            return await SqlConsentRepository(conn).for_patient(patient_identifier)
+
+    return records_of
