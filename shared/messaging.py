@@ -16,8 +16,9 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from faststream import BaseMiddleware
 from faststream.exceptions import AckMessage, RejectMessage
@@ -152,12 +153,29 @@ async def _republish(
     )
 
 
+class ConsumeObservation:
+    """What became of one delivery; the middleware fills it in, an observer reads it on exit."""
+
+    __slots__ = ("error", "outcome")
+
+    def __init__(self) -> None:
+        self.outcome = "error"  # until the middleware knows better (e.g. cancelled at shutdown)
+        self.error: BaseException | None = None
+
+
+class ConsumeObserver(Protocol):
+    """Metrics/tracing around each delivery (``shared.runtime`` supplies one)."""
+
+    def consuming(self, queue: str, msg: RabbitMessage) -> AbstractContextManager[ConsumeObservation]: ...
+
+
 def dead_letter_middleware(
     consumer: str,
     broker_ref: Callable[[], RabbitBroker],
     *,
     max_attempts: int = 5,
     on_dead_letter: Callable[[str, str], Awaitable[None] | None] | None = None,
+    observer: ConsumeObserver | None = None,
 ) -> type[BaseMiddleware]:
     """Build the consume middleware for one service (``consumer`` names its dead-letter exchange)."""
 
@@ -165,72 +183,87 @@ def dead_letter_middleware(
 
     class DeadLetterMiddleware(BaseMiddleware):
         async def consume_scope(self, call_next: Any, msg: Any) -> Any:
-            try:
-                return await call_next(msg)
-            except (AckMessage, RejectMessage):
-                raise
-            except asyncio.CancelledError:
-                raise
-            except Exception as raw_exc:
-                exc = _find_validation_error(raw_exc)
-                attempt = total_attempts(msg)
-                routing_key = original_routing_key(msg)
-                if not is_permanent(exc) and attempt < max_attempts:
-                    immediate = delivery_attempt(msg) == 1
-                    log.warning(
-                        "transient failure, will retry",
-                        extra={
-                            "routing_key": routing_key,
-                            "message_id": msg.message_id,
-                            "attempt": attempt,
-                            "retry": "immediate" if immediate else "delayed",
-                            "error_type": type(exc).__name__,
-                        },
-                    )
-                    if immediate:
-                        # reject(requeue) counts toward the quorum delivery limit on every version
-                        raise RejectMessage(requeue=True) from None
-                    sub = subscription_for_queue(f"{consumer}.{routing_key}")
-                    if sub is not None:
-                        await _park_for_retry(broker_ref(), msg, sub.retry_queue_name, routing_key, attempt)
-                        raise AckMessage() from None
-                    await asyncio.sleep(retry_delay(attempt))
-                    raise RejectMessage(requeue=True) from None
-                reason = describe_error(_body_error(msg.body) or exc)
-                headers = dict(msg.raw_message.headers or {})
-                headers.update(
-                    {
-                        REASON_HEADER: reason,
-                        ERROR_TYPE_HEADER: type(exc).__name__,
-                        "x-sip-failed-at": datetime.now(UTC).isoformat(),
-                        "x-sip-attempts": attempt,
-                        "x-sip-original-exchange": (msg.raw_message.headers or {}).get(
-                            "x-sip-original-exchange"
-                        )
-                        or msg.raw_message.exchange
-                        or "",
-                        "x-sip-original-routing-key": routing_key,
-                        "x-sip-consumer": consumer,
-                    }
-                )
-                # publish (confirmed) first, then ack: a crash in between gives a duplicate
-                # dead letter, never a lost message.
-                await _republish(broker_ref(), msg, headers, exchange=dlx, routing_key=routing_key)
-                log.error(
-                    "message dead-lettered",
+            if observer is None:
+                return await _handle(call_next, msg, ConsumeObservation())
+            with observer.consuming(f"{consumer}.{original_routing_key(msg)}", msg) as seen:
+                return await _handle(call_next, msg, seen)
+
+    async def _handle(call_next: Any, msg: Any, seen: ConsumeObservation) -> Any:
+        try:
+            result = await call_next(msg)
+            seen.outcome = "ok"
+            return result
+        except AckMessage:
+            seen.outcome = "acked"
+            raise
+        except RejectMessage:
+            seen.outcome = "rejected"
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception as raw_exc:
+            exc = _find_validation_error(raw_exc)
+            attempt = total_attempts(msg)
+            routing_key = original_routing_key(msg)
+            if not is_permanent(exc) and attempt < max_attempts:
+                immediate = delivery_attempt(msg) == 1
+                log.warning(
+                    "transient failure, will retry",
                     extra={
                         "routing_key": routing_key,
                         "message_id": msg.message_id,
                         "attempt": attempt,
+                        "retry": "immediate" if immediate else "delayed",
                         "error_type": type(exc).__name__,
-                        "reason": reason,
                     },
                 )
-                if on_dead_letter is not None:
-                    res = on_dead_letter(routing_key, reason)
-                    if asyncio.iscoroutine(res):
-                        await res
-                raise AckMessage() from None
+                seen.error = exc
+                if immediate:
+                    # reject(requeue) counts toward the quorum delivery limit on every version
+                    seen.outcome = "retried"
+                    raise RejectMessage(requeue=True) from None
+                sub = subscription_for_queue(f"{consumer}.{routing_key}")
+                if sub is not None:
+                    await _park_for_retry(broker_ref(), msg, sub.retry_queue_name, routing_key, attempt)
+                    seen.outcome = "retried"
+                    raise AckMessage() from None
+                await asyncio.sleep(retry_delay(attempt))
+                seen.outcome = "retried"
+                raise RejectMessage(requeue=True) from None
+            reason = describe_error(_body_error(msg.body) or exc)
+            headers = dict(msg.raw_message.headers or {})
+            headers.update(
+                {
+                    REASON_HEADER: reason,
+                    ERROR_TYPE_HEADER: type(exc).__name__,
+                    "x-sip-failed-at": datetime.now(UTC).isoformat(),
+                    "x-sip-attempts": attempt,
+                    "x-sip-original-exchange": (msg.raw_message.headers or {}).get("x-sip-original-exchange")
+                    or msg.raw_message.exchange
+                    or "",
+                    "x-sip-original-routing-key": routing_key,
+                    "x-sip-consumer": consumer,
+                }
+            )
+            # publish (confirmed) first, then ack: a crash in between gives a duplicate
+            # dead letter, never a lost message.
+            await _republish(broker_ref(), msg, headers, exchange=dlx, routing_key=routing_key)
+            seen.outcome, seen.error = "dead_lettered", exc
+            log.error(
+                "message dead-lettered",
+                extra={
+                    "routing_key": routing_key,
+                    "message_id": msg.message_id,
+                    "attempt": attempt,
+                    "error_type": type(exc).__name__,
+                    "reason": reason,
+                },
+            )
+            if on_dead_letter is not None:
+                res = on_dead_letter(routing_key, reason)
+                if asyncio.iscoroutine(res):
+                    await res
+            raise AckMessage() from None
 
     DeadLetterMiddleware.__name__ = f"DeadLetterMiddleware[{consumer}]"
     return DeadLetterMiddleware
@@ -243,6 +276,7 @@ def make_broker(
     prefetch: int = 32,
     max_attempts: int = 5,
     graceful_timeout: float = 15.0,
+    observer: ConsumeObserver | None = None,
 ) -> RabbitBroker:
     """The one way a service builds its broker. Nothing connects until ``broker.start()``."""
     holder: dict[str, RabbitBroker] = {}
@@ -255,7 +289,11 @@ def make_broker(
         ),
         app_id=service,
         graceful_timeout=graceful_timeout,
-        middlewares=(dead_letter_middleware(service, lambda: holder["b"], max_attempts=max_attempts),),
+        middlewares=(
+            dead_letter_middleware(
+                service, lambda: holder["b"], max_attempts=max_attempts, observer=observer
+            ),
+        ),
         logger=logging.getLogger(f"sip.{service}.broker"),
         description=f"sip-suite {service} service",
     )
@@ -288,8 +326,14 @@ async def publish_raw(
     message_id: str,
     correlation_id: str | None,
     headers: dict[str, Any] | None = None,
+    traceparent: str | None = None,
 ) -> None:
-    """Persistent, mandatory, confirmed publish of an already-serialised contract."""
+    """Persistent, mandatory, confirmed publish of an already-serialised contract.
+
+    ``traceparent`` (W3C, stored with the outbox row) travels as an AMQP header of that name.
+    """
+    if traceparent:
+        headers = {**(headers or {}), "traceparent": traceparent}
     await broker.publish(
         body,
         exchange=exchange_for(exchange),

@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from shared.contracts import Contract
+from shared.tracing import outbox_traceparent
 
 log = logging.getLogger("sip.outbox")
 
@@ -120,8 +121,23 @@ def outbox_table(metadata: sa.MetaData) -> sa.Table:
         sa.Column("last_error", sa.Text),
         sa.Column("claimed_by", sa.String(32)),
         sa.Column("claimed_until", UTCDateTime),
+        # W3C traceparent of the transaction that wrote the row; sent as an AMQP header
+        sa.Column("traceparent", sa.String(64)),
         sa.Index("ix_outbox_pending", "published_at", "id"),
     )
+
+
+def upgrade_outbox(sync_conn: sa.Connection, outbox: sa.Table) -> None:
+    """Add columns newer than an existing outbox table (additive; run after ``create_all``)."""
+    have = {c["name"] for c in sa.inspect(sync_conn).get_columns(outbox.name)}
+    for column in ("traceparent",):
+        if column not in have:
+            col = outbox.c[column]
+            type_sql = col.type.compile(dialect=sync_conn.dialect)
+            # IF NOT EXISTS: replicas starting together on PostgreSQL may race to add it
+            guard = "IF NOT EXISTS " if sync_conn.dialect.name == "postgresql" else ""
+            sync_conn.execute(sa.text(f"ALTER TABLE {outbox.name} ADD COLUMN {guard}{column} {type_sql}"))
+            log.info("outbox table upgraded", extra={"column": column})
 
 
 def inbox_table(metadata: sa.MetaData) -> sa.Table:
@@ -137,16 +153,28 @@ def inbox_table(metadata: sa.MetaData) -> sa.Table:
 
 
 async def enqueue(conn: AsyncConnection, outbox: sa.Table, message: Contract) -> None:
-    """Store ``message`` for publishing; call inside the transaction of the state change."""
+    """Store ``message`` for publishing; call inside the transaction of the state change.
+
+    The row keeps the ``traceparent`` of a span made now (``shared.tracing``), so whoever consumes
+    the message continues this transaction's trace although the relay publishes it later.
+    """
+    message_id = str(message.message_id)
+    traceparent = outbox_traceparent(
+        exchange=message.exchange,
+        routing_key=message.routing_key,
+        message_id=message_id,
+        correlation_id=message.correlation_id,
+    )
     await conn.execute(
         outbox.insert().values(
-            message_id=str(message.message_id),
+            message_id=message_id,
             exchange=message.exchange,
             routing_key=message.routing_key,
             correlation_id=message.correlation_id,
             body=message.model_dump_json(),
             created_at=utcnow(),
             attempts=0,
+            traceparent=traceparent,
         )
     )
 
@@ -268,12 +296,14 @@ class OutboxRelay:
         error: str | None = None
         for row in rows:
             try:
+                extra = {"traceparent": row.traceparent} if row.traceparent else {}
                 await self._publish(
                     body=row.body.encode(),
                     exchange=row.exchange,
                     routing_key=row.routing_key,
                     message_id=row.message_id,
                     correlation_id=row.correlation_id,
+                    **extra,
                 )
             except Exception as exc:
                 error = type(exc).__name__
