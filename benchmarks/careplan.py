@@ -47,7 +47,9 @@ def main() -> None:
             t, size = measure(n, version, args.rounds)
             t.sort()
             p99 = t[min(len(t) - 1, round(0.99 * (len(t) - 1)))]
-            print(f"{version:>5} {n:>13} {statistics.median(t):8.2f} {p99:8.2f} {statistics.mean(t):8.2f} {size:>7}")
+            print(
+                f"{version:>5} {n:>13} {statistics.median(t):8.2f} {p99:8.2f} {statistics.mean(t):8.2f} {size:>7}"
+            )
 
 
 if __name__ == "__main__":

@@ -34,10 +34,10 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from shared.consent_gate import ConsentGateClient  # noqa: E402
-from shared.messaging import make_broker  # noqa: E402
-from tests.support.infra import Proc, free_port, python_module, rabbit_vhost  # noqa: E402
-from tests.support.personnummer import ADULTS  # noqa: E402
+from shared.consent_gate import ConsentGateClient
+from shared.messaging import make_broker
+from tests.support.infra import Proc, free_port, python_module, rabbit_vhost
+from tests.support.personnummer import ADULTS
 
 ORGS = ("SE2120001-SOC0180", "SE2321000016-VC001", "SE2120001-SKOLA1")
 CATEGORIES = ("sip-plan", "care-needs", "psychiatric", "lus-ready-for-discharge")

@@ -39,12 +39,12 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.intake_mllp import pct  # noqa: E402
-from services.planning.intake.mllp import FrameDecoder, frame  # noqa: E402
-from shared.contracts import ConsentRequested, DischargeNotified, RecordConsent  # noqa: E402
-from tests.support.infra import free_port, mail_sink, rabbit_vhost  # noqa: E402
-from tests.support.personnummer import ADULTS  # noqa: E402
-from tests.support.suite import Suite  # noqa: E402
+from benchmarks.intake_mllp import pct
+from services.planning.intake.mllp import FrameDecoder, frame
+from shared.contracts import ConsentRequested, DischargeNotified, RecordConsent
+from tests.support.infra import free_port, mail_sink, rabbit_vhost
+from tests.support.personnummer import ADULTS
+from tests.support.suite import Suite
 
 VC = "SE2321000016-VC001"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -248,7 +248,9 @@ def proc_usage(pid: int) -> tuple[float, float]:
     """(CPU seconds, peak RSS MB) of a running process."""
     stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     cpu = (int(stat[11]) + int(stat[12])) / CLK_TCK
-    hwm = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmHWM"))
+    hwm = next(
+        line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmHWM")
+    )
     return cpu, int(hwm.split()[1]) / 1024
 
 
@@ -272,15 +274,20 @@ async def run(args: argparse.Namespace, suite: Suite) -> list[tuple[str, str, di
     await asyncio.sleep(1.0)
     results = []
     try:
+
         def new_phase(label: str) -> Phase:
-            return Phase(f"{label}-{uuid4().hex[:4]}", emails_before=len(list(suite.smtp.directory.glob("*.eml"))))
+            return Phase(
+                f"{label}-{uuid4().hex[:4]}", emails_before=len(list(suite.smtp.directory.glob("*.eml")))
+            )
 
         # JSON discharges name the hospital (in the directory): 3 participants; the MLLP sender's
         # hospital id is an OID not in the directory: 2 participants (kommun and primary care)
         for rate in args.rates:
             phase = new_phase(f"r{rate:g}")
             await offer_json(suite.amqp_url, phase, args.per_rate, rate)
-            results.append((f"{rate:g}/s", f"{rate:g}/s", await wait_delivered(suite, phase, args.timeout, 3)))
+            results.append(
+                (f"{rate:g}/s", f"{rate:g}/s", await wait_delivered(suite, phase, args.timeout, 3))
+            )
         if args.saturation:
             phase = new_phase("sat")
             await offer_json(suite.amqp_url, phase, args.saturation, None)

@@ -29,9 +29,9 @@ import aio_pika
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from services.planning.intake.mllp import FrameDecoder, frame  # noqa: E402
-from tests.support.infra import Proc, free_port, python_module, rabbit_vhost  # noqa: E402
-from tests.support.personnummer import ADULTS  # noqa: E402
+from services.planning.intake.mllp import FrameDecoder, frame
+from tests.support.infra import Proc, free_port, python_module, rabbit_vhost
+from tests.support.personnummer import ADULTS
 
 VC = "SE2321000016-VC001"
 
@@ -166,7 +166,9 @@ def main() -> None:
     print(f"  stay events consumed by planning {drain:.1f} s after the last ACK")
     print(f"raw aio-pika persistent publish + confirm, {args.connections} publishers, {size}-byte body")
     print(f"  sustained           {raw_rate:8.1f} messages/s")
-    print(f"  time to confirm     p50 {pct(raw_lat, 50) * 1000:6.2f} ms   p99 {pct(raw_lat, 99) * 1000:6.2f} ms")
+    print(
+        f"  time to confirm     p50 {pct(raw_lat, 50) * 1000:6.2f} ms   p99 {pct(raw_lat, 99) * 1000:6.2f} ms"
+    )
     print(f"intake / raw publish  {rate / raw_rate:8.2f}   (mean ACK {statistics.mean(lat) * 1000:.2f} ms)")
 
 

@@ -32,6 +32,9 @@ def documents() -> dict[str, str]:
                 amqp_url="amqp://rabbitmq:5672/sip",
                 data_dir=tmp,
                 directory_path=str(REPO / "config/directory.yaml"),
+                # documents describe the production shape: authentication on (a placeholder key)
+                auth_required=True,
+                jwt_hs256_secret="documentation-only-placeholder-secret",
             )
             app = app_mod.create_app(settings)
             spec = AsyncAPI(

@@ -1,29 +1,47 @@
-"""The runtime every service has: broker, database, outbox relay, health — started in one lifespan.
+"""The runtime every service has: broker, database, outbox relay, health, metrics, tracing — one lifespan.
 
 A service's ``app.py`` builds one :class:`ServiceRuntime` (its composition root), registers its
 subscribers on ``runtime.broker`` and its HTTP routes on the FastAPI app, and hands the app to
 uvicorn. Nothing connects at import time; ``lifespan`` connects, declares the topology, creates the
 tables, starts consuming and starts the relay, and on shutdown stops consuming first (in-flight
 messages finish or are returned to the queue), then drains the relay.
+
+Observability comes with it, so no service wires it: :meth:`ServiceRuntime.add_health_routes` (which
+every ``app.py`` calls) also serves ``GET /metrics`` (Prometheus) and puts an HTTP span around
+every request; the consume middleware counts, times and traces every delivery; the outbox relay
+counts publishes and failures and sends each row's ``traceparent``. A service adds its own gauges
+with ``runtime.metrics.add_db_collector(...)`` (see ``shared.metrics``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from faststream.rabbit import RabbitBroker
+from faststream.rabbit.message import RabbitMessage
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from shared.auth import install_auth
 from shared.contracts import Contract
-from shared.messaging import declare_topology, make_broker, publish_raw
+from shared.messaging import (
+    ConsumeObservation,
+    declare_topology,
+    make_broker,
+    original_routing_key,
+    publish_raw,
+    total_attempts,
+)
+from shared.metrics import CONTENT_TYPE, ServiceMetrics
 from shared.persistence import (
     OutboxRelay,
     claim_inbox,
@@ -31,9 +49,11 @@ from shared.persistence import (
     inbox_table,
     make_engine,
     outbox_table,
+    upgrade_outbox,
 )
 from shared.settings import ServiceSettings
 from shared.topology import PUBLICATIONS, contract_exchange
+from shared.tracing import Tracing, TracingMiddleware, set_error
 
 log = logging.getLogger("sip.runtime")
 
@@ -48,6 +68,8 @@ class ServiceRuntime:
     outbox: sa.Table = field(init=False)
     inbox: sa.Table = field(init=False)
     relay: OutboxRelay = field(init=False)
+    metrics: ServiceMetrics = field(init=False)
+    tracing: Tracing = field(init=False)
     background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     broker_started: bool = False
@@ -55,11 +77,18 @@ class ServiceRuntime:
     def __post_init__(self) -> None:
         self.outbox = outbox_table(self.metadata)
         self.inbox = inbox_table(self.metadata)
+        self.metrics = ServiceMetrics(self.service)
+        self.tracing = Tracing(
+            self.service,
+            exporter=self.settings.otel_exporter,
+            file=self.settings.span_file(self.service),
+        )
         self.broker = make_broker(
             service=self.service,
             amqp_url=self.settings.amqp_url,
             prefetch=self.settings.prefetch,
             max_attempts=self.settings.max_attempts,
+            observer=_ConsumeObserver(self.metrics, self.tracing),
         )
         self.engine = make_engine(self.settings.sqlalchemy_url(self.service))
         self.relay = OutboxRelay(self.engine, self.outbox, self._publish)
@@ -78,7 +107,13 @@ class ServiceRuntime:
             )
 
     async def _publish(self, **kwargs: Any) -> None:
-        await publish_raw(self.broker, **kwargs)
+        routing_key = str(kwargs.get("routing_key", ""))
+        try:
+            await publish_raw(self.broker, **kwargs)
+        except Exception:
+            self.metrics.publish_failures.labels(routing_key=routing_key).inc()
+            raise
+        self.metrics.published.labels(routing_key=routing_key).inc()
         if self.settings.fault_duplicate_publish:  # fault injection: every message delivered twice
             await publish_raw(self.broker, **kwargs)
 
@@ -96,6 +131,7 @@ class ServiceRuntime:
     async def start(self, *, consume: bool = True) -> None:
         async with self.engine.begin() as conn:
             await conn.run_sync(self.metadata.create_all)
+            await conn.run_sync(upgrade_outbox, self.outbox)
         await self.broker.connect()
         await declare_topology(self.broker, self.settings.retry_delay_seconds)
         if consume:
@@ -117,6 +153,7 @@ class ServiceRuntime:
         await self.relay.stop()
         self.broker_started = False
         await self.engine.dispose()
+        self.tracing.flush()  # export the spans still pending
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
@@ -152,6 +189,11 @@ class ServiceRuntime:
         return checks
 
     def add_health_routes(self, app: FastAPI) -> None:
+        """``/healthz``, ``/readyz`` and ``/metrics``, an HTTP span around every other request, and the
+        bearer-token check in front of everything but the open paths (:mod:`shared.auth`)."""
+        self.add_observability(app)
+        install_auth(app, self.settings)
+
         @app.get("/healthz", tags=["operations"], summary="Liveness and dependencies")
         async def healthz() -> JSONResponse:
             checks = await self.readiness()
@@ -166,6 +208,78 @@ class ServiceRuntime:
             return JSONResponse(
                 {"service": self.service, "ready": ok, **checks}, status_code=200 if ok else 503
             )
+
+    def add_observability(self, app: FastAPI) -> None:
+        """``GET /metrics`` and the HTTP tracing middleware (called by :meth:`add_health_routes`)."""
+        if getattr(app.state, "sip_observability", False):
+            return
+        app.state.sip_observability = True
+        app.add_middleware(TracingMiddleware, tracing=self.tracing)
+
+        @app.get(
+            "/metrics",
+            tags=["operations"],
+            summary="Prometheus metrics",
+            response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Text exposition format"}},
+        )
+        async def metrics() -> Response:
+            await self.metrics.refresh(self.engine, self.outbox)
+            return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+
+
+class _ConsumeObserver:
+    """Counts, times and traces each delivery for the consume middleware."""
+
+    def __init__(self, metrics: ServiceMetrics, tracing: Tracing) -> None:
+        self.metrics = metrics
+        self.tracing = tracing
+
+    @contextlib.contextmanager
+    def consuming(self, queue: str, msg: RabbitMessage) -> Iterator[ConsumeObservation]:
+        seen = ConsumeObservation()
+        started = time.perf_counter()
+        headers = msg.raw_message.headers or {}
+        with self.tracing.consume_span(
+            queue=queue,
+            routing_key=original_routing_key(msg),
+            message_id=msg.message_id,
+            correlation_id=_correlation_id(msg),
+            headers=headers,
+            attempt=total_attempts(msg),
+        ) as span:
+            escaped: BaseException | None = None
+            try:
+                yield seen
+            except BaseException as exc:
+                escaped = exc
+                raise
+            finally:
+                self.metrics.observe_consumed(queue, seen.outcome, time.perf_counter() - started)
+                span.set_attribute("sip.outcome", seen.outcome)
+                error = seen.error or (escaped if seen.outcome == "error" else None)
+                if seen.outcome == "dead_lettered":
+                    self.metrics.dead_letters.labels(queue=queue, error_type=type(seen.error).__name__).inc()
+                if error is not None:
+                    set_error(span, error)
+
+
+def _correlation_id(msg: RabbitMessage) -> str | None:
+    """The sender's correlation id: the AMQP property, else the contract's field in the body.
+
+    (faststream invents a random one when the property is missing; a hospital integration may
+    publish without it but with ``correlation_id`` in the JSON.)
+    """
+    if msg.raw_message.correlation_id:
+        return str(msg.raw_message.correlation_id)
+    body = msg.body
+    if isinstance(body, bytes | bytearray) and len(body) <= 65536 and body.lstrip()[:1] == b"{":
+        try:
+            value = json.loads(body).get("correlation_id")
+        except (ValueError, AttributeError):
+            return None
+        return str(value) if isinstance(value, str | int) and value != "" else None
+    return None
 
 
 def serve(service: str, settings: ServiceSettings, create_app: Callable[[Any], FastAPI]) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource
 
 
@@ -38,14 +38,44 @@ class ServiceSettings(BaseSettings):
         default=False,
         description="Fault injection for tests: publish every outgoing message twice. Never in production.",
     )
+    otel_exporter: str = Field(
+        default="none",
+        description="Where OpenTelemetry spans go: none | console | file | otlp (otlp needs the package "
+        "opentelemetry-exporter-otlp-proto-http and reads the standard OTEL_EXPORTER_OTLP_* variables)",
+    )
+    otel_file: str = Field(
+        default="",
+        description="JSON-lines span file for otel_exporter=file ({service} = the service name); "
+        "empty = <data_dir>/spans-<service>.jsonl",
+    )
     log_level: str = "INFO"
     log_format: str = Field(default="json", description="json | text")
+    auth_required: bool = Field(
+        default=True,
+        description="Every HTTP caller must send a bearer JWT naming its organisation (hsa_id). "
+        "false only for a local sandbox: the acting organisation is then taken from X-Sip-Organisation",
+    )
+    jwt_issuers_file: str = Field(
+        default="", description="Trusted token issuers: YAML/JSON {issuer: {public_key_pem, algorithms}}"
+    )
+    jwt_hs256_secret: SecretStr | None = Field(
+        default=None, description="Shared HMAC secret for HS256 tokens — development and tests only"
+    )
+    jwt_audience: str = Field(default="sip-suite", description="The aud claim tokens must carry")
 
     @field_validator("amqp_url")
     @classmethod
     def _no_placeholder(cls, v: str) -> str:
         if "CHANGE_ME" in v:
             raise ValueError("amqp_url still holds a placeholder")
+        return v
+
+    @field_validator("otel_exporter")
+    @classmethod
+    def _known_exporter(cls, v: str) -> str:
+        v = (v or "none").strip().lower()
+        if v not in ("none", "console", "file", "otlp"):
+            raise ValueError("otel_exporter must be none, console, file or otlp")
         return v
 
     @classmethod
@@ -64,6 +94,9 @@ class ServiceSettings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{self.data_dir}/{service}.db"
+
+    def span_file(self, service: str) -> str:
+        return (self.otel_file or f"{self.data_dir}/spans-{{service}}.jsonl").replace("{service}", service)
 
     def public_dict(self) -> dict[str, Any]:
         """Settings safe to print (credentials masked)."""

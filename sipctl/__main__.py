@@ -48,11 +48,36 @@ def amqp_url() -> str:
     return _env("SIP_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
 
+def dev_secret() -> str:
+    """The development token secret: SIP_JWT_HS256_SECRET, else var/dev-jwt-secret (made once, 0600)."""
+    if os.environ.get("SIP_JWT_HS256_SECRET"):
+        return os.environ["SIP_JWT_HS256_SECRET"]
+    path = Path(_env("SIP_DATA_DIR", str(REPO / "var"))) / "dev-jwt-secret"
+    if not path.exists():
+        import secrets
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+def auth(organisation: str | None = None) -> dict[str, str]:
+    """Headers for the suite's APIs: a short-lived development token for the acting organisation
+    (SIPCTL_ORGANISATION, default the sample primary-care unit that owns the sample cases)."""
+    from shared.auth import mint_token
+
+    org = organisation or _env("SIPCTL_ORGANISATION", "SE2321000016-VC001")
+    return {"Authorization": f"Bearer {mint_token(dev_secret(), org, subject='sipctl', ttl=600)}"}
+
+
 # ---- run --------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     env.setdefault("SIP_DATA_DIR", str(REPO / "var"))
     env.setdefault("SIP_LOG_FORMAT", "text")
+    # development tokens: the services trust var/dev-jwt-secret, sipctl signs with it
+    env.setdefault("SIP_JWT_HS256_SECRET", dev_secret())
     smtp_port = env.setdefault("NOTIFY_SMTP_PORT", "1025")
     mail_http = env.get("MAILSINK_HTTP_PORT", "8025")
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
@@ -186,7 +211,7 @@ def _follow(episode_id: str, timeout: float) -> int:
     last_state = None
     while time.monotonic() < deadline:
         try:
-            cases = httpx.get(f"{base}/cases", params={"all": "true"}, timeout=3).json()
+            cases = httpx.get(f"{base}/cases", params={"all": "true"}, headers=auth(), timeout=3).json()
         except (httpx.HTTPError, ValueError):
             cases = []
         case = next((c for c in cases if c.get("episode_id") == episode_id), None)
@@ -217,7 +242,7 @@ def cmd_consent(args: argparse.Namespace) -> int:
         "given_by": args.given_by,
         "recorded_by_hsa_id": args.recorded_by,
     }
-    r = httpx.post(f"{urls()['consent']}/consents", json=body, timeout=10)
+    r = httpx.post(f"{urls()['consent']}/consents", json=body, headers=auth(args.recorded_by), timeout=10)
     print(r.status_code, json.dumps(r.json(), indent=2, ensure_ascii=False))
     return 0 if r.status_code in (200, 201) else 1
 
@@ -234,7 +259,7 @@ def cmd_status(_: argparse.Namespace) -> int:
             print(f"{name:9s} DOWN ({type(exc).__name__})")
             rc = 1
     try:
-        cases = httpx.get(f"{urls()['planning']}/cases", timeout=3).json()
+        cases = httpx.get(f"{urls()['planning']}/cases", headers=auth(), timeout=3).json()
         print(f"\nopen SIP cases: {len(cases)}")
         for c in cases[:20]:
             print(

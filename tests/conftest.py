@@ -11,6 +11,12 @@ from tests.support.infra import MailSink, mail_sink, pg_database, rabbit_vhost
 # Planning listens for HL7 v2 over MLLP on 2575 by default; in tests each planning (in-process or a
 # child process) takes any free port unless a test names one, so replicas and parallel runs never collide.
 os.environ.setdefault("PLANNING_MLLP_PORT", "0")
+# Authentication: services (in-process and child processes) trust tokens signed with this test-only
+# secret. Most tests run the sandbox mode (SIP_AUTH_REQUIRED=false: the acting organisation comes from
+# X-Sip-Organisation); tests/integration/ops/test_auth.py and the e2e auth test switch it on.
+TEST_JWT_SECRET = "test-only-secret-never-in-production"
+os.environ.setdefault("SIP_JWT_HS256_SECRET", TEST_JWT_SECRET)
+os.environ.setdefault("SIP_AUTH_REQUIRED", "false")
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import date, datetime
 from typing import Annotated
 from uuid import UUID
@@ -11,6 +12,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from services.planning.access import is_member, may_read_plan
 from services.planning.adapters import deadline_store
 from services.planning.adapters.store import SqlCaseRepository
 from services.planning.domain import INVITATION_CLOCK_STATES, SipCase
@@ -18,7 +20,9 @@ from services.planning.intake import IntakeService
 from services.planning.plan import Approval, Meeting, MeetingPreferences, PlanContent
 from services.planning.settings import PlanningSettings
 from services.planning.stays import Stay
+from shared.auth import CallerDep
 from shared.clock import Clock
+from shared.consent_gate import ConsentGateClient
 from shared.fhir import fhir_json, outcome_response
 from shared.identifiers import mask
 from shared.runtime import ServiceRuntime
@@ -176,8 +180,9 @@ class StayOut(BaseModel):
 
 
 def build_router(
-    runtime: ServiceRuntime, settings: PlanningSettings, clock: Clock, intake: IntakeService | None = None
-) -> APIRouter:
+    runtime: ServiceRuntime, settings: PlanningSettings, clock: Clock, intake: IntakeService | None = None,
+    gate: Callable[[], ConsentGateClient | None] = lambda: None,
+) -> APIRouter:  # fmt: skip
     router = APIRouter()
 
     @router.get("/stays", response_model=list[StayOut], tags=["intake"], summary="Hospital stays")
@@ -215,19 +220,24 @@ def build_router(
 
     @router.get("/cases", response_model=list[CaseOut], tags=["cases"], summary="Open SIP cases by deadline")
     async def list_cases(
+        caller: CallerDep,
         all: Annotated[bool, Query(description="Include declined and closed cases")] = False,
     ) -> list[CaseOut]:
+        """The cases the calling organisation takes part in (no plan content: read it per case)."""
         async with runtime.engine.connect() as conn:
             items = await SqlCaseRepository(conn).open_cases(include_closed=all)
-        return [CaseOut.of(c) for c in items]
+        return [CaseOut.of(c) for c in items if is_member(caller, c)]
 
     @router.get(
         "/overview", response_model=list[OverviewRow], tags=["cases"],
         summary="Coordinators' overview: every open case with its next deadline and who owns it",
     )  # fmt: skip
-    async def overview() -> list[OverviewRow]:
+    async def overview(caller: CallerDep) -> list[OverviewRow]:
         async with runtime.engine.connect() as conn:
             rows = await deadline_store.next_deadlines(conn)
+            if caller is not None:
+                mine = {c.id for c in await SqlCaseRepository(conn).open_cases() if is_member(caller, c)}
+                rows = [r for r in rows if r.case_id in mine]
         return [
             OverviewRow(
                 case_id=r.case_id,
@@ -242,17 +252,24 @@ def build_router(
         ]
 
     @router.get("/cases/{case_id}/deadlines", response_model=list[DeadlineOut], tags=["cases"])
-    async def case_deadlines(case_id: UUID) -> list[DeadlineOut]:
+    async def case_deadlines(case_id: UUID, caller: CallerDep) -> list[DeadlineOut]:
         async with runtime.engine.connect() as conn:
+            case = await SqlCaseRepository(conn).get_case(case_id)
+            if case is None or not is_member(caller, case):
+                raise HTTPException(404, detail="no such SIP case")
             rows = await deadline_store.history_for(conn, case_id)
         return [DeadlineOut.model_validate(r, from_attributes=True) for r in rows]
 
     @router.get("/cases/{case_id}", response_model=CaseDetail, tags=["cases"])
-    async def get_case(case_id: UUID) -> CaseDetail:
+    async def get_case(case_id: UUID, caller: CallerDep) -> CaseDetail:
+        """The case with its plan: for the owning unit, and for others the person's consent covers."""
         async with runtime.engine.connect() as conn:
             case = await SqlCaseRepository(conn).get_case(case_id)
-        if case is None:
+        if case is None or not is_member(caller, case):
             raise HTTPException(404, detail="no such SIP case")
+        access = await may_read_plan(caller, case, gate())
+        if not access.allowed:
+            raise HTTPException(access.status, detail=access.reason)
         return CaseDetail.detail(case)
 
     return router

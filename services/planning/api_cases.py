@@ -8,13 +8,14 @@ current state and the refused step; a body that breaks a rule answers **422** na
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Literal
+from typing import Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Header, HTTPException
+from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.planning import lifecycle
+from services.planning.access import is_member
 from services.planning.adapters.deadline_store import SqlDeadlines
 from services.planning.adapters.store import SqlCaseRepository
 from services.planning.api import CaseDetail
@@ -22,19 +23,13 @@ from services.planning.deadlines import DeadlinePolicy
 from services.planning.domain import InvalidTransition, MissingReason, SipCase
 from services.planning.plan import FollowUp, Meeting, MeetingPreferences, PlanContent
 from services.planning.settings import PlanningSettings
+from shared.auth import ActingOrganisation, Caller
 from shared.clock import Clock
 from shared.directory import Directory, UnknownRecipient
 from shared.errors import PermanentError
 from shared.runtime import ServiceRuntime, UnitOfWork
 
-Actor = Annotated[
-    str,
-    Header(
-        alias="X-Sip-Organisation",
-        pattern=r"^[A-Za-z0-9\-]{3,64}$",
-        description="HSA-id of the organisation acting (recorded in the plan's Provenance)",
-    ),
-]
+Actor = ActingOrganisation  # from the bearer token (X-Sip-Organisation in a sandbox)
 
 
 class Reason(BaseModel):
@@ -57,9 +52,17 @@ def build_router(
     policy = DeadlinePolicy.from_settings(settings)
     DeadlinePolicy.from_settings(settings)
 
-    async def run(step: Callable[[UnitOfWork, SqlCaseRepository], Awaitable[SipCase]]) -> CaseDetail:
+    async def run(
+        step: Callable[[UnitOfWork, SqlCaseRepository], Awaitable[SipCase]],
+        case_id: UUID | None = None,
+        actor: str | None = None,
+    ) -> CaseDetail:
         try:
             async with runtime.unit_of_work() as uow:
+                if case_id is not None:
+                    existing = await SqlCaseRepository(uow.conn).get_case(case_id)
+                    if existing is None or (actor and not is_member(Caller(actor, "", ""), existing)):
+                        raise lifecycle.CaseNotFound(f"no SIP case {case_id}")
                 case = await step(uow, SqlCaseRepository(uow.conn))
         except lifecycle.CaseNotFound as exc:
             raise HTTPException(404, detail=str(exc)) from None
@@ -88,7 +91,9 @@ def build_router(
                 agent_hsa_id=actor,
                 policy=policy,
                 deadlines=SqlDeadlines(uow.conn),
-            )
+            ),
+            case_id=case_id,
+            actor=actor,
         )
 
     @router.post(
@@ -103,7 +108,9 @@ def build_router(
                 now=clock.now(),
                 agent_hsa_id=actor,
                 deadlines=SqlDeadlines(uow.conn),
-            )
+            ),
+            case_id=case_id,
+            actor=actor,
         )
 
     @router.put(
@@ -113,7 +120,9 @@ def build_router(
         return await run(
             lambda uow, repo: lifecycle.record_preferences(
                 case_id, body, repo=repo, now=clock.now(), agent_hsa_id=actor
-            )
+            ),
+            case_id=case_id,
+            actor=actor,
         )
 
     @router.post(
@@ -123,7 +132,9 @@ def build_router(
         return await run(
             lambda uow, repo: lifecycle.invite(
                 case_id, repo=repo, outbox=uow, now=clock.now(), agent_hsa_id=actor, public_base_url=base
-            )
+            ),
+            case_id=case_id,
+            actor=actor,
         )
 
     @router.put("/{case_id}/meeting", response_model=CaseDetail, summary="Schedule (or move) the SIP meeting")
@@ -137,7 +148,9 @@ def build_router(
                 now=clock.now(),
                 agent_hsa_id=actor,
                 public_base_url=base,
-            )
+            ),
+            case_id=case_id,
+            actor=actor,
         )
 
     @router.put("/{case_id}/plan", response_model=CaseDetail, summary="Draft the plan (a new version)")
@@ -150,7 +163,9 @@ def build_router(
                 now=clock.now(),
                 agent_hsa_id=actor,
                 deadlines=SqlDeadlines(uow.conn),
-            )
+            ),
+            case_id=case_id,
+            actor=actor,
         )
 
     @router.post(
@@ -170,7 +185,9 @@ def build_router(
                 agent_hsa_id=actor,
                 deadlines=SqlDeadlines(uow.conn),
                 policy=policy,
-            )
+            ),
+            case_id=case_id,
+            actor=actor,
         )
 
     @router.post(
@@ -186,7 +203,9 @@ def build_router(
                 agent_hsa_id=actor,
                 deadlines=SqlDeadlines(uow.conn),
                 policy=policy,
-            )
+            ),
+            case_id=case_id,
+            actor=actor,
         )
 
     @router.post("/{case_id}/close", response_model=CaseDetail, summary="Close the SIP (reason required)")
@@ -199,7 +218,9 @@ def build_router(
                 now=clock.now(),
                 agent_hsa_id=actor,
                 deadlines=SqlDeadlines(uow.conn),
-            )
+            ),
+            case_id=case_id,
+            actor=actor,
         )
 
     return router

@@ -7,6 +7,7 @@ OperationOutcome.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from uuid import UUID
@@ -16,6 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from services.planning import lifecycle
+from services.planning.access import is_member, may_read_plan
 from services.planning.adapters.fhir import (
     CASE_SYSTEM,
     FhirVersion,
@@ -27,7 +29,9 @@ from services.planning.adapters.fhir import (
 from services.planning.adapters.store import SqlCaseRepository, case_from_snapshot
 from services.planning.domain import SipCase
 from services.planning.settings import PlanningSettings
+from shared.auth import current_caller
 from shared.clock import Clock
+from shared.consent_gate import ConsentGateClient
 from shared.directory import Directory, UnknownRecipient
 from shared.fhir import FHIR_JSON, FhirValidationError, check_required_bindings, fhir_json, outcome_response
 from shared.identifiers import PERSONNUMMER_SYSTEM, SAMORDNINGSNUMMER_SYSTEM, InvalidPersonIdentifier
@@ -135,10 +139,24 @@ def _date_range(values: list[str]) -> tuple[datetime | None, datetime | None, st
 
 
 def build_router(
-    runtime: ServiceRuntime, settings: PlanningSettings, clock: Clock, directory: Directory
-) -> APIRouter:
+    runtime: ServiceRuntime, settings: PlanningSettings, clock: Clock, directory: Directory,
+    gate: Callable[[], ConsentGateClient | None] = lambda: None,
+) -> APIRouter:  # fmt: skip
     router = APIRouter(prefix="/fhir", tags=["fhir"])
     base = settings.public_base_url.rstrip("/")
+
+    async def _access(request: Request, case_id: UUID) -> JSONResponse | None:
+        """None when the caller may read the plan; else the OperationOutcome to answer (403/404/503)."""
+        async with runtime.engine.connect() as conn:
+            case = await SqlCaseRepository(conn).get_case(case_id)
+        if case is None:
+            return outcome_response(404, f"no CarePlan with id {case_id}", "not-found")
+        access = await may_read_plan(current_caller(request), case, gate())
+        if access.allowed:
+            return None
+        return outcome_response(
+            access.status, access.reason, "forbidden" if access.status == 403 else "transient"
+        )
 
     def render(case: SipCase, version: int, at: datetime, fv: FhirVersion) -> dict[str, Any]:
         return care_plan(case, version=version, at=at, fhir_version=fv)
@@ -169,6 +187,8 @@ def build_router(
         row, error = await _version_row(plan_id, None)
         if error:
             return error
+        if denied := await _access(request, UUID(plan_id)):
+            return denied
         fv = wanted_version(request)
         return _respond(_from_row(row, fv), fv, ETag=f'W/"{row.version}"')
 
@@ -177,6 +197,8 @@ def build_router(
         row, error = await _version_row(plan_id, vid)
         if error:
             return error
+        if denied := await _access(request, UUID(plan_id)):
+            return denied
         fv = wanted_version(request)
         return _respond(_from_row(row, fv), fv, ETag=f'W/"{row.version}"')
 
@@ -190,6 +212,8 @@ def build_router(
             rows = await SqlCaseRepository(conn).plan_versions(case_id)
         if not rows:
             return outcome_response(404, f"no CarePlan with id {case_id}", "not-found")
+        if denied := await _access(request, case_id):
+            return denied
         fv = wanted_version(request)
         bundle = _bundle("history", [_from_row(r, fv) for r in rows], base)
         for entry, r in zip(bundle["entry"], rows, strict=True):
@@ -236,8 +260,13 @@ def build_router(
                 patient=patient, reference=reference, created_from=lo, created_to=hi, limit=limit
             )
             entries = []
+            caller = current_caller(request)
             for c in found:
                 if statuses and plan_status(c) not in statuses:
+                    continue
+                if caller is not None and not is_member(caller, c):
+                    continue  # a search never reveals cases the caller takes no part in
+                if not (await may_read_plan(caller, c, gate())).allowed:
                     continue
                 row = await repo.plan_version(c.id)
                 if row is not None:
@@ -341,6 +370,8 @@ def build_router(
         except ValueError:
             return outcome_response(400, "target must be CarePlan/<id>", "invalid")
         fv = wanted_version(request)
+        if denied := await _access(request, case_id):
+            return denied
         async with runtime.engine.connect() as conn:
             rows = await SqlCaseRepository(conn).plan_versions(case_id)
         entries = [

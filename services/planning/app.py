@@ -12,14 +12,17 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.planning import api, api_cases, api_fhir, subscribers
-from services.planning.adapters.store import metadata
+from services.planning.adapters.store import cases, metadata
+from services.planning.domain import INVITATION_CLOCK_STATES, OPEN_STATES
 from services.planning.intake import IntakeService, MLLPServer, intake_tables
 from services.planning.scheduler import scheduler_job
 from services.planning.settings import PlanningSettings
 from shared.clock import Clock, SystemClock
+from shared.consent_gate import ConsentGateClient
 from shared.contracts import HospitalStayEvent
 from shared.directory import Directory, load_directory
 from shared.hospital import HospitalEvent
+from shared.metrics import case_gauges
 from shared.persistence import enqueue
 from shared.runtime import ServiceRuntime, serve
 
@@ -37,6 +40,9 @@ def create_app(
     clock = clock or SystemClock()
     directory = directory or load_directory(settings.directory_path)
     runtime = ServiceRuntime(SERVICE, settings, metadata)
+    runtime.metrics.add_db_collector(
+        case_gauges(cases, open_states=OPEN_STATES, clock_states=INVITATION_CLOCK_STATES)
+    )
     subscribers.register(runtime, settings, directory, clock)
     runtime.background.append(scheduler_job(runtime, clock, settings.deadline_check_interval))
     intake = build_intake(runtime, settings)
@@ -52,6 +58,14 @@ def create_app(
         else None
     )
 
+    gates: list[ConsentGateClient] = []
+
+    def gate() -> ConsentGateClient:
+        """The consent gate over RabbitMQ request/reply (made on first use, closed at shutdown)."""
+        if not gates:
+            gates.append(ConsentGateClient(amqp_url=settings.amqp_url, timeout=settings.consent_gate_timeout))
+        return gates[0]
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with runtime.lifespan(app):
@@ -63,6 +77,8 @@ def create_app(
             finally:
                 if mllp is not None:
                     await mllp.stop()  # stop taking messages before the broker and database go
+                for g in gates:
+                    await g.aclose()
 
     app = FastAPI(
         title="sip-suite planning",
@@ -72,9 +88,9 @@ def create_app(
         lifespan=lifespan,
     )
     runtime.add_health_routes(app)
-    app.include_router(api.build_router(runtime, settings, clock, intake))
+    app.include_router(api.build_router(runtime, settings, clock, intake, gate))
     app.include_router(api_cases.build_router(runtime, settings, clock, directory))
-    app.include_router(api_fhir.build_router(runtime, settings, clock, directory))
+    app.include_router(api_fhir.build_router(runtime, settings, clock, directory, gate))
     app.state.runtime = runtime
     app.state.mllp = mllp
     return app

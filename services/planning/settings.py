@@ -63,3 +63,6 @@ class PlanningSettings(ServiceSettings):
     deadline_check_interval: float = Field(
         default=30.0, gt=0, le=3600, description="Seconds between two scans for breached deadlines"
     )
+    consent_gate_timeout: float = Field(
+        default=5.0, gt=0, description="Seconds to wait for the consent gate before a read is refused (503)"
+    )

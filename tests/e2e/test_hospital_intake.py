@@ -83,16 +83,24 @@ async def test_adt_over_mllp_opens_a_case_once_and_a13_cancels_it(suite: Suite) 
         assert case[0]["participants"][1]["hsa_id"] == VC
         # consent (another process) received the request over RabbitMQ
         with httpx.Client(base_url=suite.url("consent"), timeout=10) as consent:
-            wait_for(lambda: any(r["case_id"] == case[0]["id"] for r in consent.get("/consent-requests").json()))
+            wait_for(
+                lambda: any(r["case_id"] == case[0]["id"] for r in consent.get("/consent-requests").json())
+            )
 
         [ack] = await send(port, hl7("A13", "E2E-2", pnr, "V-E2E-1", evn_recorded="20261120120000+0100"))
         assert msa(ack)[1] == "AA"
         cancelled = wait_for(
-            lambda: [c for c in http.get("/cases", params={"all": True}).json()
-                     if c["id"] == case[0]["id"] and c["state"] == "cancelled"]  # fmt: skip
+            lambda: [
+                c
+                for c in http.get("/cases", params={"all": True}).json()
+                if c["id"] == case[0]["id"] and c["state"] == "cancelled"
+            ]
         )
         assert "cancelled" in cancelled[0]["closed_reason"]
-        assert len([c for c in http.get("/cases", params={"all": True}).json() if c["episode_id"] == "V-E2E-1"]) == 1
+        assert (
+            len([c for c in http.get("/cases", params={"all": True}).json() if c["episode_id"] == "V-E2E-1"])
+            == 1
+        )
 
         # a wrong check digit is refused with AE and the reason, and changes nothing
         [ae] = await send(port, hl7("A16", "E2E-3", pnr[:-1] + str((int(pnr[-1]) + 1) % 10), "V-E2E-2"))
@@ -103,7 +111,9 @@ async def test_adt_over_mllp_opens_a_case_once_and_a13_cancels_it(suite: Suite) 
 
 
 async def test_fhir_process_message_over_http(suite: Suite) -> None:
-    body = (CONFORMANCE / "davinci-notifications" / "discharge-notification-message-bundle-01.json").read_bytes()
+    body = (
+        CONFORMANCE / "davinci-notifications" / "discharge-notification-message-bundle-01.json"
+    ).read_bytes()
     fcc = (CONFORMANCE / "medcom-hospitalnotification" / "HospitalNotification_Ex_TEK_FCC.json").read_bytes()
     async with httpx.AsyncClient(base_url=suite.url("planning"), timeout=10) as http:
         first = await http.post("/fhir/$process-message", content=body,

@@ -21,6 +21,9 @@ def test_make_run_on_a_fresh_clone_reports_healthy(tmp_path, amqp_url):
     ports = {n: free_port() for n in ("planning", "consent", "notify", "smtp", "mailweb")}
     env = dict(os.environ)
     env.pop("VIRTUAL_ENV", None)
+    # as a user runs it: authentication on, no secret given — make run makes a development one
+    env.pop("SIP_JWT_HS256_SECRET", None)
+    env.pop("SIP_AUTH_REQUIRED", None)
     env.update(
         SIP_AMQP_URL=amqp_url,
         PLANNING_HTTP_PORT=str(ports["planning"]),
@@ -47,6 +50,12 @@ def test_make_run_on_a_fresh_clone_reports_healthy(tmp_path, amqp_url):
             assert r.status_code == 200 and r.json()["status"] == "ok", (name, r.text)
         assert httpx.get(f"http://127.0.0.1:{ports['mailweb']}/", timeout=5).status_code == 200
         assert (clone / "var").is_dir()  # SQLite files live in the clone, zero set-up
+        # the APIs are not anonymous; sipctl signs with the development secret make run created
+        assert httpx.get(f"http://127.0.0.1:{ports['planning']}/cases", timeout=5).status_code == 401
+        status = subprocess.run([str(clone / ".venv/bin/sipctl"), "status"], cwd=clone, env=env,
+                                capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert status.returncode == 0 and "open SIP cases: 0" in status.stdout, status.stdout + status.stderr
+        assert (clone / "var" / "dev-jwt-secret").stat().st_mode & 0o077 == 0
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

@@ -32,7 +32,7 @@ def plan(n: int = 5, follow_up: date = date(2027, 3, 1), **kw) -> dict:
         "goals": [
             {"id": "g1", "description": "Bo kvar hemma", "due_date": "2027-06-01"},
             {"id": "g2", "description": "Klara morgonrutinerna själv"},
-        ],  # fmt: skip
+        ],
         "interventions": [
             {
                 "id": f"i{k}",
@@ -50,7 +50,7 @@ def plan(n: int = 5, follow_up: date = date(2027, 3, 1), **kw) -> dict:
                 "goal_ids": ["g2"],
                 "responsible": {"kind": "person"},
             }
-        ],  # fmt: skip
+        ],
         "others": ["Hemtjänsten samordnar med dottern"],
         "overall_responsibility_hsa_id": VC,
         "coordination": "Vårdcentralen samordnar; avstämning varannan vecka per telefon.",
@@ -120,7 +120,7 @@ async def test_a_proposed_sip_from_need_to_closing(api, amqp_url):
     # refused steps answer 409 with the reason, and change nothing
     r = await api.put(f"/cases/{cid}/plan", json=plan(), headers=ACTOR)
     assert r.status_code == 409 and "need_identified" in r.json()["detail"]
-    assert (await api.post(f"/cases/{cid}/accept")).status_code == 422  # no acting organisation
+    assert (await api.post(f"/cases/{cid}/accept")).status_code == 401  # no acting organisation
 
     r = await api.post(f"/cases/{cid}/accept", headers=ACTOR)
     assert r.json()["state"] == "consent_pending" and r.json()["invitation_due_at"]

@@ -77,11 +77,17 @@ def test_r4_and_r5_differ_where_the_versions_do():
     assert "author" in r4 and "custodian" in r5 and "author" not in r5
     appt4 = next(r for r in r4["contained"] if r["resourceType"] == "Appointment")
     appt5 = next(r for r in r5["contained"] if r["resourceType"] == "Appointment")
-    assert "https://video.example/x" in appt4["comment"] and appt5["virtualService"][0]["addressUrl"].endswith("/x")
+    assert "https://video.example/x" in appt4["comment"] and appt5["virtualService"][0][
+        "addressUrl"
+    ].endswith("/x")
     team4 = next(r for r in r4["contained"] if r["resourceType"] == "CareTeam")
     team5 = next(r for r in r5["contained"] if r["resourceType"] == "CareTeam")
-    assert isinstance(team4["participant"][0]["role"], list) and isinstance(team5["participant"][0]["role"], dict)
-    assert r4["addresses"][0] == {"reference": "#need-1"} and r5["addresses"][0] == {"reference": {"reference": "#need-1"}}
+    assert isinstance(team4["participant"][0]["role"], list) and isinstance(
+        team5["participant"][0]["role"], dict
+    )
+    assert r4["addresses"][0] == {"reference": "#need-1"} and r5["addresses"][0] == {
+        "reference": {"reference": "#need-1"}
+    }
     assert any("tolk: ar" in n["text"] for n in r4["note"])
 
 

@@ -53,11 +53,33 @@ ALLOWED = {
     ("established", "follow_up_due"),
     ("follow_up_due", "plan_drafted"),  # followed up: revise
     ("follow_up_due", "established"),  # followed up: continue
-    *((s, e) for s in ("preparing", "invitation_requested", "invited", "meeting_scheduled", "plan_drafted",
-                       "established", "follow_up_due") for e in ENDINGS),  # fmt: skip
+    *(
+        (s, e)
+        for s in (
+            "preparing",
+            "invitation_requested",
+            "invited",
+            "meeting_scheduled",
+            "plan_drafted",
+            "established",
+            "follow_up_due",
+        )
+        for e in ENDINGS
+    ),
     # a suspended case resumes where it was, or ends
-    *(("suspended", s) for s in ("consent_pending", "preparing", "invitation_requested", "invited",
-                                  "meeting_scheduled", "plan_drafted", "established", "follow_up_due")),  # fmt: skip
+    *(
+        ("suspended", s)
+        for s in (
+            "consent_pending",
+            "preparing",
+            "invitation_requested",
+            "invited",
+            "meeting_scheduled",
+            "plan_drafted",
+            "established",
+            "follow_up_due",
+        )
+    ),
     ("suspended", "cancelled"),
     ("suspended", "closed"),
     ("suspended", "consent_withdrawn"),

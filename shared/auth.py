@@ -1,0 +1,228 @@
+"""Who is calling: every HTTP caller identifies as an organisation with a signed JWT (bearer token).
+
+A token is accepted when it is signed by a trusted issuer, is meant for this suite (``aud``), has not
+expired, and names the calling organisation's HSA-id (claim ``hsa_id``). Trust comes from
+configuration, never from the token:
+
+- ``SIP_JWT_ISSUERS_FILE`` — a YAML/JSON file ``{issuer: {public_key_pem: "...", algorithms: [RS256]}}``
+  (RS256/ES256/EdDSA), one entry per organisation or identity provider (production);
+- ``SIP_JWT_HS256_SECRET`` — one shared HMAC secret (development and tests only).
+
+``alg: none`` and algorithms other than the issuer's are refused. A missing, forged, expired or
+wrong-audience token answers **401** (``WWW-Authenticate: Bearer``; an OperationOutcome on FHIR paths).
+What an organisation may then see is decided by the services (participant of the case, the consent
+gate): that is **403**. Health and metrics endpoints, the FHIR CapabilityStatement and the OpenAPI
+document are open: they carry no personal data.
+
+``SIP_AUTH_REQUIRED=false`` turns the check off for local development (``make run``); the acting
+organisation is then read from ``X-Sip-Organisation``. Never in production.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import jwt
+import yaml
+from fastapi import Depends, FastAPI, HTTPException, Request
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.responses import JSONResponse, Response
+
+from shared.fhir import operation_outcome
+
+log = logging.getLogger("sip.auth")
+
+OPEN_PATHS = frozenset(
+    {
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/fhir/metadata",
+        "/openapi.json",
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/redoc",
+    }
+)
+AUDIENCE = "sip-suite"
+HSA = r"^[A-Za-z0-9\-]{3,64}$"
+
+
+@dataclass(frozen=True)
+class Caller:
+    hsa_id: str  # the calling organisation
+    issuer: str
+    subject: str  # the system or person within it (for the audit trail)
+
+
+class TokenRejected(Exception):
+    pass
+
+
+@dataclass
+class TokenVerifier:
+    hs256_secret: str | None = None
+    issuers: dict[str, dict[str, Any]] | None = None
+    audience: str = AUDIENCE
+    leeway: int = 30
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> TokenVerifier:
+        secret = settings.jwt_hs256_secret.get_secret_value() if settings.jwt_hs256_secret else None
+        issuers: dict[str, dict[str, Any]] = {}
+        if settings.jwt_issuers_file:
+            raw = Path(settings.jwt_issuers_file).read_text()
+            issuers = (
+                yaml.safe_load(raw)
+                if settings.jwt_issuers_file.endswith((".yaml", ".yml"))
+                else json.loads(raw)
+            ) or {}
+        return cls(hs256_secret=secret, issuers=issuers, audience=settings.jwt_audience)
+
+    def verify(self, token: str) -> Caller:
+        try:
+            header = jwt.get_unverified_header(token)
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            raise TokenRejected("the bearer token is not a JWT") from None
+        alg = header.get("alg")
+        issuer = str(unverified.get("iss") or "")
+        if alg == "HS256" and self.hs256_secret:
+            key: Any = self.hs256_secret
+            algorithms = ["HS256"]
+        elif self.issuers and issuer in self.issuers:
+            entry = self.issuers[issuer]
+            key = entry["public_key_pem"]
+            algorithms = list(entry.get("algorithms") or ["RS256", "ES256"])
+        else:
+            raise TokenRejected("the token's issuer or algorithm is not trusted")
+        if alg not in algorithms:
+            raise TokenRejected("the token's algorithm is not allowed for its issuer")
+        try:
+            claims = jwt.decode(
+                token, key, algorithms=algorithms, audience=self.audience, leeway=self.leeway,
+                options={"require": ["exp", "iat", "iss", "sub", "aud"]},
+            )  # fmt: skip
+        except jwt.ExpiredSignatureError:
+            raise TokenRejected("the token has expired") from None
+        except jwt.InvalidAudienceError:
+            raise TokenRejected("the token is not meant for this suite (aud)") from None
+        except jwt.PyJWTError:
+            raise TokenRejected("the token's signature or claims are invalid") from None
+        hsa_id = str(claims.get("hsa_id") or "")
+        import re
+
+        if not re.match(HSA, hsa_id):
+            raise TokenRejected("the token names no organisation (claim hsa_id)")
+        return Caller(hsa_id=hsa_id, issuer=issuer, subject=str(claims["sub"]))
+
+
+def mint_token(
+    secret: str, hsa_id: str, *, subject: str = "system", issuer: str = "sip-suite-dev", ttl: int = 3600,
+    audience: str = AUDIENCE, now: float | None = None,
+) -> str:  # fmt: skip
+    """An HS256 token for development and tests (sipctl, the test suite)."""
+    t = int(now if now is not None else time.time())
+    claims = {"iss": issuer, "sub": subject, "aud": audience, "iat": t, "exp": t + ttl, "hsa_id": hsa_id}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def _unauthorised(request: Request, reason: str) -> Response:
+    headers = {
+        "WWW-Authenticate": f'Bearer realm="sip-suite", error="invalid_token", error_description="{reason}"'
+    }
+    if request.url.path.startswith("/fhir"):
+        body = operation_outcome(reason, code="login")
+        return JSONResponse(body, status_code=401, headers=headers, media_type="application/fhir+json")
+    return JSONResponse({"detail": reason}, status_code=401, headers=headers)
+
+
+def install_auth(app: FastAPI, settings: Any) -> None:
+    """Require a valid bearer token on every path but the open ones; put the Caller on request.state."""
+    required = bool(getattr(settings, "auth_required", True))
+    verifier = TokenVerifier.from_settings(settings) if required else None
+    if required and not (verifier and (verifier.hs256_secret or verifier.issuers)):
+        raise RuntimeError(
+            "authentication is required but no issuer is trusted: set SIP_JWT_ISSUERS_FILE (or, for "
+            "development, SIP_JWT_HS256_SECRET), or SIP_AUTH_REQUIRED=false for a local sandbox"
+        )
+    app.state.auth_required = required
+
+    class AuthMiddleware(BaseHTTPMiddleware):
+        async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+            request.state.caller = None
+            if verifier is not None and request.url.path not in OPEN_PATHS:
+                header = request.headers.get("authorization", "")
+                scheme, _, token = header.partition(" ")
+                if scheme.lower() != "bearer" or not token.strip():
+                    return _unauthorised(request, "a bearer token is required")
+                try:
+                    request.state.caller = verifier.verify(token.strip())
+                except TokenRejected as exc:
+                    log.info("request refused: invalid token", extra={"reason": str(exc)})
+                    return _unauthorised(request, str(exc))
+            return await call_next(request)
+
+    app.add_middleware(AuthMiddleware)
+    if required:
+        _document_bearer(app)
+
+
+def _document_bearer(app: FastAPI) -> None:
+    """The OpenAPI document says what the middleware does: a bearer JWT on every path but the open ones."""
+    plain = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = plain()
+        schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": "A JWT for audience 'sip-suite' from a trusted issuer, naming the calling "
+            "organisation's HSA-id in the claim hsa_id. Missing, forged or expired: 401.",
+        }
+        for path, operations in schema.get("paths", {}).items():
+            if path in OPEN_PATHS:
+                continue
+            for op in operations.values():
+                op["security"] = [{"bearer": []}]
+                op.setdefault("responses", {}).setdefault("401", {"description": "No valid bearer token"})
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def current_caller(request: Request) -> Caller | None:
+    """The authenticated organisation; with authentication off, ``X-Sip-Organisation`` if given."""
+    caller = getattr(request.state, "caller", None)
+    if caller is not None:
+        return caller
+    if not getattr(request.app.state, "auth_required", True):
+        import re
+
+        hsa = request.headers.get("x-sip-organisation")
+        if hsa and re.match(HSA, hsa):
+            return Caller(hsa_id=hsa, issuer="unauthenticated", subject="local")
+    return None
+
+
+def acting_organisation(request: Request) -> str:
+    """The organisation that acts (recorded as the agent of a change); 401 when there is none."""
+    caller = current_caller(request)
+    if caller is None:
+        raise HTTPException(
+            401, detail="no acting organisation: send a bearer token (or X-Sip-Organisation in a sandbox)"
+        )
+    return caller.hsa_id
+
+
+CallerDep = Annotated[Caller | None, Depends(current_caller)]
+ActingOrganisation = Annotated[str, Depends(acting_organisation)]
