@@ -3,7 +3,8 @@
 The list view leaves out the recipients' addresses (contact data) and the message text; the
 single-notification view includes the address and subject. Every notification is also readable
 as a FHIR R4 ``Communication`` (``/fhir/Communication/{id}``: completed, or not-done with the
-reason). None of them ever shows personal data of the patient — there is none in notify.
+reason — a delivery failure, or "consent withdrawn" for one stopped by a withdrawal). None of
+them ever shows personal data of the patient — there is none in notify.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from services.notify.adapters.fhir import communication_resource
 from services.notify.adapters.store import SqlNotificationRepository
@@ -34,6 +35,10 @@ class NotificationSummary(BaseModel):
     next_attempt_at: datetime | None
     sent_at: datetime | None
     last_error: str | None
+    status_reason: str | None = Field(
+        default=None, description="Why it was stopped when cancelled, e.g. 'consent withdrawn'"
+    )
+    cancelled_at: datetime | None = None
     created_at: datetime
 
     @classmethod
@@ -50,6 +55,8 @@ class NotificationSummary(BaseModel):
             next_attempt_at=n.next_attempt_at if n.status == "pending" else None,
             sent_at=n.sent_at,
             last_error=n.last_error,
+            status_reason=n.status_reason,
+            cancelled_at=n.cancelled_at,
             created_at=n.created_at,
         )
 

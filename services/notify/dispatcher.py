@@ -9,6 +9,8 @@ One notification at a time goes through three steps, each its own transaction:
    ``Message-ID: <{notification_id}@sip-suite>`` (the id is derived from the dedupe key, so every
    attempt carries the same Message-ID); webhook as a signed FHIR Communication whose id is the
    notification id; SMS through the HTTP gateway;
+   — but only after checking, inside the case's send gate, that the row is still ``sending``
+   under this claim: a consent withdrawal may have cancelled it since the claim (issue #4);
 3. **record** — in ONE transaction: ``sending → sent`` (sent_at) and ``InvitationSent`` into the
    outbox; or, on a transient failure, back to ``pending`` with an exponential, capped backoff; on a
    permanent failure or when attempts are exhausted, ``failed`` with a reason free of personal data.
@@ -21,6 +23,13 @@ The duplicate carries the same Message-ID (e-mail) or Communication id and ``X-S
 duplicate with the same id. This start-up release assumes one dispatcher per database (one notify
 replica), as SQLite implies; several replicas on PostgreSQL would need a lease on ``sending``
 instead (not done).
+
+Cancel rule (issue #4, explicit, tested): a withdrawal cancels ``pending`` and ``sending`` rows and
+wins every race. A row cancelled before its claim cannot be claimed (the claim is conditional); a
+row cancelled after its claim is seen at the check right before the send and is not sent. The check,
+the send and the recording run under the case's :class:`~services.notify.gate.SendGate` (shared),
+which the withdrawal takes exclusively around its transaction: a send already past its check
+finishes (and is recorded ``sent``) before the withdrawal commits; none starts after.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from uuid import UUID
 from services.notify.adapters.fhir import communication_resource
 from services.notify.adapters.store import SqlNotificationRepository
 from services.notify.domain import Notification, after_failure, backoff
+from services.notify.gate import SendGate
 from services.notify.ports import (
     ChannelSender,
     Delivery,
@@ -63,6 +73,7 @@ class Dispatcher:
         self.channels = dict(channels)
         self.clock = clock
         self.settings = settings
+        self.gate = SendGate()
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -120,19 +131,42 @@ class Dispatcher:
             n = await SqlNotificationRepository(uow.conn).claim(notification_id, self.clock.now())
         if n is None:
             return None
-        try:
-            await self._send(n)
-        except SendError as exc:
-            return await self._record_failure(n, exc)
-        except Exception as exc:  # an unexpected bug in a sender must not lose the mail
-            log.exception(
-                "unexpected error from a channel",
-                extra={"notification_id": str(n.id), "channel": n.channel},
-            )
-            return await self._record_failure(
-                n, TransientSendError(f"unexpected error ({type(exc).__name__})")
-            )
-        return await self._record_sent(n)
+        return await self.send_claimed(n)
+
+    async def send_claimed(self, n: Notification) -> str:
+        """Send a claimed notification and record the outcome — unless it was stopped meanwhile.
+
+        Right before the channel is called, inside the case's send gate, the row is read again: only
+        if it is still ``sending`` with this claim's attempt count does the send go ahead. A
+        withdrawal that cancelled it wins; nothing is sent and nothing is recorded (the cancel is).
+        """
+        async with self.gate.sending(n.case_id):
+            async with self.runtime.engine.connect() as conn:
+                current = await SqlNotificationRepository(conn).status(n.id)
+            if current != ("sending", n.attempts):
+                log.info(
+                    "claimed notification not sent: it was stopped meanwhile",
+                    extra={
+                        "notification_id": str(n.id),
+                        "case_id": str(n.case_id),
+                        "status": current[0] if current else None,
+                        "correlation_id": n.correlation_id,
+                    },
+                )
+                return current[0] if current else "gone"
+            try:
+                await self._send(n)
+            except SendError as exc:
+                return await self._record_failure(n, exc)
+            except Exception as exc:  # an unexpected bug in a sender must not lose the mail
+                log.exception(
+                    "unexpected error from a channel",
+                    extra={"notification_id": str(n.id), "channel": n.channel},
+                )
+                return await self._record_failure(
+                    n, TransientSendError(f"unexpected error ({type(exc).__name__})")
+                )
+            return await self._record_sent(n)
 
     async def _send(self, n: Notification) -> None:
         channel = self.channels.get(n.channel)
@@ -156,6 +190,11 @@ class Dispatcher:
                         correlation_id=n.correlation_id,
                     )
                 )
+        if not marked:  # only possible with a second notify process (the gate is per process)
+            log.warning(
+                "notification sent but no longer 'sending' when recorded",
+                extra={"notification_id": str(n.id), "case_id": str(n.case_id)},
+            )
         log.info(
             "notification sent",
             extra={

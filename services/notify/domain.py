@@ -12,8 +12,22 @@ States::
        └──transient error─┤
                           └──permanent error / attempts exhausted──▶ failed
     pending ──(no channel / not sendable)──▶ failed
+    pending / sending ──consent withdrawn──▶ cancelled   (issue #4)
 
-``sent`` and ``failed`` are final.
+``sent``, ``failed`` and ``cancelled`` are final. A cancelled notification keeps its reason
+(``status_reason``, e.g. "consent withdrawn") and is never sent afterwards.
+
+The cancel-vs-dispatch rule (issue #4): **the cancel wins every race it can still win.**
+
+- the claim (``pending → sending``) is a conditional update: a notification cancelled before it is
+  claimed cannot be claimed;
+- the cancel also takes notifications that are already claimed (``sending``): a claimed
+  notification is sent only if, checked again right before the channel is called, it is still
+  ``sending`` under its own claim — the check, the send and the recording of the outcome run inside
+  the case's *send gate* (shared), and the withdrawal takes the same gate exclusively for its
+  transaction (see :mod:`services.notify.gate`). So a send is either completely over (delivered and
+  recorded ``sent``) before the withdrawal commits, or it sees ``cancelled`` and sends nothing;
+  nothing is handed to a channel after the withdrawal is committed.
 """
 
 from __future__ import annotations
@@ -23,18 +37,29 @@ from datetime import datetime, timedelta
 from typing import Literal
 from uuid import UUID, uuid5
 
-Status = Literal["pending", "sending", "sent", "failed"]
+Status = Literal["pending", "sending", "sent", "failed", "cancelled"]
 ChannelKind = Literal["email", "webhook", "sms"]
 
-FINAL: frozenset[str] = frozenset({"sent", "failed"})
+FINAL: frozenset[str] = frozenset({"sent", "failed", "cancelled"})
 TRANSITIONS: dict[str, frozenset[str]] = {
-    "pending": frozenset({"sending", "failed"}),
-    "sending": frozenset({"sent", "pending", "failed"}),
+    "pending": frozenset({"sending", "failed", "cancelled"}),
+    "sending": frozenset({"sent", "pending", "failed", "cancelled"}),
     "sent": frozenset(),
     "failed": frozenset(),
+    "cancelled": frozenset(),
 }
+UNSENT: frozenset[str] = frozenset({"pending", "sending"})
+"""Not sent yet (waiting, waiting for a retry, or claimed): what a consent withdrawal cancels."""
 
 CHANNEL_NOT_SUPPORTED = "channel not yet supported"
+
+# why a notification was cancelled (stored with it; FHIR Communication.statusReason)
+CANCEL_REASONS: dict[str, str] = {
+    "consent-withdrawn": "consent withdrawn",
+    "consent-cancelled": "consent cancelled as wrongly registered",
+}
+NOTICE_KINDS: frozenset[str] = frozenset({"consent-withdrawn"})
+"""Kinds a withdrawal never cancels: the notices that tell participants about it."""
 
 _NAMESPACE = UUID("2f1d7c1e-8a57-4a0b-9a55-5c3b1f0e2d61")
 
@@ -80,6 +105,10 @@ class Notification:
     plan_url: str | None = None
     sender_hsa_id: str | None = None
     ics: str | None = None
+    # since issue #4: the consent an invitation is sent under; why and when it was cancelled
+    consent_id: UUID | None = None
+    status_reason: str | None = None
+    cancelled_at: datetime | None = None
 
     @property
     def key(self) -> DedupeKey:
@@ -88,6 +117,18 @@ class Notification:
     @property
     def email_message_id(self) -> str:
         return email_message_id(self.id)
+
+
+@dataclass(frozen=True)
+class Withdrawal:
+    """A consent that no longer holds (withdrawn or cancelled), as notify recorded it. No personal data."""
+
+    consent_id: UUID
+    case_id: UUID | None
+    cause: str  # withdrawal | cancellation
+    effective_at: datetime
+    message_id: str
+    recorded_at: datetime
 
 
 def email_message_id(notification_id: UUID) -> str:
@@ -102,6 +143,21 @@ def check_transition(current: str, new: str) -> None:
 def transition(n: Notification, new: Status, at: datetime, **changes: object) -> Notification:
     check_transition(n.status, new)
     return replace(n, status=new, updated_at=at, **changes)  # type: ignore[arg-type]
+
+
+def cancel_reason_code(cause: str) -> str:
+    """The reason code for a ConsentWithdrawn ``cause`` (withdrawal / cancellation)."""
+    return "consent-cancelled" if cause == "cancellation" else "consent-withdrawn"
+
+
+def withdrawal_cause_key(consent_id: UUID, case_id: UUID) -> str:
+    """The cause of the notices about one consent's withdrawal in one case (the dedupe key's first part).
+
+    A consent is withdrawn once and cannot be un-withdrawn, so every message about it (a redelivery,
+    a re-publish, a later makulering of the same consent) maps to the same key: a participant is told
+    once per (withdrawal, recipient, channel).
+    """
+    return str(uuid5(_NAMESPACE, f"consent-withdrawn|{consent_id}|{case_id}"))
 
 
 def backoff(attempt: int, *, base_seconds: float, max_seconds: float) -> timedelta:

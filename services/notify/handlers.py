@@ -1,17 +1,37 @@
-"""Notify use cases: turn a SendInvitation into notifications. No transport here."""
+"""Notify use cases: turn a SendInvitation, a DeadlineBreached or a ConsentWithdrawn into
+notifications (and cancellations). No transport here."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
+from uuid import UUID
 
-from services.notify.domain import ChannelKind, DedupeKey, Notification, Status
+from services.notify.domain import (
+    CANCEL_REASONS,
+    NOTICE_KINDS,
+    ChannelKind,
+    DedupeKey,
+    Notification,
+    Status,
+    Withdrawal,
+    cancel_reason_code,
+    withdrawal_cause_key,
+)
 from services.notify.ics import CalendarParty, invitation_ics
 from services.notify.ports import NotificationRepository
-from services.notify.templates import Meeting, RenderedEmail, UnsafeText, render_invitation
+from services.notify.templates import (
+    Meeting,
+    RenderedEmail,
+    UnsafeText,
+    deadline_of,
+    render_consent_withdrawn,
+    render_deadline_escalation,
+    render_invitation,
+)
 from shared.clock import Clock
-from shared.contracts import SendInvitation
+from shared.contracts import ConsentWithdrawn, DeadlineBreached, SendInvitation
 from shared.directory import (
     Directory,
     EmailChannel,
@@ -23,10 +43,44 @@ from shared.directory import (
 from shared.errors import PermanentError
 
 NO_CHANNEL = "organisation has no contact channel in the directory"
+NOTICE_UNSAFE = "withdrawal notice not rendered: {}"
 
 
 class InvitationRefused(PermanentError):
     """The invitation cannot be sent as it stands (the reason goes to the DLQ)."""
+
+
+class EscalationRefused(PermanentError):
+    """The escalation cannot be sent as it stands (the reason goes to the DLQ)."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """One way to reach an organisation: a channel kind and its address (or why there is none)."""
+
+    channel: ChannelKind
+    address: str | None
+    short_text: bool = False  # SMS: the short text
+    status: Status = "pending"
+    last_error: str | None = None
+
+
+def routes(org: Organisation) -> list[Route]:
+    """Every channel kind of an organisation, once: all its e-mail addresses in one mail, its first
+    webhook, all its SMS numbers; none at all → one ``failed`` e-mail so nothing is dropped silently."""
+    out: list[Route] = []
+    emails = _emails(org)
+    if emails:
+        out.append(Route("email", ", ".join(emails)))
+    hooks = [c.url for c in org.channels if isinstance(c, WebhookChannel)]
+    if hooks:
+        out.append(Route("webhook", hooks[0]))
+    numbers = [c.number for c in org.channels if isinstance(c, SmsChannel)]
+    if numbers:
+        out.append(Route("sms", ", ".join(numbers), short_text=True))
+    if not org.channels:
+        out.append(Route("email", None, status="failed", last_error=NO_CHANNEL))
+    return out
 
 
 @dataclass(frozen=True)
@@ -35,12 +89,21 @@ class InvitationOptions:
 
     mail_from: str = "sip-suite@localhost"
     meeting_default_minutes: int = 60
+    case_url_template: str = "http://127.0.0.1:8080/cases/{case_id}"
 
     @classmethod
     def of(cls, settings: Any | None) -> InvitationOptions:
         if settings is None:
             return cls()
-        return cls(mail_from=settings.mail_from, meeting_default_minutes=settings.meeting_default_minutes)
+        return cls(
+            mail_from=settings.mail_from,
+            meeting_default_minutes=settings.meeting_default_minutes,
+            case_url_template=settings.case_url_template,
+        )
+
+    def case_url(self, case_id: UUID) -> str:
+        """Where the owning unit reads the case (planning's case view; sign-in is planning's)."""
+        return self.case_url_template.replace("{case_id}", str(case_id))
 
 
 def _recipients(cmd: SendInvitation, directory: Directory) -> list[Organisation]:
@@ -91,6 +154,19 @@ def _notification(
         plan_url=cmd.plan_url,
         sender_hsa_id=sender_hsa_id,
         ics=ics,
+        consent_id=cmd.consent_id,
+    )
+
+
+def _stopped(n: Notification, withdrawn: Withdrawal) -> Notification:
+    """Stored from the start as cancelled: the consent it would be sent under no longer holds."""
+    if n.status != "pending":
+        return n
+    return replace(
+        n,
+        status="cancelled",
+        status_reason=CANCEL_REASONS[cancel_reason_code(withdrawn.cause)],
+        cancelled_at=n.created_at,
     )
 
 
@@ -185,26 +261,225 @@ async def accept_invitation(
     except UnsafeText as exc:
         raise InvitationRefused(str(exc)) from None
 
-    planned: list[Notification] = []
+    planned = [
+        _notification(
+            cmd, text, recipient=org.hsa_id, channel=r.channel, address=r.address, status=r.status,
+            last_error=r.last_error, clock=clock, sender_hsa_id=organizer.hsa_id,
+            body=text.sms if r.short_text else None,
+            ics=ics if r.channel == "email" and r.status == "pending" else None,
+        )
+        for org in orgs
+        for r in routes(org)
+    ]  # fmt: skip
+    # an invitation under a consent that no longer holds (it came after the withdrawal, e.g. from
+    # another queue) is recorded cancelled, never sent; its recipients are told like the others
+    await repo.serialize(cmd.consent_id, cmd.case_id)
+    withdrawn = await repo.withdrawal(cmd.consent_id)
+    if withdrawn is not None:
+        planned = [_stopped(n, withdrawn) for n in planned]
+    created = [n for n in planned if await repo.add(n)]
+    if withdrawn is not None:
+        await tell_participants(
+            cmd.case_id,
+            withdrawn,
+            directory=directory,
+            repo=repo,
+            clock=clock,
+            correlation_id=cmd.correlation_id,
+        )
+    return created
 
-    def plan(org: Organisation, channel: ChannelKind, address: str | None, **kw: Any) -> None:
+
+def _prior(found: list[Notification]) -> list[Notification]:
+    """The notifications that make an organisation a participant of the case (not the notices)."""
+    return [n for n in found if n.kind not in NOTICE_KINDS]
+
+
+# ---- deadline escalation (issue #6) -------------------------------------------------------------
+async def escalate_deadline(
+    ev: DeadlineBreached,
+    *,
+    directory: Directory,
+    repo: NotificationRepository,
+    clock: Clock,
+    options: InvitationOptions | None = None,
+) -> list[Notification]:
+    """Tell the owning unit that a deadline of its case passed: one notification per channel kind.
+
+    No personal data: the case reference, which deadline, when it was due and where to read the
+    case. The cause is the breach message (planning derives its id from the case, the kind and the
+    cycle), so a redelivered or re-published breach adds nothing. The text is Swedish unless the
+    owner was earlier written to in English for this case. An owner not in the directory refuses
+    the message (PermanentError → DLQ with the reason).
+    """
+    options = options or InvitationOptions()
+    org = directory.get(ev.owner_hsa_id)
+    if org is None:
+        raise UnknownRecipient(f"owner_hsa_id: {ev.owner_hsa_id} is not in the organisation directory")
+    await repo.serialize(ev.case_id)
+    prior = _prior(await repo.for_case(ev.case_id))
+    language = next((n.language for n in reversed(prior) if n.recipient_hsa_id == org.hsa_id), "sv")
+    url = options.case_url(ev.case_id)
+    try:
+        text = render_deadline_escalation(
+            case_reference=ev.case_reference,
+            deadline=deadline_of(ev.kind),
+            due_at=ev.due_at,
+            plan_url=url,
+            language=language,
+        )
+    except UnsafeText as exc:
+        raise EscalationRefused(str(exc)) from None
+    now = clock.now()
+    planned = []
+    for r in routes(org):
+        key = DedupeKey(str(ev.message_id), org.hsa_id, r.channel)
         planned.append(
-            _notification(
-                cmd, text, recipient=org.hsa_id, channel=channel, address=address,
-                clock=clock, sender_hsa_id=organizer.hsa_id, **kw,
+            Notification(
+                id=key.notification_id(), cause_message_id=key.cause_message_id, case_id=ev.case_id,
+                case_reference=ev.case_reference, correlation_id=ev.correlation_id,
+                recipient_hsa_id=org.hsa_id, channel=r.channel, address=r.address, language=language,
+                subject=text.subject, body=text.sms if r.short_text else text.body, status=r.status,
+                attempts=0, next_attempt_at=now, created_at=now, updated_at=now, last_error=r.last_error,
+                kind="deadline-escalation",
             )
         )  # fmt: skip
-
-    for org in orgs:
-        emails = _emails(org)
-        if emails:
-            plan(org, "email", ", ".join(emails), status="pending", last_error=None, ics=ics)
-        hooks = [c.url for c in org.channels if isinstance(c, WebhookChannel)]
-        if hooks:
-            plan(org, "webhook", hooks[0], status="pending", last_error=None)
-        numbers = [c.number for c in org.channels if isinstance(c, SmsChannel)]
-        if numbers:
-            plan(org, "sms", ", ".join(numbers), status="pending", last_error=None, body=text.sms)
-        if not org.channels:
-            plan(org, "email", None, status="failed", last_error=NO_CHANNEL)
     return [n for n in planned if await repo.add(n)]
+
+
+# ---- consent withdrawn (issue #4) ---------------------------------------------------------------
+class MoreCases(Exception):
+    """More cases have notifications under the consent than the caller gated: gate them, run again."""
+
+    def __init__(self, cases: list[UUID]) -> None:
+        super().__init__("more cases under the consent than gated")
+        self.cases = cases
+
+
+@dataclass(frozen=True)
+class WithdrawalOutcome:
+    cases: list[UUID]
+    cancelled: list[UUID]
+    notices: list[Notification]
+
+
+async def cases_of_withdrawal(ev: ConsentWithdrawn, repo: NotificationRepository) -> list[UUID]:
+    """The cases a withdrawal touches: the one it names and any with notifications under the consent."""
+    found = set(await repo.cases_of_consent(ev.consent_id))
+    if ev.case_id is not None:
+        found.add(ev.case_id)
+    return sorted(found, key=str)
+
+
+async def stop_for_withdrawal(
+    ev: ConsentWithdrawn,
+    *,
+    cases: list[UUID],
+    directory: Directory,
+    repo: NotificationRepository,
+    clock: Clock,
+) -> WithdrawalOutcome:
+    """A consent no longer holds: stop what is unsent, tell the participants, remember the consent.
+
+    In one transaction (the caller holds the send gate of ``cases``, see :mod:`services.notify.gate`;
+    :class:`MoreCases` when the consent turns out to cover a case it does not hold):
+
+    1. the withdrawal is recorded (by consent id), so an invitation under that consent that arrives
+       later is recorded cancelled and never sent;
+    2. every notification of the cases (and under the consent) that is not sent yet — ``pending``,
+       waiting for a retry, or claimed (``sending``) — becomes ``cancelled`` with the reason
+       ("consent withdrawn" / "consent cancelled as wrongly registered"); what was sent stays sent,
+       what failed stays failed;
+    3. every participant organisation — each recipient of a notification of the case — gets one
+       notice per channel kind that the SIP is paused (template ``consent-withdrawn``): the case
+       reference and the time only, no health data, no personnummer, no link. The dedupe key's
+       cause is derived from (consent, case), so it is once per (withdrawal, recipient, channel)
+       however often the withdrawal is delivered.
+
+    The person's identifier in the message is neither stored nor logged.
+    """
+    await repo.serialize(ev.consent_id, *cases)
+    found = await cases_of_withdrawal(ev, repo)
+    if set(found) - set(cases):
+        raise MoreCases(sorted({*cases, *found}, key=str))
+    now = clock.now()
+    # recorded before (the same consent, another message about it): the first record stands
+    await repo.record_withdrawal(
+        Withdrawal(
+            consent_id=ev.consent_id, case_id=ev.case_id, cause=ev.cause, effective_at=ev.effective_at,
+            message_id=str(ev.message_id), recorded_at=now,
+        )
+    )  # fmt: skip
+    withdrawn = await repo.withdrawal(ev.consent_id)
+    assert withdrawn is not None
+    reason = cancel_reason_code(ev.cause)
+    cancelled: list[UUID] = []
+    for case_id in cases or [None]:
+        cancelled += await repo.cancel_unsent(
+            case_id=case_id, consent_id=ev.consent_id, reason_code=reason, at=now,
+            cause_message_id=str(ev.message_id),
+        )  # fmt: skip
+    notices: list[Notification] = []
+    for case_id in cases:
+        notices += await tell_participants(
+            case_id, withdrawn, directory=directory, repo=repo, clock=clock, correlation_id=ev.correlation_id
+        )
+    return WithdrawalOutcome(cases=cases, cancelled=cancelled, notices=notices)
+
+
+def _previous_routes(ns: list[Notification]) -> list[Route]:
+    """An organisation no longer in the directory is told where it was reached before."""
+    seen: dict[str, Route] = {}
+    for n in reversed(ns):
+        if n.address and n.channel not in seen:
+            seen[n.channel] = Route(n.channel, n.address, short_text=n.channel == "sms")
+    return list(seen.values()) or [Route("email", None, status="failed", last_error=NO_CHANNEL)]
+
+
+async def tell_participants(
+    case_id: UUID,
+    withdrawn: Withdrawal,
+    *,
+    directory: Directory,
+    repo: NotificationRepository,
+    clock: Clock,
+    correlation_id: str | None = None,
+) -> list[Notification]:
+    """One ``consent-withdrawn`` notice per participant organisation of the case and channel kind
+    (only those not planned before); returns the new ones."""
+    prior = _prior(await repo.for_case(case_id))
+    if not prior:
+        return []
+    reference = prior[-1].case_reference
+    by_org: dict[str, list[Notification]] = {}
+    for n in prior:
+        by_org.setdefault(n.recipient_hsa_id, []).append(n)
+    cause = withdrawal_cause_key(withdrawn.consent_id, case_id)
+    now = clock.now()
+    created: list[Notification] = []
+    for hsa_id, ns in by_org.items():
+        language = ns[-1].language if ns[-1].language in ("sv", "en") else "sv"
+        org = directory.get(hsa_id)
+        error: str | None = None
+        try:
+            text = render_consent_withdrawn(
+                case_reference=reference,
+                withdrawn_at=withdrawn.effective_at,
+                language=language,
+                cause="cancellation" if withdrawn.cause == "cancellation" else "withdrawal",
+            )
+        except UnsafeText as exc:  # never keeps the cancellation from committing
+            text, error = RenderedEmail(subject=f"SIP {case_id}", body=""), NOTICE_UNSAFE.format(exc)
+        for r in routes(org) if org is not None else _previous_routes(ns):
+            key = DedupeKey(cause, hsa_id, r.channel)
+            n = Notification(
+                id=key.notification_id(), cause_message_id=cause, case_id=case_id, case_reference=reference,
+                correlation_id=correlation_id, recipient_hsa_id=hsa_id, channel=r.channel,
+                address=r.address, language=language, subject=text.subject,
+                body=text.sms if r.short_text else text.body,
+                status="failed" if error else r.status, attempts=0, next_attempt_at=now, created_at=now,
+                updated_at=now, last_error=error or r.last_error, kind="consent-withdrawn",
+            )  # fmt: skip
+            if await repo.add(n):
+                created.append(n)
+    return created

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID
 
-from services.notify.domain import Notification
+from services.notify.domain import Notification, Withdrawal
 
 
 class SendError(Exception):
@@ -91,3 +91,22 @@ class NotificationRepository(Protocol):
         ...
 
     async def next_due_at(self) -> datetime | None: ...
+
+    # ---- consent withdrawal (issue #4) ----
+    async def serialize(self, *keys: UUID) -> None:
+        """Serialise with other transactions about the same consent or case (see the adapter)."""
+        ...
+
+    async def status(self, notification_id: UUID) -> tuple[str, int] | None:
+        """(status, attempts): the dispatcher's check right before a send."""
+        ...
+
+    async def cancel_unsent(
+        self, *, case_id: UUID | None, consent_id: UUID, reason_code: str, at: datetime, cause_message_id: str
+    ) -> list[UUID]:
+        """pending/sending → cancelled for the case (or the consent), notices excepted; the ids."""
+        ...
+
+    async def record_withdrawal(self, w: Withdrawal) -> bool: ...
+    async def withdrawal(self, consent_id: UUID) -> Withdrawal | None: ...
+    async def cases_of_consent(self, consent_id: UUID) -> list[UUID]: ...

@@ -42,3 +42,10 @@ class NotifySettings(ServiceSettings):
     meeting_default_minutes: int = Field(
         default=60, ge=5, le=480, description="Length of a meeting sent without an end time (calendar)"
     )
+
+    # ---- deadline escalations (issue #6) ----
+    case_url_template: str = Field(
+        default="http://127.0.0.1:8080/cases/{case_id}",
+        pattern=r"^https?://\S+$",
+        description="Where the owning unit reads a case, in escalations ({case_id} is replaced)",
+    )

@@ -66,7 +66,8 @@ KINDS: tuple[Kind, ...] = (
     "consent-withdrawn",
     "case-closed",
 )
-Deadline = Literal["invitation", "meeting", "follow-up"]
+Deadline = Literal["admission-notice", "invitation", "meeting", "follow-up", "consent-expiry", "other"]
+WithdrawalCause = Literal["withdrawal", "cancellation"]
 ClosedReason = Literal["plan-completed", "person-ended", "consent-withdrawn", "other"]
 
 
@@ -519,15 +520,27 @@ def render_follow_up_due(
 
 
 _DEADLINE_SV = {
+    "admission-notice": "skicka inskrivningsmeddelandet",
     "invitation": "skicka kallelsen till SIP-planering",
     "meeting": "hålla SIP-mötet",
     "follow-up": "följa upp planen",
+    "consent-expiry": "förnya samtycket innan det upphör",
+    "other": "ta nästa steg",
 }
 _DEADLINE_EN = {
+    "admission-notice": "send the admission notice",
     "invitation": "send the invitation to SIP planning",
     "meeting": "hold the SIP meeting",
     "follow-up": "follow up the plan",
+    "consent-expiry": "renew the consent before it ends",
+    "other": "take the next step",
 }
+DEADLINES: tuple[str, ...] = tuple(_DEADLINE_SV)
+
+
+def deadline_of(kind: str) -> Deadline:
+    """A deadline kind as published by planning (an open set) → one the texts know (else ``other``)."""
+    return kind if kind in _DEADLINE_SV else "other"  # type: ignore[return-value]
 
 
 def render_deadline_escalation(
@@ -563,35 +576,57 @@ def render_deadline_escalation(
 
 
 def render_consent_withdrawn(
-    *, case_reference: str, withdrawn_at: datetime, language: str = "sv"
+    *,
+    case_reference: str,
+    withdrawn_at: datetime,
+    language: str = "sv",
+    cause: WithdrawalCause = "withdrawal",
 ) -> RenderedEmail:
-    """The person withdrew consent: sharing stops now. No link, no health data."""
+    """The person withdrew consent (or it was cancelled as wrongly registered, ``cause``): sharing
+    stops now. No link, no health data."""
     lang = _language(language)
     ref = _reference(case_reference)
+    if cause not in ("withdrawal", "cancellation"):
+        raise ValueError(f"unknown cause: {cause!r}")
     if lang == "sv":
-        subject = f"SIP pausad: samtycket är återkallat – {ref}"
+        if cause == "withdrawal":
+            subject = f"SIP pausad: samtycket är återkallat – {ref}"
+            what = f"Personen har återkallat sitt samtycke till SIP i ärende {ref}"
+        else:
+            subject = f"SIP pausad: samtycket gäller inte – {ref}"
+            what = (
+                f"Samtycket till SIP i ärende {ref} gäller inte: det var felaktigt registrerat "
+                "och har makulerats"
+            )
         body = (
             "Hej,\n\n"
-            f"Personen har återkallat sitt samtycke till SIP i ärende {ref} "
-            f"({_format(withdrawn_at, lang)}).\n\n"
+            f"{what} ({_format(withdrawn_at, lang)}).\n\n"
             "Det betyder från och med nu:\n"
             "- Dela inga uppgifter om personen med de andra deltagarna i ärendet.\n"
             "- Planerade SIP-möten hålls inte förrän det finns ett nytt samtycke.\n"
             "- Personens rätt till vård och stöd påverkas inte.\n\n" + _FOOTER[lang]
         )
-        sms = f"SIP {ref} är pausad: samtycket är återkallat. Dela inga uppgifter om personen."
+        state = "återkallat" if cause == "withdrawal" else "makulerat"
+        sms = f"SIP {ref} är pausad: samtycket är {state}. Dela inga uppgifter om personen."
     else:
-        subject = f"SIP paused: consent withdrawn – {ref}"
+        if cause == "withdrawal":
+            subject = f"SIP paused: consent withdrawn – {ref}"
+            what = f"The person has withdrawn their consent to the SIP in case {ref}"
+        else:
+            subject = f"SIP paused: consent not valid – {ref}"
+            what = (
+                f"The consent to the SIP in case {ref} is not valid: it was registered in error and cancelled"
+            )
         body = (
             "Hello,\n\n"
-            f"The person has withdrawn their consent to the SIP in case {ref} "
-            f"({_format(withdrawn_at, lang)}).\n\n"
+            f"{what} ({_format(withdrawn_at, lang)}).\n\n"
             "From now on:\n"
             "- Do not share anything about the person with the other participants in the case.\n"
             "- Planned SIP meetings are not held unless there is a new consent.\n"
             "- The person's right to care and support is not affected.\n\n" + _FOOTER[lang]
         )
-        sms = f"SIP {ref} is paused: consent withdrawn. Do not share anything about the person."
+        state = "withdrawn" if cause == "withdrawal" else "cancelled"
+        sms = f"SIP {ref} is paused: consent {state}. Do not share anything about the person."
     return _finish(subject, body, sms)
 
 

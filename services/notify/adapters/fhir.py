@@ -9,6 +9,9 @@ notification id. Two uses:
 - the **payload** the webhook channel posts to an organisation's endpoint (``status: completed``,
   ``sent`` = the attempt's time).
 
+A notification stopped by a consent withdrawal (status ``cancelled``) is ``not-done`` with
+``statusReason`` ``consent-withdrawn`` (or ``consent-cancelled``) and the reason as text.
+
 Neither carries personal data: no ``subject`` (patient), the text is the guarded notification text.
 """
 
@@ -19,7 +22,7 @@ from typing import Any
 
 from fhir.resources.R4B.communication import Communication
 
-from services.notify.domain import Notification
+from services.notify.domain import CANCEL_REASONS, Notification
 from shared.fhir import check_required_bindings
 from shared.identifiers import HSA_SYSTEM
 
@@ -27,6 +30,7 @@ NOTIFICATION_SYSTEM = "urn:sip-suite:notification"
 CASE_SYSTEM = "urn:sip-suite:sip-case"
 KIND_SYSTEM = "urn:sip-suite:codesystem:notification-kind"
 CHANNEL_SYSTEM = "urn:sip-suite:codesystem:notification-channel"
+STOPPED_SYSTEM = "urn:sip-suite:codesystem:notification-stopped"
 MEDIUM_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ParticipationMode"
 # how the message travels: v3 ParticipationMode where it has a code, our own channel code besides
 _MEDIUM = {
@@ -48,7 +52,7 @@ _KIND_DISPLAY = {
 def _status(n: Notification) -> str:
     if n.status == "sent":
         return "completed"
-    if n.status == "failed":
+    if n.status in ("failed", "cancelled"):
         return "not-done"
     if n.status == "sending" or n.attempts > 0:
         return "in-progress"
@@ -116,6 +120,13 @@ def communication_resource(
                 }
             ],
             "text": n.last_error or "delivery failed",
+        }
+    if not for_delivery and n.status == "cancelled":
+        reason = n.status_reason or CANCEL_REASONS["consent-withdrawn"]
+        code = next((c for c, text in CANCEL_REASONS.items() if text == reason), "consent-withdrawn")
+        data["statusReason"] = {
+            "coding": [{"system": STOPPED_SYSTEM, "code": code, "display": CANCEL_REASONS[code]}],
+            "text": reason,
         }
     if n.correlation_id:
         data["extension"].append(

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.notify.domain import Notification
+from services.notify.domain import CANCEL_REASONS, NOTICE_KINDS, UNSENT, Notification, Withdrawal
 from shared.persistence import UTCDateTime
 
 metadata = sa.MetaData()
@@ -54,10 +54,57 @@ notification_details = sa.Table(
     sa.Column("ics", sa.Text, comment="Calendar invitation (text/calendar) attached to the e-mail"),
 )
 
+# Added by issue #4, again as tables of their own (see above).
+notification_consents = sa.Table(
+    "notification_consents",
+    metadata,
+    sa.Column("id", sa.String(36), sa.ForeignKey("notifications.id"), primary_key=True),
+    sa.Column("consent_id", sa.String(36), nullable=False, comment="The consent an invitation is sent under"),
+    sa.Index("ix_notification_consents_consent", "consent_id"),
+)
+
+notification_cancellations = sa.Table(
+    "notification_cancellations",
+    metadata,
+    sa.Column("id", sa.String(36), sa.ForeignKey("notifications.id"), primary_key=True),
+    sa.Column("reason_code", sa.String(32), nullable=False, comment="consent-withdrawn | consent-cancelled"),
+    sa.Column("reason", sa.Text, nullable=False, comment="Why it was stopped, e.g. 'consent withdrawn'"),
+    sa.Column("cancelled_at", UTCDateTime, nullable=False),
+    sa.Column("from_status", sa.String(16), nullable=False, comment="pending or sending when stopped"),
+    sa.Column("consent_id", sa.String(36), comment="The consent that no longer holds"),
+    sa.Column("cause_message_id", sa.String(64), comment="The ConsentWithdrawn message that stopped it"),
+)
+
+consent_withdrawals = sa.Table(
+    "consent_withdrawals",
+    metadata,
+    sa.Column("consent_id", sa.String(36), primary_key=True),
+    sa.Column("case_id", sa.String(36), comment="The case named in the first message about it"),
+    sa.Column("cause", sa.String(16), nullable=False, comment="withdrawal | cancellation"),
+    sa.Column("effective_at", UTCDateTime, nullable=False),
+    sa.Column("message_id", sa.String(64), nullable=False),
+    sa.Column("recorded_at", UTCDateTime, nullable=False, comment="When notify stopped the sends"),
+    sa.Index("ix_consent_withdrawals_case", "case_id"),
+)
+
 _t = notifications
 _d = notification_details
-_joined = _t.outerjoin(_d, _d.c.id == _t.c.id)
-_columns = (*_t.c, _d.c.kind, _d.c.plan_url, _d.c.sender_hsa_id, _d.c.ics)
+_k = notification_consents
+_x = notification_cancellations
+_w = consent_withdrawals
+_joined = (
+    _t.outerjoin(_d, _d.c.id == _t.c.id).outerjoin(_k, _k.c.id == _t.c.id).outerjoin(_x, _x.c.id == _t.c.id)
+)
+_columns = (
+    *_t.c,
+    _d.c.kind,
+    _d.c.plan_url,
+    _d.c.sender_hsa_id,
+    _d.c.ics,
+    _k.c.consent_id,
+    _x.c.reason.label("status_reason"),
+    _x.c.cancelled_at,
+)
 
 
 def _row(n: Notification) -> dict[str, Any]:
@@ -117,7 +164,14 @@ def _from_row(r: Any) -> Notification:
         plan_url=r.plan_url,
         sender_hsa_id=r.sender_hsa_id,
         ics=r.ics,
+        consent_id=UUID(r.consent_id) if r.consent_id else None,
+        status_reason=r.status_reason,
+        cancelled_at=r.cancelled_at,
     )
+
+
+def _code_of(reason: str | None) -> str:
+    return next((code for code, text in CANCEL_REASONS.items() if text == reason), "consent-withdrawn")
 
 
 def _select() -> sa.Select[Any]:
@@ -133,6 +187,19 @@ class SqlNotificationRepository:
             async with self.conn.begin_nested():
                 await self.conn.execute(_t.insert().values(**_row(n)))
                 await self.conn.execute(_d.insert().values(**_details(n)))
+                if n.consent_id is not None:
+                    await self.conn.execute(_k.insert().values(id=str(n.id), consent_id=str(n.consent_id)))
+                if n.status == "cancelled":
+                    await self.conn.execute(
+                        _x.insert().values(
+                            id=str(n.id),
+                            reason_code=_code_of(n.status_reason),
+                            reason=n.status_reason or CANCEL_REASONS["consent-withdrawn"],
+                            cancelled_at=n.cancelled_at or n.created_at,
+                            from_status="pending",
+                            consent_id=str(n.consent_id) if n.consent_id else None,
+                        )
+                    )
         except IntegrityError:
             return False
         return True
@@ -203,3 +270,111 @@ class SqlNotificationRepository:
         return await self.conn.scalar(
             sa.select(sa.func.min(_t.c.next_attempt_at)).where(_t.c.status == "pending")
         )
+
+    # ---- consent withdrawal (issue #4) ----------------------------------------------------------
+    async def serialize(self, *keys: UUID) -> None:
+        """Serialise this transaction with the others about the same consent or case.
+
+        A withdrawal, an invitation under the consent and an escalation of the case must not
+        interleave (an invitation committed beside the withdrawal would escape its cancel).
+        PostgreSQL: transaction-scoped advisory locks, taken in a fixed order. SQLite: nothing to
+        do, every transaction already holds the one write lock from its start (BEGIN IMMEDIATE).
+        """
+        if self.conn.dialect.name != "postgresql":
+            return
+        for lock in sorted({int.from_bytes(k.bytes[:8], "big", signed=True) for k in keys}):
+            await self.conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock)))
+
+    async def cancel_unsent(
+        self,
+        *,
+        case_id: UUID | None,
+        consent_id: UUID,
+        reason_code: str,
+        at: datetime,
+        cause_message_id: str,
+    ) -> list[UUID]:
+        """``pending``/``sending`` → ``cancelled`` for every notification of the case (or sent under
+        the consent), except the withdrawal notices themselves; record why. Returns the ids."""
+        scope = _t.c.id.in_(sa.select(_k.c.id).where(_k.c.consent_id == str(consent_id)))
+        if case_id is not None:
+            scope = sa.or_(_t.c.case_id == str(case_id), scope)
+        notices = sa.select(_d.c.id).where(_d.c.kind.in_(NOTICE_KINDS))
+        pick = sa.select(_t.c.id, _t.c.status).where(scope, _t.c.status.in_(UNSENT), _t.c.id.not_in(notices))
+        if self.conn.dialect.name == "postgresql":
+            pick = pick.with_for_update()
+        rows = (await self.conn.execute(pick)).all()
+        if not rows:
+            return []
+        ids = [r.id for r in rows]
+        await self.conn.execute(
+            _t.update()
+            .where(_t.c.id.in_(ids), _t.c.status.in_(UNSENT))
+            .values(status="cancelled", updated_at=at)
+        )
+        await self.conn.execute(
+            _x.insert(),
+            [
+                {
+                    "id": r.id,
+                    "reason_code": reason_code,
+                    "reason": CANCEL_REASONS[reason_code],
+                    "cancelled_at": at,
+                    "from_status": r.status,
+                    "consent_id": str(consent_id),
+                    "cause_message_id": cause_message_id,
+                }
+                for r in rows
+            ],
+        )
+        return [UUID(i) for i in ids]
+
+    async def record_withdrawal(self, w: Withdrawal) -> bool:
+        """Remember that a consent no longer holds; False if it was already recorded (kept as is)."""
+        try:
+            async with self.conn.begin_nested():
+                await self.conn.execute(
+                    _w.insert().values(
+                        consent_id=str(w.consent_id),
+                        case_id=str(w.case_id) if w.case_id else None,
+                        cause=w.cause,
+                        effective_at=w.effective_at,
+                        message_id=w.message_id,
+                        recorded_at=w.recorded_at,
+                    )
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    async def withdrawal(self, consent_id: UUID) -> Withdrawal | None:
+        r = (await self.conn.execute(sa.select(_w).where(_w.c.consent_id == str(consent_id)))).first()
+        if r is None:
+            return None
+        return Withdrawal(
+            consent_id=UUID(r.consent_id),
+            case_id=UUID(r.case_id) if r.case_id else None,
+            cause=r.cause,
+            effective_at=r.effective_at,
+            message_id=r.message_id,
+            recorded_at=r.recorded_at,
+        )
+
+    async def cases_of_consent(self, consent_id: UUID) -> list[UUID]:
+        """The cases with notifications sent (or to be sent) under the consent."""
+        rows = await self.conn.execute(
+            sa.select(_t.c.case_id)
+            .distinct()
+            .select_from(_t.join(_k, _k.c.id == _t.c.id))
+            .where(_k.c.consent_id == str(consent_id))
+        )
+        return sorted(UUID(r.case_id) for r in rows)
+
+    async def status(self, notification_id: UUID) -> tuple[str, int] | None:
+        """(status, attempts) of one notification: the dispatcher's check right before a send."""
+        r = (
+            await self.conn.execute(
+                sa.select(_t.c.status, _t.c.attempts).where(_t.c.id == str(notification_id))
+            )
+        ).first()
+        return (r.status, r.attempts) if r else None
