@@ -9,12 +9,13 @@ from fastapi import FastAPI
 from services.notify import api, subscribers
 from services.notify.adapters.http_channels import SmsGatewaySender, WebhookChannelSender, WebhookSecrets
 from services.notify.adapters.smtp import EmailChannelSender, SmtpEmailSender
-from services.notify.adapters.store import metadata
+from services.notify.adapters.store import metadata, notifications
 from services.notify.dispatcher import Dispatcher
 from services.notify.ports import ChannelSender, EmailSender
 from services.notify.settings import NotifySettings
 from shared.clock import Clock, SystemClock
 from shared.directory import load_directory
+from shared.metrics import status_gauge
 from shared.runtime import ServiceRuntime, serve
 
 SERVICE = "notify"
@@ -41,6 +42,10 @@ def create_app(
         **(channels or {}),
     }
     runtime = ServiceRuntime(SERVICE, settings, metadata)
+    runtime.metrics.add_db_collector(
+        status_gauge("sip_notify_notifications", "Notifications by status and channel", notifications,
+                     "status", "channel")
+    )  # fmt: skip
     directory = load_directory(settings.directory_path)
     dispatcher = Dispatcher(runtime, all_channels, clock, settings)
     subscribers.register(runtime, directory, dispatcher, clock, settings)

@@ -136,6 +136,11 @@ async def handle_stay_event(
         )
     stay, effect = stays.apply(stay, ev)
     case: SipCase | None = None
+    if ev.kind == "admitted" and effect == "none" and stay.case_id is None and stay.swedish:
+        stay, case = await _suspend_on_readmission(stay, repo=repo, now=now, deadlines=deadlines)
+    if stay.case_opened_by == READMISSION and ev.kind in ("ready-for-discharge", "discharged"):
+        if effect not in ("ignored", "none") or ev.kind == "discharged":
+            effect = "resume"  # out of hospital again: the SIP goes on where it was
     if effect == "open-case":
         stay, case = await _open_case(
             stay, ev, repo=repo, outbox=outbox, directory=directory, now=now, policy=policy,
@@ -161,6 +166,33 @@ async def handle_stay_event(
         extra={"kind": ev.kind, "source": ev.source, "effect": effect, "case_id": stay.case_id},
     )
     return case
+
+
+READMISSION = "readmission"
+#: a SIP under way when the person is admitted again is suspended until they are ready to leave
+SUSPEND_ON_READMISSION = frozenset(
+    {"consent_pending", "preparing", "invitation_requested", "invited", "meeting_scheduled", "plan_drafted",
+     "established", "follow_up_due"}
+)  # fmt: skip
+
+
+async def _suspend_on_readmission(
+    stay: Stay, *, repo: CaseRepository, now: datetime, deadlines: Deadlines | None
+) -> tuple[Stay, SipCase | None]:
+    """The person is admitted again while their SIP is under way: the SIP is suspended (its clocks
+    stand still) and this stay carries it, so the discharge from this stay resumes it."""
+    if stay.patient_kind == "other":
+        return stay, None
+    found = await repo.find_cases(patient=stay.patient_value, states=set(SUSPEND_ON_READMISSION), limit=1)
+    if not found:
+        return stay, None
+    case = found[0].suspend()
+    await repo.update_case(case)
+    if deadlines is not None:
+        await deadlines.case_suspended(case.id, at=now)
+    await _new_plan_version(repo, case, now, reason="hospital: re-admitted")
+    log.info("SIP case suspended: the person was admitted again", extra={"case_id": str(case.id)})
+    return dataclasses.replace(stay, case_id=str(case.id), case_opened_by=READMISSION), case
 
 
 async def _open_case(
@@ -230,8 +262,9 @@ async def _change_case(
     changed: SipCase | None = None
     if effect == "suspend" and case.state != "suspended":
         changed = case.suspend()
-    elif effect == "resume" and case.state == "suspended" and stay.ready_at is not None:
-        changed = case.resume(stay.ready_at, due_at("invitation", stay.ready_at, policy))
+    elif effect == "resume" and case.state == "suspended":
+        ready = stay.ready_at or ev.occurred_at
+        changed = case.resume(ready, due_at("invitation", ready, policy))
     elif effect == "earlier-ready" and case.state in INVITATION_CLOCK_STATES and stay.ready_at is not None:
         if stay.ready_at < case.ready_for_discharge_at:
             changed = dataclasses.replace(

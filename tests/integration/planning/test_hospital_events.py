@@ -170,3 +170,17 @@ async def test_medcom_discharge_with_a_danish_cpr_is_recorded_without_a_case(db)
         [stay] = await SqlCaseRepository(conn).list_stays()
     assert stay.patient_kind == "other"
     assert stay.case_id is None
+
+
+async def test_readmission_suspends_the_sip_and_the_next_discharge_resumes_it(db):
+    out = Outbox()
+    opened = await feed(db, hl7("A16", "R1", evn_occurred="20240301090000+0100"), out)
+    # the person is admitted again (another stay) while the SIP is under way: it is suspended
+    suspended = await feed(db, hl7("A01", "R2", visit="V-2", evn_occurred="20240302100000+0100"), out)
+    assert suspended.id == opened.id and suspended.state == "suspended"
+    assert suspended.suspended_from == "consent_pending"
+    # ready to leave again: the same SIP goes on, its clock counted from the new readiness
+    resumed = await feed(db, hl7("A16", "R3", visit="V-2", evn_occurred="20240305090000+0100"), out)
+    assert resumed.id == opened.id and resumed.state == "consent_pending"
+    assert resumed.invitation_due_at == datetime(2024, 3, 8, 8, 0, tzinfo=UTC)
+    assert len(out.sent) == 1 and len(await cases(db)) == 1  # one person, one SIP
