@@ -12,7 +12,7 @@ Personal data travels only where the receiver needs it: the patient identifier g
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, ClassVar, Literal
 from uuid import UUID, uuid4
 
@@ -320,3 +320,33 @@ class ConsentDecisionReply(BaseModel):
 
 # the consent contracts above are declared after the first list; every contract is in ALL_CONTRACTS
 ALL_CONTRACTS = (*ALL_CONTRACTS, ConsentWithdrawn, ConsentDecisionRequested)
+
+
+class CaseNotice(Contract):
+    """Planning tells a SIP's participants that something happened to it. No personal data: what
+    happened, the case reference and where an authorised reader finds the plan.
+
+    Kinds: ``plan-established`` (the person approved a plan version: a copy is readable at
+    ``plan_url`` by the organisations the consent covers — notify asks the consent gate per recipient),
+    ``follow-up-due``, ``case-closed`` (with ``reason_code``). Readers tolerate new kinds.
+    """
+
+    exchange: ClassVar[str] = PLANNING_EVENTS
+    routing_key: ClassVar[str] = "planning.case-notice.v1"
+
+    case_id: UUID
+    case_reference: str
+    kind: str = Field(pattern=r"^[a-z][a-z\-]{1,39}$")
+    recipients: tuple[HsaId, ...]
+    owner_hsa_id: HsaId
+    consent_id: UUID | None = None
+    plan_url: str | None = None
+    plan_version: int | None = None
+    follow_up_date: date | None = None
+    reason_code: (
+        Literal["followed-up", "deceased", "consent-withdrawn", "cancelled", "refused", "other"] | None
+    ) = None
+    interpreter_language: str | None = Field(default=None, pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
+
+
+ALL_CONTRACTS = (*ALL_CONTRACTS, CaseNotice)

@@ -18,6 +18,7 @@ from faststream.rabbit import ExchangeType, QueueType, RabbitExchange, RabbitQue
 
 from shared.contracts import (
     EVENT_EXCHANGES,
+    CaseNotice,
     ConsentDeclined,
     ConsentGranted,
     ConsentRequested,
@@ -70,11 +71,12 @@ SUBSCRIPTIONS: tuple[Subscription, ...] = (
     Subscription("notify", SendInvitation),
     Subscription("notify", DeadlineBreached),
     Subscription("notify", ConsentWithdrawn),
+    Subscription("notify", CaseNotice),
 )
 
 
 PUBLICATIONS: dict[str, tuple[type[Contract], ...]] = {
-    "planning": (HospitalStayEvent, ConsentRequested, SendInvitation, DeadlineBreached),
+    "planning": (HospitalStayEvent, ConsentRequested, SendInvitation, DeadlineBreached, CaseNotice),
     "consent": (ConsentGranted, ConsentDeclined, ConsentWithdrawn),
     "notify": (InvitationSent,),
 }

@@ -390,8 +390,9 @@ async def handle_consent_withdrawn(
 
 
 async def handle_deadline_breached(
-    ev: DeadlineBreached, *, repo: CaseRepository, clock: Clock
-) -> SipCase | None:
+    ev: DeadlineBreached, *, repo: CaseRepository, clock: Clock, outbox: Outbox | None = None,
+    public_base_url: str = "",
+) -> SipCase | None:  # fmt: skip
     """Planning's own reaction to a breach: the follow-up date has come — the case is due for follow-up.
     (Escalating to the owning unit is notify's.)"""
     if ev.kind != "follow-up":
@@ -402,6 +403,10 @@ async def handle_deadline_breached(
     case = case.follow_up_is_due()
     await repo.update_case(case)
     await _new_plan_version(repo, case, clock.now(), reason="follow-up due")
+    if outbox is not None:
+        from services.planning.lifecycle import notice
+
+        await outbox.send(notice(case, "follow-up-due", public_base_url, follow_up_date=case.follow_up_date))
     return case
 
 

@@ -24,7 +24,7 @@ from services.planning.domain import (
 from services.planning.handlers import _new_plan_version, invitation, resolve_participants
 from services.planning.plan import Approval, FollowUp, Meeting, MeetingPreferences, PlanContent
 from services.planning.ports import CaseRepository, Deadlines, Outbox
-from shared.contracts import ConsentRequested, PersonId
+from shared.contracts import CaseNotice, ConsentRequested, PersonId
 from shared.directory import Directory
 from shared.errors import PermanentError
 from shared.identifiers import parse_person_identifier
@@ -196,9 +196,21 @@ def follow_up_start(day: date) -> datetime:
     return datetime.combine(day, time.min, tzinfo=STOCKHOLM)
 
 
+def notice(case: SipCase, kind: str, public_base_url: str, **extra: object) -> CaseNotice:
+    """What the participants are told (no personal data); notify asks the consent gate per recipient."""
+    return CaseNotice(
+        case_id=case.id, case_reference=case.reference, kind=kind, recipients=case.participant_ids,
+        owner_hsa_id=case.owner_hsa_id, consent_id=case.consent_id,
+        plan_url=f"{public_base_url.rstrip('/')}/fhir/CarePlan/{case.id}",
+        interpreter_language=case.preferences.interpreter_language if case.preferences else None,
+        correlation_id=case.correlation_id, **extra,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
 async def approve(
     case_id: UUID, *, version: int, approved_by: str, method: str, repo: CaseRepository, now: datetime,
     agent_hsa_id: str, deadlines: Deadlines | None = None, policy: DeadlinePolicy | None = None,
+    outbox: Outbox | None = None, public_base_url: str = "",
 ) -> SipCase:  # fmt: skip
     """The person's recorded approval of the drafted version: only then does it take effect."""
     case = await _load(repo, case_id)
@@ -215,6 +227,9 @@ async def approve(
         approved_at=now,
     )  # type: ignore[arg-type]
     case = case.approve(approval)
+    if outbox is not None:
+        await outbox.send(notice(case, "plan-established", public_base_url, plan_version=version,
+                                 follow_up_date=case.follow_up_date))  # fmt: skip
     if deadlines is not None and case.follow_up_date is not None:
         start = follow_up_start(case.follow_up_date)
         await deadlines.start(case, "follow-up", start, policy or DeadlinePolicy(), at=now)
@@ -229,8 +244,11 @@ async def follow_up_due(case_id: UUID, *, repo: CaseRepository, now: datetime) -
 async def follow_up(
     case_id: UUID, outcome: FollowUp, *, repo: CaseRepository, now: datetime, agent_hsa_id: str,
     deadlines: Deadlines | None = None, policy: DeadlinePolicy | None = None,
+    outbox: Outbox | None = None, public_base_url: str = "",
 ) -> SipCase:  # fmt: skip
     case = (await _load(repo, case_id)).followed_up(outcome, now)
+    if outbox is not None and case.state == "closed":
+        await outbox.send(notice(case, "case-closed", public_base_url, reason_code="followed-up"))
     if deadlines is not None:
         await deadlines.met(case.id, "follow-up", at=now)
         if case.state == "closed":
@@ -243,9 +261,12 @@ async def follow_up(
 
 async def close(
     case_id: UUID, reason: str, *, repo: CaseRepository, now: datetime, agent_hsa_id: str,
-    deadlines: Deadlines | None = None,
+    deadlines: Deadlines | None = None, outbox: Outbox | None = None, public_base_url: str = "",
 ) -> SipCase:  # fmt: skip
     case = (await _load(repo, case_id)).close(reason)
+    if outbox is not None:
+        # the free-text reason stays in the case; participants only hear that it closed
+        await outbox.send(notice(case, "case-closed", public_base_url, reason_code="other"))
     if deadlines is not None:
         await deadlines.case_ended(case.id, at=now, reason="closed")
     return await _save(repo, case, now, agent_hsa_id, f"closed: {reason}")

@@ -97,4 +97,7 @@ def register(runtime: ServiceRuntime, settings: PlanningSettings, directory: Dir
     async def on_deadline_breached(msg: DeadlineBreached) -> None:
         async with runtime.unit_of_work() as uow:
             if await uow.first_time(breached.queue_name, str(msg.message_id)):
-                await handlers.handle_deadline_breached(msg, repo=SqlCaseRepository(uow.conn), clock=clock)
+                await handlers.handle_deadline_breached(
+                    msg, repo=SqlCaseRepository(uow.conn), clock=clock, outbox=uow,
+                    public_base_url=settings.public_base_url,
+                )  # fmt: skip

@@ -173,6 +173,9 @@ async def test_a_proposed_sip_from_need_to_closing(api, amqp_url):
     r = await api.post(f"/cases/{cid}/plan/approve", json={"version": draft_version, "approved_by": "person",
                                                             "method": "oral"}, headers=ACTOR)  # fmt: skip
     assert r.json()["state"] == "established" and r.json()["approval"]["version"] == draft_version
+    established = await take(amqp_url, "notify.planning.case-notice.v1")
+    assert established["kind"] == "plan-established" and established["plan_version"] == draft_version
+    assert set(established["recipients"]) == {SOC, VC} and pnr not in json.dumps(established)
     fhir = (await api.get(f"/fhir/CarePlan/{cid}")).json()
     assert fhir["status"] == "active" and fhir["author"]["identifier"]["value"] == VC
 
@@ -196,6 +199,9 @@ async def test_a_proposed_sip_from_need_to_closing(api, amqp_url):
         f"/cases/{cid}/follow-up", json={"outcome": "close", "reason": "målen nådda"}, headers=ACTOR
     )
     assert r.json()["state"] == "closed"
+    await take(amqp_url, "notify.planning.case-notice.v1")  # the second approval's plan-established
+    closed = await take(amqp_url, "notify.planning.case-notice.v1")
+    assert closed["kind"] == "case-closed" and closed["reason_code"] == "followed-up"
     final = (await api.get(f"/fhir/CarePlan/{cid}")).json()
     assert final["status"] == "completed"
     deadlines = {(d["kind"], d["status"]) for d in (await api.get(f"/cases/{cid}/deadlines")).json()}
