@@ -42,6 +42,7 @@ from shared.messaging import (
     total_attempts,
 )
 from shared.metrics import CONTENT_TYPE, ServiceMetrics
+from shared.migrations import has_migrations, upgrade_to_head
 from shared.persistence import (
     OutboxRelay,
     claim_inbox,
@@ -128,10 +129,18 @@ class ServiceRuntime:
             self.relay.wake()
 
     # ---- lifecycle ----------------------------------------------------------------------------
-    async def start(self, *, consume: bool = True) -> None:
+    async def prepare_database(self) -> None:
+        """PostgreSQL: upgrade to the newest migration (``migrations/<service>``, under an advisory lock).
+        SQLite (the embedded default): create what is missing from the models."""
         async with self.engine.begin() as conn:
-            await conn.run_sync(self.metadata.create_all)
-            await conn.run_sync(upgrade_outbox, self.outbox)
+            if conn.dialect.name == "postgresql" and has_migrations(self.service):
+                await conn.run_sync(upgrade_to_head, self.service)
+            else:
+                await conn.run_sync(self.metadata.create_all)
+                await conn.run_sync(upgrade_outbox, self.outbox)
+
+    async def start(self, *, consume: bool = True) -> None:
+        await self.prepare_database()
         await self.broker.connect()
         await declare_topology(self.broker, self.settings.retry_delay_seconds)
         if consume:

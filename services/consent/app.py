@@ -50,7 +50,11 @@ def create_app(settings: ConsentSettings | None = None, *, clock: Clock | None =
 
 
 async def prepare_database(runtime: ServiceRuntime) -> None:
-    """Bring a database created before the current schema up to date (additive), then create the rest."""
+    """SQLite: bring a database created before the current schema up to date (additive). PostgreSQL is
+    migrated by the runtime (``migrations/consent``)."""
+    if runtime.engine.dialect.name == "postgresql":
+        await runtime.prepare_database()
+        return
     async with runtime.engine.begin() as conn:
         await conn.run_sync(upgrade_schema)
         await conn.run_sync(metadata.create_all)
