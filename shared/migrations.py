@@ -1,6 +1,7 @@
 """Schema migrations (Alembic) for PostgreSQL; SQLite, the embedded default, is created from the models.
 
-Each service owns its database and its migration history: ``migrations/<service>/versions``. On
+Each service owns its database and its migration history: ``services/<service>/migrations/versions``
+(inside the package, so the installed image carries it). On
 PostgreSQL a service upgrades its database to the newest revision when it starts, under an advisory
 lock so replicas starting together take turns. Operators can run the same by hand:
 
@@ -23,19 +24,25 @@ from alembic import command
 from alembic.config import Config
 
 REPO = Path(__file__).resolve().parents[1]
-MIGRATIONS = REPO / "migrations"
 SERVICES = ("planning", "consent", "notify")
 
 
+def migrations_dir(service: str) -> Path:
+    import importlib
+
+    package = importlib.import_module(f"services.{service}")
+    return Path(package.__file__).resolve().parent / "migrations"  # type: ignore[arg-type]
+
+
 def has_migrations(service: str) -> bool:
-    return any((MIGRATIONS / service / "versions").glob("*.py"))
+    return any((migrations_dir(service) / "versions").glob("*.py"))
 
 
 def alembic_config(service: str, url: str | None = None) -> Config:
     cfg = Config()
     cfg.set_main_option("path_separator", "os")
-    cfg.set_main_option("script_location", str(MIGRATIONS / service))
-    cfg.set_main_option("version_locations", str(MIGRATIONS / service / "versions"))
+    cfg.set_main_option("script_location", str(migrations_dir(service)))
+    cfg.set_main_option("version_locations", str(migrations_dir(service) / "versions"))
     cfg.attributes["service"] = service
     if url:
         cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))

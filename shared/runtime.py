@@ -130,7 +130,7 @@ class ServiceRuntime:
 
     # ---- lifecycle ----------------------------------------------------------------------------
     async def prepare_database(self) -> None:
-        """PostgreSQL: upgrade to the newest migration (``migrations/<service>``, under an advisory lock).
+        """PostgreSQL: upgrade to the newest migration (``services/<service>/migrations``, advisory lock).
         SQLite (the embedded default): create what is missing from the models."""
         async with self.engine.begin() as conn:
             if conn.dialect.name == "postgresql" and has_migrations(self.service):

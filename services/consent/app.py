@@ -51,7 +51,7 @@ def create_app(settings: ConsentSettings | None = None, *, clock: Clock | None =
 
 async def prepare_database(runtime: ServiceRuntime) -> None:
     """SQLite: bring a database created before the current schema up to date (additive). PostgreSQL is
-    migrated by the runtime (``migrations/consent``)."""
+    migrated by the runtime (``services/consent/migrations``)."""
     if runtime.engine.dialect.name == "postgresql":
         await runtime.prepare_database()
         return
