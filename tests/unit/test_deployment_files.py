@@ -1,16 +1,29 @@
 """No container engine runs here, so the compose file, Dockerfile and env example are checked as data."""
 
+import asyncio
+import base64
+import hashlib
+import importlib.util
+import json
+import os
 import re
+import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from services.consent.settings import ConsentSettings
+from services.consent.subscribers import decision_queue
 from services.notify.settings import NotifySettings
 from services.planning.settings import PlanningSettings
+from shared.contracts import ConsentDecisionRequested
+from shared.messaging import declare_topology
+from shared.topology import DEFAULT_RETRY_DELAY_SECONDS, PUBLICATIONS, SUBSCRIPTIONS, subscriptions_of
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = {"planning": 8080, "consent": 8081, "notify": 8082}
+RABBIT = REPO / "deploy" / "rabbitmq"
 
 
 def compose() -> dict:
@@ -46,7 +59,9 @@ def test_compose_holds_no_secrets():
             if any(w in key for w in ("PASS", "USER", "SECRET", "TOKEN")):
                 assert str(value).startswith("${"), (name, key)
             for user, pw in re.findall(r"://([^:/@]+):([^@/]+)@", str(value)):
-                assert user.startswith("${") and pw.startswith("${"), (name, key)
+                # a service's broker user is its own name (public, from deploy/rabbitmq/definitions.json)
+                assert user.startswith("${") or (key == "SIP_AMQP_URL" and user == name), (name, key)
+                assert pw.startswith("${"), (name, key)
     assert "guest" not in text
 
 
@@ -75,3 +90,193 @@ def test_env_example_lists_every_setting():
             assert f"SIP_{field.upper()}" in keys or f"{prefix}_{field.upper()}" in keys, (prefix, field)
     for required in ("RABBITMQ_USER", "RABBITMQ_PASSWORD", "POSTGRES_USER", "POSTGRES_PASSWORD"):
         assert required in keys
+    for service in SERVICES:
+        assert re.search(rf"^RABBITMQ_{service.upper()}_PASSWORD=CHANGE_ME$", text, re.M)
+
+
+# ---- RabbitMQ: deploy/rabbitmq -------------------------------------------------------------------
+
+
+def definitions() -> dict:
+    return json.loads((RABBIT / "definitions.json").read_text())
+
+
+def generator():
+    spec = importlib.util.spec_from_file_location("generate_definitions", RABBIT / "generate_definitions.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compose_rabbitmq_loads_the_definitions_and_each_service_has_its_own_user():
+    c = compose()["services"]
+    rabbit = c["rabbitmq"]
+    assert rabbit["entrypoint"] == ["sh", "/etc/sip-rabbitmq/entrypoint.sh"]
+    assert rabbit["command"] == ["docker-entrypoint.sh", "rabbitmq-server"]  # the image's own, after ours
+    assert "./deploy/rabbitmq:/etc/sip-rabbitmq:ro" in rabbit["volumes"]
+    assert "./deploy/rabbitmq/rabbitmq.conf:/etc/rabbitmq/conf.d/20-sip.conf:ro" in rabbit["volumes"]
+    assert not any(k.startswith("RABBITMQ_DEFAULT_") for k in rabbit["environment"])  # no default user
+    conf = (RABBIT / "rabbitmq.conf").read_text()
+    [loaded] = re.findall(r"^load_definitions\s*=\s*(\S+)$", conf, re.M)
+    entrypoint = (RABBIT / "entrypoint.sh").read_text()
+    assert f"OUT=${{SIP_DEFINITIONS_OUT:-{loaded}}}" in entrypoint  # what the entrypoint renders
+    retry_ttls = {
+        q["arguments"]["x-message-ttl"] for q in definitions()["queues"] if q["name"].endswith(".retry")
+    }
+    for name in SERVICES:
+        env = c[name]["environment"]
+        var = f"RABBITMQ_{name.upper()}_PASSWORD"
+        assert env["SIP_AMQP_URL"] == f"amqp://{name}:${{{var}}}@rabbitmq:5672/sip"
+        assert rabbit["environment"][var] == f"${{{var}:?set {var} in .env}}"
+        # the services redeclare the retry queues: their TTL must be the definitions' one
+        assert retry_ttls == {int(float(env["SIP_RETRY_DELAY_SECONDS"]) * 1000)}
+
+
+def test_definitions_are_generated_from_the_topology_and_hold_no_password():
+    text = (RABBIT / "definitions.json").read_text()
+    assert text == generator().render(), "regenerate: python deploy/rabbitmq/generate_definitions.py"
+    d = json.loads(text)
+    assert d["vhosts"] == [{"name": "sip"}]
+    assert {u["name"] for u in d["users"]} == {"@ADMIN_USER@", *SERVICES}
+    for u in d["users"]:
+        assert set(u) == {"name", "password_hash", "hashing_algorithm", "tags"}  # no plain "password"
+        assert re.fullmatch(r"@[A-Z]+_PASSWORD_HASH@", u["password_hash"])
+        assert u["tags"] == ("administrator" if u["name"] == "@ADMIN_USER@" else "")
+    # every queue of the topology is there, quorum, with the arguments the services declare
+    queues = {q["name"]: q for q in d["queues"]}
+    assert len(queues) == 3 * len(SUBSCRIPTIONS)
+    for q in queues.values():
+        assert q["vhost"] == "sip" and q["durable"] and q["arguments"]["x-queue-type"] == "quorum"
+    assert d["policies"] == []
+
+
+class _RecordingBroker:
+    """Records what declare_topology asks of the broker, by the permission RabbitMQ checks for it."""
+
+    def __init__(self) -> None:
+        self.configure: set[str] = set()  # exchange.declare / queue.declare
+        self.write: set[str] = set()  # queue.bind: the queue
+        self.read: set[str] = set()  # queue.bind: the source exchange
+
+    async def declare_exchange(self, exchange):
+        self.configure.add(exchange.name)
+        return exchange
+
+    async def declare_queue(self, queue):
+        self.configure.add(queue.name)
+        recorder = self
+
+        class _Queue:
+            async def bind(self, source, routing_key=None):
+                recorder.write.add(queue.name)
+                recorder.read.add(source.name)
+
+        return _Queue()
+
+
+def _needs(service: str) -> dict[str, set[str]]:
+    """What ``service`` does on the broker, worked out from the code, not from the definitions."""
+    rec = _RecordingBroker()
+    asyncio.run(declare_topology(rec, DEFAULT_RETRY_DELAY_SECONDS))  # every service, at start
+    consumes = {s.queue_name for s in subscriptions_of(service)}
+    publishes = {c.exchange for c in PUBLICATIONS[service]} | {f"{service}.dlx", "amq.default"}
+    configure, write, read = set(rec.configure), set(rec.write), set(rec.read)
+    if service == "consent":  # the consent gate's request queue: declared, bound, consumed by consent
+        decide = decision_queue().name
+        configure.add(decide)
+        write.add(decide)
+        read |= {decide, ConsentDecisionRequested.exchange}
+        consumes.add(decide)
+    if service == "planning":  # asks the consent gate (request/reply)
+        publishes.add(ConsentDecisionRequested.exchange)
+    return {"configure": configure, "write": write | publishes, "read": read | consumes, "consumes": consumes}
+
+
+def _permissions(service: str) -> dict[str, str]:
+    [p] = [p for p in definitions()["permissions"] if p["user"] == service]
+    assert p["vhost"] == "sip"
+    return p
+
+
+def _matches(regex: str, name: str) -> bool:
+    return re.search(regex, name) is not None  # RabbitMQ searches (re:run), it does not fullmatch
+
+
+@pytest.mark.parametrize("service", list(SERVICES))
+def test_each_service_may_do_exactly_what_the_topology_needs(service):
+    perms, needs = _permissions(service), _needs(service)
+    others = [s for s in SERVICES if s != service]
+    for kind in ("configure", "write", "read"):
+        for name in needs[kind]:
+            assert _matches(perms[kind], name), (service, kind, name)
+        for name in ("evil.queue", "evil.exchange", "amq.rabbitmq.trace", f"x{service}.dlx", ""):
+            assert not _matches(perms[kind], name), (service, kind, name)
+        for name in list(needs[kind])[:5]:  # anchored at both ends
+            assert not _matches(perms[kind], name + "x") and not _matches(perms[kind], "x" + name)
+    # read: its own work queues and none of another service's, no dead-letter or retry queue
+    for other in others:
+        for sub in subscriptions_of(other):
+            assert not _matches(perms["read"], sub.queue_name), (service, sub.queue_name)
+    for sub in SUBSCRIPTIONS:
+        assert not _matches(perms["read"], sub.dlq_name) and not _matches(perms["read"], sub.retry_queue_name)
+    read_queues = {q["name"] for q in definitions()["queues"] if _matches(perms["read"], q["name"])}
+    assert read_queues == needs["consumes"] - {decision_queue().name}
+    # write to exchanges: only where it publishes (other services' events, commands and DLXs refused)
+    exchanges = {e["name"] for e in definitions()["exchanges"]} | {"amq.default", "amq.topic"}
+    written = {e for e in exchanges if _matches(perms["write"], e)}
+    assert written == needs["write"] & exchanges
+    for other in others:
+        assert f"{other}.dlx" not in written
+    # configure: the suite's names only; consent's decide queue only for consent
+    assert _matches(perms["configure"], decision_queue().name) is (service == "consent")
+    assert not _matches(perms["configure"], "amq.default")
+    # nothing beyond what it needs, on the names the broker knows
+    known = {q["name"] for q in definitions()["queues"]} | exchanges | {decision_queue().name}
+    for kind in ("configure", "write", "read"):
+        assert {n for n in known if _matches(perms[kind], n)} == needs[kind] & known, (service, kind)
+
+
+def _run_entrypoint(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    base = {
+        "PATH": os.environ["PATH"],
+        "SIP_DEFINITIONS_TEMPLATE": str(RABBIT / "definitions.json"),
+        "SIP_DEFINITIONS_OUT": str(tmp_path / "out" / "definitions.json"),
+        "RABBITMQ_ADMIN_USER": "ops",
+        "RABBITMQ_ADMIN_PASSWORD": "a" * 20,
+        "RABBITMQ_PLANNING_PASSWORD": "p" * 20,
+        "RABBITMQ_CONSENT_PASSWORD": "c" * 20,
+        "RABBITMQ_NOTIFY_PASSWORD": "n" * 20,
+    }
+    return subprocess.run(
+        ["sh", str(RABBIT / "entrypoint.sh")], env={**base, **env}, capture_output=True, text=True, timeout=30
+    )
+
+
+def test_entrypoint_renders_rabbitmq_sha256_hashes_and_no_plain_password(tmp_path):
+    r = _run_entrypoint(tmp_path, RABBITMQ_PLANNING_PASSWORD="planning-Secret_1.x~")
+    assert r.returncode == 0, r.stderr
+    text = (tmp_path / "out" / "definitions.json").read_text()
+    assert "planning-Secret_1.x~" not in text and "@" not in text
+    users = {u["name"]: u for u in json.loads(text)["users"]}
+    assert set(users) == {"ops", *SERVICES}
+    for name, pw in (("ops", "a" * 20), ("planning", "planning-Secret_1.x~"), ("notify", "n" * 20)):
+        raw = base64.b64decode(users[name]["password_hash"])  # rabbit_password_hashing_sha256
+        assert raw[4:] == hashlib.sha256(raw[:4] + pw.encode()).digest()
+    permissions = {p["user"] for p in json.loads(text)["permissions"]}
+    assert permissions == {"ops", *SERVICES}
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"RABBITMQ_CONSENT_PASSWORD": "CHANGE_ME"}, "placeholder"),
+        ({"RABBITMQ_NOTIFY_PASSWORD": ""}, "not set"),
+        ({"RABBITMQ_PLANNING_PASSWORD": "short"}, "shorter"),
+        ({"RABBITMQ_PLANNING_PASSWORD": "with@and/in-a-url-1234"}, "amqp://"),
+        ({"RABBITMQ_ADMIN_USER": "planning"}, "service"),
+    ],
+)
+def test_entrypoint_refuses_placeholders_and_unsafe_values(tmp_path, env, message):
+    r = _run_entrypoint(tmp_path, **env)
+    assert r.returncode != 0 and message in r.stderr
+    assert not (tmp_path / "out" / "definitions.json").exists()
