@@ -298,7 +298,12 @@ def serve(service: str, settings: ServiceSettings, create_app: Callable[[Any], F
     from shared.logs import configure_logging
 
     configure_logging(service, settings.log_level, settings.log_format)
-    uvicorn.run(create_app(settings), host=settings.http_host, port=settings.http_port, log_config=None)
+    tls: dict[str, Any] = {}
+    if settings.tls_certfile:  # HTTPS: the certificate chain and its key (PEM)
+        tls = {"ssl_certfile": settings.tls_certfile, "ssl_keyfile": settings.tls_keyfile or None}
+    uvicorn.run(
+        create_app(settings), host=settings.http_host, port=settings.http_port, log_config=None, **tls
+    )
 
 
 class UnitOfWork:

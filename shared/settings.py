@@ -50,6 +50,10 @@ class ServiceSettings(BaseSettings):
     )
     log_level: str = "INFO"
     log_format: str = Field(default="json", description="json | text")
+    tls_certfile: str = Field(
+        default="", description="PEM certificate chain: serve HTTPS (and MLLP over TLS in planning) with it"
+    )
+    tls_keyfile: str = Field(default="", description="PEM private key of tls_certfile")
     auth_required: bool = Field(
         default=True,
         description="Every HTTP caller must send a bearer JWT naming its organisation (hsa_id). "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from uuid import uuid4
 from zoneinfo import ZoneInfo
@@ -53,6 +54,7 @@ def create_app(
             settings.mllp_port,
             max_frame=settings.mllp_max_frame_bytes,
             idle_timeout=settings.mllp_idle_timeout,
+            ssl=server_tls(settings),
         )
         if settings.mllp_enabled
         else None
@@ -94,6 +96,15 @@ def create_app(
     app.state.runtime = runtime
     app.state.mllp = mllp
     return app
+
+
+def server_tls(settings: PlanningSettings) -> ssl.SSLContext | None:
+    """MLLP over TLS with the service's certificate (``SIP_TLS_CERTFILE``/``SIP_TLS_KEYFILE``)."""
+    if not settings.tls_certfile:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(settings.tls_certfile, settings.tls_keyfile or None)
+    return ctx
 
 
 def build_intake(runtime: ServiceRuntime, settings: PlanningSettings) -> IntakeService:

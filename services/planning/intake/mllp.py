@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 log = logging.getLogger("sip.intake.mllp")
 
@@ -81,12 +82,14 @@ class MLLPServer:
         *,
         max_frame: int = 1 << 20,
         idle_timeout: float | None = 600.0,
+        ssl: Any = None,
     ) -> None:
         self._handler = handler
         self.host = host
         self._port = port
         self.max_frame = max_frame
         self.idle_timeout = idle_timeout
+        self._ssl = ssl  # an ssl.SSLContext: MLLP over TLS
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -98,7 +101,7 @@ class MLLPServer:
         return self._port
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self.host, self._port)
+        self._server = await asyncio.start_server(self._serve, self.host, self._port, ssl=self._ssl)
         log.info("MLLP listening", extra={"host": self.host, "port": self.port})
 
     async def stop(self) -> None:
