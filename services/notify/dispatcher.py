@@ -111,9 +111,28 @@ class Dispatcher:
             return await SqlNotificationRepository(uow.conn).release_in_flight(self.clock.now())
 
     async def dispatch_once(self) -> int:
-        """Try every due notification once (up to a batch); return how many were tried."""
+        """Try every due notification once (up to a batch); return how many were tried.
+
+        Due means ``next_attempt_at`` has come (a reminder's is its due time; the claim checks it
+        again). A reminder that comes due only after its meeting began — notify was down, or retries
+        ran past it — is cancelled instead (reason ``meeting-started``): it would only confuse.
+        """
+        now = self.clock.now()
         async with self.runtime.engine.connect() as conn:
-            due = await SqlNotificationRepository(conn).due(self.clock.now(), BATCH)
+            due = await SqlNotificationRepository(conn).due(now, BATCH)
+        late = [
+            n.id
+            for n in due
+            if n.kind == "reminder" and n.meeting_start is not None and n.meeting_start <= now
+        ]
+        if late:
+            async with self.runtime.unit_of_work() as uow:
+                await SqlNotificationRepository(uow.conn).cancel_pending(
+                    late, reason_code="meeting-started", at=now
+                )
+            log.info("reminders not sent: their meeting had already started", extra={"count": len(late)})
+            gone = set(late)
+            due = [n for n in due if n.id not in gone]
         # several mails in flight at once (bounded); the claim keeps any one from going out twice
         limit = asyncio.Semaphore(self.settings.send_concurrency)
 
@@ -122,7 +141,7 @@ class Dispatcher:
                 await self.deliver(notification_id)
 
         await asyncio.gather(*(one(n.id) for n in due))
-        return len(due)
+        return len(due) + len(late)
 
     # ---- one notification -------------------------------------------------------------------
     async def deliver(self, notification_id: UUID) -> str | None:

@@ -57,9 +57,19 @@ CHANNEL_NOT_SUPPORTED = "channel not yet supported"
 CANCEL_REASONS: dict[str, str] = {
     "consent-withdrawn": "consent withdrawn",
     "consent-cancelled": "consent cancelled as wrongly registered",
+    # reminders only (issue #6)
+    "superseded": "superseded by a later invitation with another meeting time",
+    "meeting-started": "the meeting had already started",
+    "case-closed": "the case was closed",
 }
-NOTICE_KINDS: frozenset[str] = frozenset({"consent-withdrawn"})
-"""Kinds a withdrawal never cancels: the notices that tell participants about it."""
+NOTICE_KINDS: frozenset[str] = frozenset({"consent-withdrawn", "case-closed"})
+"""Kinds a withdrawal never cancels: the notices that tell participants about it, and that the SIP
+ended (no content, no link to more than the consent-gated plan). Neither makes an organisation a
+participant of the case."""
+CONSENT_BOUND_KINDS: frozenset[str] = frozenset(
+    {"invitation", "reminder", "plan-established", "follow-up-due"}
+)
+"""Kinds sent under a consent: recorded ``cancelled`` when the consent no longer holds (issue #6)."""
 
 _NAMESPACE = UUID("2f1d7c1e-8a57-4a0b-9a55-5c3b1f0e2d61")
 
@@ -109,6 +119,8 @@ class Notification:
     consent_id: UUID | None = None
     status_reason: str | None = None
     cancelled_at: datetime | None = None
+    # since issue #6: the meeting a reminder is about (stored beside the row; None for other kinds)
+    meeting_start: datetime | None = None
 
     @property
     def key(self) -> DedupeKey:
@@ -158,6 +170,20 @@ def withdrawal_cause_key(consent_id: UUID, case_id: UUID) -> str:
     once per (withdrawal, recipient, channel).
     """
     return str(uuid5(_NAMESPACE, f"consent-withdrawn|{consent_id}|{case_id}"))
+
+
+def reminder_cause_key(invitation_message_id: str) -> str:
+    """The cause of the reminders an invitation schedules (the dedupe key's first part): one reminder per
+    (invitation, recipient, channel), however often the invitation is delivered."""
+    return str(uuid5(_NAMESPACE, f"reminder|{invitation_message_id}"))
+
+
+def reminder_due_at(meeting_start: datetime, now: datetime, *, lead: timedelta) -> datetime | None:
+    """When to remind of a meeting: ``lead`` before it — or ``None`` (no reminder) when that moment has
+    already passed. A meeting less than ``lead`` ahead is announced by the invitation itself, which goes
+    out now with the time; a second mail about the same meeting at once would only be noise."""
+    due = meeting_start - lead
+    return due if due > now else None
 
 
 def backoff(attempt: int, *, base_seconds: float, max_seconds: float) -> timedelta:

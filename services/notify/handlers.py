@@ -1,15 +1,17 @@
-"""Notify use cases: turn a SendInvitation, a DeadlineBreached or a ConsentWithdrawn into
-notifications (and cancellations). No transport here."""
+"""Notify use cases: turn a SendInvitation (with its reminders), a CaseNotice, a DeadlineBreached or a
+ConsentWithdrawn into notifications (and cancellations). No transport here."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, time, timedelta
 from typing import Any
 from uuid import UUID
 
 from services.notify.domain import (
     CANCEL_REASONS,
+    CONSENT_BOUND_KINDS,
     NOTICE_KINDS,
     ChannelKind,
     DedupeKey,
@@ -17,21 +19,29 @@ from services.notify.domain import (
     Status,
     Withdrawal,
     cancel_reason_code,
+    reminder_cause_key,
+    reminder_due_at,
     withdrawal_cause_key,
 )
 from services.notify.ics import CalendarParty, invitation_ics
 from services.notify.ports import NotificationRepository
 from services.notify.templates import (
+    STOCKHOLM,
+    ClosedReason,
     Meeting,
     RenderedEmail,
     UnsafeText,
     deadline_of,
+    render_case_closed,
     render_consent_withdrawn,
     render_deadline_escalation,
+    render_follow_up_due,
     render_invitation,
+    render_plan_established,
+    render_reminder,
 )
 from shared.clock import Clock
-from shared.contracts import ConsentWithdrawn, DeadlineBreached, SendInvitation
+from shared.contracts import CaseNotice, ConsentWithdrawn, DeadlineBreached, SendInvitation
 from shared.directory import (
     Directory,
     EmailChannel,
@@ -41,6 +51,8 @@ from shared.directory import (
     WebhookChannel,
 )
 from shared.errors import PermanentError
+
+log = logging.getLogger("sip.notify.handlers")
 
 NO_CHANNEL = "organisation has no contact channel in the directory"
 NOTICE_UNSAFE = "withdrawal notice not rendered: {}"
@@ -52,6 +64,10 @@ class InvitationRefused(PermanentError):
 
 class EscalationRefused(PermanentError):
     """The escalation cannot be sent as it stands (the reason goes to the DLQ)."""
+
+
+class NoticeRefused(PermanentError):
+    """The case notice cannot be sent as it stands (the reason goes to the DLQ)."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +106,7 @@ class InvitationOptions:
     mail_from: str = "sip-suite@localhost"
     meeting_default_minutes: int = 60
     case_url_template: str = "http://127.0.0.1:8080/cases/{case_id}"
+    reminder_hours: float = 24.0
 
     @classmethod
     def of(cls, settings: Any | None) -> InvitationOptions:
@@ -99,7 +116,13 @@ class InvitationOptions:
             mail_from=settings.mail_from,
             meeting_default_minutes=settings.meeting_default_minutes,
             case_url_template=settings.case_url_template,
+            reminder_hours=settings.reminder_hours,
         )
+
+    @property
+    def reminder_lead(self) -> timedelta:
+        """How long before the meeting the reminder goes out."""
+        return timedelta(hours=self.reminder_hours)
 
     def case_url(self, case_id: UUID) -> str:
         """Where the owning unit reads the case (planning's case view; sign-in is planning's)."""
@@ -241,8 +264,11 @@ async def accept_invitation(
     - SMS: one ``pending`` notification with the short text, to all of its numbers;
     - an organisation without any channel is recorded ``failed`` so nothing is dropped silently.
 
+    With a meeting time it also schedules the reminders (:func:`schedule_reminders`).
+
     An unknown recipient or organizer, or a text that would carry personal or health data, refuses
-    the whole command (PermanentError → DLQ with the reason), before anything is stored.
+    the whole command (PermanentError → DLQ with the reason), before anything is stored. Returns the
+    new invitations, then the new reminders.
     """
     options = options or InvitationOptions()
     meeting = _meeting(cmd)
@@ -258,6 +284,17 @@ async def accept_invitation(
             interpreter_language=cmd.interpreter_language,
         )
         ics = _calendar(cmd, meeting, organizer, orgs, options) if meeting is not None else None
+        reminder = (
+            render_reminder(
+                case_reference=cmd.case_reference,
+                meeting=meeting,
+                plan_url=cmd.plan_url,
+                language=cmd.language,
+                interpreter_language=cmd.interpreter_language,
+            )
+            if meeting is not None
+            else None
+        )
     except UnsafeText as exc:
         raise InvitationRefused(str(exc)) from None
 
@@ -278,6 +315,11 @@ async def accept_invitation(
     if withdrawn is not None:
         planned = [_stopped(n, withdrawn) for n in planned]
     created = [n for n in planned if await repo.add(n)]
+    if meeting is not None and reminder is not None:
+        created += await schedule_reminders(
+            cmd, meeting, reminder, orgs, organizer=organizer, repo=repo, clock=clock, options=options,
+            withdrawn=withdrawn,
+        )  # fmt: skip
     if withdrawn is not None:
         await tell_participants(
             cmd.case_id,
@@ -288,6 +330,80 @@ async def accept_invitation(
             correlation_id=cmd.correlation_id,
         )
     return created
+
+
+# ---- the reminder before the meeting (issue #6) ---------------------------------------------------
+async def schedule_reminders(
+    cmd: SendInvitation,
+    meeting: Meeting,
+    text: RenderedEmail,
+    orgs: list[Organisation],
+    *,
+    organizer: Organisation,
+    repo: NotificationRepository,
+    clock: Clock,
+    options: InvitationOptions,
+    withdrawn: Withdrawal | None = None,
+) -> list[Notification]:
+    """One reminder per invited organisation and channel kind, due ``reminder_hours`` before the meeting.
+
+    Rules (the dispatcher never sends a row before its ``next_attempt_at``, which is the due time):
+
+    - **once** per (invitation, recipient, channel): the cause is derived from the invitation's message
+      id (:func:`~services.notify.domain.reminder_cause_key`);
+    - **too late, none**: when the meeting is less than ``reminder_hours`` ahead, the invitation that
+      goes out now carries the time and no reminder is scheduled (no second mail at once);
+    - **a new time supersedes**: the newest invitation of the case (by its ``occurred_at``) with a
+      meeting time cancels the case's pending reminders of any other time (reason ``superseded``); an
+      older invitation delivered late schedules nothing when a newer one moved the meeting. An
+      organisation already reminded of this very time (by an earlier invitation) is not reminded twice;
+    - a reminder under a consent that no longer holds is recorded ``cancelled``, like the invitation;
+      a later withdrawal cancels pending reminders with everything else unsent; a case-closed notice
+      cancels them too, and the dispatcher cancels one that comes due after its meeting began.
+
+    An invitation without a meeting time leaves the reminders alone.
+    """
+    now = clock.now()
+    inv = str(cmd.message_id)
+    await repo.record_meeting(
+        case_id=cmd.case_id, invitation_message_id=inv, meeting_start=meeting.start,
+        occurred_at=cmd.occurred_at, at=now,
+    )  # fmt: skip
+    newer = await repo.newer_meeting(cmd.case_id, than=cmd.occurred_at, invitation_message_id=inv)
+    if newer is not None and newer != meeting.start:
+        return []  # an invitation issued after this one moved the meeting: this time is out of date
+    reminders = [n for n in await repo.for_case(cmd.case_id) if n.kind == "reminder"]
+    if newer is None:
+        stale = [n.id for n in reminders if n.status == "pending" and n.meeting_start != meeting.start]
+        await repo.cancel_pending(stale, reason_code="superseded", at=now, cause_message_id=inv)
+    due = reminder_due_at(meeting.start, now, lead=options.reminder_lead)
+    if due is None:
+        return []
+    reminded = {
+        (n.recipient_hsa_id, n.channel)
+        for n in reminders
+        if n.meeting_start == meeting.start and n.status != "cancelled"
+    }
+    cause = reminder_cause_key(inv)
+    planned: list[Notification] = []
+    for org in orgs:
+        for r in routes(org):
+            if r.status != "pending" or (org.hsa_id, r.channel) in reminded:
+                continue
+            base = _notification(
+                cmd, text, recipient=org.hsa_id, channel=r.channel, address=r.address, status="pending",
+                last_error=None, clock=clock, sender_hsa_id=organizer.hsa_id,
+                body=text.sms if r.short_text else None,
+            )  # fmt: skip
+            key = DedupeKey(cause, org.hsa_id, r.channel)
+            n = replace(
+                base, id=key.notification_id(), cause_message_id=cause, kind="reminder",
+                next_attempt_at=due, meeting_start=meeting.start,
+            )  # fmt: skip
+            planned.append(n)
+    if withdrawn is not None:
+        planned = [_stopped(n, withdrawn) for n in planned]
+    return [n for n in planned if await repo.add(n)]
 
 
 def _prior(found: list[Notification]) -> list[Notification]:
@@ -345,6 +461,153 @@ async def escalate_deadline(
             )
         )  # fmt: skip
     return [n for n in planned if await repo.add(n)]
+
+
+# ---- case notices: plan established, follow-up due, case closed (issue #6) ------------------------
+NOTICE_KINDS_HANDLED: frozenset[str] = frozenset({"plan-established", "follow-up-due", "case-closed"})
+
+_CLOSED_REASONS: dict[str | None, ClosedReason] = {
+    "followed-up": "plan-completed",
+    "refused": "person-ended",
+    "consent-withdrawn": "consent-withdrawn",
+    # the person's death is personal data about them: participants only hear that the case closed
+    "deceased": "other",
+    "cancelled": "other",
+    "other": "other",
+    None: "other",
+}
+
+
+def closed_reason(reason_code: str | None) -> ClosedReason:
+    """A CaseNotice ``reason_code`` → the reason the case-closed text states (a fixed set)."""
+    return _CLOSED_REASONS.get(reason_code, "other")
+
+
+def follow_up_due_at(day: Any) -> datetime:
+    """A follow-up date falls due at the start of that day, Stockholm time (as planning counts it)."""
+    return datetime.combine(day, time.min, tzinfo=STOCKHOLM)
+
+
+def _notice_text(notice: CaseNotice, language: str, options: InvitationOptions) -> RenderedEmail:
+    if notice.kind == "plan-established":
+        if not notice.plan_url:
+            raise NoticeRefused("plan_url: required for plan-established")
+        return render_plan_established(
+            case_reference=notice.case_reference, plan_url=notice.plan_url, language=language
+        )
+    if notice.kind == "follow-up-due":
+        if notice.follow_up_date is None:
+            raise NoticeRefused("follow_up_date: required for follow-up-due")
+        return render_follow_up_due(
+            case_reference=notice.case_reference,
+            follow_up_due_at=follow_up_due_at(notice.follow_up_date),
+            plan_url=notice.plan_url or options.case_url(notice.case_id),
+            language=language,
+            interpreter_language=notice.interpreter_language,
+        )
+    return render_case_closed(
+        case_reference=notice.case_reference,
+        closed_at=notice.occurred_at,
+        reason=closed_reason(notice.reason_code),
+        language=language,
+        plan_url=notice.plan_url,
+    )
+
+
+async def handle_case_notice(
+    notice: CaseNotice,
+    *,
+    directory: Directory,
+    repo: NotificationRepository,
+    clock: Clock,
+    options: InvitationOptions | None = None,
+) -> list[Notification]:
+    """Tell a SIP's participants what happened to it: one notification per (notice, recipient, channel
+    kind), with the template of the kind; returns the new ones. Unknown kinds are ignored (readers
+    tolerate new kinds); an unknown recipient or an unsafe text refuses the message (→ DLQ).
+
+    **Why ``plan-established`` is consent-safe without asking the consent gate here.** The gate decides
+    per *person* (``ConsentDecisionRequested`` and ``POST /decisions`` need the patient identifier) and
+    has no route by consent id; the notice carries no patient identifier, by design, and notify holds
+    no personal data at all. So notify cannot ask — and does not need to, because the notice discloses
+    nothing the consent guards: it carries the case reference and a link, never plan content (the
+    template takes no content, and every text passes the personnummer and health-data guards). The
+    plan itself is disclosed only when a participant follows the link: planning asks the gate on every
+    read by an organisation other than the owning unit (``/cases/{id}``, ``/fhir/CarePlan/{id}``, its
+    versions and history) and answers 403 when the consent does not cover it, *at read time* — which
+    also covers a consent withdrawn or narrowed after the notice was sent. The recipients are the
+    case's participants, who were invited under the same consent. Besides, a notice under a consent
+    notify knows is withdrawn is recorded ``cancelled`` and never sent (below).
+
+    - ``plan-established`` and ``follow-up-due`` are sent under the case's consent
+      (:data:`~services.notify.domain.CONSENT_BOUND_KINDS`): when notify has recorded that consent
+      withdrawn or cancelled they are recorded ``cancelled`` with the reason, and a later withdrawal
+      cancels them while unsent, like invitations;
+    - ``case-closed`` is an ending notice (:data:`~services.notify.domain.NOTICE_KINDS`): sent even
+      after a withdrawal, never cancelled by one; it also cancels the case's pending meeting reminders.
+
+    The text is Swedish unless the recipient was earlier written to in English for this case.
+    """
+    if notice.kind not in NOTICE_KINDS_HANDLED:
+        log.warning(
+            "case notice of an unknown kind ignored",
+            extra={
+                "kind": notice.kind,
+                "case_id": str(notice.case_id),
+                "correlation_id": notice.correlation_id,
+            },
+        )
+        return []
+    options = options or InvitationOptions()
+    orgs: list[Organisation] = []
+    for hsa_id in dict.fromkeys(notice.recipients):
+        org = directory.get(hsa_id)
+        if org is None:
+            raise UnknownRecipient(f"recipients: {hsa_id} is not in the organisation directory")
+        orgs.append(org)
+    await repo.serialize(*(k for k in (notice.consent_id, notice.case_id) if k is not None))
+    found = await repo.for_case(notice.case_id)
+    prior = _prior(found)
+    texts: dict[str, RenderedEmail] = {}
+    try:
+        for org in orgs:
+            language = next((n.language for n in reversed(prior) if n.recipient_hsa_id == org.hsa_id), "sv")
+            language = language if language in ("sv", "en") else "sv"
+            if language not in texts:
+                texts[language] = _notice_text(notice, language, options)
+    except UnsafeText as exc:
+        raise NoticeRefused(str(exc)) from None
+    withdrawn = None
+    if notice.consent_id is not None and notice.kind in CONSENT_BOUND_KINDS:
+        withdrawn = await repo.withdrawal(notice.consent_id)
+    now = clock.now()
+    planned: list[Notification] = []
+    for org in orgs:
+        language = next((n.language for n in reversed(prior) if n.recipient_hsa_id == org.hsa_id), "sv")
+        language = language if language in texts else "sv"
+        text = texts[language]
+        for r in routes(org):
+            key = DedupeKey(str(notice.message_id), org.hsa_id, r.channel)
+            planned.append(
+                Notification(
+                    id=key.notification_id(), cause_message_id=key.cause_message_id, case_id=notice.case_id,
+                    case_reference=notice.case_reference, correlation_id=notice.correlation_id,
+                    recipient_hsa_id=org.hsa_id, channel=r.channel, address=r.address, language=language,
+                    subject=text.subject, body=text.sms if r.short_text else text.body, status=r.status,
+                    attempts=0, next_attempt_at=now, created_at=now, updated_at=now, last_error=r.last_error,
+                    kind=notice.kind, plan_url=notice.plan_url, sender_hsa_id=notice.owner_hsa_id,
+                    consent_id=notice.consent_id,
+                )
+            )  # fmt: skip
+    if withdrawn is not None:
+        planned = [_stopped(n, withdrawn) for n in planned]
+    created = [n for n in planned if await repo.add(n)]
+    if notice.kind == "case-closed":
+        pending = [n.id for n in found if n.kind == "reminder" and n.status == "pending"]
+        await repo.cancel_pending(
+            pending, reason_code="case-closed", at=now, cause_message_id=str(notice.message_id)
+        )
+    return created
 
 
 # ---- consent withdrawn (issue #4) ---------------------------------------------------------------

@@ -107,6 +107,19 @@ class NotificationRepository(Protocol):
         """pending/sending → cancelled for the case (or the consent), notices excepted; the ids."""
         ...
 
+    async def cancel_pending(
+        self, ids: list[UUID], *, reason_code: str, at: datetime, cause_message_id: str | None = None
+    ) -> list[UUID]:
+        """pending → cancelled (only rows still pending) with the reason; the ids (issue #6)."""
+        ...
+
+    async def record_meeting(
+        self, *, case_id: UUID, invitation_message_id: str, meeting_start: datetime, occurred_at: datetime,
+        at: datetime,
+    ) -> bool: ...  # fmt: skip
+    async def newer_meeting(
+        self, case_id: UUID, *, than: datetime, invitation_message_id: str
+    ) -> datetime | None: ...
     async def record_withdrawal(self, w: Withdrawal) -> bool: ...
     async def withdrawal(self, consent_id: UUID) -> Withdrawal | None: ...
     async def cases_of_consent(self, consent_id: UUID) -> list[UUID]: ...

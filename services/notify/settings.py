@@ -43,6 +43,17 @@ class NotifySettings(ServiceSettings):
         default=60, ge=5, le=480, description="Length of a meeting sent without an end time (calendar)"
     )
 
+    # ---- meeting reminders (issue #6) ----
+    reminder_hours: float = Field(
+        default=24.0,
+        gt=0,
+        le=24 * 30,
+        description=(
+            "Hours before the SIP meeting that each invited organisation is reminded; none is scheduled "
+            "when the meeting is less than this ahead (the invitation itself carries the time)"
+        ),
+    )
+
     # ---- deadline escalations (issue #6) ----
     case_url_template: str = Field(
         default="http://127.0.0.1:8080/cases/{case_id}",

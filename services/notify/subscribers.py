@@ -11,7 +11,7 @@ from services.notify.adapters.store import SqlNotificationRepository
 from services.notify.dispatcher import Dispatcher
 from services.notify.settings import NotifySettings
 from shared.clock import Clock
-from shared.contracts import ConsentWithdrawn, DeadlineBreached, SendInvitation
+from shared.contracts import CaseNotice, ConsentWithdrawn, DeadlineBreached, SendInvitation
 from shared.directory import Directory
 from shared.runtime import ServiceRuntime
 from shared.topology import contract_exchange, subscription, work_queue
@@ -59,6 +59,26 @@ def register(
         async with runtime.unit_of_work() as uow:
             if await uow.first_time(breach.queue_name, str(msg.message_id)):
                 await handlers.escalate_deadline(
+                    msg,
+                    directory=directory,
+                    repo=SqlNotificationRepository(uow.conn),
+                    clock=clock,
+                    options=options,
+                )
+        dispatcher.wake()
+
+    case_notice = subscription("notify", CaseNotice)
+
+    @runtime.broker.subscriber(
+        work_queue(case_notice), contract_exchange(CaseNotice), title=case_notice.queue_name
+    )
+    async def on_case_notice(msg: CaseNotice) -> None:
+        """Plan established, follow-up due, case closed: tell the participants, once per notice
+        (inbox + dedupe key on the notice message). Why no consent-gate call is needed for
+        ``plan-established``: :func:`services.notify.handlers.handle_case_notice`."""
+        async with runtime.unit_of_work() as uow:
+            if await uow.first_time(case_notice.queue_name, str(msg.message_id)):
+                await handlers.handle_case_notice(
                     msg,
                     directory=directory,
                     repo=SqlNotificationRepository(uow.conn),

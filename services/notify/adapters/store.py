@@ -87,13 +87,40 @@ consent_withdrawals = sa.Table(
     sa.Index("ix_consent_withdrawals_case", "case_id"),
 )
 
+# Added by issue #6 (tables of their own, see above). A reminder's meeting: the dispatcher cancels a
+# reminder that comes due after its meeting began; a later invitation with another time supersedes it.
+notification_reminders = sa.Table(
+    "notification_reminders",
+    metadata,
+    sa.Column("id", sa.String(36), sa.ForeignKey("notifications.id"), primary_key=True),
+    sa.Column("meeting_start", UTCDateTime, nullable=False, comment="The meeting the reminder is about"),
+)
+
+# Every invitation with a meeting time notify accepted, per case: the newest (by the invitation's
+# occurred_at) is the case's meeting; an older invitation delivered late schedules no reminders.
+case_meetings = sa.Table(
+    "case_meetings",
+    metadata,
+    sa.Column("invitation_message_id", sa.String(64), primary_key=True),
+    sa.Column("case_id", sa.String(36), nullable=False),
+    sa.Column("meeting_start", UTCDateTime, nullable=False),
+    sa.Column("invitation_occurred_at", UTCDateTime, nullable=False),
+    sa.Column("recorded_at", UTCDateTime, nullable=False),
+    sa.Index("ix_case_meetings_case", "case_id"),
+)
+
 _t = notifications
 _d = notification_details
 _k = notification_consents
 _x = notification_cancellations
 _w = consent_withdrawals
+_r = notification_reminders
+_m = case_meetings
 _joined = (
-    _t.outerjoin(_d, _d.c.id == _t.c.id).outerjoin(_k, _k.c.id == _t.c.id).outerjoin(_x, _x.c.id == _t.c.id)
+    _t.outerjoin(_d, _d.c.id == _t.c.id)
+    .outerjoin(_k, _k.c.id == _t.c.id)
+    .outerjoin(_x, _x.c.id == _t.c.id)
+    .outerjoin(_r, _r.c.id == _t.c.id)
 )
 _columns = (
     *_t.c,
@@ -104,6 +131,7 @@ _columns = (
     _k.c.consent_id,
     _x.c.reason.label("status_reason"),
     _x.c.cancelled_at,
+    _r.c.meeting_start,
 )
 
 
@@ -167,6 +195,7 @@ def _from_row(r: Any) -> Notification:
         consent_id=UUID(r.consent_id) if r.consent_id else None,
         status_reason=r.status_reason,
         cancelled_at=r.cancelled_at,
+        meeting_start=r.meeting_start,
     )
 
 
@@ -189,6 +218,8 @@ class SqlNotificationRepository:
                 await self.conn.execute(_d.insert().values(**_details(n)))
                 if n.consent_id is not None:
                     await self.conn.execute(_k.insert().values(id=str(n.id), consent_id=str(n.consent_id)))
+                if n.meeting_start is not None:
+                    await self.conn.execute(_r.insert().values(id=str(n.id), meeting_start=n.meeting_start))
                 if n.status == "cancelled":
                     await self.conn.execute(
                         _x.insert().values(
@@ -226,9 +257,10 @@ class SqlNotificationRepository:
         return [_from_row(r) for r in rows]
 
     async def claim(self, notification_id: UUID, now: datetime) -> Notification | None:
+        """pending → sending, only if still pending and due (a reminder is never claimed early)."""
         res = await self.conn.execute(
             _t.update()
-            .where(_t.c.id == str(notification_id), _t.c.status == "pending")
+            .where(_t.c.id == str(notification_id), _t.c.status == "pending", _t.c.next_attempt_at <= now)
             .values(status="sending", attempts=_t.c.attempts + 1, updated_at=now)
         )
         if res.rowcount != 1:
@@ -328,6 +360,88 @@ class SqlNotificationRepository:
             ],
         )
         return [UUID(i) for i in ids]
+
+    async def cancel_pending(
+        self, ids: list[UUID], *, reason_code: str, at: datetime, cause_message_id: str | None = None
+    ) -> list[UUID]:
+        """``pending`` → ``cancelled`` for those of these notifications still pending, with the reason
+        (a reminder superseded by a new meeting time, of a closed case, or whose meeting began).
+
+        Only ``pending`` rows: one already claimed is being handed to its channel this instant and is
+        let go — out-of-date, not a disclosure. What a consent stops goes through
+        :meth:`cancel_unsent` under the send gate instead, which takes claimed rows too."""
+        if not ids:
+            return []
+        wanted = [str(i) for i in ids]
+        pick = sa.select(_t.c.id, _k.c.consent_id).select_from(_t.outerjoin(_k, _k.c.id == _t.c.id))
+        pick = pick.where(_t.c.id.in_(wanted), _t.c.status == "pending")
+        if self.conn.dialect.name == "postgresql":
+            pick = pick.with_for_update(of=_t)
+        rows = (await self.conn.execute(pick)).all()
+        if not rows:
+            return []
+        done = [r.id for r in rows]
+        await self.conn.execute(
+            _t.update()
+            .where(_t.c.id.in_(done), _t.c.status == "pending")
+            .values(status="cancelled", updated_at=at)
+        )
+        await self.conn.execute(
+            _x.insert(),
+            [
+                {
+                    "id": r.id,
+                    "reason_code": reason_code,
+                    "reason": CANCEL_REASONS[reason_code],
+                    "cancelled_at": at,
+                    "from_status": "pending",
+                    "consent_id": r.consent_id,
+                    "cause_message_id": cause_message_id,
+                }
+                for r in rows
+            ],
+        )
+        return [UUID(i) for i in done]
+
+    async def record_meeting(
+        self,
+        *,
+        case_id: UUID,
+        invitation_message_id: str,
+        meeting_start: datetime,
+        occurred_at: datetime,
+        at: datetime,
+    ) -> bool:
+        """Remember an invitation's meeting time; False if this invitation was recorded before."""
+        try:
+            async with self.conn.begin_nested():
+                await self.conn.execute(
+                    _m.insert().values(
+                        invitation_message_id=invitation_message_id, case_id=str(case_id),
+                        meeting_start=meeting_start, invitation_occurred_at=occurred_at, recorded_at=at,
+                    )
+                )  # fmt: skip
+        except IntegrityError:
+            return False
+        return True
+
+    async def newer_meeting(
+        self, case_id: UUID, *, than: datetime, invitation_message_id: str
+    ) -> datetime | None:
+        """The meeting time of the newest invitation of the case issued after ``than`` (another one)."""
+        r = (
+            await self.conn.execute(
+                sa.select(_m.c.meeting_start)
+                .where(
+                    _m.c.case_id == str(case_id),
+                    _m.c.invitation_occurred_at > than,
+                    _m.c.invitation_message_id != invitation_message_id,
+                )
+                .order_by(_m.c.invitation_occurred_at.desc())
+                .limit(1)
+            )
+        ).first()
+        return r.meeting_start if r else None
 
     async def record_withdrawal(self, w: Withdrawal) -> bool:
         """Remember that a consent no longer holds; False if it was already recorded (kept as is)."""
