@@ -11,8 +11,10 @@ Error texts are stored as ``last_error`` and logged, so addresses echoed by the 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
+import socket
 import ssl
 from email.message import EmailMessage
 from email.utils import formatdate
@@ -91,6 +93,12 @@ def classify(exc: BaseException) -> SendError:
     return TransientSendError(f"unexpected mail error ({type(exc).__name__}): {scrub(str(exc))}")
 
 
+@functools.cache
+def _local_hostname() -> str:
+    """The EHLO name, looked up once (aiosmtplib otherwise resolves it on every connection)."""
+    return socket.getfqdn()
+
+
 class SmtpEmailSender:
     def __init__(self, settings: NotifySettings) -> None:
         self.s = settings
@@ -108,6 +116,7 @@ class SmtpEmailSender:
                 username=s.smtp_username,
                 password=s.smtp_password.get_secret_value() if s.smtp_password else None,
                 timeout=s.send_timeout,
+                local_hostname=_local_hostname(),
             )
         except Exception as exc:
             raise classify(exc) from exc
