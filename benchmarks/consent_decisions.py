@@ -34,6 +34,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from shared.auth import mint_token
 from shared.consent_gate import ConsentGateClient
 from shared.messaging import make_broker
 from tests.support.infra import Proc, free_port, python_module, rabbit_vhost
@@ -88,6 +89,9 @@ def report(name: str, latencies: list[float], elapsed: float, outcomes: dict[str
     )
 
 
+SECRET = "benchmark-only-secret-of-at-least-32-bytes"
+
+
 async def main_async(args: argparse.Namespace) -> None:
     with rabbit_vhost() as amqp_url, tempfile.TemporaryDirectory() as tmp:
         port = free_port()
@@ -97,6 +101,8 @@ async def main_async(args: argparse.Namespace) -> None:
             CONSENT_DATA_DIR=tmp,
             CONSENT_HTTP_PORT=str(port),
             CONSENT_LOG_LEVEL="WARNING",
+            SIP_AUTH_REQUIRED="true",
+            SIP_JWT_HS256_SECRET=SECRET,
         )
         if args.database_url:
             env["CONSENT_DATABASE_URL"] = args.database_url
@@ -112,7 +118,8 @@ async def main_async(args: argparse.Namespace) -> None:
             limits = httpx.Limits(
                 max_connections=args.concurrency, max_keepalive_connections=args.concurrency
             )
-            async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as http:
+            auth = {"Authorization": "Bearer " + mint_token(SECRET, "SE2321000016-VC001", ttl=7200)}
+            async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits, headers=auth) as http:
                 for pnr in ADULTS:
                     r = await http.post(
                         "/consents",

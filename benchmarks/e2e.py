@@ -25,6 +25,8 @@ import contextlib
 import email
 import email.policy
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,12 +43,16 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.intake_mllp import pct
 from services.planning.intake.mllp import FrameDecoder, frame
+from shared.auth import mint_token
 from shared.contracts import ConsentRequested, DischargeNotified, RecordConsent
 from tests.support.infra import free_port, mail_sink, rabbit_vhost
 from tests.support.personnummer import ADULTS
 from tests.support.suite import Suite
 
 VC = "SE2321000016-VC001"
+SECRET = "benchmark-only-secret-of-at-least-32-bytes"
+# the services run as in production: authentication on; the benchmark reads as the owning unit
+AUTH = {"Authorization": "Bearer " + mint_token(SECRET, VC, subject="benchmark", ttl=7200)}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -183,7 +189,8 @@ async def wait_delivered(suite: Suite, phase: Phase, timeout: float, per_case: i
     while len(list(suite.smtp.directory.glob("*.eml"))) < expected and time.time() < deadline:
         await asyncio.sleep(0.5)
     async with httpx.AsyncClient(timeout=120) as http:
-        cases = [c for c in (await http.get(f"{suite.url('planning')}/cases", params={"all": "true"})).json()
+        cases = [c for c in (await http.get(f"{suite.url('planning')}/cases", params={"all": "true"},
+                                            headers=AUTH)).json()
                  if c["episode_id"] in phase.accepted_at]  # fmt: skip
     got = arrivals(suite.smtp.directory)
     done = [c for c in cases if len(got.get(c["reference"], ())) >= len(c["participants"])]
@@ -244,6 +251,40 @@ async def raw_ceiling(amqp_url: str, n: int, size: int) -> float:
     return n / elapsed
 
 
+def start_profile(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes] | None:
+    """Sample a service with py-spy (a dev dependency) while it works; None when py-spy is missing."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        return None
+    return subprocess.Popen(
+        [spy, "record", "-p", str(pid), "-d", str(seconds), "-f", "raw", "-o", str(out), "--nonblocking",
+         "--gil", "--full-filenames"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def profile_summary(path: Path, top: int = 12) -> list[tuple[float, str]]:
+    """Share of CPU samples (holding the GIL) per function, attributed to the innermost frame of this
+    project's code (shared/, services/) — so library time counts for the project code that called it."""
+    counts: dict[str, int] = {}
+    busy = 0
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        frames = stack.split(";")
+        busy += int(n)
+        own = next((f for f in reversed(frames) if "/shared/" in f or "/services/" in f), None)
+        if own is None:
+            name = "(library and event loop only)"
+        else:
+            func, _, where = own.partition(" (")
+            parts = where.rstrip(")").rsplit(":", 1)[0].split("/")
+            name = f"{func} ({'/'.join(parts[-2:])})"
+        counts[name] = counts.get(name, 0) + int(n)
+    return [(v / busy, k) for k, v in sorted(counts.items(), key=lambda kv: -kv[1])[:top]] if busy else []
+
+
 def proc_usage(pid: int) -> tuple[float, float]:
     """(CPU seconds, peak RSS MB) of a running process."""
     stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -268,6 +309,9 @@ def report(label: str, offered: str, fig: dict[str, object]) -> None:
     )
 
 
+profiles: dict[str, subprocess.Popen[bytes]] = {}
+
+
 async def run(args: argparse.Namespace, suite: Suite) -> list[tuple[str, str, dict[str, object]]]:
     stop = asyncio.Event()
     desk = asyncio.create_task(consent_desk(suite.amqp_url, stop))
@@ -290,6 +334,13 @@ async def run(args: argparse.Namespace, suite: Suite) -> list[tuple[str, str, di
             )
         if args.saturation:
             phase = new_phase("sat")
+            # where the time goes: sample the services while they work at saturation
+            for name in ("planning", "notify", "consent"):
+                proc = suite.procs[name].popen
+                if proc is not None:
+                    spy = start_profile(proc.pid, 20, suite.tmp / f"profile-{name}.txt")
+                    if spy is not None:
+                        profiles[name] = spy
             await offer_json(suite.amqp_url, phase, args.saturation, None)
             results.append(("saturation", "max", await wait_delivered(suite, phase, args.timeout, 3)))
         if args.mllp:
@@ -315,12 +366,29 @@ def main() -> None:
         tmp = Path(tmp_dir)
         with mail_sink(tmp) as smtp:
             ports = {n: free_port() for n in ("planning", "consent", "notify", "mllp")}
-            suite = Suite(amqp_url, tmp, ports, {}, smtp, extra_env={"SIP_LOG_LEVEL": "WARNING"})
+            hot: dict[str, list[tuple[float, str]]] = {}
+            suite = Suite(
+                amqp_url,
+                tmp,
+                ports,
+                {},
+                smtp,
+                extra_env={
+                    "SIP_LOG_LEVEL": "WARNING",
+                    "SIP_JWT_HS256_SECRET": SECRET,
+                    "SIP_AUTH_REQUIRED": "true",
+                },
+            )
             try:
                 for name in ("consent", "planning", "notify"):
                     suite.start(name)
                 results = asyncio.run(run(args, suite))
                 usage = {name: proc_usage(p.popen.pid) for name, p in suite.procs.items() if p.popen}
+                for name, spy in profiles.items():
+                    spy.wait(timeout=60)
+                    out = suite.tmp / f"profile-{name}.txt"
+                    if out.exists():
+                        hot[name] = profile_summary(out)
             finally:
                 for p in suite.procs.values():
                     p.stop()
@@ -338,6 +406,10 @@ def main() -> None:
     print("per service: CPU seconds, peak RSS")
     for name, (cpu, rss) in usage.items():
         print(f"  {name:>9} {cpu:8.1f} s {rss:8.1f} MB")
+    for name, rows in hot.items():
+        print(f"profile at saturation, {name} (share of CPU samples, by the innermost project function):")
+        for share, where in rows:
+            print(f"  {share * 100:5.1f}%  {where}")
 
 
 if __name__ == "__main__":

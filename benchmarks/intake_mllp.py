@@ -146,6 +146,7 @@ def main() -> None:
             SIP_LOG_LEVEL="WARNING",
             PLANNING_HTTP_PORT=str(http_port),
             PLANNING_MLLP_PORT=str(mllp_port),
+            SIP_JWT_HS256_SECRET="benchmark-only-secret-of-at-least-32-bytes",
         )
         proc = Proc("planning", python_module("services.planning"), env, Path(tmp) / "planning.log",
                     health_url=f"http://127.0.0.1:{http_port}/healthz").start()  # fmt: skip
