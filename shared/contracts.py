@@ -326,9 +326,10 @@ class CaseNotice(Contract):
     """Planning tells a SIP's participants that something happened to it. No personal data: what
     happened, the case reference and where an authorised reader finds the plan.
 
-    Kinds: ``plan-established`` (the person approved a plan version: a copy is readable at
-    ``plan_url`` by the organisations the consent covers — notify asks the consent gate per recipient),
-    ``follow-up-due``, ``case-closed`` (with ``reason_code``). Readers tolerate new kinds.
+    Kinds: ``plan-established`` (the person approved a plan version: it is readable at ``plan_url`` by
+    the organisations the consent covers — planning asks the consent gate on every read by anyone but
+    the owning unit; the notice itself carries only the reference and the link), ``follow-up-due``,
+    ``case-closed`` (with ``reason_code``). Readers tolerate new kinds.
     """
 
     exchange: ClassVar[str] = PLANNING_EVENTS
