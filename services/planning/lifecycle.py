@@ -197,7 +197,7 @@ def follow_up_start(day: date) -> datetime:
 
 
 def notice(case: SipCase, kind: str, public_base_url: str, **extra: object) -> CaseNotice:
-    """What the participants are told (no personal data); notify asks the consent gate per recipient."""
+    """What the participants are told (no personal data; the plan behind the link is consent-gated)."""
     return CaseNotice(
         case_id=case.id, case_reference=case.reference, kind=kind, recipients=case.participant_ids,
         owner_hsa_id=case.owner_hsa_id, consent_id=case.consent_id,
