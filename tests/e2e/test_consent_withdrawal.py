@@ -96,12 +96,29 @@ async def test_withdrawal_stops_every_queued_disclosure_and_tells_the_participan
                    "end": (start + timedelta(hours=hours + 1)).isoformat(), "location": "Rum 3"}  # fmt: skip
         assert planning.put(f"/cases/{cid}/meeting", json=meeting).status_code == 200
 
+    # the plan is drafted and approved: a "plan established" notice with the link waits for each participant
+    plan = {
+        "needs": ["Stöd i hemmet"], "goals": [{"id": "g1", "description": "Bo kvar hemma"}],
+        "interventions": [{"id": "i1", "description": "Hemtjänst", "goal_ids": ["g1"],
+                           "responsible": {"kind": "organisation", "hsa_id": SOC}}],
+        "overall_responsibility_hsa_id": VC, "coordination": "Vårdcentralen samordnar",
+        "follow_up_date": (datetime.now(UTC) + timedelta(days=60)).date().isoformat(),
+    }  # fmt: skip
+    r = planning.put(f"/cases/{cid}/plan", json=plan)
+    assert r.status_code == 200, r.text
+    version = int(planning.get(f"/fhir/CarePlan/{cid}").json()["meta"]["versionId"])
+    r = planning.post(
+        f"/cases/{cid}/plan/approve", json={"version": version, "approved_by": "person", "method": "oral"}
+    )
+    assert r.json()["state"] == "established", r.text
+
     def pending() -> list[dict]:
         """Notifications about the case still to be sent — all but the withdrawal notices themselves."""
         return [n for n in notify.get("/notifications", params={"case_id": cid}).json()
                 if n["status"] in ("pending", "sending") and n["kind"] != "consent-withdrawn"]  # fmt: skip
 
-    wait_for(lambda: len(pending()) >= 15, what="15 queued invitations")
+    wait_for(lambda: len(pending()) >= 15 and any(n["kind"] == "plan-established" for n in pending()),
+             what="15 queued invitations and the plan notices")  # fmt: skip
 
     # the person withdraws the consent
     r = consent.post(f"/consents/{consent_id}/withdraw", json={"recorded_by_hsa_id": VC})
@@ -116,10 +133,14 @@ async def test_withdrawal_stops_every_queued_disclosure_and_tells_the_participan
     # time that was moved again had been superseded before that)
     assert all(
         n["status_reason"]
-        and ("consent" in n["status_reason"] or (n["kind"] == "reminder" and n["status_reason"].startswith("superseded")))
+        and (
+            "consent" in n["status_reason"]
+            or (n["kind"] == "reminder" and n["status_reason"].startswith("superseded"))
+        )
         for n in stopped
     )
     assert sum(1 for n in stopped if n["kind"] == "invitation" and "consent" in n["status_reason"]) >= 15
+    assert sum(1 for n in stopped if n["kind"] == "plan-established") == 3  # the plan copies too
     fhir = notify.get(f"/fhir/Communication/{stopped[0]['id']}").json()
     assert fhir["status"] == "not-done" and fhir["statusReason"]
 
