@@ -117,8 +117,11 @@ async def test_withdrawal_stops_every_queued_disclosure_and_tells_the_participan
         return [n for n in notify.get("/notifications", params={"case_id": cid}).json()
                 if n["status"] in ("pending", "sending") and n["kind"] != "consent-withdrawn"]  # fmt: skip
 
-    wait_for(lambda: len(pending()) >= 15 and any(n["kind"] == "plan-established" for n in pending()),
-             what="15 queued invitations and the plan notices")  # fmt: skip
+    def queued() -> bool:
+        kinds = [n["kind"] for n in pending()]
+        return kinds.count("invitation") >= 15 and kinds.count("plan-established") >= 3
+
+    wait_for(queued, what="15 queued invitations and the plan notices")
 
     # the person withdraws the consent
     r = consent.post(f"/consents/{consent_id}/withdraw", json={"recorded_by_hsa_id": VC})

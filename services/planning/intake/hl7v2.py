@@ -171,6 +171,8 @@ def read_header(raw: bytes) -> Header:
     if not body.startswith(b"MSH") or len(body) < 8:
         return Header()
     first = re.split(rb"[\r\n]", body, maxsplit=1)[0].decode("latin-1")
+    if len(first) < 8:  # "MSH" and a line break: no field separator or encoding characters
+        return Header()
     sep = first[3]
     parts = first.split(sep)
     enc = parts[1] if len(parts) > 1 else ""

@@ -276,3 +276,10 @@ def test_ack_escapes_separators_in_reason() -> None:
     text = msa(out.ack)[3]
     assert "ORU\\S\\R01" in text
     assert len(msa(out.ack)) == 4
+
+
+def test_a_line_break_right_after_msh_is_refused_not_a_crash() -> None:
+    # found by the property test: "MSH\n|^~\\&|..." has no field separator on the MSH line
+    raw = adt_bytes().replace(b"MSH|", b"MSH\n|", 1)
+    out = parse_adt(raw)
+    assert out.ack_code in ("AE", "AR") and out.ack
