@@ -1,13 +1,10 @@
 """Schema migrations (Alembic) for PostgreSQL; SQLite, the embedded default, is created from the models.
 
-Each service owns its database and its migration history: ``services/<service>/migrations/versions``
-(inside the package, so the installed image carries it). On
-PostgreSQL a service upgrades its database to the newest revision when it starts, under an advisory
-lock so replicas starting together take turns. Operators can run the same by hand:
-
-    .venv/bin/python -m shared.migrations upgrade planning --url postgresql://…/planning
-    .venv/bin/python -m shared.migrations current planning --url …
-    .venv/bin/python -m shared.migrations revision planning -m "what changed"   # developers: autogenerate
+Each service owns its database and its migration history in its own package
+(``services/<service>/migrations``, so the installed image carries it) and hands that directory to
+its :class:`~shared.runtime.ServiceRuntime`. On PostgreSQL the runtime upgrades the database to the
+newest revision at start-up, under an advisory lock so replicas starting together take turns.
+Operators and developers use ``python -m devtools.migrate`` (upgrade, current, history, revision).
 
 ``tests/integration/ops/test_migrations.py`` upgrades empty PostgreSQL databases and checks that the
 models and the migrated schema do not differ, so a model change without a migration fails the tests.
@@ -15,88 +12,79 @@ models and the migrated schema do not differ, so a model change without a migrat
 
 from __future__ import annotations
 
-import argparse
+import asyncio
 import zlib
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
-REPO = Path(__file__).resolve().parents[1]
-SERVICES = ("planning", "consent", "notify")
+
+def has_migrations(directory: Path | None) -> bool:
+    return directory is not None and any((directory / "versions").glob("*.py"))
 
 
-def migrations_dir(service: str) -> Path:
-    import importlib
-
-    package = importlib.import_module(f"services.{service}")
-    return Path(package.__file__).resolve().parent / "migrations"  # type: ignore[arg-type]
-
-
-def has_migrations(service: str) -> bool:
-    return any((migrations_dir(service) / "versions").glob("*.py"))
-
-
-def alembic_config(service: str, url: str | None = None) -> Config:
+def alembic_config(directory: Path, url: str | None = None) -> Config:
     cfg = Config()
     cfg.set_main_option("path_separator", "os")
-    cfg.set_main_option("script_location", str(migrations_dir(service)))
-    cfg.set_main_option("version_locations", str(migrations_dir(service) / "versions"))
-    cfg.attributes["service"] = service
+    cfg.set_main_option("script_location", str(directory))
+    cfg.set_main_option("version_locations", str(directory / "versions"))
     if url:
         cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
 
 
-def upgrade_to_head(sync_conn: sa.Connection, service: str) -> None:
+def upgrade_to_head(sync_conn: sa.Connection, directory: Path) -> None:
     """Run inside the service's start-up transaction (``conn.run_sync``)."""
     if sync_conn.dialect.name == "postgresql":
-        key = zlib.crc32(f"sip-suite:migrations:{service}".encode())
+        key = zlib.crc32(f"sip-suite:migrations:{directory.parent.name}".encode())
         sync_conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
-    cfg = alembic_config(service)
+    cfg = alembic_config(directory)
     cfg.attributes["connection"] = sync_conn
     command.upgrade(cfg, "head")
 
 
-def target_metadata(service: str) -> sa.MetaData:
-    """The service's complete models (its tables plus the outbox and inbox), as its app builds them."""
-    import importlib
-    import tempfile
+def _render_item(type_: str, obj: Any, autogen_context: Any) -> str | bool:
+    """Migrations do not import the application: its UTC datetime type is a timestamptz."""
+    if type_ == "type" and type(obj).__name__ == "UTCDateTime":
+        return "sa.DateTime(timezone=True)"
+    return False
 
-    app_mod = importlib.import_module(f"services.{service}.app")
-    settings_mod = importlib.import_module(f"services.{service}.settings")
-    settings_cls = next(
-        v for k, v in vars(settings_mod).items() if k.endswith("Settings") and k != "ServiceSettings"
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        settings = settings_cls(
-            data_dir=tmp, auth_required=False, directory_path=str(REPO / "config/directory.yaml")
+
+def run_env() -> None:
+    """The body of every service's ``migrations/env.py``: migrate on the connection the runtime hands
+    over (start-up), or on ``sqlalchemy.url`` (``devtools.migrate``)."""
+    from alembic import context
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    if context.is_offline_mode():
+        raise SystemExit("offline (SQL script) mode is not supported")
+    config = context.config
+
+    def run(connection: sa.Connection) -> None:
+        context.configure(
+            connection=connection,
+            target_metadata=config.attributes.get("target_metadata"),
+            compare_type=True,
+            render_item=_render_item,
         )
-        app = app_mod.create_app(settings)
-    return app.state.runtime.metadata
+        with context.begin_transaction():
+            context.run_migrations()
 
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        run(connection)
+        return
+    url = config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise SystemExit("give the database URL (--url)")
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description="sip-suite schema migrations (PostgreSQL)")
-    ap.add_argument("action", choices=["upgrade", "current", "revision", "history"])
-    ap.add_argument("service", choices=SERVICES)
-    ap.add_argument("--url", help="the service's PostgreSQL URL (postgresql+psycopg… or postgresql://)")
-    ap.add_argument("-m", "--message", default="change")
-    args = ap.parse_args()
-    from shared.persistence import normalise_database_url
+    async def go() -> None:
+        engine = create_async_engine(url)
+        async with engine.begin() as conn:
+            await conn.run_sync(run)
+        await engine.dispose()
 
-    url = normalise_database_url(args.url) if args.url else None
-    cfg = alembic_config(args.service, url)
-    if args.action == "upgrade":
-        command.upgrade(cfg, "head")
-    elif args.action == "current":
-        command.current(cfg, verbose=True)
-    elif args.action == "history":
-        command.history(cfg)
-    else:
-        command.revision(cfg, message=args.message, autogenerate=True)
-
-
-if __name__ == "__main__":
-    main()
+    asyncio.run(go())

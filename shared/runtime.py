@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -64,6 +65,8 @@ class ServiceRuntime:
     service: str
     settings: ServiceSettings
     metadata: sa.MetaData
+    #: the service's Alembic migrations (services/<service>/migrations); None: models only
+    migrations: Path | None = None
     broker: RabbitBroker = field(init=False)
     engine: AsyncEngine = field(init=False)
     outbox: sa.Table = field(init=False)
@@ -133,8 +136,8 @@ class ServiceRuntime:
         """PostgreSQL: upgrade to the newest migration (``services/<service>/migrations``, advisory lock).
         SQLite (the embedded default): create what is missing from the models."""
         async with self.engine.begin() as conn:
-            if conn.dialect.name == "postgresql" and has_migrations(self.service):
-                await conn.run_sync(upgrade_to_head, self.service)
+            if conn.dialect.name == "postgresql" and has_migrations(self.migrations):
+                await conn.run_sync(upgrade_to_head, self.migrations)
             else:
                 await conn.run_sync(self.metadata.create_all)
                 await conn.run_sync(upgrade_outbox, self.outbox)

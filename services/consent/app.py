@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -19,7 +20,7 @@ SERVICE = "consent"
 def create_app(settings: ConsentSettings | None = None, *, clock: Clock | None = None) -> FastAPI:
     settings = settings or ConsentSettings()
     clock = clock or SystemClock()
-    runtime = ServiceRuntime(SERVICE, settings, metadata)
+    runtime = ServiceRuntime(SERVICE, settings, metadata, migrations=Path(__file__).parent / "migrations")
     audit_writer = AuditWriter(runtime.engine)
     subscribers.register(runtime, clock, audit_writer)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -41,7 +42,7 @@ def create_app(
         "sms": SmsGatewaySender(url=settings.sms_gateway_url, token=token, timeout=settings.http_timeout),
         **(channels or {}),
     }
-    runtime = ServiceRuntime(SERVICE, settings, metadata)
+    runtime = ServiceRuntime(SERVICE, settings, metadata, migrations=Path(__file__).parent / "migrations")
     runtime.metrics.add_db_collector(
         status_gauge("sip_notify_notifications", "Notifications by status and channel", notifications,
                      "status", "channel")

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 from uuid import uuid4
 from zoneinfo import ZoneInfo
 
@@ -40,7 +41,7 @@ def create_app(
     settings = settings or PlanningSettings()
     clock = clock or SystemClock()
     directory = directory or load_directory(settings.directory_path)
-    runtime = ServiceRuntime(SERVICE, settings, metadata)
+    runtime = ServiceRuntime(SERVICE, settings, metadata, migrations=Path(__file__).parent / "migrations")
     runtime.metrics.add_db_collector(
         case_gauges(cases, open_states=OPEN_STATES, clock_states=INVITATION_CLOCK_STATES)
     )

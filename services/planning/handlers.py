@@ -9,7 +9,6 @@ from uuid import UUID
 
 from services.planning import stays
 from services.planning.adapters.fhir import care_plan
-from services.planning.adapters.store import case_snapshot
 from services.planning.deadlines import DeadlinePolicy, due_at
 from services.planning.domain import (
     FINAL_STATES,
@@ -26,6 +25,7 @@ from services.planning.ports import CaseRepository, Deadlines, Outbox
 from services.planning.stays import Stay
 from shared.clock import Clock
 from shared.contracts import (
+    CaseNotice,
     ConsentDeclined,
     ConsentGranted,
     ConsentRequested,
@@ -353,6 +353,17 @@ def invitation(
     )
 
 
+def notice(case: SipCase, kind: str, public_base_url: str, **extra: object) -> CaseNotice:
+    """What the participants are told (no personal data; the plan behind the link is consent-gated)."""
+    return CaseNotice(
+        case_id=case.id, case_reference=case.reference, kind=kind, recipients=case.participant_ids,
+        owner_hsa_id=case.owner_hsa_id, consent_id=case.consent_id,
+        plan_url=f"{public_base_url.rstrip('/')}/fhir/CarePlan/{case.id}",
+        interpreter_language=case.preferences.interpreter_language if case.preferences else None,
+        correlation_id=case.correlation_id, **extra,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
 async def handle_consent_declined(
     ev: ConsentDeclined, *, repo: CaseRepository, deadlines: Deadlines | None = None
 ) -> SipCase | None:
@@ -404,8 +415,6 @@ async def handle_deadline_breached(
     await repo.update_case(case)
     await _new_plan_version(repo, case, clock.now(), reason="follow-up due")
     if outbox is not None:
-        from services.planning.lifecycle import notice
-
         await outbox.send(notice(case, "follow-up-due", public_base_url, follow_up_date=case.follow_up_date))
     return case
 
@@ -437,7 +446,7 @@ async def _new_plan_version(
     """Every change to the plan is a new version (with its Provenance); earlier versions are kept."""
     version = await repo.next_plan_version(case.id)
     await repo.add_plan_version(
-        case.id, version, care_plan(case, version=version, at=at), at, snapshot=case_snapshot(case),
+        case.id, version, care_plan(case, version=version, at=at), at, snapshot=case,
         activity="CREATE" if version == 1 else "UPDATE", agent_hsa_id=agent_hsa_id, reason=reason,
     )  # fmt: skip
     return version

@@ -21,10 +21,10 @@ from services.planning.domain import (
     new_case_id,
     new_reference,
 )
-from services.planning.handlers import _new_plan_version, invitation, resolve_participants
+from services.planning.handlers import _new_plan_version, invitation, notice, resolve_participants
 from services.planning.plan import Approval, FollowUp, Meeting, MeetingPreferences, PlanContent
 from services.planning.ports import CaseRepository, Deadlines, Outbox
-from shared.contracts import CaseNotice, ConsentRequested, PersonId
+from shared.contracts import ConsentRequested, PersonId
 from shared.directory import Directory
 from shared.errors import PermanentError
 from shared.identifiers import parse_person_identifier
@@ -194,17 +194,6 @@ class PlanRuleViolation(PermanentError):
 def follow_up_start(day: date) -> datetime:
     """A follow-up date falls due at the start of that day, Stockholm time."""
     return datetime.combine(day, time.min, tzinfo=STOCKHOLM)
-
-
-def notice(case: SipCase, kind: str, public_base_url: str, **extra: object) -> CaseNotice:
-    """What the participants are told (no personal data; the plan behind the link is consent-gated)."""
-    return CaseNotice(
-        case_id=case.id, case_reference=case.reference, kind=kind, recipients=case.participant_ids,
-        owner_hsa_id=case.owner_hsa_id, consent_id=case.consent_id,
-        plan_url=f"{public_base_url.rstrip('/')}/fhir/CarePlan/{case.id}",
-        interpreter_language=case.preferences.interpreter_language if case.preferences else None,
-        correlation_id=case.correlation_id, **extra,  # type: ignore[arg-type]
-    )  # fmt: skip
 
 
 async def approve(

@@ -23,7 +23,7 @@ class CaseRepository(Protocol):
     async def next_plan_version(self, case_id: UUID) -> int: ...
     async def add_plan_version(
         self, case_id: UUID, version: int, resource: dict[str, Any], at: datetime, *,
-        snapshot: str = "{}", activity: str = "UPDATE", agent_hsa_id: str | None = None,
+        snapshot: SipCase | None = None, activity: str = "UPDATE", agent_hsa_id: str | None = None,
         reason: str | None = None,
     ) -> None: ...  # fmt: skip
     async def latest_plan(self, case_id: UUID) -> dict[str, Any] | None: ...

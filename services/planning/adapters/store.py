@@ -285,7 +285,7 @@ class SqlCaseRepository:
 
     async def add_plan_version(
         self, case_id: UUID, version: int, resource: dict[str, Any], at: datetime, *,
-        snapshot: str = "{}", activity: str = "UPDATE", agent_hsa_id: str | None = None,
+        snapshot: SipCase | None = None, activity: str = "UPDATE", agent_hsa_id: str | None = None,
         reason: str | None = None,
     ) -> None:  # fmt: skip
         await self.conn.execute(
@@ -294,7 +294,7 @@ class SqlCaseRepository:
                 version=version,
                 resource=json.dumps(resource),
                 recorded_at=at,
-                snapshot=snapshot,
+                snapshot=case_snapshot(snapshot) if snapshot is not None else "{}",
                 activity=activity,
                 agent_hsa_id=agent_hsa_id,
                 reason=reason,

@@ -8,7 +8,8 @@ Self-contained: the planning service wires it in with
     # HTTP: POST $process-message → status, body = await intake.handle_fhir(raw_body)
 """
 
-from .events import EVENT_KINDS, EventKind, HospitalEvent, PatientIdentifier
+from shared.hospital import EVENT_KINDS, EventKind, HospitalEvent, PatientIdentifier
+
 from .fhir_messaging import FhirOutcome, parse_message_bundle
 from .hl7v2 import Hl7Outcome, parse_adt
 from .mllp import FrameDecoder, MLLPServer

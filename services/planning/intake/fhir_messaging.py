@@ -25,9 +25,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from shared.hospital import SWEDISH_SYSTEMS, EventKind, HospitalEvent, PatientIdentifier
 from shared.identifiers import HSA_SYSTEM, InvalidPersonIdentifier
 
-from .events import SWEDISH_SYSTEMS, EventKind, HospitalEvent, PatientIdentifier
 from .hl7v2 import STOCKHOLM
 
 log = logging.getLogger("sip.intake.fhir")

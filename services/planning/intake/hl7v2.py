@@ -18,14 +18,13 @@ from zoneinfo import ZoneInfo
 import hl7
 from pydantic import ValidationError
 
+from shared.hospital import EventKind, HospitalEvent, PatientIdentifier
 from shared.identifiers import (
     PERSONNUMMER_OID,
     SAMORDNINGSNUMMER_OID,
     InvalidPersonIdentifier,
     parse_person_identifier,
 )
-
-from .events import EventKind, HospitalEvent, PatientIdentifier
 
 log = logging.getLogger("sip.intake.hl7v2")
 

@@ -21,9 +21,9 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from shared.hospital import HospitalEvent
 from shared.persistence import utcnow
 
-from .events import HospitalEvent
 from .fhir_messaging import parse_message_bundle
 from .hl7v2 import STOCKHOLM, parse_adt
 

@@ -11,7 +11,8 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from shared.migrations import SERVICES, has_migrations
+from devtools.migrate import SERVICES
+from shared.migrations import has_migrations
 
 pytestmark = pytest.mark.postgres
 REPO = Path(__file__).resolve().parents[3]
@@ -37,8 +38,8 @@ def differences(sync_conn: sa.Connection, metadata: sa.MetaData) -> list:
 
 @pytest.mark.parametrize("service", SERVICES)
 async def test_migrations_upgrade_an_empty_database_to_exactly_the_models(service, pg_url):
-    assert has_migrations(service)
     runtime = app_for(service, pg_url).state.runtime
+    assert has_migrations(runtime.migrations)
     try:
         await runtime.prepare_database()
         await runtime.prepare_database()  # again: nothing to do
