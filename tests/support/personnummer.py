@@ -4,6 +4,8 @@ Taken from Skatteverket's open data set of test identity numbers (testpersonnumm
 ``tests/unit/test_identifiers.py`` to be valid.
 """
 
+import re
+
 ADULTS = (
     "200001012384",
     "200001022391",
@@ -36,3 +38,16 @@ ADULTS = (
 CHILD = "201701012393"  # born 2017: under 18, guardians consent
 SAMORDNINGSNUMMER = "191401682396"
 ADULT = ADULTS[0]
+
+
+# --- finding personnummer-shaped numbers in text a person or a log reader sees ----------------------
+_PNR_SHAPED = re.compile(r"(?<!\d)(?:\d{2})?\d{6}[-+]?\d{4}(?!\d)")
+# A case link carries the case's UUID; its hex groups are now and then all digits (e.g. "...-3137500634")
+# and would look like a personnummer. A UUID is not personal data, so it is taken out before the check.
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def personnummer_shaped(text: str) -> list[str]:
+    """Every number in ``text`` shaped like a personnummer or samordningsnummer (10 or 12 digits, with or
+    without the separator), ignoring UUIDs."""
+    return _PNR_SHAPED.findall(_UUID.sub("<uuid>", text))
