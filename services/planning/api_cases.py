@@ -60,7 +60,7 @@ def build_router(
         try:
             async with runtime.unit_of_work() as uow:
                 if case_id is not None:
-                    existing = await SqlCaseRepository(uow.conn).get_case(case_id)
+                    existing = await SqlCaseRepository(uow.conn).get_case(case_id, for_update=True)
                     if existing is None or (actor and not is_member(Caller(actor, "", ""), existing)):
                         raise lifecycle.CaseNotFound(f"no SIP case {case_id}")
                 case = await step(uow, SqlCaseRepository(uow.conn))

@@ -126,6 +126,9 @@ class SipCase:
     approval: Approval | None = None
     follow_up_date: date | None = None
     followed_up_at: datetime | None = None
+    #: who the invitation went to (the participants the consent covers); a meeting time, set or moved
+    #: later, goes to the same organisations — also to those whose InvitationSent has not come back yet
+    invitees: tuple[str, ...] = ()
 
     def move_to(self, target: State, **changes: object) -> SipCase:
         if target not in TRANSITIONS[self.state]:
@@ -163,13 +166,15 @@ class SipCase:
     def refuse(self, reason: str) -> SipCase:
         return self.move_to("refused", closed_reason=reason)
 
-    def consent_given(self, consent_id: UUID) -> SipCase:
-        """A discharge case invites at once (the LUS clock runs); a proposed one is prepared first."""
-        target: State = "invitation_requested" if self.origin == "discharge" else "preparing"
-        return self.move_to(target, consent_id=consent_id)
+    def consent_given(self, consent_id: UUID, invitees: tuple[str, ...] = ()) -> SipCase:
+        """A discharge case invites at once (the LUS clock runs): ``invitees``, the participants the
+        consent covers; a proposed one is prepared first."""
+        if self.origin == "discharge":
+            return self.move_to("invitation_requested", consent_id=consent_id, invitees=invitees)
+        return self.move_to("preparing", consent_id=consent_id)
 
     def invitation_requested(self) -> SipCase:
-        return self.move_to("invitation_requested")
+        return self.move_to("invitation_requested", invitees=self.participant_ids)
 
     def with_preferences(self, preferences: MeetingPreferences) -> SipCase:
         if not self.is_open:

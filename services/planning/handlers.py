@@ -125,7 +125,7 @@ async def handle_stay_event(
     now = clock.now()
     policy = policy or DeadlinePolicy(invitation_days=deadline_days)
     hospital_id = ev.hospital_id or ""
-    stay = await repo.get_stay(hospital_id, ev.stay_id)
+    stay = await repo.get_stay(hospital_id, ev.stay_id, for_update=True)
     is_new = stay is None
     if stay is None:
         stay = Stay.first(ev)
@@ -256,7 +256,7 @@ async def _change_case(
     stay: Stay, ev: HospitalEvent, effect: stays.Effect, *, repo: CaseRepository, now: datetime,
     policy: DeadlinePolicy, deadlines: Deadlines | None = None,
 ) -> SipCase | None:  # fmt: skip
-    case = await repo.get_case(UUID(stay.case_id)) if stay.case_id else None
+    case = await repo.get_case(UUID(stay.case_id), for_update=True) if stay.case_id else None
     if case is None or case.state in FINAL_STATES:
         return None
     changed: SipCase | None = None
@@ -294,7 +294,7 @@ async def _change_case(
 
 
 async def _case_for(repo: CaseRepository, case_id: object, patient_identifier: str) -> SipCase:
-    case = await repo.get_case(case_id)  # type: ignore[arg-type]
+    case = await repo.get_case(case_id, for_update=True)  # type: ignore[arg-type]
     if case is None:
         raise PermanentError(f"no SIP case {case_id}")
     if case.patient_identifier != patient_identifier:
@@ -320,7 +320,7 @@ async def handle_consent_granted(
     if not recipients:
         raise PermanentError(f"the consent covers none of the participants of SIP case {case.id}")
     now = clock.now()
-    case = case.consent_given(ev.consent_id)
+    case = case.consent_given(ev.consent_id, recipients)
     if case.state == "invitation_requested":  # a discharge: the LUS clock runs, invite at once
         await outbox.send(invitation(case, recipients, public_base_url, ev.correlation_id))
     await _new_plan_version(repo, case, now, reason="consent given")
@@ -408,7 +408,7 @@ async def handle_deadline_breached(
     (Escalating to the owning unit is notify's.)"""
     if ev.kind != "follow-up":
         return None
-    case = await repo.get_case(ev.case_id)
+    case = await repo.get_case(ev.case_id, for_update=True)
     if case is None or case.state != "established":
         return None
     case = case.follow_up_is_due()
@@ -423,7 +423,7 @@ async def handle_invitation_sent(
     ev: InvitationSent, *, repo: CaseRepository, clock: Clock, deadlines: Deadlines | None = None,
     policy: DeadlinePolicy | None = None,
 ) -> SipCase | None:  # fmt: skip
-    case = await repo.get_case(ev.case_id)
+    case = await repo.get_case(ev.case_id, for_update=True)
     if case is None:
         raise PermanentError(f"no SIP case {ev.case_id}")
     await repo.record_invitation(case.id, ev.recipient_hsa_id, ev.channel, ev.sent_at)

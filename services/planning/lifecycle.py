@@ -50,7 +50,7 @@ class Proposal(BaseModel):
 
 
 async def _load(repo: CaseRepository, case_id: UUID) -> SipCase:
-    case = await repo.get_case(case_id)
+    case = await repo.get_case(case_id, for_update=True)
     if case is None:
         raise CaseNotFound(f"no SIP case {case_id}")
     return case
@@ -150,7 +150,7 @@ async def invite(
 ) -> SipCase:  # fmt: skip
     """A prepared (proposed) case: the invitation goes to the participants the consent covers."""
     case = (await _load(repo, case_id)).invitation_requested()
-    await outbox.send(invitation(case, case.participant_ids, public_base_url))
+    await outbox.send(invitation(case, case.invitees, public_base_url))
     return await _save(repo, case, now, agent_hsa_id, "invitation requested")
 
 
@@ -160,8 +160,10 @@ async def schedule_meeting(
 ) -> SipCase:  # fmt: skip
     """The meeting time: the participants get a calendar invitation (notify attaches the ICS)."""
     case = (await _load(repo, case_id)).schedule_meeting(meeting)
-    invited = await repo.invited_recipients(case.id) or case.participant_ids
-    await outbox.send(invitation(case, tuple(invited), public_base_url))
+    # the organisations the invitation went to (not only those whose delivery is already confirmed);
+    # a case stored before invitees were kept: those invited so far, else the participants
+    invited = case.invitees or tuple(await repo.invited_recipients(case.id)) or case.participant_ids
+    await outbox.send(invitation(case, invited, public_base_url))
     return await _save(repo, case, now, agent_hsa_id, "meeting scheduled")
 
 

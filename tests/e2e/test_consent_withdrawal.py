@@ -40,14 +40,14 @@ def suite(amqp_url: str, tmp_path: Path, smtp: MailSink) -> Iterator[Suite]:
             p.stop()
 
 
-def wait_for(fn, timeout: float = 40.0, what: str = "condition"):
+def wait_for(fn, timeout: float = 40.0, what: str = "condition", seen=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = fn()
         if value:
             return value
         time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what}" + (f"; last seen: {seen()}" if seen else ""))
 
 
 def mails(smtp: MailSink) -> list[tuple[float, email.message.EmailMessage]]:
@@ -121,7 +121,11 @@ async def test_withdrawal_stops_every_queued_disclosure_and_tells_the_participan
         kinds = [n["kind"] for n in pending()]
         return kinds.count("invitation") >= 15 and kinds.count("plan-established") >= 3
 
-    wait_for(queued, what="15 queued invitations and the plan notices")
+    def statuses() -> list[tuple[str, str, str | None]]:
+        found = notify.get("/notifications", params={"case_id": cid}).json()
+        return sorted((n["kind"], n["status"], n.get("status_reason")) for n in found)
+
+    wait_for(queued, what="15 queued invitations and the plan notices", seen=statuses)
 
     # the person withdraws the consent
     r = consent.post(f"/consents/{consent_id}/withdraw", json={"recorded_by_hsa_id": VC})

@@ -142,6 +142,8 @@ def _details_in(d: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {k: m.model_validate(d[k]) for k, m in _DETAILS.items() if d.get(k) is not None}
     if d.get("followed_up_at"):
         out["followed_up_at"] = datetime.fromisoformat(d["followed_up_at"])
+    if d.get("invitees"):
+        out["invitees"] = tuple(d["invitees"])
     return out
 
 
@@ -151,6 +153,8 @@ def _details_out(case: SipCase) -> str:
     }
     if case.followed_up_at:
         d["followed_up_at"] = case.followed_up_at.isoformat()
+    if case.invitees:
+        d["invitees"] = list(case.invitees)
     return json.dumps(d, ensure_ascii=False)
 
 
@@ -238,12 +242,9 @@ class SqlCaseRepository:
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
 
-    async def get_stay(self, hospital_id: str, stay_id: str) -> Stay | None:
-        row = (
-            await self.conn.execute(
-                stays.select().where(stays.c.hospital_id == hospital_id, stays.c.stay_id == stay_id)
-            )
-        ).first()
+    async def get_stay(self, hospital_id: str, stay_id: str, *, for_update: bool = False) -> Stay | None:
+        q = stays.select().where(stays.c.hospital_id == hospital_id, stays.c.stay_id == stay_id)
+        row = (await self.conn.execute(q.with_for_update() if for_update else q)).first()
         return _stay(row) if row else None
 
     async def save_stay(self, stay: Stay, at: datetime, *, new: bool) -> None:
@@ -264,8 +265,14 @@ class SqlCaseRepository:
     async def add_case(self, case: SipCase) -> None:
         await self.conn.execute(cases.insert().values(**_values(case)))
 
-    async def get_case(self, case_id: UUID) -> SipCase | None:
-        row = (await self.conn.execute(cases.select().where(cases.c.id == str(case_id)))).first()
+    async def get_case(self, case_id: UUID, *, for_update: bool = False) -> SipCase | None:
+        """``for_update``: the read that starts a change of the case. On PostgreSQL it locks the case's
+        row until the transaction ends, so two changes of one case (three participants' InvitationSent
+        arriving together, a coordinator's command beside a hospital event) take turns instead of
+        overwriting each other or colliding on the next plan version; SQLite's one write lock already
+        does that."""
+        q = cases.select().where(cases.c.id == str(case_id))
+        row = (await self.conn.execute(q.with_for_update() if for_update else q)).first()
         return _case(row) if row else None
 
     async def update_case(self, case: SipCase) -> None:

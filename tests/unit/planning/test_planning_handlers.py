@@ -188,6 +188,33 @@ async def test_invitation_sent_marks_invited_and_versions_the_plan(conn):
     assert task["status"] == "completed"
 
 
+
+async def test_a_meeting_goes_to_everyone_invited_even_before_their_delivery_is_confirmed(conn):
+    """Regression (seen on PostgreSQL): the meeting time went only to the participants whose
+    InvitationSent had come back, so one scheduled right after the first delivery reached one of three."""
+    from services.planning import lifecycle
+    from services.planning.plan import Meeting
+
+    repo, case = await _opened(conn)
+    consented = ("SE2120001-SOC0180", "SE2321000016-VC001")
+    await handlers.handle_consent_granted(
+        ConsentGranted(consent_id=uuid4(), case_id=case.id, patient_identifier=ADULT,
+                       purposes=("draw-up-plan", "send-invitation"), recipients=consented),
+        repo=repo, outbox=Outbox(), clock=FixedClock(NOW), public_base_url="x",
+    )  # fmt: skip
+    assert (await repo.get_case(case.id)).invitees == consented  # kept with the case
+    await handlers.handle_invitation_sent(
+        InvitationSent(case_id=case.id, notification_id=uuid4(), recipient_hsa_id=consented[0], channel="email",
+                       sent_at=NOW), repo=repo, clock=FixedClock(NOW))  # fmt: skip
+    out = Outbox()
+    start = NOW + timedelta(days=2)
+    await lifecycle.schedule_meeting(
+        case.id, Meeting(start=start, end=start + timedelta(hours=1), location="Rum 3"), repo=repo, outbox=out, now=NOW,
+        agent_hsa_id=consented[1], public_base_url="x",
+    )  # fmt: skip
+    [inv] = out.sent
+    assert isinstance(inv, SendInvitation) and inv.recipients == consented and inv.meeting_start == start
+
 def _plan():
     from services.planning.domain import Participant, SipCase
 
