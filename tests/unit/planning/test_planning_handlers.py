@@ -188,7 +188,6 @@ async def test_invitation_sent_marks_invited_and_versions_the_plan(conn):
     assert task["status"] == "completed"
 
 
-
 async def test_a_meeting_goes_to_everyone_invited_even_before_their_delivery_is_confirmed(conn):
     """Regression (seen on PostgreSQL): the meeting time went only to the participants whose
     InvitationSent had come back, so one scheduled right after the first delivery reached one of three."""
@@ -214,6 +213,7 @@ async def test_a_meeting_goes_to_everyone_invited_even_before_their_delivery_is_
     )  # fmt: skip
     [inv] = out.sent
     assert isinstance(inv, SendInvitation) and inv.recipients == consented and inv.meeting_start == start
+
 
 def _plan():
     from services.planning.domain import Participant, SipCase
