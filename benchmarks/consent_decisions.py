@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from shared.auth import mint_token
 from shared.consent_gate import ConsentGateClient
-from shared.messaging import make_broker
+from shared.messaging import declare_topology_at, make_broker
 from tests.support.infra import Proc, free_port, python_module, rabbit_vhost
 from tests.support.personnummer import ADULTS
 
@@ -94,6 +94,8 @@ SECRET = "benchmark-only-secret-of-at-least-32-bytes"
 
 async def main_async(args: argparse.Namespace) -> None:
     with rabbit_vhost() as amqp_url, tempfile.TemporaryDirectory() as tmp:
+        # only consent runs, and it declares only its own queues: the others first, as in production
+        await declare_topology_at(amqp_url)
         port = free_port()
         env = dict(os.environ)
         env.update(

@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from services.planning.intake.mllp import FrameDecoder, frame
+from shared.messaging import declare_topology_at
 from tests.support.infra import Proc, free_port, python_module, rabbit_vhost
 from tests.support.personnummer import ADULTS
 
@@ -137,6 +138,8 @@ def main() -> None:
     args = ap.parse_args()
 
     with rabbit_vhost() as amqp_url, tempfile.TemporaryDirectory() as tmp:
+        # only planning runs, and it declares only its own queues: the others first, as in production
+        asyncio.run(declare_topology_at(amqp_url))
         http_port, mllp_port = free_port(), free_port()
         env = dict(os.environ)
         env.update(

@@ -2,8 +2,9 @@
 
 - persistent messages, publisher confirms, ``on_return_raises=True`` (an unroutable message raises
   instead of vanishing), a set prefetch;
-- the whole topology declared at start-up (durable quorum queues, dead-letter exchange, delivery
-  limit, at-least-once dead-lettering);
+- the service's own part of the topology declared at start-up (durable quorum queues, dead-letter
+  exchange, delivery limit, at-least-once dead-lettering; :func:`declare_service_topology`); the
+  whole topology (:func:`declare_topology`) is for operators and tests;
 - a consume middleware that classifies failures: a message that can never succeed (it does not
   parse, fails contract validation, or the handler raises :class:`PermanentError`) goes to the DLQ
   at once with the reason in headers; anything else is retried with a growing delay and dead-lettered
@@ -26,7 +27,7 @@ from faststream.rabbit import Channel, RabbitBroker
 from faststream.rabbit.message import RabbitMessage
 from pydantic import ValidationError
 
-from shared.contracts import EVENT_EXCHANGES
+from shared.contracts import COMMAND_EXCHANGES, EVENT_EXCHANGES
 from shared.errors import PermanentError
 from shared.topology import (
     DEFAULT_RETRY_DELAY_SECONDS,
@@ -35,8 +36,10 @@ from shared.topology import (
     dead_letter_exchange,
     dead_letter_queue,
     exchange_for,
+    exchanges_of,
     retry_queue,
     subscription_for_queue,
+    subscriptions_of,
     work_queue,
 )
 
@@ -301,11 +304,42 @@ def make_broker(
     return broker
 
 
+async def declare_service_topology(
+    broker: RabbitBroker, service: str, retry_delay_seconds: float = DEFAULT_RETRY_DELAY_SECONDS
+) -> None:
+    """Declare what ``service`` needs, and nothing of another service's (what every service does at
+    start; its broker user may do no more, see deploy/rabbitmq/generate_definitions.py):
+
+    - every exchange it publishes to or binds from (:func:`shared.topology.exchanges_of`), actively:
+      declaring an existing exchange with the same arguments is a no-op, and a service that is the
+      first one up on an empty vhost creates them, so no start order is needed;
+    - its dead-letter exchange, and per subscription its work queue (bound to the contract's
+      exchange), DLQ (bound to the dead-letter exchange) and retry queue.
+
+    Another consumer's queues are not declared: a command for a consumer that never ran is unroutable
+    (the outbox keeps it and retries), so the whole topology is pre-created where that matters
+    (deploy/rabbitmq/definitions.json; :func:`declare_topology` elsewhere)."""
+    for name in exchanges_of(service):
+        await broker.declare_exchange(exchange_for(name))
+    dlx = await broker.declare_exchange(dead_letter_exchange(service))
+    for sub in subscriptions_of(service):
+        source = await broker.declare_exchange(contract_exchange(sub.contract))
+        queue = await broker.declare_queue(work_queue(sub))
+        await queue.bind(source, routing_key=sub.contract.routing_key)
+        dlq = await broker.declare_queue(dead_letter_queue(sub))
+        await dlq.bind(dlx, routing_key=sub.contract.routing_key)
+        await broker.declare_queue(retry_queue(sub, retry_delay_seconds))
+
+
 async def declare_topology(
     broker: RabbitBroker, retry_delay_seconds: float = DEFAULT_RETRY_DELAY_SECONDS
 ) -> None:
-    """Declare every exchange, work queue, retry queue, dead-letter exchange and DLQ of the suite."""
-    for name in sorted({s.contract.exchange for s in SUBSCRIPTIONS} | set(EVENT_EXCHANGES)):
+    """Declare every exchange, work queue, retry queue, dead-letter exchange and DLQ of the suite.
+
+    For operators and tests (a user with configure on every suite name, e.g. the operator): the
+    services declare only their own part (:func:`declare_service_topology`)."""
+    exchanges = {s.contract.exchange for s in SUBSCRIPTIONS} | set(EVENT_EXCHANGES) | set(COMMAND_EXCHANGES)
+    for name in sorted(exchanges):
         await broker.declare_exchange(exchange_for(name))
     for sub in SUBSCRIPTIONS:
         source = await broker.declare_exchange(contract_exchange(sub.contract))
@@ -315,6 +349,18 @@ async def declare_topology(
         dlq = await broker.declare_queue(dead_letter_queue(sub))
         await dlq.bind(dlx, routing_key=sub.contract.routing_key)
         await broker.declare_queue(retry_queue(sub, retry_delay_seconds))
+
+
+async def declare_topology_at(
+    amqp_url: str, retry_delay_seconds: float = DEFAULT_RETRY_DELAY_SECONDS
+) -> None:
+    """Connect as ``amqp_url``'s user, declare the whole topology (:func:`declare_topology`), close."""
+    broker = RabbitBroker(amqp_url, logger=logging.getLogger("sip.topology"))
+    await broker.connect()
+    try:
+        await declare_topology(broker, retry_delay_seconds)
+    finally:
+        await broker.stop()
 
 
 async def publish_raw(

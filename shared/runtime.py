@@ -2,9 +2,10 @@
 
 A service's ``app.py`` builds one :class:`ServiceRuntime` (its composition root), registers its
 subscribers on ``runtime.broker`` and its HTTP routes on the FastAPI app, and hands the app to
-uvicorn. Nothing connects at import time; ``lifespan`` connects, declares the topology, creates the
-tables, starts consuming and starts the relay, and on shutdown stops consuming first (in-flight
-messages finish or are returned to the queue), then drains the relay.
+uvicorn. Nothing connects at import time; ``lifespan`` connects, declares the service's own part of
+the topology (``shared.messaging.declare_service_topology``), creates the tables, starts consuming
+and starts the relay, and on shutdown stops consuming first (in-flight messages finish or are
+returned to the queue), then drains the relay.
 
 Observability comes with it, so no service wires it: :meth:`ServiceRuntime.add_health_routes` (which
 every ``app.py`` calls) also serves ``GET /metrics`` (Prometheus) and puts an HTTP span around
@@ -36,7 +37,7 @@ from shared.auth import install_auth
 from shared.contracts import Contract
 from shared.messaging import (
     ConsumeObservation,
-    declare_topology,
+    declare_service_topology,
     make_broker,
     original_routing_key,
     publish_raw,
@@ -145,7 +146,7 @@ class ServiceRuntime:
     async def start(self, *, consume: bool = True) -> None:
         await self.prepare_database()
         await self.broker.connect()
-        await declare_topology(self.broker, self.settings.retry_delay_seconds)
+        await declare_service_topology(self.broker, self.service, self.settings.retry_delay_seconds)
         if consume:
             await self.broker.start()
         self.broker_started = True

@@ -1,8 +1,18 @@
 """The suite's RabbitMQ topology, in one place.
 
-Every service declares the *whole* topology at start-up (declarations are idempotent), so a message
-published before its consumer has ever run is queued, not returned or dropped. Queue arguments are
-identical everywhere because they come from here.
+Each service declares at start-up only its own part (:func:`shared.messaging.declare_service_topology`;
+least privilege: its broker user has no rights on another service's queues): its work queues, their
+retry queues and DLQs, its dead-letter exchange, the bindings of its own queues, and every exchange it
+publishes to or binds from (:func:`exchanges_of`). The exchanges are declared *actively* (idempotent,
+same arguments everywhere), so any service can be the first one up on an empty vhost.
+
+The whole topology is created before any service starts — from deploy/rabbitmq/definitions.json in
+the deployment, by :func:`shared.messaging.declare_topology` (``sipctl declare-topology``, run by
+``sipctl run``) elsewhere — so a message published before its consumer has ever run is queued, not
+returned or dropped. Without that, a command to a consumer that never ran is unroutable and stays in
+the sender's outbox until the consumer has declared its queue, but an *event* that another consumer
+already receives is not kept for a consumer that has not yet declared its queue.
+Queue arguments are identical everywhere because they come from here.
 
 Naming (README, "Message catalogue"):
 - queue ``<consumer>.<routing key>`` — durable quorum queue, replicas of a consumer share it;
@@ -19,6 +29,7 @@ from faststream.rabbit import ExchangeType, QueueType, RabbitExchange, RabbitQue
 from shared.contracts import (
     EVENT_EXCHANGES,
     CaseNotice,
+    ConsentDecisionRequested,
     ConsentDeclined,
     ConsentGranted,
     ConsentRequested,
@@ -81,6 +92,9 @@ PUBLICATIONS: dict[str, tuple[type[Contract], ...]] = {
     "notify": (InvitationSent,),
 }
 """What each service publishes (through its outbox); documented in its AsyncAPI."""
+
+REQUESTS: dict[str, tuple[type[Contract], ...]] = {"planning": (ConsentDecisionRequested,)}
+"""Requests a service sends over RabbitMQ request/reply (planning asks the consent gate)."""
 
 
 def dead_letter_exchange_name(consumer: str) -> str:
@@ -165,3 +179,20 @@ def subscription_for_queue(queue_name: str) -> Subscription | None:
 
 def subscriptions_of(consumer: str) -> tuple[Subscription, ...]:
     return tuple(s for s in SUBSCRIPTIONS if s.consumer == consumer)
+
+
+def publishes_to(service: str) -> tuple[str, ...]:
+    """The exchanges ``service`` publishes to (outbox publications and request/reply requests)."""
+    contracts = PUBLICATIONS.get(service, ()) + REQUESTS.get(service, ())
+    return tuple(sorted({c.exchange for c in contracts}))
+
+
+def binds_from(service: str) -> tuple[str, ...]:
+    """The exchanges ``service``'s work queues are bound to (consent's decision queue binds from
+    ``consent.commands`` too, which its subscriptions already name)."""
+    return tuple(sorted({s.contract.exchange for s in subscriptions_of(service)}))
+
+
+def exchanges_of(service: str) -> tuple[str, ...]:
+    """The suite exchanges ``service`` declares at start (not counting its own dead-letter exchange)."""
+    return tuple(sorted(set(publishes_to(service)) | set(binds_from(service))))

@@ -5,6 +5,7 @@
   sipctl consent CASE_ID     record the person's consent for a case (over the consent API)
   sipctl status              health of every service and the open SIP cases
   sipctl dead-letters list   dead letters with their reasons;  `replay QUEUE [--id ID ...]` sends them back
+  sipctl declare-topology    declare the suite's whole topology (as the operator; `run` does it first)
 
 Settings come from the environment (see .env.example); the defaults match `make run`.
 """
@@ -71,8 +72,30 @@ def auth(organisation: str | None = None) -> dict[str, str]:
     return {"Authorization": f"Bearer {mint_token(dev_secret(), org, subject='sipctl', ttl=600)}"}
 
 
+# ---- declare-topology -------------------------------------------------------------------------
+def _declare_topology() -> None:
+    from shared.messaging import declare_topology_at
+    from shared.settings import ServiceSettings
+
+    delay = ServiceSettings().retry_delay_seconds  # the services' retry queues must have the same TTL
+    asyncio.run(asyncio.wait_for(declare_topology_at(amqp_url(), delay), timeout=30))
+
+
+def cmd_declare_topology(_: argparse.Namespace) -> int:
+    """Every exchange, queue and binding of the suite, so that a message published before its consumer
+    ever ran is queued (each service declares only its own part; the deployment loads them from
+    deploy/rabbitmq/definitions.json). Needs a user with configure on every suite name."""
+    _declare_topology()
+    print("declared the suite's topology")
+    return 0
+
+
 # ---- run --------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
+    try:  # the whole topology first: the services declare only their own parts
+        _declare_topology()
+    except Exception as exc:
+        print(f"could not declare the whole topology: {exc!r}", file=sys.stderr)
     env = dict(os.environ)
     env.setdefault("SIP_DATA_DIR", str(REPO / "var"))
     env.setdefault("SIP_LOG_FORMAT", "text")
@@ -327,6 +350,8 @@ def main(argv: list[str] | None = None) -> None:
     dl.add_argument("--id", action="append", help="replay only this message_id (repeatable)")
     dl.add_argument("--limit", type=int, default=100)
     dl.set_defaults(fn=cmd_dead_letters)
+    t = sub.add_parser("declare-topology", help="declare the suite's whole topology (operator)")
+    t.set_defaults(fn=cmd_declare_topology)
     args = ap.parse_args(argv)
     sys.exit(args.fn(args))
 

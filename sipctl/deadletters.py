@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
+import aiormq
 
 from shared.messaging import REASON_HEADER
 from shared.topology import SUBSCRIPTIONS
@@ -64,7 +65,13 @@ async def list_dead_letters(amqp_url: str, queue: str | None = None, limit: int 
     async with conn:
         for name in dlq_names(queue):
             ch = await conn.channel()
-            q = await ch.declare_queue(name, passive=True)
+            try:
+                q = await ch.declare_queue(name, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                # each service declares only its own queues: one that never ran has no DLQ yet
+                if queue:
+                    raise
+                continue
             count = q.declaration_result.message_count or 0
             for _ in range(min(count, limit)):
                 m = await q.get(fail=False, no_ack=False)

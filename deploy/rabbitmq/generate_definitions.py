@@ -12,25 +12,37 @@ What is in it:
 - vhost ``sip``; the operator user (administrator tag, everything on ``sip``: management UI,
   ``sipctl dead-letters``); one user per service with exactly the names it needs (below);
 - the whole topology of shared.topology (exchanges, quorum work/retry/dead-letter queues, bindings)
-  with the arguments the services declare, so it exists before any service starts.
+  with the arguments the services declare, so it exists before any service starts: a message
+  published before its consumer ever ran is queued (an event on a topic exchange would otherwise
+  reach only the consumers that have declared their queues so far).
 
-Why the topology is here: every service declares the *whole* topology at start (idempotent), and
-RabbitMQ checks ``read`` on a queue and ``write`` on its dead-letter exchange only when a declare
-*creates* a queue with ``x-dead-letter-exchange``. Pre-created, a redeclare needs ``configure`` only,
-so no service needs ``read`` on another service's queues. Each service's regexes are exact
-alternations of the suite's names (anchored; RabbitMQ searches, so the anchors matter):
+Each service declares only its own part at start (shared.messaging.declare_service_topology): every
+exchange it publishes to or binds from (actively — so it starts on an empty vhost in any order; on
+the pre-created topology the redeclare is a no-op), its own ``<service>.dlx``, and its own work,
+retry and dead-letter queues with their bindings; faststream's subscribers redeclare and bind the
+same. RabbitMQ's rules (access-control guide): ``exchange.declare`` and ``queue.declare`` need
+configure on the name (passive ones need nothing); a ``queue.declare`` that *creates* a queue with
+``x-dead-letter-exchange`` also needs read on the queue and write on that exchange (``""`` is checked
+as ``amq.default``); ``queue.bind`` needs write on the queue and read on the exchange;
+``basic.publish`` write on the exchange; ``basic.consume``/``basic.get``/``queue.purge`` read on the
+queue; ``queue.delete``/``exchange.delete`` configure. So, per service (regexes are exact
+alternations of names, anchored; RabbitMQ searches, so the anchors matter):
 
-- configure: every suite exchange and queue (the whole-topology declare), + consent's decide queue
-  for consent (only consent declares it);
-- write: every suite work queue and DLQ (declare_topology binds them all: ``queue.bind`` needs write
-  on the queue; retry queues have no binding),
-  the exchanges the service publishes to (PUBLICATIONS; planning also sends consent-gate requests to
-  consent.commands), its own dead-letter exchange (the middleware dead-letters there) and
-  ``amq.default`` (retry parking publishes to ``<queue>.retry`` through it; consent answers the
-  gate's direct reply-to through it);
-- read: every suite exchange (binding *from* an exchange needs read on it) and only the service's own
-  work queues (+ the decide queue for consent). Not the dead-letter or retry queues: services never
-  consume those; the operator reads DLQs with ``sipctl dead-letters``.
+- configure: its own work, retry and dead-letter queues (+ consent's decide queue for consent), its
+  own dead-letter exchange and the exchanges it publishes to or binds from
+  (shared.topology.exchanges_of). No other service's queue: it cannot declare, delete or redeclare
+  those. (Configure on a shared exchange does let it delete that exchange — the price of any start
+  order on an empty vhost; see README, "Containers".)
+- write: its own work queues and DLQs (it binds them; retry queues have no binding) + consent's decide
+  queue, the exchanges it publishes to (shared.topology.publishes_to: PUBLICATIONS, and consent.commands
+  for planning's consent-gate requests), its own dead-letter exchange (the middleware dead-letters
+  there; also its queues' x-dead-letter-exchange) and ``amq.default`` (retry parking publishes to
+  ``<queue>.retry`` through it, the retry queues dead-letter through it, consent answers the gate's
+  direct reply-to through it — which also lets a service publish into any queue by name).
+- read: the exchanges it binds from and its own dead-letter exchange (its DLQs bind from it), its own
+  work queues (it consumes them) and retry queues (creating a queue with a dead-letter exchange needs
+  read on it) + consent's decide queue. Not a DLQ (the operator reads those with ``sipctl
+  dead-letters``) and no other service's queue: it cannot consume, get or purge them.
 """
 
 from __future__ import annotations
@@ -45,11 +57,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from shared.contracts import EVENT_EXCHANGES, ConsentDecisionRequested
 from shared.topology import (
     DEFAULT_RETRY_DELAY_SECONDS,
-    PUBLICATIONS,
     SUBSCRIPTIONS,
+    binds_from,
     dead_letter_exchange_name,
     dead_letter_queue,
     exchange_for,
+    exchanges_of,
+    publishes_to,
     retry_queue,
     subscriptions_of,
     work_queue,
@@ -61,7 +75,6 @@ ADMIN_USER = "@ADMIN_USER@"
 HASHING = "rabbit_password_hashing_sha256"
 DEFAULT_EXCHANGE = "amq.default"  # the name RabbitMQ checks permissions on for the "" exchange
 DECIDE_QUEUE = f"consent.{ConsentDecisionRequested.routing_key}"  # declared by consent only
-GATE_CLIENTS = ("planning",)  # services that ask the consent gate over RabbitMQ request/reply
 
 
 def password_placeholder(user: str) -> str:
@@ -74,16 +87,6 @@ def suite_exchanges() -> list[str]:
     return sorted(names)
 
 
-def suite_queues() -> list[str]:
-    return sorted(n for s in SUBSCRIPTIONS for n in (s.queue_name, s.dlq_name, s.retry_queue_name))
-
-
-def bound_queues() -> list[str]:
-    """The queues declare_topology binds (work queues and DLQs; retry queues are reached through the
-    default exchange and have no binding)."""
-    return sorted(n for s in SUBSCRIPTIONS for n in (s.queue_name, s.dlq_name))
-
-
 def exact(names: list[str] | set[str]) -> str:
     """A regex that RabbitMQ's search (re:run, not a full match) matches for exactly these names."""
     for n in names:
@@ -92,16 +95,25 @@ def exact(names: list[str] | set[str]) -> str:
 
 
 def permissions_of(service: str) -> dict[str, str]:
-    own_decide = [DECIDE_QUEUE] if service == "consent" else []
-    publishes = {c.exchange for c in PUBLICATIONS[service]}
-    if service in GATE_CLIENTS:
-        publishes.add(ConsentDecisionRequested.exchange)
+    own = subscriptions_of(service)
+    decide = [DECIDE_QUEUE] if service == "consent" else []
+    dlx = dead_letter_exchange_name(service)
     return {
-        "configure": exact(suite_exchanges() + suite_queues() + own_decide),
-        "write": exact(
-            bound_queues() + own_decide + [*publishes, dead_letter_exchange_name(service), DEFAULT_EXCHANGE]
+        "configure": exact(
+            [n for s in own for n in (s.queue_name, s.retry_queue_name, s.dlq_name)]
+            + decide
+            + [*exchanges_of(service), dlx]
         ),
-        "read": exact(suite_exchanges() + [s.queue_name for s in subscriptions_of(service)] + own_decide),
+        "write": exact(
+            [n for s in own for n in (s.queue_name, s.dlq_name)]
+            + decide
+            + [*publishes_to(service), dlx, DEFAULT_EXCHANGE]
+        ),
+        "read": exact(
+            [n for s in own for n in (s.queue_name, s.retry_queue_name)]
+            + decide
+            + [*binds_from(service), dlx]
+        ),
     }
 
 

@@ -18,7 +18,7 @@ from services.consent.subscribers import decision_queue
 from services.notify.settings import NotifySettings
 from services.planning.settings import PlanningSettings
 from shared.contracts import ConsentDecisionRequested
-from shared.messaging import declare_topology
+from shared.messaging import declare_service_topology
 from shared.topology import DEFAULT_RETRY_DELAY_SECONDS, PUBLICATIONS, SUBSCRIPTIONS, subscriptions_of
 
 REPO = Path(__file__).resolve().parents[2]
@@ -151,12 +151,13 @@ def test_definitions_are_generated_from_the_topology_and_hold_no_password():
 
 
 class _RecordingBroker:
-    """Records what declare_topology asks of the broker, by the permission RabbitMQ checks for it."""
+    """Records what declare_service_topology asks of the broker, by the permissions RabbitMQ checks
+    for it on an empty vhost (where each declare creates)."""
 
     def __init__(self) -> None:
         self.configure: set[str] = set()  # exchange.declare / queue.declare
-        self.write: set[str] = set()  # queue.bind: the queue
-        self.read: set[str] = set()  # queue.bind: the source exchange
+        self.write: set[str] = set()  # queue.bind: the queue; creating a queue: its dead-letter exchange
+        self.read: set[str] = set()  # queue.bind: the source exchange; creating a queue with a DLX: it
 
     async def declare_exchange(self, exchange):
         self.configure.add(exchange.name)
@@ -164,6 +165,10 @@ class _RecordingBroker:
 
     async def declare_queue(self, queue):
         self.configure.add(queue.name)
+        args = queue.arguments or {}
+        if "x-dead-letter-exchange" in args:
+            self.read.add(queue.name)
+            self.write.add(args["x-dead-letter-exchange"] or "amq.default")
         recorder = self
 
         class _Queue:
@@ -177,7 +182,7 @@ class _RecordingBroker:
 def _needs(service: str) -> dict[str, set[str]]:
     """What ``service`` does on the broker, worked out from the code, not from the definitions."""
     rec = _RecordingBroker()
-    asyncio.run(declare_topology(rec, DEFAULT_RETRY_DELAY_SECONDS))  # every service, at start
+    asyncio.run(declare_service_topology(rec, service, DEFAULT_RETRY_DELAY_SECONDS))  # at start
     consumes = {s.queue_name for s in subscriptions_of(service)}
     publishes = {c.exchange for c in PUBLICATIONS[service]} | {f"{service}.dlx", "amq.default"}
     configure, write, read = set(rec.configure), set(rec.write), set(rec.read)
@@ -213,14 +218,20 @@ def test_each_service_may_do_exactly_what_the_topology_needs(service):
             assert not _matches(perms[kind], name), (service, kind, name)
         for name in list(needs[kind])[:5]:  # anchored at both ends
             assert not _matches(perms[kind], name + "x") and not _matches(perms[kind], "x" + name)
-    # read: its own work queues and none of another service's, no dead-letter or retry queue
+    # no name of another service's queues in any of configure/write/read: it cannot declare, delete,
+    # bind, consume or purge them
     for other in others:
         for sub in subscriptions_of(other):
-            assert not _matches(perms["read"], sub.queue_name), (service, sub.queue_name)
+            for name in (sub.queue_name, sub.dlq_name, sub.retry_queue_name):
+                for kind in ("configure", "write", "read"):
+                    assert not _matches(perms[kind], name), (service, kind, name)
+        assert not _matches(perms["configure"], f"{other}.dlx")
+    # read: its own work queues (consumed) and retry queues (created with a dead-letter exchange), no DLQ
     for sub in SUBSCRIPTIONS:
-        assert not _matches(perms["read"], sub.dlq_name) and not _matches(perms["read"], sub.retry_queue_name)
+        assert not _matches(perms["read"], sub.dlq_name)
     read_queues = {q["name"] for q in definitions()["queues"] if _matches(perms["read"], q["name"])}
-    assert read_queues == needs["consumes"] - {decision_queue().name}
+    own_retry = {s.retry_queue_name for s in subscriptions_of(service)}
+    assert read_queues == (needs["consumes"] - {decision_queue().name}) | own_retry
     # write to exchanges: only where it publishes (other services' events, commands and DLXs refused)
     exchanges = {e["name"] for e in definitions()["exchanges"]} | {"amq.default", "amq.topic"}
     written = {e for e in exchanges if _matches(perms["write"], e)}

@@ -11,9 +11,18 @@ import pytest
 from services.consent.app import create_app
 from services.consent.settings import ConsentSettings
 from shared.contracts import ConsentRequested
+from shared.messaging import declare_topology_at
 from tests.support.personnummer import ADULT, ADULTS
 
 pytestmark = pytest.mark.broker
+
+
+@pytest.fixture
+async def amqp_url(amqp_url: str) -> str:
+    """The whole topology first, as the deployment's definitions pre-create it: one service runs here
+    and declares only its own part, but the tests read planning's queues."""
+    await declare_topology_at(amqp_url)
+    return amqp_url
 
 
 async def _get_one(amqp_url: str, queue: str, timeout: float = 15.0) -> aio_pika.abc.AbstractIncomingMessage:

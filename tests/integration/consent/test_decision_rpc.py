@@ -14,7 +14,7 @@ from services.consent.adapters.store import audit_events
 from services.consent.app import create_app, prepare_database
 from services.consent.settings import ConsentSettings
 from shared.consent_gate import ConsentGateClient, ConsentGateUnavailable
-from shared.messaging import make_broker
+from shared.messaging import declare_topology_at, make_broker
 from tests.support.personnummer import ADULTS
 
 pytestmark = pytest.mark.broker
@@ -118,6 +118,9 @@ async def test_decision_request_reply_over_the_real_broker(consent_service, amqp
 
 async def test_withdrawal_reaches_planning_queue_and_the_gate_denies_at_once(consent_service, amqp_url):
     app, _rt = consent_service
+    await declare_topology_at(
+        amqp_url
+    )  # planning's queue, as the definitions pre-create it (no planning here)
     consent, _ = await _grant(app, case_id="2b7e1f1e-0d7c-4a55-9a38-1d7b6d1c2a01")
     import httpx
 
@@ -183,11 +186,12 @@ async def test_a_bad_request_is_answered_without_echoing_values(consent_service,
 
 
 async def test_without_a_consent_service_the_client_raises_unavailable(amqp_url):
-    from shared.messaging import declare_topology
+    from shared.messaging import declare_service_topology
 
     caller = make_broker(service="planning", amqp_url=amqp_url)
     await caller.connect()
-    await declare_topology(caller)  # exchanges exist, but no consent service ever bound its queue
+    # planning's part: consent.commands exists, but no consent service ever bound its queue
+    await declare_service_topology(caller, "planning")
     try:
         for client in (
             ConsentGateClient(broker=caller, timeout=2),

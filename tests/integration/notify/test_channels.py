@@ -28,6 +28,7 @@ from services.notify.domain import DedupeKey
 from services.notify.settings import NotifySettings
 from services.notify.signing import verify_signature
 from shared.contracts import SendInvitation
+from shared.messaging import declare_topology_at
 from tests.integration.notify.test_notify_service import (
     ADDRESSES,
     SOC,
@@ -40,6 +41,15 @@ from tests.integration.notify.test_notify_service import (
 from tests.support.infra import free_port
 
 pytestmark = pytest.mark.broker
+
+
+@pytest.fixture
+async def amqp_url(amqp_url: str) -> str:
+    """The whole topology first, as the deployment's definitions pre-create it: one service runs here
+    and declares only its own part, but the tests read planning's queue."""
+    await declare_topology_at(amqp_url)
+    return amqp_url
+
 
 HOOK = "SE2321000016-HOOK1"
 SMS = "SE2321000016-SMS01"

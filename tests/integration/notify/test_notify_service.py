@@ -15,15 +15,25 @@ import aio_pika
 import pytest
 import sqlalchemy as sa
 
-from services.notify.adapters.store import metadata, notifications
+from services.notify.adapters.store import notifications
 from services.notify.app import create_app
 from services.notify.domain import DedupeKey
 from services.notify.settings import NotifySettings
 from shared.contracts import SendInvitation
+from shared.messaging import declare_topology_at
 from shared.persistence import make_engine
 from tests.support.personnummer import personnummer_shaped
 
 pytestmark = pytest.mark.broker
+
+
+@pytest.fixture
+async def amqp_url(amqp_url: str) -> str:
+    """The whole topology first, as the deployment's definitions pre-create it: one service runs here
+    and declares only its own part, but the tests read planning's queue."""
+    await declare_topology_at(amqp_url)
+    return amqp_url
+
 
 SOC = "SE2120001-SOC0180"
 VC = "SE2321000016-VC001"
@@ -190,9 +200,11 @@ async def test_crash_rule_notification_left_sending_is_sent_at_start(settings, s
     nid = DedupeKey("crashed-cause", SOC, "email").notification_id()
     case_id = uuid4()
     now = datetime.now(UTC)
+    prepared = create_app(settings).state.runtime  # the schema as the service makes it at start
+    await prepared.prepare_database()
+    await prepared.engine.dispose()
     engine = make_engine(settings.sqlalchemy_url("notify"))
     async with engine.begin() as conn:
-        await conn.run_sync(metadata.create_all)
         await conn.execute(
             notifications.insert().values(
                 id=str(nid), cause_message_id="crashed-cause", case_id=str(case_id),

@@ -12,10 +12,19 @@ import pytest
 from services.consent.app import create_app
 from services.consent.settings import ConsentSettings
 from shared.contracts import RecordConsent
+from shared.messaging import declare_topology_at
 from sipctl import deadletters
 from tests.support.personnummer import ADULTS
 
 pytestmark = pytest.mark.broker
+
+
+@pytest.fixture
+async def amqp_url(amqp_url: str) -> str:
+    """The whole topology first, as the deployment's definitions pre-create it: one service runs here
+    and declares only its own part, but the tests read other consumers' queues."""
+    await declare_topology_at(amqp_url)
+    return amqp_url
 
 
 async def _publish(amqp_url, exchange, rk, body, message_id, headers=None):

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared.contracts import ConsentDeclined, RecordConsent
+from shared.messaging import declare_topology_at
 from shared.runtime import ServiceRuntime
 from shared.settings import ServiceSettings
 from shared.topology import contract_exchange, subscription, work_queue
@@ -21,6 +22,15 @@ from shared.tracing import extract_span_context, trace_id_for
 from tests.support.personnummer import ADULTS
 
 pytestmark = pytest.mark.broker
+
+
+@pytest.fixture
+async def amqp_url(amqp_url: str) -> str:
+    """The whole topology first, as the deployment's definitions pre-create it: one service runs here
+    and declares only its own part, but the tests read planning's queues."""
+    await declare_topology_at(amqp_url)
+    return amqp_url
+
 
 QUEUE = "consent.consent.record.v1"
 

@@ -2,16 +2,20 @@
 
 deploy/rabbitmq/entrypoint.sh renders deploy/rabbitmq/definitions.json with password hashes from the
 environment (as in the container); the result is imported into a fresh ``t-`` vhost with its users
-renamed ``t-<id>-<service>`` (the regexes, queues, exchanges and bindings are imported unchanged).
-Then each service runs in-process as its own user: a discharge goes through planning → consent →
-planning → notify (e-mail) → planning, a bad one is dead-lettered, planning asks the consent gate over
-request/reply — all of it with only the definitions' permissions. And what a service must not do is
+renamed ``t-<id>-<service>`` (the regexes, queues, exchanges and bindings are imported unchanged) —
+or, for ``empty_broker``, the users and permissions only, with no topology at all.
+Then each service runs in-process as its own user, declaring only its own part of the topology: a
+discharge goes through planning → consent → planning → notify (e-mail) → planning, a bad one is
+dead-lettered, planning asks the consent gate over request/reply — all of it with only the
+definitions' permissions, on the pre-created topology and on an empty vhost in every start order.
+And what a service must not do — delete, purge, consume, bind or create another service's queue — is
 refused by the broker (ACCESS_REFUSED).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import secrets
@@ -19,6 +23,7 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +41,7 @@ from services.planning.app import create_app as create_planning
 from services.planning.settings import PlanningSettings
 from shared.consent_gate import ConsentGateClient
 from shared.contracts import DischargeNotified, PatientRef
+from shared.topology import SUBSCRIPTIONS, binds_from, dead_letter_exchange_name, exchanges_of
 from tests.support.infra import RABBIT_HOST, REPO, MailSink, ensure_rabbit
 from tests.support.personnummer import ADULTS
 
@@ -94,9 +100,10 @@ def render_definitions(tmp: Path, passwords: dict[str, str]) -> dict:
     return json.loads(text)
 
 
-def for_test_vhost(defs: dict, vhost: str, users: dict[str, str]) -> dict:
+def for_test_vhost(defs: dict, vhost: str, users: dict[str, str], *, topology: bool = True) -> dict:
     """The rendered definitions moved to ``vhost`` with the service users renamed; no operator user
-    (the test uses the machine's guest for that role)."""
+    (the test uses the machine's guest for that role). ``topology=False``: no exchange, queue or
+    binding either — the services must create what they need themselves."""
     moved = {
         "users": [{**u, "name": users[u["name"]]} for u in defs["users"] if u["name"] in users],
         "vhosts": [{"name": vhost}],
@@ -105,12 +112,12 @@ def for_test_vhost(defs: dict, vhost: str, users: dict[str, str]) -> dict:
         ],
     }
     for key in ("queues", "exchanges", "bindings", "policies"):
-        moved[key] = [{**item, "vhost": vhost} for item in defs[key]]
+        moved[key] = [{**item, "vhost": vhost} for item in defs[key]] if topology else []
     return moved
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
+@contextmanager
+def _vhost_from_definitions(tmp_path: Path, *, topology: bool) -> Iterator[Broker]:
     ensure_rabbit()
     tag = uuid.uuid4().hex[:10]
     vhost = f"t-{tag}"
@@ -118,7 +125,7 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     passwords = {s: secrets.token_hex(16) for s in SERVICES}
     defs = render_definitions(tmp_path, passwords)
     try:
-        import_definitions(for_test_vhost(defs, vhost, users))
+        import_definitions(for_test_vhost(defs, vhost, users, topology=topology))
         _ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
         yield Broker(vhost, users, passwords, defs)
     finally:
@@ -126,6 +133,33 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
         subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60)
         for user in users.values():
             subprocess.run(["rabbitmqctl", "-q", "delete_user", user], capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    """The definitions as deployed: users, permissions and the whole topology."""
+    with _vhost_from_definitions(tmp_path, topology=True) as b:
+        yield b
+
+
+@pytest.fixture
+def empty_broker(tmp_path: Path) -> Iterator[Broker]:
+    """Users and permissions only: not one exchange or queue."""
+    with _vhost_from_definitions(tmp_path, topology=False) as b:
+        assert not rabbit_names(b.vhost, "queues") and not rabbit_names(b.vhost, "exchanges")
+        yield b
+
+
+def rabbit_names(vhost: str, kind: str) -> set[str]:
+    """The queues or (non-``amq.``, non-default) exchanges of ``vhost``."""
+    out = subprocess.run(
+        ["rabbitmqctl", "-q", f"list_{kind}", "-p", vhost, "name", "--formatter", "json"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    return {i["name"] for i in json.loads(out) if i["name"] and not i["name"].startswith("amq.")}
 
 
 def test_imported_permissions_are_the_definitions(broker: Broker):
@@ -172,9 +206,41 @@ async def poll(fn, what: str, timeout: float = 30.0):
     raise AssertionError(f"timed out waiting for {what}; last={last!r}")
 
 
+ORDERS = list(itertools.permutations(SERVICES))
+
+
+@pytest.mark.parametrize(
+    "order", [("consent", "planning", "notify"), ("notify", "planning", "consent")], ids="-".join
+)
 async def test_each_service_runs_with_only_its_own_permissions(
-    broker: Broker, tmp_path: Path, smtp: MailSink
+    broker: Broker, tmp_path: Path, smtp: MailSink, order: tuple[str, ...]
 ):
+    """On the deployed definitions (topology pre-created), as its own user."""
+    await run_the_suite(broker, tmp_path, smtp, order)
+
+
+@pytest.mark.parametrize("order", ORDERS, ids="-".join)
+async def test_each_service_starts_in_any_order_on_an_empty_vhost(
+    empty_broker: Broker, tmp_path: Path, smtp: MailSink, order: tuple[str, ...]
+):
+    """Nothing pre-created: whichever service is first creates what it needs as its own user (the
+    exchanges it uses, its own queues), and the flow completes. A discharge is published as soon as
+    planning is up, so when planning starts before consent its consent request waits in planning's
+    outbox (unroutable, retried) until consent has declared its queue."""
+    await run_the_suite(empty_broker, tmp_path, smtp, order)
+    # every service declared its own part; together that is the whole topology of the definitions
+    # (+ the consent gate's decision queue, which only consent declares)
+    assert rabbit_names(empty_broker.vhost, "queues") == {
+        q["name"] for q in empty_broker.definitions["queues"]
+    } | {"consent.consent.decide.v1"}
+    assert rabbit_names(empty_broker.vhost, "exchanges") == {
+        e["name"] for e in empty_broker.definitions["exchanges"]
+    }
+
+
+async def run_the_suite(broker: Broker, tmp_path: Path, smtp: MailSink, order: tuple[str, ...]) -> None:
+    """Start the services one by one in ``order``, each as its own broker user, and run a discharge
+    (and a bad one) through all of them, then ask the consent gate as planning."""
     apps = {
         "consent": create_consent(ConsentSettings(amqp_url=broker.url("consent"), data_dir=str(tmp_path))),
         "planning": create_planning(
@@ -192,17 +258,21 @@ async def test_each_service_runs_with_only_its_own_permissions(
         ),
     }
     started = []
+    pnr = ADULTS[11]
     try:
-        for app in apps.values():  # each declares the whole topology as its own user
-            await app.state.runtime.start()
-            started.append(app.state.runtime)
-
-        pnr = ADULTS[11]
-        bad = json.loads(discharge(pnr).model_dump_json())
-        bad["patient"]["kommun_code"] = "9999"  # unknown kommun: planning dead-letters it via planning.dlx
-        await publish_discharge(broker.operator_url, json.dumps(bad).encode(), "bad-kommun")
-        good = discharge(pnr)
-        await publish_discharge(broker.operator_url, good.model_dump_json().encode(), str(good.message_id))
+        for name in order:  # each declares its own part of the topology as its own user
+            await apps[name].state.runtime.start()
+            started.append(apps[name].state.runtime)
+            if name != "planning":
+                continue
+            # planning's queues exist from here on: the hospital's discharges are queued
+            bad = json.loads(discharge(pnr).model_dump_json())
+            bad["patient"]["kommun_code"] = "9999"  # unknown kommun: dead-lettered via planning.dlx
+            await publish_discharge(broker.operator_url, json.dumps(bad).encode(), "bad-kommun")
+            good = discharge(pnr)
+            await publish_discharge(
+                broker.operator_url, good.model_dump_json().encode(), str(good.message_id)
+            )
 
         http = {
             n: httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t")
@@ -311,3 +381,101 @@ async def test_a_service_user_cannot_touch_what_is_not_its_own(broker: Broker):
         q = await ch.get_queue("notify.notify.send-invitation.v1", ensure=False)
         tag = await q.consume(_ignore)
         await q.cancel(tag)
+
+
+@pytest.mark.parametrize("service", SERVICES)
+async def test_a_service_user_cannot_delete_purge_consume_or_bind_another_services_queues(
+    broker: Broker, service: str
+):
+    """Every queue of every other service (work, retry, dead-letter): deleting, purging, consuming,
+    getting, redeclaring, binding and unbinding it is refused; and so is deleting an exchange the
+    service does not use or another service's dead-letter exchange. Nothing is lost meanwhile."""
+    others = [s for s in SUBSCRIPTIONS if s.consumer != service]
+    arguments = {q["name"]: q["arguments"] for q in broker.definitions["queues"]}
+    seeded = [n for s in others for n in (s.queue_name, s.dlq_name)]  # retry queues expire their messages
+    async with await aio_pika.connect(broker.operator_url) as conn:
+        ch = await conn.channel(publisher_confirms=True, on_return_raises=True)
+        for name in seeded:
+            await ch.default_exchange.publish(aio_pika.Message(b"{}", message_id=name), name, mandatory=True)
+
+    own_dlx = dead_letter_exchange_name(service)
+    readable_exchange = binds_from(service)[0]  # so a refused bind is about the queue, not the exchange
+    attempts = 0
+    async with await aio_pika.connect(broker.url(service)) as conn:
+
+        async def refused_on(resource: str, action) -> None:
+            nonlocal attempts
+            ch = await conn.channel()
+            with pytest.raises(aiormq.exceptions.ChannelAccessRefused) as err:
+                await action(ch)
+            text = str(err.value)
+            assert "ACCESS_REFUSED" in text and f"'{resource}'" in text, (service, resource, text)
+            attempts += 1
+
+        for sub in others:
+            for name in (sub.queue_name, sub.retry_queue_name, sub.dlq_name):
+
+                async def delete(ch, name=name):
+                    await ch.queue_delete(name)
+
+                async def purge(ch, name=name):
+                    await (await ch.get_queue(name, ensure=False)).purge()
+
+                async def consume(ch, name=name):
+                    await (await ch.get_queue(name, ensure=False)).consume(_ignore)
+
+                async def get(ch, name=name):
+                    await (await ch.get_queue(name, ensure=False)).get(fail=False)
+
+                async def redeclare(ch, name=name):
+                    await ch.declare_queue(name, durable=True, arguments=arguments[name])
+
+                async def bind(ch, name=name, source=readable_exchange):
+                    await (await ch.get_queue(name, ensure=False)).bind(source, routing_key="#")
+
+                async def bind_to_own_dlx(ch, name=name, key=sub.contract.routing_key):
+                    await (await ch.get_queue(name, ensure=False)).bind(own_dlx, routing_key=key)
+
+                for action in (delete, purge, consume, get, redeclare, bind, bind_to_own_dlx):
+                    await refused_on(name, action)
+
+            async def unbind(ch, sub=sub):  # take another service's queue off its exchange
+                q = await ch.get_queue(sub.queue_name, ensure=False)
+                await q.unbind(sub.contract.exchange, routing_key=sub.contract.routing_key)
+
+            await refused_on(sub.queue_name, unbind)
+
+        untouchable = {e["name"] for e in broker.definitions["exchanges"]} - {*exchanges_of(service), own_dlx}
+        assert {dead_letter_exchange_name(o) for o in SERVICES if o != service} <= untouchable
+        for exchange in sorted(untouchable):
+
+            async def delete_exchange(ch, exchange=exchange):
+                await ch.exchange_delete(exchange)
+
+            await refused_on(exchange, delete_exchange)
+    assert attempts >= 8 * len(others)
+
+    # nothing was deleted, purged or taken: each seeded message is still there
+    async with await aio_pika.connect(broker.operator_url) as conn:
+        ch = await conn.channel()
+        for name in seeded:
+            q = await ch.declare_queue(name, passive=True)
+            assert q.declaration_result.message_count == 1, name
+        assert rabbit_names(broker.vhost, "exchanges") == {e["name"] for e in broker.definitions["exchanges"]}
+
+
+@pytest.mark.parametrize("service", SERVICES)
+async def test_on_an_empty_vhost_a_service_user_cannot_create_another_services_queues(
+    empty_broker: Broker, service: str
+):
+    arguments = {q["name"]: q["arguments"] for q in empty_broker.definitions["queues"]}
+    async with await aio_pika.connect(empty_broker.url(service)) as conn:
+        for sub in SUBSCRIPTIONS:
+            if sub.consumer == service:
+                continue
+            for name in (sub.queue_name, sub.retry_queue_name, sub.dlq_name):
+                ch = await conn.channel()
+                with pytest.raises(aiormq.exceptions.ChannelAccessRefused) as err:
+                    await ch.declare_queue(name, durable=True, arguments=arguments[name])
+                assert f"'{name}'" in str(err.value)
+    assert not rabbit_names(empty_broker.vhost, "queues")

@@ -12,10 +12,19 @@ import pytest
 from services.planning.app import create_app
 from services.planning.settings import PlanningSettings
 from shared.contracts import DischargeNotified
+from shared.messaging import declare_topology_at
 from tests.support.personnummer import ADULTS
 
 REPO = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.broker
+
+
+@pytest.fixture
+async def amqp_url(amqp_url: str) -> str:
+    """The whole topology first, as the deployment's definitions pre-create it: one service runs here
+    and declares only its own part, but the tests read consent's and notify's queues."""
+    await declare_topology_at(amqp_url)
+    return amqp_url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
