@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast lint format docs clean
+.PHONY: install run test test-sqlite test-postgres test-fast lint format docs clean
 
 .venv/.installed: pyproject.toml uv.lock
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install -q uv
@@ -16,9 +16,18 @@ run: install
 	@scripts/ensure-infra.sh
 	.venv/bin/sipctl run
 
-test: install
+# Every test on SQLite (the embedded default), then everything that runs a service store again with
+# each store on PostgreSQL (tests/support/dbmode.py), with one of the fault tests.
+test: test-sqlite test-postgres
+
+test-sqlite: install
 	@scripts/ensure-infra.sh
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
+
+PG_FAULT_TEST := tests/fault/test_no_loss_no_duplicates.py::test_kill_9_mid_stream[planning]
+test-postgres: install
+	@scripts/ensure-infra.sh
+	SIP_TEST_DATABASE=postgres .venv/bin/python -m pytest tests/integration tests/e2e '$(PG_FAULT_TEST)' $(PYTEST_ARGS)
 
 test-fast: install
 	.venv/bin/python -m pytest -m "not e2e and not broker and not postgres and not fault" $(PYTEST_ARGS)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from shared.settings import ServiceSettings
+from tests.support import dbmode
 from tests.support.infra import MailSink, mail_sink, pg_database, rabbit_vhost
 
 # Planning listens for HL7 v2 over MLLP on 2575 by default; in tests each planning (in-process or a
@@ -17,6 +19,47 @@ os.environ.setdefault("PLANNING_MLLP_PORT", "0")
 TEST_JWT_SECRET = "test-only-secret-never-in-production"
 os.environ.setdefault("SIP_JWT_HS256_SECRET", TEST_JWT_SECRET)
 os.environ.setdefault("SIP_AUTH_REQUIRED", "false")
+
+
+@pytest.fixture(autouse=True)
+def _service_database_backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """SIP_TEST_DATABASE=postgres: every service store a test opens through its settings (in-process)
+    lives on the real PostgreSQL instead of a SQLite file under data_dir (see tests/support/dbmode.py;
+    services started as processes get the same through tests/support/suite.py)."""
+    if not dbmode.ON_POSTGRES:
+        yield
+        return
+    sqlite_default = ServiceSettings.sqlalchemy_url
+
+    def on_postgres(self: ServiceSettings, service: str) -> str:
+        if self.database_url:
+            return self.database_url
+        return dbmode.database_url(self.data_dir, service)
+
+    monkeypatch.setattr(ServiceSettings, "sqlalchemy_url", on_postgres)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(ServiceSettings, "sqlalchemy_url", sqlite_default)
+        dbmode.drop_databases()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On a PostgreSQL run, a test's explicit ``sqlite`` variant is left out (its ``postgres`` twin runs),
+    and so are tests marked ``sqlite_only`` (about the SQLite file itself)."""
+    if not dbmode.ON_POSTGRES:
+        return
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        params = callspec.params.values() if callspec else ()
+        if item.get_closest_marker("sqlite_only") or "sqlite" in [p for p in params if isinstance(p, str)]:
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support import dbmode
 from tests.support.infra import REPO, MailSink, Proc, python_module
 
 DIRECTORY = REPO / "config" / "directory.yaml"
@@ -38,6 +39,7 @@ class Suite:
             NOTIFY_SMTP_PORT=str(self.smtp.smtp_port),
             NOTIFY_RETRY_BASE_SECONDS="0.5",
         )
+        env.update(dbmode.service_env(self.tmp / "data"))
         env.update(self.extra_env)
         return env
 

@@ -169,8 +169,7 @@ async def test_on_postgresql_reminders_are_superseded_and_notices_recorded(tmp_p
     )
     app = create_app(settings, clock=clock)
     runtime = app.state.runtime
-    async with runtime.engine.begin() as conn:
-        await conn.run_sync(runtime.metadata.create_all)
+    await runtime.prepare_database()  # as the service does at start (Alembic on PostgreSQL)
     first = SendInvitation(
         case_id=uuid4(), case_reference=REF, consent_id=uuid4(), recipients=(SOC,),
         invitation_due_at=clock.now() + timedelta(days=1), plan_url="https://sip.example/fhir/CarePlan/p",

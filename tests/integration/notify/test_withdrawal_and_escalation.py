@@ -374,8 +374,7 @@ async def test_on_postgresql_a_withdrawal_cancels_claimed_and_late_invitations(
     )
     app = create_app(settings, sender=sender)
     runtime = app.state.runtime
-    async with runtime.engine.begin() as conn:
-        await conn.run_sync(runtime.metadata.create_all)
+    await runtime.prepare_database()  # as the service does at start (Alembic on PostgreSQL)
     first, second, late = invitations_for_one_case(3)
 
     async def send(br: Any, msg: Contract) -> None:

@@ -104,7 +104,6 @@ async def app(
     """
     app = create_app(settings, clock=clock, sender=sender, channels={"webhook": webhook, "sms": sms})
     runtime = app.state.runtime
-    async with runtime.engine.begin() as conn:
-        await conn.run_sync(runtime.metadata.create_all)
+    await runtime.prepare_database()  # as the service does at start (Alembic on PostgreSQL)
     yield app
     await runtime.engine.dispose()

@@ -39,8 +39,7 @@ async def test_metrics_route_is_added_with_the_health_routes_and_serves_every_fa
     rt = runtime(tmp_path)
     app = FastAPI()
     rt.add_health_routes(app)
-    async with rt.engine.begin() as conn:
-        await conn.run_sync(rt.metadata.create_all)
+    await rt.prepare_database()  # as the service does at start (Alembic on PostgreSQL)
     async with rt.unit_of_work() as uow:
         for i in range(3):
             await uow.send(
@@ -148,8 +147,7 @@ async def test_a_failing_collector_is_counted_and_the_rest_still_served(tmp_path
     rt.metrics.add_db_gauge("sip_broken", "Broken", (), broken)
     app = FastAPI()
     rt.add_health_routes(app)
-    async with rt.engine.begin() as conn:
-        await conn.run_sync(rt.metadata.create_all)
+    await rt.prepare_database()  # as the service does at start (Alembic on PostgreSQL)
     r = await scrape(app)
     await rt.engine.dispose()
     got = samples(r.text)
