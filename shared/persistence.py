@@ -76,9 +76,17 @@ def make_engine(url: str) -> AsyncEngine:
     url = normalise_database_url(url)
     if url.startswith("sqlite"):
         db_path = url.split("///", 1)[1]
+        pool: dict[str, Any] = {}
         if db_path and db_path != ":memory:":
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+            # SQLite has one writer at a time, and every transaction here takes the write lock
+            # (BEGIN IMMEDIATE, below). With several connections, the transactions waiting for it
+            # sleep in SQLite's busy handler (1, 2, 5 … 100 ms steps) while the lock sits free;
+            # one connection makes them queue in the pool instead, first come first served, woken
+            # the moment the previous transaction ends. Other processes on the same file (replicas)
+            # still wait on busy_timeout. The pool wait is bounded like the lock wait was (30 s).
+            pool = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 30}
+        engine = create_async_engine(url, connect_args={"timeout": 30}, **pool)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
