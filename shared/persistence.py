@@ -72,11 +72,17 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str) -> AsyncEngine:
+SQLITE_BUSY_TIMEOUT_MS = 30000
+
+
+def make_engine(url: str, *, sqlite_driver: str = "inline") -> AsyncEngine:
+    """The service's engine. SQLite: ``sqlite_driver`` "inline" runs statements on the event loop's
+    thread (:mod:`shared.sqlite_inline`), "thread" through aiosqlite's worker thread."""
     url = normalise_database_url(url)
     if url.startswith("sqlite"):
         db_path = url.split("///", 1)[1]
         pool: dict[str, Any] = {}
+        inline = False
         if db_path and db_path != ":memory:":
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
             # SQLite has one writer at a time, and every transaction here takes the write lock
@@ -86,7 +92,21 @@ def make_engine(url: str) -> AsyncEngine:
             # the moment the previous transaction ends. Other processes on the same file (replicas)
             # still wait on busy_timeout. The pool wait is bounded like the lock wait was (30 s).
             pool = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 30}
-        engine = create_async_engine(url, connect_args={"timeout": 30}, **pool)
+            # inline needs that one connection: a statement on the loop's thread must never wait
+            # for another connection of this process (see shared.sqlite_inline)
+            inline = sqlite_driver == "inline" and "?" not in db_path and not db_path.startswith("file:")
+        if inline:
+            from shared.sqlite_inline import InlineSqliteConnection
+
+            engine = create_async_engine(
+                url,
+                async_creator=lambda: InlineSqliteConnection.connect(
+                    db_path, busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS
+                ),
+                **pool,
+            )
+        else:
+            engine = create_async_engine(url, connect_args={"timeout": 30}, **pool)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -97,7 +117,8 @@ def make_engine(url: str) -> AsyncEngine:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA busy_timeout=30000")
+            # inline: 0 — only BEGIN IMMEDIATE waits for another process, off the loop
+            cur.execute(f"PRAGMA busy_timeout={0 if inline else SQLITE_BUSY_TIMEOUT_MS}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
