@@ -23,6 +23,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -211,10 +213,16 @@ async def enqueue(conn: AsyncConnection, outbox: sa.Table, message: Contract) ->
 async def claim_inbox(conn: AsyncConnection, inbox: sa.Table, consumer: str, message_id: str) -> bool:
     """Record ``message_id`` as processed by ``consumer``. False if it already was.
 
-    Runs in the effect's transaction (a savepoint keeps the outer transaction usable on conflict).
-    On PostgreSQL a concurrent replica processing the same id blocks on the key until the first
-    commits, then sees the conflict — so two replicas never both take effect.
+    Runs in the effect's transaction: one ``INSERT … ON CONFLICT DO NOTHING`` (SQLite, PostgreSQL)
+    whose row count says whether this call recorded it. On PostgreSQL a concurrent replica
+    processing the same id blocks on the key until the first commits, then sees the conflict (or
+    inserts, if the first rolled back) — so two replicas never both take effect.
     """
+    values = {"consumer": consumer, "message_id": message_id, "processed_at": utcnow()}
+    dialect = conn.dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        insert = _INSERT_IGNORE[dialect](inbox).values(**values).on_conflict_do_nothing()
+        return (await conn.execute(insert)).rowcount == 1
     exists = await conn.scalar(
         sa.select(sa.literal(1))
         .select_from(inbox)
@@ -223,13 +231,14 @@ async def claim_inbox(conn: AsyncConnection, inbox: sa.Table, consumer: str, mes
     if exists:
         return False
     try:
-        async with conn.begin_nested():
-            await conn.execute(
-                inbox.insert().values(consumer=consumer, message_id=message_id, processed_at=utcnow())
-            )
+        async with conn.begin_nested():  # keeps the outer transaction usable on conflict
+            await conn.execute(inbox.insert().values(**values))
     except IntegrityError:
         return False
     return True
+
+
+_INSERT_IGNORE: dict[str, Callable[[sa.Table], Any]] = {"sqlite": sqlite_insert, "postgresql": pg_insert}
 
 
 Publish = Callable[..., Awaitable[None]]
