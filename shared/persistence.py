@@ -312,7 +312,7 @@ class OutboxRelay:
         now = utcnow()
         async with self._engine.begin() as conn:
             pick = (
-                sa.select(o.c.id)
+                sa.select(o)
                 .where(o.c.published_at.is_(None))
                 .where(sa.or_(o.c.claimed_until.is_(None), o.c.claimed_until < now))
                 .order_by(o.c.id)
@@ -320,16 +320,14 @@ class OutboxRelay:
             )
             if conn.dialect.name == "postgresql":
                 pick = pick.with_for_update(skip_locked=True)
-            ids = (await conn.execute(pick)).scalars().all()
-            if not ids:
+            rows = (await conn.execute(pick)).all()
+            if not rows:
                 return False
             await conn.execute(
                 o.update()
-                .where(o.c.id.in_(ids))
+                .where(o.c.id.in_([r.id for r in rows]))
                 .values(claimed_by=token, claimed_until=now + timedelta(seconds=self._claim_seconds))
             )
-        async with self._engine.connect() as conn:
-            rows = (await conn.execute(sa.select(o).where(o.c.claimed_by == token).order_by(o.c.id))).all()
         done: list[int] = []
         error: str | None = None
         for row in rows:
@@ -355,7 +353,8 @@ class OutboxRelay:
             if done:
                 await conn.execute(o.update().where(o.c.id.in_(done)).values(published_at=utcnow()))
                 self.published += len(done)
-            rest = [r.id for r in rows if r.id not in set(done)]
+            published = set(done)
+            rest = [r.id for r in rows if r.id not in published]
             if rest:
                 await conn.execute(
                     o.update()
