@@ -101,6 +101,19 @@ invitations = sa.Table(
 )
 
 
+# Statements built once, values bound at execution (``insert().values(...)`` built per call costs
+# several times what SQLite needs for the statement itself).
+_INSERT_STAY = stays.insert()
+_UPDATE_STAY = stays.update().where(
+    stays.c.hospital_id == sa.bindparam("k_hospital_id"), stays.c.stay_id == sa.bindparam("k_stay_id")
+)
+_INSERT_CASE = cases.insert()
+_UPDATE_CASE = cases.update().where(cases.c.id == sa.bindparam("k_id"))
+_GET_CASE = cases.select().where(cases.c.id == sa.bindparam("k_id"))
+_INSERT_PLAN = care_plans.insert()
+_INSERT_INVITATION = invitations.insert()
+
+
 def _case(row: Any) -> SipCase:
     return SipCase(
         id=UUID(row.id),
@@ -249,12 +262,10 @@ class SqlCaseRepository:
     async def save_stay(self, stay: Stay, at: datetime, *, new: bool) -> None:
         values = _stay_values(stay, at)
         if new:
-            await self.conn.execute(stays.insert().values(**values))
+            await self.conn.execute(_INSERT_STAY, values)
         else:
             await self.conn.execute(
-                stays.update()
-                .where(stays.c.hospital_id == stay.hospital_id, stays.c.stay_id == stay.stay_id)
-                .values(**values)
+                _UPDATE_STAY, {**values, "k_hospital_id": stay.hospital_id, "k_stay_id": stay.stay_id}
             )
 
     async def list_stays(self, limit: int = 200) -> list[Stay]:
@@ -262,14 +273,14 @@ class SqlCaseRepository:
         return [_stay(r) for r in await self.conn.execute(q)]
 
     async def add_case(self, case: SipCase) -> None:
-        await self.conn.execute(cases.insert().values(**_values(case)))
+        await self.conn.execute(_INSERT_CASE, _values(case))
 
     async def get_case(self, case_id: UUID) -> SipCase | None:
-        row = (await self.conn.execute(cases.select().where(cases.c.id == str(case_id)))).first()
+        row = (await self.conn.execute(_GET_CASE, {"k_id": str(case_id)})).first()
         return _case(row) if row else None
 
     async def update_case(self, case: SipCase) -> None:
-        await self.conn.execute(cases.update().where(cases.c.id == str(case.id)).values(**_values(case)))
+        await self.conn.execute(_UPDATE_CASE, {**_values(case), "k_id": str(case.id)})
 
     async def open_cases(self, include_closed: bool = False) -> list[SipCase]:
         q = cases.select().order_by(cases.c.invitation_due_at, cases.c.opened_at)
@@ -289,16 +300,17 @@ class SqlCaseRepository:
         reason: str | None = None,
     ) -> None:  # fmt: skip
         await self.conn.execute(
-            care_plans.insert().values(
-                case_id=str(case_id),
-                version=version,
-                resource=json.dumps(resource),
-                recorded_at=at,
-                snapshot=case_snapshot(snapshot) if snapshot is not None else "{}",
-                activity=activity,
-                agent_hsa_id=agent_hsa_id,
-                reason=reason,
-            )
+            _INSERT_PLAN,
+            {
+                "case_id": str(case_id),
+                "version": version,
+                "resource": json.dumps(resource),
+                "recorded_at": at,
+                "snapshot": case_snapshot(snapshot) if snapshot is not None else "{}",
+                "activity": activity,
+                "agent_hsa_id": agent_hsa_id,
+                "reason": reason,
+            },
         )
 
     async def latest_plan(self, case_id: UUID) -> dict[str, Any] | None:
@@ -360,8 +372,7 @@ class SqlCaseRepository:
         if exists:
             return False
         await self.conn.execute(
-            invitations.insert().values(
-                case_id=str(case_id), recipient_hsa_id=recipient, channel=channel, sent_at=sent_at
-            )
+            _INSERT_INVITATION,
+            {"case_id": str(case_id), "recipient_hsa_id": recipient, "channel": channel, "sent_at": sent_at},
         )
         return True
