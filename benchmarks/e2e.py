@@ -361,6 +361,12 @@ def main() -> None:
     ap.add_argument("--saturation", type=int, default=1000)
     ap.add_argument("--mllp", type=int, default=200)
     ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument(
+        "--profile-dir",
+        type=Path,
+        default=None,
+        help="keep the raw py-spy profiles (flamegraph-ready, collapsed stacks) here",
+    )
     args = ap.parse_args()
     with rabbit_vhost() as amqp_url, tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
@@ -389,6 +395,9 @@ def main() -> None:
                     out = suite.tmp / f"profile-{name}.txt"
                     if out.exists():
                         hot[name] = profile_summary(out)
+                        if args.profile_dir is not None:
+                            args.profile_dir.mkdir(parents=True, exist_ok=True)
+                            shutil.copy(out, args.profile_dir / out.name)
             finally:
                 for p in suite.procs.values():
                     p.stop()

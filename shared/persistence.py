@@ -23,6 +23,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -72,13 +74,41 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str) -> AsyncEngine:
+SQLITE_BUSY_TIMEOUT_MS = 30000
+
+
+def make_engine(url: str, *, sqlite_driver: str = "inline") -> AsyncEngine:
+    """The service's engine. SQLite: ``sqlite_driver`` "inline" runs statements on the event loop's
+    thread (:mod:`shared.sqlite_inline`), "thread" through aiosqlite's worker thread."""
     url = normalise_database_url(url)
     if url.startswith("sqlite"):
         db_path = url.split("///", 1)[1]
+        pool: dict[str, Any] = {}
+        inline = False
         if db_path and db_path != ":memory:":
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+            # SQLite has one writer at a time, and every transaction here takes the write lock
+            # (BEGIN IMMEDIATE, below). With several connections, the transactions waiting for it
+            # sleep in SQLite's busy handler (1, 2, 5 … 100 ms steps) while the lock sits free;
+            # one connection makes them queue in the pool instead, first come first served, woken
+            # the moment the previous transaction ends. Other processes on the same file (replicas)
+            # still wait on busy_timeout. The pool wait is bounded like the lock wait was (30 s).
+            pool = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 30}
+            # inline needs that one connection: a statement on the loop's thread must never wait
+            # for another connection of this process (see shared.sqlite_inline)
+            inline = sqlite_driver == "inline" and "?" not in db_path and not db_path.startswith("file:")
+        if inline:
+            from shared.sqlite_inline import InlineSqliteConnection
+
+            engine = create_async_engine(
+                url,
+                async_creator=lambda: InlineSqliteConnection.connect(
+                    db_path, busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS
+                ),
+                **pool,
+            )
+        else:
+            engine = create_async_engine(url, connect_args={"timeout": 30}, **pool)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -89,7 +119,8 @@ def make_engine(url: str) -> AsyncEngine:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA busy_timeout=30000")
+            # inline: 0 — only BEGIN IMMEDIATE waits for another process, off the loop
+            cur.execute(f"PRAGMA busy_timeout={0 if inline else SQLITE_BUSY_TIMEOUT_MS}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
@@ -152,6 +183,14 @@ def inbox_table(metadata: sa.MetaData) -> sa.Table:
     )
 
 
+def _insert(table: sa.Table) -> sa.Insert:
+    """``table.insert()``, built once: execute it with a dict of values."""
+    stmt = table.info.get("sip_insert")
+    if stmt is None:
+        stmt = table.info["sip_insert"] = table.insert()
+    return stmt
+
+
 async def enqueue(conn: AsyncConnection, outbox: sa.Table, message: Contract) -> None:
     """Store ``message`` for publishing; call inside the transaction of the state change.
 
@@ -165,27 +204,39 @@ async def enqueue(conn: AsyncConnection, outbox: sa.Table, message: Contract) ->
         message_id=message_id,
         correlation_id=message.correlation_id,
     )
+    # the statement is built once per table and the values bound at execution: building
+    # ``insert().values(...)`` anew for every message costs several times the insert itself
     await conn.execute(
-        outbox.insert().values(
-            message_id=message_id,
-            exchange=message.exchange,
-            routing_key=message.routing_key,
-            correlation_id=message.correlation_id,
-            body=message.model_dump_json(),
-            created_at=utcnow(),
-            attempts=0,
-            traceparent=traceparent,
-        )
+        _insert(outbox),
+        {
+            "message_id": message_id,
+            "exchange": message.exchange,
+            "routing_key": message.routing_key,
+            "correlation_id": message.correlation_id,
+            "body": message.model_dump_json(),
+            "created_at": utcnow(),
+            "attempts": 0,
+            "traceparent": traceparent,
+        },
     )
 
 
 async def claim_inbox(conn: AsyncConnection, inbox: sa.Table, consumer: str, message_id: str) -> bool:
     """Record ``message_id`` as processed by ``consumer``. False if it already was.
 
-    Runs in the effect's transaction (a savepoint keeps the outer transaction usable on conflict).
-    On PostgreSQL a concurrent replica processing the same id blocks on the key until the first
-    commits, then sees the conflict — so two replicas never both take effect.
+    Runs in the effect's transaction: one ``INSERT … ON CONFLICT DO NOTHING`` (SQLite, PostgreSQL)
+    whose row count says whether this call recorded it. On PostgreSQL a concurrent replica
+    processing the same id blocks on the key until the first commits, then sees the conflict (or
+    inserts, if the first rolled back) — so two replicas never both take effect.
     """
+    values = {"consumer": consumer, "message_id": message_id, "processed_at": utcnow()}
+    dialect = conn.dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        key = (inbox, dialect)
+        insert = _INSERT_IGNORE_CACHE.get(key)
+        if insert is None:
+            insert = _INSERT_IGNORE_CACHE[key] = _INSERT_IGNORE[dialect](inbox).on_conflict_do_nothing()
+        return (await conn.execute(insert, values)).rowcount == 1
     exists = await conn.scalar(
         sa.select(sa.literal(1))
         .select_from(inbox)
@@ -194,13 +245,15 @@ async def claim_inbox(conn: AsyncConnection, inbox: sa.Table, consumer: str, mes
     if exists:
         return False
     try:
-        async with conn.begin_nested():
-            await conn.execute(
-                inbox.insert().values(consumer=consumer, message_id=message_id, processed_at=utcnow())
-            )
+        async with conn.begin_nested():  # keeps the outer transaction usable on conflict
+            await conn.execute(inbox.insert().values(**values))
     except IntegrityError:
         return False
     return True
+
+
+_INSERT_IGNORE: dict[str, Callable[[sa.Table], Any]] = {"sqlite": sqlite_insert, "postgresql": pg_insert}
+_INSERT_IGNORE_CACHE: dict[tuple[sa.Table, str], Any] = {}
 
 
 Publish = Callable[..., Awaitable[None]]
@@ -247,6 +300,9 @@ class OutboxRelay:
 
     async def _run(self) -> None:
         while True:
+            # cleared before the pass, not after it: a wake() while the pass runs (a row committed
+            # after its SELECT) must start another pass at once, not wait for the poll interval
+            self._wake.clear()
             try:
                 more = await self.drain_once()
             except Exception:  # the relay must outlive broker/database hiccups
@@ -257,7 +313,6 @@ class OutboxRelay:
                 return
             if more:
                 continue
-            self._wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
 
@@ -274,7 +329,7 @@ class OutboxRelay:
         now = utcnow()
         async with self._engine.begin() as conn:
             pick = (
-                sa.select(o.c.id)
+                sa.select(o)
                 .where(o.c.published_at.is_(None))
                 .where(sa.or_(o.c.claimed_until.is_(None), o.c.claimed_until < now))
                 .order_by(o.c.id)
@@ -282,16 +337,14 @@ class OutboxRelay:
             )
             if conn.dialect.name == "postgresql":
                 pick = pick.with_for_update(skip_locked=True)
-            ids = (await conn.execute(pick)).scalars().all()
-            if not ids:
+            rows = (await conn.execute(pick)).all()
+            if not rows:
                 return False
             await conn.execute(
                 o.update()
-                .where(o.c.id.in_(ids))
+                .where(o.c.id.in_([r.id for r in rows]))
                 .values(claimed_by=token, claimed_until=now + timedelta(seconds=self._claim_seconds))
             )
-        async with self._engine.connect() as conn:
-            rows = (await conn.execute(sa.select(o).where(o.c.claimed_by == token).order_by(o.c.id))).all()
         done: list[int] = []
         error: str | None = None
         for row in rows:
@@ -317,7 +370,8 @@ class OutboxRelay:
             if done:
                 await conn.execute(o.update().where(o.c.id.in_(done)).values(published_at=utcnow()))
                 self.published += len(done)
-            rest = [r.id for r in rows if r.id not in set(done)]
+            published = set(done)
+            rest = [r.id for r in rows if r.id not in published]
             if rest:
                 await conn.execute(
                     o.update()

@@ -95,7 +95,9 @@ class ServiceRuntime:
             max_attempts=self.settings.max_attempts,
             observer=_ConsumeObserver(self.metrics, self.tracing),
         )
-        self.engine = make_engine(self.settings.sqlalchemy_url(self.service))
+        self.engine = make_engine(
+            self.settings.sqlalchemy_url(self.service), sqlite_driver=self.settings.sqlite_driver
+        )
         self.relay = OutboxRelay(self.engine, self.outbox, self._publish)
         self._document_publications()
 

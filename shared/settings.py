@@ -22,6 +22,12 @@ class ServiceSettings(BaseSettings):
         description="SQLAlchemy URL; empty = SQLite file under data_dir",
     )
     data_dir: str = Field(default="var", description="Where SQLite files live")
+    sqlite_driver: str = Field(
+        default="inline",
+        description="SQLite only: inline = statements run on the event loop's thread (one connection "
+        "per process; a BEGIN that waits for another process waits in a worker thread) | thread = "
+        "aiosqlite, a worker-thread round trip per call (several times the CPU per statement)",
+    )
     http_host: str = "127.0.0.1"
     http_port: int = 0
     prefetch: int = Field(default=32, ge=1, le=1000, description="RabbitMQ prefetch per channel")
@@ -72,6 +78,14 @@ class ServiceSettings(BaseSettings):
     def _no_placeholder(cls, v: str) -> str:
         if "CHANGE_ME" in v:
             raise ValueError("amqp_url still holds a placeholder")
+        return v
+
+    @field_validator("sqlite_driver")
+    @classmethod
+    def _known_sqlite_driver(cls, v: str) -> str:
+        v = (v or "inline").strip().lower()
+        if v not in ("inline", "thread"):
+            raise ValueError("sqlite_driver must be inline or thread")
         return v
 
     @field_validator("otel_exporter")

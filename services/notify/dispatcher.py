@@ -95,6 +95,9 @@ class Dispatcher:
                 extra={"count": released},
             )
         while True:
+            # cleared before the pass: a wake() while it runs (a notification stored after its
+            # SELECT) starts the next pass at once instead of after dispatch_interval
+            self._wake.clear()
             try:
                 sent_any = await self.dispatch_once()
             except Exception:  # the loop must outlive database hiccups
@@ -102,7 +105,6 @@ class Dispatcher:
                 sent_any = 0
             if sent_any >= BATCH:
                 continue
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.settings.dispatch_interval)
 

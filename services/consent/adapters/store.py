@@ -296,23 +296,31 @@ def _audit_row(entry: AuditEntry) -> dict[str, Any]:
     }
 
 
+# inserts built once, values bound at execution (cheaper than ``insert().values(...)`` per call)
+_INSERT_CONSENT = consents.insert()
+_INSERT_VERSION = consent_versions.insert()
+_INSERT_REQUEST = consent_requests.insert()
+_GET_REQUEST = consent_requests.select().where(consent_requests.c.case_id == sa.bindparam("k_case_id"))
+
+
 class SqlConsentRepository:
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
 
     async def add(self, record: ConsentRecord) -> None:
-        await self.conn.execute(consents.insert().values(id=str(record.id), **_columns(record)))
+        await self.conn.execute(_INSERT_CONSENT, {"id": str(record.id), **_columns(record)})
         await self._version(record, "created", record.recorded_at)
 
     async def _version(self, record: ConsentRecord, change: str, at: datetime) -> None:
         await self.conn.execute(
-            consent_versions.insert().values(
-                consent_id=str(record.id),
-                version=record.version,
-                change=change,
-                changed_at=at,
-                snapshot=json.dumps(record_to_json(record)),
-            )
+            _INSERT_VERSION,
+            {
+                "consent_id": str(record.id),
+                "version": record.version,
+                "change": change,
+                "changed_at": at,
+                "snapshot": json.dumps(record_to_json(record)),
+            },
         )
 
     async def update_status(self, before: ConsentRecord, after: ConsentRecord, change: str) -> bool:
@@ -360,25 +368,22 @@ class SqlConsentRepository:
         if exists:
             return False
         await self.conn.execute(
-            consent_requests.insert().values(
-                case_id=str(request.case_id),
-                patient_identifier=request.patient_identifier,
-                is_child=request.is_child,
-                purposes=json.dumps(list(request.purposes)),
-                proposed_recipients=json.dumps(list(request.proposed_recipients)),
-                requested_at=request.requested_at,
-                status=request.status,
-                correlation_id=request.correlation_id,
-            )
+            _INSERT_REQUEST,
+            {
+                "case_id": str(request.case_id),
+                "patient_identifier": request.patient_identifier,
+                "is_child": request.is_child,
+                "purposes": json.dumps(list(request.purposes)),
+                "proposed_recipients": json.dumps(list(request.proposed_recipients)),
+                "requested_at": request.requested_at,
+                "status": request.status,
+                "correlation_id": request.correlation_id,
+            },
         )
         return True
 
     async def get_request(self, case_id: UUID) -> ConsentRequest | None:
-        row = (
-            await self.conn.execute(
-                consent_requests.select().where(consent_requests.c.case_id == str(case_id))
-            )
-        ).first()
+        row = (await self.conn.execute(_GET_REQUEST, {"k_case_id": str(case_id)})).first()
         return _request(row) if row else None
 
     async def mark_answered(self, case_id: UUID, consent_id: UUID) -> None:

@@ -207,6 +207,26 @@ def _select() -> sa.Select[Any]:
     return sa.select(*_columns).select_from(_joined)
 
 
+# The per-notification statements, built once with their values bound at execution (building a
+# statement per call costs several times what SQLite needs to run it).
+_GET = _select().where(_t.c.id == sa.bindparam("k_id"))
+_INSERT_NOTIFICATION = _t.insert()
+_INSERT_DETAILS = _d.insert()
+_INSERT_CONSENT = _k.insert()
+_INSERT_REMINDER = _r.insert()
+_CLAIM = (
+    _t.update()
+    .where(
+        _t.c.id == sa.bindparam("k_id"),
+        _t.c.status == "pending",
+        _t.c.next_attempt_at <= sa.bindparam("k_now"),
+    )
+    .values(status="sending", attempts=_t.c.attempts + 1)
+)
+_FROM_SENDING = _t.update().where(_t.c.id == sa.bindparam("k_id"), _t.c.status == "sending")
+_STATUS = sa.select(_t.c.status, _t.c.attempts).where(_t.c.id == sa.bindparam("k_id"))
+
+
 class SqlNotificationRepository:
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
@@ -214,12 +234,16 @@ class SqlNotificationRepository:
     async def add(self, n: Notification) -> bool:
         try:
             async with self.conn.begin_nested():
-                await self.conn.execute(_t.insert().values(**_row(n)))
-                await self.conn.execute(_d.insert().values(**_details(n)))
+                await self.conn.execute(_INSERT_NOTIFICATION, _row(n))
+                await self.conn.execute(_INSERT_DETAILS, _details(n))
                 if n.consent_id is not None:
-                    await self.conn.execute(_k.insert().values(id=str(n.id), consent_id=str(n.consent_id)))
+                    await self.conn.execute(
+                        _INSERT_CONSENT, {"id": str(n.id), "consent_id": str(n.consent_id)}
+                    )
                 if n.meeting_start is not None:
-                    await self.conn.execute(_r.insert().values(id=str(n.id), meeting_start=n.meeting_start))
+                    await self.conn.execute(
+                        _INSERT_REMINDER, {"id": str(n.id), "meeting_start": n.meeting_start}
+                    )
                 if n.status == "cancelled":
                     await self.conn.execute(
                         _x.insert().values(
@@ -236,7 +260,7 @@ class SqlNotificationRepository:
         return True
 
     async def get(self, notification_id: UUID) -> Notification | None:
-        r = (await self.conn.execute(_select().where(_t.c.id == str(notification_id)))).first()
+        r = (await self.conn.execute(_GET, {"k_id": str(notification_id)})).first()
         return _from_row(r) if r else None
 
     async def for_case(self, case_id: UUID) -> list[Notification]:
@@ -258,19 +282,13 @@ class SqlNotificationRepository:
 
     async def claim(self, notification_id: UUID, now: datetime) -> Notification | None:
         """pending → sending, only if still pending and due (a reminder is never claimed early)."""
-        res = await self.conn.execute(
-            _t.update()
-            .where(_t.c.id == str(notification_id), _t.c.status == "pending", _t.c.next_attempt_at <= now)
-            .values(status="sending", attempts=_t.c.attempts + 1, updated_at=now)
-        )
+        res = await self.conn.execute(_CLAIM, {"k_id": str(notification_id), "k_now": now, "updated_at": now})
         if res.rowcount != 1:
             return None
         return await self.get(notification_id)
 
     async def _from_sending(self, notification_id: UUID, **values: Any) -> bool:
-        res = await self.conn.execute(
-            _t.update().where(_t.c.id == str(notification_id), _t.c.status == "sending").values(**values)
-        )
+        res = await self.conn.execute(_FROM_SENDING, {**values, "k_id": str(notification_id)})
         return res.rowcount == 1
 
     async def mark_sent(self, notification_id: UUID, sent_at: datetime) -> bool:
@@ -486,9 +504,5 @@ class SqlNotificationRepository:
 
     async def status(self, notification_id: UUID) -> tuple[str, int] | None:
         """(status, attempts) of one notification: the dispatcher's check right before a send."""
-        r = (
-            await self.conn.execute(
-                sa.select(_t.c.status, _t.c.attempts).where(_t.c.id == str(notification_id))
-            )
-        ).first()
+        r = (await self.conn.execute(_STATUS, {"k_id": str(notification_id)})).first()
         return (r.status, r.attempts) if r else None

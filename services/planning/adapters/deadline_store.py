@@ -226,20 +226,24 @@ async def schedule(
         sa.select(sa.func.max(d.c.cycle)).where(d.c.case_id == str(case_id), d.c.kind == kind)
     )
     result = await conn.execute(
-        d.insert().values(
-            case_id=str(case_id),
-            case_reference=case_reference,
-            kind=kind,
-            cycle=int(last or 0) + 1,
-            status=PENDING,
-            started_at=started_at,
-            due_at=due_at,
-            owner_hsa_id=owner,
-            correlation_id=correlation_id,
-            updated_at=at,
-        )
+        _INSERT_DEADLINE,  # built once, values bound at execution
+        {
+            "case_id": str(case_id),
+            "case_reference": case_reference,
+            "kind": kind,
+            "cycle": int(last or 0) + 1,
+            "status": PENDING,
+            "started_at": started_at,
+            "due_at": due_at,
+            "owner_hsa_id": owner,
+            "correlation_id": correlation_id,
+            "updated_at": at,
+        },
     )
     return await _get(conn, int(result.inserted_primary_key[0]))
+
+
+_INSERT_DEADLINE = case_deadlines.insert()
 
 
 async def reschedule(

@@ -101,6 +101,20 @@ invitations = sa.Table(
 )
 
 
+# Statements built once, values bound at execution (``insert().values(...)`` built per call costs
+# several times what SQLite needs for the statement itself).
+_INSERT_STAY = stays.insert()
+_UPDATE_STAY = stays.update().where(
+    stays.c.hospital_id == sa.bindparam("k_hospital_id"), stays.c.stay_id == sa.bindparam("k_stay_id")
+)
+_INSERT_CASE = cases.insert()
+_UPDATE_CASE = cases.update().where(cases.c.id == sa.bindparam("k_id"))
+_GET_CASE = cases.select().where(cases.c.id == sa.bindparam("k_id"))
+_GET_CASE_FOR_UPDATE = _GET_CASE.with_for_update()  # rendered without FOR UPDATE on SQLite
+_INSERT_PLAN = care_plans.insert()
+_INSERT_INVITATION = invitations.insert()
+
+
 def _case(row: Any) -> SipCase:
     return SipCase(
         id=UUID(row.id),
@@ -250,12 +264,10 @@ class SqlCaseRepository:
     async def save_stay(self, stay: Stay, at: datetime, *, new: bool) -> None:
         values = _stay_values(stay, at)
         if new:
-            await self.conn.execute(stays.insert().values(**values))
+            await self.conn.execute(_INSERT_STAY, values)
         else:
             await self.conn.execute(
-                stays.update()
-                .where(stays.c.hospital_id == stay.hospital_id, stays.c.stay_id == stay.stay_id)
-                .values(**values)
+                _UPDATE_STAY, {**values, "k_hospital_id": stay.hospital_id, "k_stay_id": stay.stay_id}
             )
 
     async def list_stays(self, limit: int = 200) -> list[Stay]:
@@ -263,7 +275,7 @@ class SqlCaseRepository:
         return [_stay(r) for r in await self.conn.execute(q)]
 
     async def add_case(self, case: SipCase) -> None:
-        await self.conn.execute(cases.insert().values(**_values(case)))
+        await self.conn.execute(_INSERT_CASE, _values(case))
 
     async def get_case(self, case_id: UUID, *, for_update: bool = False) -> SipCase | None:
         """``for_update``: the read that starts a change of the case. On PostgreSQL it locks the case's
@@ -271,12 +283,12 @@ class SqlCaseRepository:
         arriving together, a coordinator's command beside a hospital event) take turns instead of
         overwriting each other or colliding on the next plan version; SQLite's one write lock already
         does that."""
-        q = cases.select().where(cases.c.id == str(case_id))
-        row = (await self.conn.execute(q.with_for_update() if for_update else q)).first()
+        q = _GET_CASE_FOR_UPDATE if for_update else _GET_CASE
+        row = (await self.conn.execute(q, {"k_id": str(case_id)})).first()
         return _case(row) if row else None
 
     async def update_case(self, case: SipCase) -> None:
-        await self.conn.execute(cases.update().where(cases.c.id == str(case.id)).values(**_values(case)))
+        await self.conn.execute(_UPDATE_CASE, {**_values(case), "k_id": str(case.id)})
 
     async def open_cases(self, include_closed: bool = False) -> list[SipCase]:
         q = cases.select().order_by(cases.c.invitation_due_at, cases.c.opened_at)
@@ -296,16 +308,17 @@ class SqlCaseRepository:
         reason: str | None = None,
     ) -> None:  # fmt: skip
         await self.conn.execute(
-            care_plans.insert().values(
-                case_id=str(case_id),
-                version=version,
-                resource=json.dumps(resource),
-                recorded_at=at,
-                snapshot=case_snapshot(snapshot) if snapshot is not None else "{}",
-                activity=activity,
-                agent_hsa_id=agent_hsa_id,
-                reason=reason,
-            )
+            _INSERT_PLAN,
+            {
+                "case_id": str(case_id),
+                "version": version,
+                "resource": json.dumps(resource),
+                "recorded_at": at,
+                "snapshot": case_snapshot(snapshot) if snapshot is not None else "{}",
+                "activity": activity,
+                "agent_hsa_id": agent_hsa_id,
+                "reason": reason,
+            },
         )
 
     async def latest_plan(self, case_id: UUID) -> dict[str, Any] | None:
@@ -367,8 +380,7 @@ class SqlCaseRepository:
         if exists:
             return False
         await self.conn.execute(
-            invitations.insert().values(
-                case_id=str(case_id), recipient_hsa_id=recipient, channel=channel, sent_at=sent_at
-            )
+            _INSERT_INVITATION,
+            {"case_id": str(case_id), "recipient_hsa_id": recipient, "channel": channel, "sent_at": sent_at},
         )
         return True
