@@ -17,17 +17,19 @@ run: install
 	.venv/bin/sipctl run
 
 # Every test on SQLite (the embedded default), then everything that runs a service store again with
-# each store on PostgreSQL (tests/support/dbmode.py), with one of the fault tests.
+# each store on PostgreSQL (tests/support/dbmode.py), with three of the six fault tests.
 test: test-sqlite test-postgres
 
 test-sqlite: install
 	@scripts/ensure-infra.sh
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
 
-PG_FAULT_TEST := tests/fault/test_no_loss_no_duplicates.py::test_kill_9_mid_stream[planning]
+FAULT := tests/fault/test_no_loss_no_duplicates.py
+PG_FAULT_TESTS := '$(FAULT)::test_kill_9_mid_stream[planning]' '$(FAULT)::test_two_planning_replicas_share_the_queues' \
+	'$(FAULT)::test_every_message_delivered_twice'
 test-postgres: install
 	@scripts/ensure-infra.sh
-	SIP_TEST_DATABASE=postgres .venv/bin/python -m pytest tests/integration tests/e2e '$(PG_FAULT_TEST)' $(PYTEST_ARGS)
+	SIP_TEST_DATABASE=postgres .venv/bin/python -m pytest tests/integration tests/e2e $(PG_FAULT_TESTS) $(PYTEST_ARGS)
 
 test-fast: install
 	.venv/bin/python -m pytest -m "not e2e and not broker and not postgres and not fault" $(PYTEST_ARGS)
