@@ -319,11 +319,10 @@ async def declare_service_topology(
     Another consumer's queues are not declared: a command for a consumer that never ran is unroutable
     (the outbox keeps it and retries), so the whole topology is pre-created where that matters
     (deploy/rabbitmq/definitions.json; :func:`declare_topology` elsewhere)."""
-    for name in exchanges_of(service):
-        await broker.declare_exchange(exchange_for(name))
+    exchanges = {name: await broker.declare_exchange(exchange_for(name)) for name in exchanges_of(service)}
     dlx = await broker.declare_exchange(dead_letter_exchange(service))
     for sub in subscriptions_of(service):
-        source = await broker.declare_exchange(contract_exchange(sub.contract))
+        source = exchanges[sub.contract.exchange]  # binds_from: among exchanges_of
         queue = await broker.declare_queue(work_queue(sub))
         await queue.bind(source, routing_key=sub.contract.routing_key)
         dlq = await broker.declare_queue(dead_letter_queue(sub))

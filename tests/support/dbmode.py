@@ -12,14 +12,12 @@ a restarted service or a second replica finds the same rows.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tests.support.infra import PG_DSN
+from tests.support.infra import pg_admin, pg_url
 
 BACKEND = os.environ.get("SIP_TEST_DATABASE", "sqlite").strip().lower() or "sqlite"
 if BACKEND not in ("sqlite", "postgres"):
@@ -30,26 +28,6 @@ _lock = threading.Lock()
 _databases: dict[tuple[str, str], str] = {}  # (data dir, service) -> database name
 
 
-def _run(sql: str) -> None:
-    import asyncpg
-
-    async def run() -> None:
-        conn = await asyncpg.connect(PG_DSN)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    # a thread of its own: callers may already be inside a running event loop
-    with ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, run()).result()
-
-
-def _url(name: str) -> str:
-    base = PG_DSN.rsplit("/", 1)[0]
-    return f"postgresql+asyncpg://{base.split('://', 1)[1]}/{name}"
-
-
 def database_url(data_dir: str | Path, service: str) -> str:
     """The PostgreSQL database standing in for ``<data_dir>/<service>.db`` (created on first use)."""
     key = (str(Path(data_dir).resolve()), service)
@@ -57,9 +35,9 @@ def database_url(data_dir: str | Path, service: str) -> str:
         name = _databases.get(key)
         if name is None:
             name = f"sip_{service}_{uuid.uuid4().hex[:10]}"
-            _run(f'CREATE DATABASE "{name}"')
+            pg_admin(f'CREATE DATABASE "{name}"')
             _databases[key] = name
-    return _url(name)
+    return pg_url(name)
 
 
 def drop_databases() -> None:
@@ -68,7 +46,7 @@ def drop_databases() -> None:
         names = list(_databases.values())
         _databases.clear()
     for name in names:
-        _run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def service_env(data_dir: str | Path) -> dict[str, str]:

@@ -74,34 +74,39 @@ def rabbit_vhost() -> Iterator[str]:
         subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60)
 
 
-@contextmanager
-def pg_database() -> Iterator[str]:
+def pg_admin(sql: str) -> None:
+    """Run one statement (CREATE/DROP DATABASE) on the machine's PostgreSQL, from any context."""
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
     import asyncpg
 
-    name = f"sip_{uuid.uuid4().hex[:12]}"
-
-    async def run(sql: str) -> None:
+    async def run() -> None:
         conn = await asyncpg.connect(PG_DSN)
         try:
             await conn.execute(sql)
         finally:
             await conn.close()
 
-    def blocking(sql: str) -> None:
-        # a thread of its own: callers may already be inside a running event loop
-        from concurrent.futures import ThreadPoolExecutor
+    # a thread of its own: callers may already be inside a running event loop
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, run()).result()
 
-        with ThreadPoolExecutor(1) as pool:
-            pool.submit(asyncio.run, run(sql)).result()
 
-    blocking(f'CREATE DATABASE "{name}"')
+def pg_url(name: str) -> str:
+    """The SQLAlchemy URL of database ``name`` on the machine's PostgreSQL."""
     base = PG_DSN.rsplit("/", 1)[0]
+    return f"postgresql+asyncpg://{base.split('://', 1)[1]}/{name}"
+
+
+@contextmanager
+def pg_database() -> Iterator[str]:
+    name = f"sip_{uuid.uuid4().hex[:12]}"
+    pg_admin(f'CREATE DATABASE "{name}"')
     try:
-        yield f"postgresql+asyncpg://{base.split('://', 1)[1]}/{name}"
+        yield pg_url(name)
     finally:
-        blocking(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @dataclass
