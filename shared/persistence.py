@@ -128,6 +128,8 @@ def make_engine(url: str, *, sqlite_driver: str = "inline") -> AsyncEngine:
         def _sqlite_begin(conn: Any) -> None:
             # IMMEDIATE takes the write lock up front: concurrent writers (replicas) wait on
             # busy_timeout instead of failing when a read snapshot cannot be upgraded.
+            if inline and conn.connection.driver_connection.try_begin("BEGIN IMMEDIATE"):
+                return
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
