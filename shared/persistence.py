@@ -98,10 +98,11 @@ def make_engine(url: str, *, sqlite_driver: str = "inline") -> AsyncEngine:
             # for another connection of this process (see shared.sqlite_inline)
             inline = sqlite_driver == "inline" and "?" not in db_path and not db_path.startswith("file:")
         if inline:
-            from shared.sqlite_inline import InlineSqliteConnection
+            from shared.sqlite_inline import InlineDbapi, InlineSqliteConnection
 
             engine = create_async_engine(
                 url,
+                module=InlineDbapi(),
                 async_creator=lambda: InlineSqliteConnection.connect(
                     db_path, busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS
                 ),

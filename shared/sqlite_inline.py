@@ -207,3 +207,74 @@ class InlineSqliteConnection:
 
     async def create_function(self, *args: Any, **kwargs: Any) -> None:
         self._conn.create_function(*args, **kwargs)
+
+
+# ---- SQLAlchemy's adapter, without the greenlet hop where nothing waits -----------------------------
+#
+# SQLAlchemy's asyncio layer runs the synchronous engine in a greenlet and hands every driver call
+# (open a cursor, execute, close it, commit) back to the event loop's greenlet as a coroutine
+# (``await_``): two greenlet switches and a coroutine per call, three calls per statement. The
+# statements of this connection run on the loop's thread anyway, so the adapter below opens and
+# closes cursors, commits and rolls back directly — the same sqlite3 calls in the same order. A
+# statement itself still makes its one trip (SQLAlchemy insists that an execution awaits), and so
+# does a commit or rollback while a BEGIN of a cancelled caller still runs in a worker thread.
+
+from sqlalchemy.dialects.sqlite.aiosqlite import (  # noqa: E402
+    AsyncAdapt_aiosqlite_connection,
+    AsyncAdapt_aiosqlite_cursor,
+    AsyncAdapt_aiosqlite_dbapi,
+)
+from sqlalchemy.util.concurrency import await_  # noqa: E402
+
+
+class _DirectCursor(AsyncAdapt_aiosqlite_cursor):
+    __slots__ = ()
+
+    def _aenter_cursor(self, cursor: Any) -> Any:
+        return cursor  # InlineCursor.__aenter__ returns the cursor itself
+
+    def close(self) -> None:
+        self._rows.clear()
+        if self._cursor is None or bool(self._soft_closed_memoized):
+            return
+        self._cursor._cursor.close()  # type: ignore[attr-defined]
+
+
+class _DirectConnection(AsyncAdapt_aiosqlite_connection):
+    __slots__ = ()
+
+    _cursor_cls = _DirectCursor
+
+    def commit(self) -> None:
+        inline: InlineSqliteConnection = self._connection  # type: ignore[assignment]
+        if inline._waiting is not None:
+            return super().commit()
+        if inline._connection:
+            try:
+                inline._conn.commit()
+            except Exception as error:
+                self._handle_exception(error)
+
+    def rollback(self) -> None:
+        inline: InlineSqliteConnection = self._connection  # type: ignore[assignment]
+        if inline._waiting is not None:
+            return super().rollback()
+        if inline._connection:
+            try:
+                inline._conn.rollback()
+            except Exception as error:
+                self._handle_exception(error)
+
+
+class InlineDbapi(AsyncAdapt_aiosqlite_dbapi):
+    """The aiosqlite dialect's DBAPI module, for :class:`InlineSqliteConnection` connections
+    (``create_async_engine(..., module=InlineDbapi(), async_creator=...)``)."""
+
+    def __init__(self) -> None:
+        import aiosqlite
+
+        super().__init__(aiosqlite, sqlite3)
+
+    def connect(self, *arg: Any, **kw: Any) -> AsyncAdapt_aiosqlite_connection:
+        creator_fn = kw.pop("async_creator_fn")
+        return _DirectConnection(self, await_(creator_fn(*arg, **kw)))

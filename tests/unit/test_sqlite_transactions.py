@@ -13,6 +13,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 
@@ -91,3 +92,44 @@ def test_a_lock_held_by_another_process_is_waited_for_off_the_loop(tmp_path: Pat
     assert waited >= 0.25  # it waited for the other writer instead of failing
     assert ticks >= 10  # and the event loop ran on meanwhile
     assert count == 2  # both transactions took effect
+
+
+def test_a_statement_makes_one_trip_to_the_event_loop_and_a_commit_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening and closing a cursor, commit and rollback run directly on the sqlite3 connection;
+    only the statement itself is handed to the event loop (SQLAlchemy insists on one await)."""
+    import sqlalchemy.connectors.asyncio as adapter
+
+    trips: list[str] = []
+    real = adapter.await_
+
+    def counting(awaitable):  # type: ignore[no-untyped-def]
+        trips.append(getattr(awaitable, "__qualname__", type(awaitable).__name__))
+        return real(awaitable)
+
+    async def run() -> None:
+        engine = await _engine(tmp_path / "t.db")
+        async with engine.connect() as conn:  # the pooled connection exists before counting
+            await conn.execute(sa.select(1))
+        monkeypatch.setattr(adapter, "await_", counting)
+        async with engine.begin() as conn:
+            await conn.execute(ROWS.insert(), {"v": "a"})
+            await conn.execute(ROWS.insert(), {"v": "b"})
+        async with engine.connect() as conn:
+            rows = (await conn.execute(sa.select(ROWS.c.v).order_by(ROWS.c.id))).all()
+            assert [r.v for r in rows] == ["a", "b"]
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(ROWS.insert(), {"v": "c"})
+                raise RuntimeError("roll back")
+        except RuntimeError:
+            pass
+        monkeypatch.setattr(adapter, "await_", real)
+        async with engine.connect() as conn:
+            assert await conn.scalar(sa.select(sa.func.count()).select_from(ROWS)) == 2
+        await engine.dispose()
+
+    asyncio.run(run())
+    # three inserts and one select: one trip each, nothing for cursors, commit or rollback
+    assert len(trips) == 4, trips
