@@ -17,6 +17,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -284,6 +285,7 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._sql: _RelayStatements | None = None
         self.published = 0
 
     def wake(self) -> None:
@@ -322,32 +324,30 @@ class OutboxRelay:
     async def drain_once(self) -> bool:
         """Publish one batch; True if a full batch was published (there may be more).
 
-        Rows are claimed in a short transaction (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, the
-        write lock on SQLite), published outside any transaction, then marked published. Several
+        Rows are claimed — picked and marked with this pass's token in ONE statement (``UPDATE …
+        WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING …`` on PostgreSQL, under the write
+        lock on SQLite) — published outside any transaction, then marked published. Several
         replicas share the work; a claim that outlives a crashed relay expires and is taken again
-        (the consumers' inbox absorbs the rare second publish).
+        (the consumers' inbox absorbs the rare second publish). The statements are built once.
         """
-        o = self._outbox
+        sql = self._statements()
         token = uuid.uuid4().hex
         now = utcnow()
         async with self._engine.begin() as conn:
-            pick = (
-                sa.select(o)
-                .where(o.c.published_at.is_(None))
-                .where(sa.or_(o.c.claimed_until.is_(None), o.c.claimed_until < now))
-                .order_by(o.c.id)
-                .limit(self._batch)
-            )
-            if conn.dialect.name == "postgresql":
-                pick = pick.with_for_update(skip_locked=True)
-            rows = (await conn.execute(pick)).all()
-            if not rows:
-                return False
-            await conn.execute(
-                o.update()
-                .where(o.c.id.in_([r.id for r in rows]))
-                .values(claimed_by=token, claimed_until=now + timedelta(seconds=self._claim_seconds))
-            )
+            claimed = (
+                await conn.execute(
+                    sql.claim,
+                    {
+                        "relay_now": now,
+                        "relay_batch": self._batch,
+                        "relay_token": token,
+                        "relay_until": now + timedelta(seconds=self._claim_seconds),
+                    },
+                )
+            ).all()
+        if not claimed:
+            return False
+        rows = sorted(claimed, key=lambda r: r.id)  # RETURNING has no order: publish in outbox order
         done: list[int] = []
         error: str | None = None
         for row in rows:
@@ -371,25 +371,74 @@ class OutboxRelay:
             done.append(row.id)
         async with self._engine.begin() as conn:
             if done:
-                await conn.execute(o.update().where(o.c.id.in_(done)).values(published_at=utcnow()))
+                await conn.execute(sql.published, {"relay_ids": done, "relay_now": utcnow()})
                 self.published += len(done)
             published = set(done)
             rest = [r.id for r in rows if r.id not in published]
             if rest:
-                await conn.execute(
-                    o.update()
-                    .where(o.c.id.in_(rest))
-                    .values(
-                        claimed_by=None,
-                        claimed_until=None,
-                        attempts=o.c.attempts + 1,
-                        last_error=error,
-                    )
-                )
+                await conn.execute(sql.release, {"relay_ids": rest, "relay_error": error})
         if error:
             await asyncio.sleep(self._poll)
             return False
         return len(rows) == self._batch
+
+    def _statements(self) -> _RelayStatements:
+        if self._sql is None:
+            self._sql = _RelayStatements.build(self._outbox, self._engine.dialect.name)
+        return self._sql
+
+
+@dataclass(frozen=True)
+class _RelayStatements:
+    """The relay's three statements, built once per table and dialect (building ``select``/``update``
+    with an ``IN`` list anew on every pass cost the relay more CPU than the database work)."""
+
+    claim: Any
+    published: Any
+    release: Any
+
+    @classmethod
+    def build(cls, o: sa.Table, dialect: str) -> _RelayStatements:
+        due = (
+            sa.select(o.c.id)
+            .where(o.c.published_at.is_(None))
+            .where(
+                sa.or_(
+                    o.c.claimed_until.is_(None),
+                    o.c.claimed_until < sa.bindparam("relay_now", type_=o.c.claimed_until.type),
+                )
+            )
+            .order_by(o.c.id)
+            .limit(sa.bindparam("relay_batch", type_=sa.Integer))
+        )
+        if dialect == "postgresql":  # replicas: each takes rows no other pass holds
+            due = due.with_for_update(skip_locked=True)
+        claim = (
+            o.update()
+            .where(o.c.id.in_(due.scalar_subquery()))
+            .values(
+                claimed_by=sa.bindparam("relay_token", type_=o.c.claimed_by.type),
+                claimed_until=sa.bindparam("relay_until", type_=o.c.claimed_until.type),
+            )
+        ).returning(*(o.c[n] for n in ("id", "message_id", "exchange", "routing_key", "correlation_id",
+                                       "body", "traceparent")))  # fmt: skip
+        ids = sa.bindparam("relay_ids", expanding=True, type_=o.c.id.type)
+        published = (
+            o.update()
+            .where(o.c.id.in_(ids))
+            .values(published_at=sa.bindparam("relay_now", type_=o.c.published_at.type))
+        )
+        release = (
+            o.update()
+            .where(o.c.id.in_(ids))
+            .values(
+                claimed_by=None,
+                claimed_until=None,
+                attempts=o.c.attempts + 1,
+                last_error=sa.bindparam("relay_error", type_=o.c.last_error.type),
+            )
+        )
+        return cls(claim, published, release)
 
 
 @contextlib.asynccontextmanager

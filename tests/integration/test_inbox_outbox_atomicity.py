@@ -100,3 +100,72 @@ async def test_relay_publishes_each_row_once_and_keeps_failures(store):
             )
             == 0
         )
+
+
+async def _enqueue(engine, outbox, n):
+    async with engine.begin() as conn:
+        for i in range(n):
+            await enqueue(conn, outbox, ConsentRequested(case_id=f"00000000-0000-0000-0000-{i:012d}",
+                                                         patient_identifier=ADULT))  # fmt: skip
+    async with engine.connect() as c:
+        return list((await c.execute(sa.select(outbox.c.message_id).order_by(outbox.c.id))).scalars())
+
+
+async def test_relay_claims_a_batch_in_outbox_order_and_takes_over_an_expired_claim(store):
+    from datetime import UTC, datetime, timedelta
+
+    engine, inbox, outbox, effects = store  # noqa: RUF059
+    ids = await _enqueue(engine, outbox, 7)
+    published: list[str] = []
+
+    async def publish(**kw):
+        published.append(kw["message_id"])
+
+    relay = OutboxRelay(engine, outbox, publish, batch=3)
+    assert await relay.drain_once()  # a full batch: there may be more
+    assert published == ids[:3]
+    # rows 4 and 5 are held by another relay (a live claim), row 6 by one that died (expired)
+    now = datetime.now(UTC)
+    async with engine.begin() as c:
+        await c.execute(outbox.update().where(outbox.c.message_id.in_(ids[3:5]))
+                        .values(claimed_by="other", claimed_until=now + timedelta(seconds=60)))  # fmt: skip
+        await c.execute(outbox.update().where(outbox.c.message_id == ids[5])
+                        .values(claimed_by="dead", claimed_until=now - timedelta(seconds=1)))  # fmt: skip
+    assert not await relay.drain_once()  # rows 6 and 7: less than a batch
+    assert published == ids[:3] + ids[5:]
+    assert not await relay.drain_once()  # nothing else is due while the live claim lasts
+    async with engine.begin() as c:
+        await c.execute(outbox.update().where(outbox.c.message_id.in_(ids[3:5])).values(claimed_until=now))
+    await relay.drain_once()
+    assert sorted(published) == sorted(ids) and len(published) == 7
+    async with engine.connect() as c:
+        claims = (
+            await c.execute(sa.select(outbox.c.claimed_by).where(outbox.c.published_at.is_(None)))
+        ).all()
+    assert claims == []
+
+
+async def test_two_relays_on_one_outbox_publish_every_row_once(store):
+    """Replicas: two relays (on PostgreSQL, two engines — SKIP LOCKED) drain one outbox together."""
+    engine, inbox, outbox, effects = store  # noqa: RUF059
+    ids = await _enqueue(engine, outbox, 120)
+    second = make_engine(engine.url.render_as_string(hide_password=False))
+    published: list[str] = []
+
+    async def publish(**kw):
+        await asyncio.sleep(0.001)  # the other relay runs a pass meanwhile
+        published.append(kw["message_id"])
+
+    relays = [OutboxRelay(e, outbox, publish, batch=10) for e in (engine, second)]
+
+    async def drain(relay):
+        while await relay.drain_once():
+            pass
+
+    try:
+        for _ in range(3):  # a pass that found less than a batch may leave rows the other one held
+            await asyncio.gather(*(drain(r) for r in relays))
+    finally:
+        await second.dispose()
+    assert sorted(published) == sorted(ids)
+    assert len(published) == len(set(published)) == 120
