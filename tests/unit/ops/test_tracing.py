@@ -226,3 +226,42 @@ def test_exporter_setting_is_validated():
     s = ServiceSettings(data_dir="/d")
     assert s.span_file("notify") == "/d/spans-notify.jsonl"
     assert ServiceSettings(otel_file="/x/{service}.jsonl").span_file("consent") == "/x/consent.jsonl"
+
+
+@pytest.mark.parametrize("exporter", ["file", "none"])
+def test_without_an_exporter_spans_carry_the_same_trace_ids_and_are_not_recorded(exporter, tmp_path: Path):
+    """``SIP_OTEL_EXPORTER=none`` (the default): spans are only ids — the same traceparents and log
+    trace ids as with an exporter, nothing recorded (and far cheaper per span)."""
+    t = Tracing("planning", exporter=exporter, file=str(tmp_path / "spans-{service}.jsonl"))
+    cid = str(uuid.uuid4())
+    other = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"  # an external system's trace
+    with t.consume_span(
+        queue="planning.hospital.discharge.v1", routing_key="hospital.discharge.v1",
+        message_id="m-1", correlation_id=cid, headers={"traceparent": other}, attempt=1,
+    ) as first:  # fmt: skip
+        assert trace.get_current_span() is first
+        tp = t.create_span_traceparent(
+            exchange="consent.commands",
+            routing_key="consent.request.v1",
+            message_id="m-2",
+            correlation_id=cid,
+        )
+    with t.consume_span(
+        queue="consent.consent.request.v1", routing_key="consent.request.v1", message_id="m-2",
+        correlation_id=cid, headers={"traceparent": tp}, attempt=1,
+    ) as second:  # fmt: skip
+        pass
+    a, b = first.get_span_context(), second.get_span_context()
+    produced = extract_span_context({"traceparent": tp})
+    assert produced is not None
+    # the correlation id's trace wins over an external parent; the producer and consumer join it
+    assert a.trace_id == b.trace_id == produced.trace_id == uuid.UUID(cid).int
+    assert len({a.span_id, b.span_id, produced.span_id}) == 3
+    assert tp is not None and tp.endswith("-01")  # sampled: a downstream service with an exporter records
+    t.flush()
+    written = tmp_path / "spans-planning.jsonl"
+    if exporter == "none":
+        assert not first.is_recording() and not written.exists()
+    else:
+        assert first.is_recording() is False  # ended
+        assert {s["name"] for s in spans(written)} >= {"process planning.hospital.discharge.v1"}
