@@ -301,6 +301,18 @@ _INSERT_CONSENT = consents.insert()
 _INSERT_VERSION = consent_versions.insert()
 _INSERT_REQUEST = consent_requests.insert()
 _GET_REQUEST = consent_requests.select().where(consent_requests.c.case_id == sa.bindparam("k_case_id"))
+# the per-message statements are built once, their values bound at execution
+_REQUEST_EXISTS = (
+    sa.select(sa.literal(1))
+    .select_from(consent_requests)
+    .where(consent_requests.c.case_id == sa.bindparam("k_case_id"))
+    .limit(1)
+)
+_MARK_ANSWERED = (
+    consent_requests.update()
+    .where(consent_requests.c.case_id == sa.bindparam("k_case_id"))
+    .values(status="answered", answered_by=sa.bindparam("k_answered_by"))
+)
 
 
 class SqlConsentRepository:
@@ -360,12 +372,7 @@ class SqlConsentRepository:
         return [_record(r) for r in rows]
 
     async def add_request(self, request: ConsentRequest) -> bool:
-        exists = await self.conn.scalar(
-            sa.select(sa.func.count())
-            .select_from(consent_requests)
-            .where(consent_requests.c.case_id == str(request.case_id))
-        )
-        if exists:
+        if await self.conn.scalar(_REQUEST_EXISTS, {"k_case_id": str(request.case_id)}):
             return False
         await self.conn.execute(
             _INSERT_REQUEST,
@@ -387,11 +394,7 @@ class SqlConsentRepository:
         return _request(row) if row else None
 
     async def mark_answered(self, case_id: UUID, consent_id: UUID) -> None:
-        await self.conn.execute(
-            consent_requests.update()
-            .where(consent_requests.c.case_id == str(case_id))
-            .values(status="answered", answered_by=str(consent_id))
-        )
+        await self.conn.execute(_MARK_ANSWERED, {"k_case_id": str(case_id), "k_answered_by": str(consent_id)})
 
     async def reopen_request(self, case_id: UUID, consent_id: UUID) -> None:
         """The consent that answered the case's request was cancelled: the request waits again."""
