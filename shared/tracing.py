@@ -24,10 +24,12 @@ and exception class names — never message bodies, URL paths or query strings, 
 or anything else that could hold a personnummer (the ids are masked as well, in case a sender put
 one there).
 
-The SDK is always installed per runtime (so ``traceparent`` flows and logs carry trace ids);
-exporting is configuration: ``SIP_OTEL_EXPORTER`` = ``none`` (default) | ``console`` | ``file``
+Exporting is configuration: ``SIP_OTEL_EXPORTER`` = ``none`` (default) | ``console`` | ``file``
 (JSON lines at ``SIP_OTEL_FILE``) | ``otlp`` (needs ``opentelemetry-exporter-otlp-proto-http``,
-not installed by default; endpoint from the standard ``OTEL_EXPORTER_OTLP_*`` variables).
+not installed by default; endpoint from the standard ``OTEL_EXPORTER_OTLP_*`` variables). With
+``none`` nothing would read what a span records, so spans are only their ids (non-recording spans
+with the same trace ids, new span ids, sampled): ``traceparent`` still flows through every hop and
+every log line still carries its trace id.
 """
 
 from __future__ import annotations
