@@ -286,8 +286,9 @@ async def _change_case(
             await deadlines.case_ended(changed.id, at=now, reason=changed.closed_reason or changed.state)
         else:
             await deadlines.case_resumed(changed, at=now)
-    if await repo.next_plan_version(changed.id) > 1:  # a plan exists: its status follows the case
-        await _new_plan_version(repo, changed, now, reason=f"hospital: {ev.kind}")
+    version = await repo.next_plan_version(changed.id)
+    if version > 1:  # a plan exists: its status follows the case
+        await _new_plan_version(repo, changed, now, reason=f"hospital: {ev.kind}", version=version)
     log.info("SIP case changed by a hospital event",
              extra={"case_id": str(changed.id), "state": changed.state})  # fmt: skip
     return changed
@@ -323,7 +324,11 @@ async def handle_consent_granted(
     case = case.consent_given(ev.consent_id, recipients)
     if case.state == "invitation_requested":  # a discharge: the LUS clock runs, invite at once
         await outbox.send(invitation(case, recipients, public_base_url, ev.correlation_id))
-    await _new_plan_version(repo, case, now, reason="consent given")
+    # a system transition, stored without the fhir.resources round trip: the CarePlan holds the case's
+    # fields as validated where they entered (the discharge notice's contract, the directory, the
+    # coordinators' validated commands) and what the code derives from the new state; nothing from
+    # the consent message enters it
+    await _new_plan_version(repo, case, now, reason="consent given", validate=False)
     await repo.update_case(case)
     if deadlines is not None and ev.valid_until is not None:
         await deadlines.start(case, "consent-expiry", ev.valid_until, policy or DeadlinePolicy(), at=now)
@@ -376,8 +381,9 @@ async def handle_consent_declined(
     await repo.update_case(case)
     if deadlines is not None:
         await deadlines.case_ended(case.id, at=ev.occurred_at, reason="declined")
-    if await repo.next_plan_version(case.id) > 1:
-        await _new_plan_version(repo, case, ev.occurred_at, reason="consent declined")
+    version = await repo.next_plan_version(case.id)
+    if version > 1:
+        await _new_plan_version(repo, case, ev.occurred_at, reason="consent declined", version=version)
     return case
 
 
@@ -435,18 +441,28 @@ async def handle_invitation_sent(
         await deadlines.invitation_sent(case.id, at=ev.sent_at)
         # the meeting must be held by the regional deadline, counted from the invitation
         await deadlines.start(case, "meeting", ev.sent_at, policy or DeadlinePolicy(), at=clock.now())
-    await _new_plan_version(repo, case, clock.now(), reason="invitation sent")
+    # a system transition (the invitation task completed), stored without the fhir.resources round
+    # trip: nothing from the message enters the CarePlan but that the invitation went out
+    await _new_plan_version(repo, case, clock.now(), reason="invitation sent", validate=False)
     return case
 
 
 async def _new_plan_version(
     repo: CaseRepository, case: SipCase, at: datetime, *, agent_hsa_id: str | None = None,
-    reason: str | None = None,
+    reason: str | None = None, validate: bool = True, version: int | None = None,
 ) -> int:  # fmt: skip
-    """Every change to the plan is a new version (with its Provenance); earlier versions are kept."""
-    version = await repo.next_plan_version(case.id)
+    """Every change to the plan is a new version (with its Provenance); earlier versions are kept.
+
+    ``validate=False`` stores the CarePlan without the fhir.resources round trip (the same resource,
+    see :func:`~services.planning.adapters.fhir.care_plan`): only for system transitions whose content
+    is derived from case fields validated where they entered. Every path where a user's or another
+    system's content first enters the plan (the coordinators' commands, a FHIR create) validates.
+    ``version``: the next version when the caller has just read it (the case row is locked).
+    """
+    if version is None:
+        version = await repo.next_plan_version(case.id)
     await repo.add_plan_version(
-        case.id, version, care_plan(case, version=version, at=at), at, snapshot=case,
+        case.id, version, care_plan(case, version=version, at=at, validate=validate), at, snapshot=case,
         activity="CREATE" if version == 1 else "UPDATE", agent_hsa_id=agent_hsa_id, reason=reason,
     )  # fmt: skip
     return version

@@ -21,9 +21,10 @@ Nothing here stores personal data: case id, reference, kind, times and the owner
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -159,13 +160,35 @@ async def _get(conn: AsyncConnection, deadline_id: int) -> Deadline:
     return _deadline((await conn.execute(d.select().where(d.c.id == deadline_id))).one())
 
 
+# The statements of the per-message paths, built once with their values bound at execution.
+_d = case_deadlines
+_PENDING_ROW = _d.select().where(
+    _d.c.case_id == sa.bindparam("k_case_id"), _d.c.kind == sa.bindparam("k_kind"), _d.c.status == PENDING
+)
+#: every cycle of a (case, kind), the latest first: the pending one (at most one) and the last cycle
+_CYCLES = (
+    _d.select()
+    .where(_d.c.case_id == sa.bindparam("k_case_id"), _d.c.kind == sa.bindparam("k_kind"))
+    .order_by(_d.c.cycle.desc())
+)
+_MET = (
+    _d.update()
+    .where(_d.c.id == sa.bindparam("k_id"), _d.c.status == PENDING)  # the scheduler may have claimed it
+    .values(status=MET, met_at=sa.bindparam("met_at"), updated_at=sa.bindparam("updated_at"))
+)
+_ADMISSION_NOTICE = admission_notices.select().where(
+    admission_notices.c.hospital_id == sa.bindparam("k_hospital_id"),
+    admission_notices.c.stay_id == sa.bindparam("k_stay_id"),
+)
+
+
+def _as_read(value: datetime) -> datetime:
+    """A datetime as reading it back gives it (:class:`shared.persistence.UTCDateTime`: aware UTC)."""
+    return value.astimezone(UTC)
+
+
 async def _pending_row(conn: AsyncConnection, case_id: UUID, kind: str) -> Deadline | None:
-    d = case_deadlines
-    row = (
-        await conn.execute(
-            d.select().where(d.c.case_id == str(case_id), d.c.kind == kind, d.c.status == PENDING)
-        )
-    ).first()
+    row = (await conn.execute(_PENDING_ROW, {"k_case_id": str(case_id), "k_kind": kind})).first()
     return _deadline(row) if row else None
 
 
@@ -200,7 +223,12 @@ async def schedule(
     """
     _check_kind(kind)
     at = at or utcnow()
-    current = await _pending_row(conn, case_id, kind)
+    # one read for the pending cycle and the number of the last one (the case's row is locked by the
+    # change that schedules, or the case is new: no other transaction adds a cycle meanwhile)
+    cycles = (await conn.execute(_CYCLES, {"k_case_id": str(case_id), "k_kind": kind})).all()
+    last = cycles[0].cycle if cycles else 0
+    pending = next((r for r in cycles if r.status == PENDING), None)
+    current = _deadline(pending) if pending is not None else None
     if current is not None:
         if current.due_at == due_at and current.owner_hsa_id == owner:
             return current
@@ -222,16 +250,14 @@ async def schedule(
         if row is None:
             raise LookupError(f"no SIP case {case_id}: pass case_reference")
         case_reference, correlation_id = row.reference, correlation_id or row.correlation_id
-    last = await conn.scalar(
-        sa.select(sa.func.max(d.c.cycle)).where(d.c.case_id == str(case_id), d.c.kind == kind)
-    )
+    cycle = int(last or 0) + 1
     result = await conn.execute(
         _INSERT_DEADLINE,  # built once, values bound at execution
         {
             "case_id": str(case_id),
             "case_reference": case_reference,
             "kind": kind,
-            "cycle": int(last or 0) + 1,
+            "cycle": cycle,
             "status": PENDING,
             "started_at": started_at,
             "due_at": due_at,
@@ -240,7 +266,13 @@ async def schedule(
             "updated_at": at,
         },
     )
-    return await _get(conn, int(result.inserted_primary_key[0]))
+    # the row just inserted, as reading it back would give it (the other columns have no default)
+    return Deadline(
+        id=int(result.inserted_primary_key[0]), case_id=UUID(str(case_id)), case_reference=case_reference,
+        kind=kind, cycle=cycle, status=PENDING, started_at=_as_read(started_at), due_at=_as_read(due_at),
+        owner_hsa_id=owner, correlation_id=correlation_id, met_at=None, breached_at=None,
+        escalated_to=None, breach_message_id=None, cancelled_at=None, cancel_reason=None,
+    )  # fmt: skip
 
 
 _INSERT_DEADLINE = case_deadlines.insert()
@@ -282,13 +314,9 @@ async def meet(conn: AsyncConnection, case_id: UUID, kind: str, at: datetime) ->
     d = case_deadlines
     current = await _pending_row(conn, case_id, kind)
     if current is not None:
-        done = await conn.execute(
-            d.update()
-            .where(d.c.id == current.id, d.c.status == PENDING)  # the scheduler may have claimed it
-            .values(status=MET, met_at=at, updated_at=at)
-        )
-        if done.rowcount == 1:
-            return await _get(conn, current.id)
+        done = await conn.execute(_MET, {"k_id": current.id, "met_at": at, "updated_at": at})
+        if done.rowcount == 1:  # still pending when updated: the row is the one read, now met
+            return dataclasses.replace(current, status=MET, met_at=_as_read(at))
     late = await _latest(conn, case_id, kind, BREACHED)
     if late is None or late.met_at is not None:
         return None
@@ -430,10 +458,7 @@ async def on_case_opened(conn: AsyncConnection, case: SipCase, *, at: datetime) 
         out.append(invitation)
     notice = (
         await conn.execute(
-            admission_notices.select().where(
-                admission_notices.c.hospital_id == case.hospital_hsa_id,
-                admission_notices.c.stay_id == case.episode_id,
-            )
+            _ADMISSION_NOTICE, {"k_hospital_id": case.hospital_hsa_id, "k_stay_id": case.episode_id}
         )
     ).first()
     if notice is not None:

@@ -2,7 +2,10 @@
 Appointment and Condition (the needs), and a Provenance per stored version.
 
 Both renderings are validated with fhir.resources (R4B models for R4, the default models for R5) plus
-the required-binding check the library lacks (:func:`shared.fhir.check_required_bindings`).
+the required-binding check the library lacks (:func:`shared.fhir.check_required_bindings`) — unless
+the caller says ``validate=False``, for a version that differs from the previous, validated one only by
+what this code derives from the case state (see :func:`care_plan`). The builder emits exactly what the
+validated round trip would (``Z`` for UTC, no empty lists), so both give the same resource.
 
 Mapping (see FHIR.md): goals → ``Goal``; each intervention → R4 ``activity.detail`` (goal, performer,
 end date) / R5 ``activity.plannedActivityReference`` → ``Task``; deadlines and the follow-up → ``Task``
@@ -81,8 +84,18 @@ def care_plan(
     at: datetime,
     invitation_sent: bool | None = None,
     fhir_version: FhirVersion = "4.0",
+    validate: bool = True,
 ) -> dict[str, Any]:
-    """The case as a validated CarePlan resource (JSON-ready dict)."""
+    """The case as a validated CarePlan resource (JSON-ready dict).
+
+    ``validate=False`` skips the fhir.resources round trip (model_validate, the required-binding check,
+    model_dump) and returns the built dict, which equals what validation would return (the unit tests
+    hold the two equal for every state, R4 and R5). Only for a version written by a system transition
+    whose content is what the code derives from case fields already validated where they entered
+    (the plan, the preferences, the meeting: by HTTP commands that render with validation; the person
+    identifier, times and organisations: by the message contracts and the directory) — never where
+    content from a user or another system first enters the plan.
+    """
     r5 = fhir_version == "5.0"
     pid = parse_person_identifier(case.patient_identifier)
     subject = {"identifier": {"system": pid.system, "value": pid.value}}
@@ -118,9 +131,9 @@ def care_plan(
                 "code": {"text": "Kallelse till SIP-planering"},
                 "description": "Skicka kallelse till SIP-planering inom tidsfristen (LUS 2017:612)",
                 "for": subject,
-                "authoredOn": case.opened_at.isoformat(),
+                "authoredOn": _dt(case.opened_at),
                 "owner": _org(case.owner_hsa_id, owner),
-                "restriction": {"period": {"end": case.invitation_due_at.isoformat()}},
+                "restriction": {"period": {"end": _dt(case.invitation_due_at)}},
             }
         )
         activity.append(_activity_ref(r5, "#invitation", "Kallelse till SIP-planering"))
@@ -130,7 +143,7 @@ def care_plan(
     data: dict[str, Any] = {
         "resourceType": "CarePlan",
         "id": str(case.id),
-        "meta": {"versionId": str(version), "lastUpdated": at.isoformat()},
+        "meta": {"versionId": str(version), "lastUpdated": _dt(at)},
         "identifier": [{"system": CASE_SYSTEM, "value": case.reference}],
         "status": status,
         "intent": "plan",
@@ -139,8 +152,8 @@ def care_plan(
         ],
         "title": f"Samordnad individuell plan {case.reference}",
         "subject": subject,
-        "created": case.opened_at.isoformat(),
-        "period": {"start": case.opened_at.isoformat()},
+        "created": _dt(case.opened_at),
+        "period": {"start": _dt(case.opened_at)},
         "careTeam": [{"reference": "#careteam"}],
     }
     notes: list[str] = []
@@ -172,9 +185,11 @@ def care_plan(
             for n, text in enumerate(content.needs, 1)
         ]
         contained += needs
-        data["addresses"] = [
-            {"reference": {"reference": f"#{c['id']}"}} if r5 else {"reference": f"#{c['id']}"} for c in needs
-        ]
+        if needs:  # an empty list is no FHIR element: validation drops it
+            data["addresses"] = [
+                {"reference": {"reference": f"#{c['id']}"}} if r5 else {"reference": f"#{c['id']}"}
+                for c in needs
+            ]
         for g in content.goals:
             goal: dict[str, Any] = {
                 "resourceType": "Goal",
@@ -186,7 +201,8 @@ def care_plan(
             if g.due_date:
                 goal["target"] = [{"dueDate": g.due_date.isoformat()}]
             contained.append(goal)
-        data["goal"] = [{"reference": f"#goal-{g.id}"} for g in content.goals]
+        if content.goals:
+            data["goal"] = [{"reference": f"#goal-{g.id}"} for g in content.goals]
         for i in content.interventions:
             performer = _responsible(i.responsible, subject, names)
             if r5:
@@ -241,7 +257,14 @@ def care_plan(
     if activity:
         data["activity"] = activity
     data["contained"] = contained
-    return _validated(data, r5, "CarePlan")
+    return _validated(data, r5, "CarePlan") if validate else data
+
+
+def _dt(value: datetime) -> str:
+    """A dateTime/instant as fhir.resources serialises it after validation (pydantic's JSON form):
+    ISO 8601, microseconds kept, ``Z`` for UTC."""
+    text = value.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
 def _role(r5: bool, text: str) -> Any:
@@ -298,8 +321,8 @@ def _appointment(case: SipCase, subject: dict[str, Any], r5: bool) -> dict[str, 
         "id": "meeting",
         "status": "booked",
         "description": f"SIP-möte {case.reference}",
-        "start": m.start.isoformat(),
-        "end": m.end.isoformat(),
+        "start": _dt(m.start),
+        "end": _dt(m.end),
         "participant": participants,
     }
     where = m.location or ""

@@ -10,6 +10,8 @@ from typing import Any
 from uuid import UUID
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.planning.domain import OPEN_STATES, Participant, SipCase
@@ -111,8 +113,28 @@ _INSERT_CASE = cases.insert()
 _UPDATE_CASE = cases.update().where(cases.c.id == sa.bindparam("k_id"))
 _GET_CASE = cases.select().where(cases.c.id == sa.bindparam("k_id"))
 _GET_CASE_FOR_UPDATE = _GET_CASE.with_for_update()  # rendered without FOR UPDATE on SQLite
+#: SQLite: the case and its latest plan version in one statement. Only there: every transaction holds
+#: the database's write lock from its BEGIN IMMEDIATE (shared.persistence), so nothing else adds a
+#: version until it ends. (On PostgreSQL a subquery would read the snapshot taken before the row lock
+#: was granted and miss a version committed meanwhile: there the version is read after the lock.)
+_GET_CASE_WITH_PLAN_VERSION = sa.select(
+    cases,
+    sa.select(sa.func.max(care_plans.c.version))
+    .where(care_plans.c.case_id == cases.c.id)
+    .scalar_subquery()
+    .label("sip_latest_plan_version"),
+).where(cases.c.id == sa.bindparam("k_id"))
+_NEXT_PLAN_VERSION = sa.select(sa.func.max(care_plans.c.version)).where(
+    care_plans.c.case_id == sa.bindparam("k_case_id")
+)
 _INSERT_PLAN = care_plans.insert()
 _INSERT_INVITATION = invitations.insert()
+#: a recipient's invitation on a channel recorded once: one statement, its row count says whether this
+#: call recorded it (was a count, then an insert)
+_INSERT_INVITATION_ONCE = {
+    "sqlite": sqlite_insert(invitations).on_conflict_do_nothing(),
+    "postgresql": pg_insert(invitations).on_conflict_do_nothing(),
+}
 
 
 def _case(row: Any) -> SipCase:
@@ -255,6 +277,8 @@ def _values(case: SipCase) -> dict[str, Any]:
 class SqlCaseRepository:
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
+        #: SQLite: case id → its latest plan version (0: none), read with the case for update
+        self._latest_plan: dict[str, int] = {}
 
     async def get_stay(self, hospital_id: str, stay_id: str, *, for_update: bool = False) -> Stay | None:
         q = stays.select().where(stays.c.hospital_id == hospital_id, stays.c.stay_id == stay_id)
@@ -282,9 +306,17 @@ class SqlCaseRepository:
         row until the transaction ends, so two changes of one case (three participants' InvitationSent
         arriving together, a coordinator's command beside a hospital event) take turns instead of
         overwriting each other or colliding on the next plan version; SQLite's one write lock already
-        does that."""
+        does that — and there the case's latest plan version is read with it (one statement less
+        for the plan version the change writes)."""
+        key = str(case_id)
+        if for_update and self.conn.dialect.name == "sqlite":
+            row = (await self.conn.execute(_GET_CASE_WITH_PLAN_VERSION, {"k_id": key})).first()
+            if row is None:
+                return None
+            self._latest_plan[key] = int(row.sip_latest_plan_version or 0)
+            return _case(row)
         q = _GET_CASE_FOR_UPDATE if for_update else _GET_CASE
-        row = (await self.conn.execute(q, {"k_id": str(case_id)})).first()
+        row = (await self.conn.execute(q, {"k_id": key})).first()
         return _case(row) if row else None
 
     async def update_case(self, case: SipCase) -> None:
@@ -297,9 +329,10 @@ class SqlCaseRepository:
         return [_case(r) for r in await self.conn.execute(q)]
 
     async def next_plan_version(self, case_id: UUID) -> int:
-        current = await self.conn.scalar(
-            sa.select(sa.func.max(care_plans.c.version)).where(care_plans.c.case_id == str(case_id))
-        )
+        latest = self._latest_plan.get(str(case_id))
+        if latest is not None:  # SQLite, read with the case in this transaction (see get_case)
+            return latest + 1
+        current = await self.conn.scalar(_NEXT_PLAN_VERSION, {"k_case_id": str(case_id)})
         return int(current or 0) + 1
 
     async def add_plan_version(
@@ -320,6 +353,9 @@ class SqlCaseRepository:
                 "reason": reason,
             },
         )
+        key = str(case_id)
+        if key in self._latest_plan:
+            self._latest_plan[key] = max(self._latest_plan[key], version)
 
     async def latest_plan(self, case_id: UUID) -> dict[str, Any] | None:
         row = await self.plan_version(case_id)
@@ -368,6 +404,13 @@ class SqlCaseRepository:
         return sorted((await self.conn.execute(q)).scalars().all())
 
     async def record_invitation(self, case_id: UUID, recipient: str, channel: str, sent_at: datetime) -> bool:
+        """True when this recorded it; False when it was recorded before (the first time counts)."""
+        values = {
+            "case_id": str(case_id), "recipient_hsa_id": recipient, "channel": channel, "sent_at": sent_at,
+        }  # fmt: skip
+        once = _INSERT_INVITATION_ONCE.get(self.conn.dialect.name)
+        if once is not None:
+            return (await self.conn.execute(once, values)).rowcount == 1
         exists = await self.conn.scalar(
             sa.select(sa.func.count())
             .select_from(invitations)
@@ -379,8 +422,5 @@ class SqlCaseRepository:
         )
         if exists:
             return False
-        await self.conn.execute(
-            _INSERT_INVITATION,
-            {"case_id": str(case_id), "recipient_hsa_id": recipient, "channel": channel, "sent_at": sent_at},
-        )
+        await self.conn.execute(_INSERT_INVITATION, values)
         return True

@@ -104,3 +104,46 @@ async def test_a_change_waits_for_the_one_holding_the_case(engine) -> None:
         await SqlCaseRepository(holder).get_case(case.id, for_update=True)
         async with engine.connect() as reader:
             assert (await asyncio.wait_for(SqlCaseRepository(reader).get_case(case.id), 5)).id == case.id
+
+
+async def test_invitations_sent_together_meet_the_deadline_and_start_the_meeting_clock_once(engine) -> None:
+    """The same with the deadlines: the one that moves the case meets the invitation deadline and starts
+    the meeting clock (one read of the cycles, the rows answered as stored), the others touch neither."""
+    from services.planning.adapters import deadline_store as ds
+
+    async with engine.begin() as c:
+        repo = SqlCaseRepository(c)
+        case = await handlers.handle_discharge(discharge(), repo=repo, outbox=Outbox(), directory=DIRECTORY,
+                                               clock=FixedClock(NOW), deadlines=ds.SqlDeadlines(c))  # fmt: skip
+        await handlers.handle_consent_granted(
+            ConsentGranted(consent_id=uuid4(), case_id=case.id, patient_identifier=ADULT,
+                           purposes=("draw-up-plan", "send-invitation"), recipients=PARTICIPANTS),
+            repo=repo, outbox=Outbox(), clock=FixedClock(NOW), public_base_url="x", deadlines=ds.SqlDeadlines(c),
+        )  # fmt: skip
+    sent_at = NOW + timedelta(hours=1)
+    start = asyncio.Event()
+
+    async def invitation_sent(hsa_id: str):
+        async with engine.begin() as c:
+            await start.wait()
+            return await handlers.handle_invitation_sent(
+                InvitationSent(case_id=case.id, notification_id=uuid4(), recipient_hsa_id=hsa_id,
+                               channel="email", sent_at=sent_at),
+                repo=SqlCaseRepository(c), clock=FixedClock(NOW), deadlines=ds.SqlDeadlines(c),
+            )  # fmt: skip
+
+    tasks = [asyncio.create_task(invitation_sent(h)) for h in PARTICIPANTS]
+    await asyncio.sleep(0.2)
+    start.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert [r for r in results if isinstance(r, BaseException)] == []
+    assert sum(r is not None for r in results) == 1
+    async with engine.connect() as c:
+        history = await ds.history_for(c, case.id)
+        assert await SqlCaseRepository(c).invited_recipients(case.id) == sorted(PARTICIPANTS)
+        assert sorted(v.version for v in await SqlCaseRepository(c).plan_versions(case.id)) == [1, 2]
+    assert sorted((d.kind, d.cycle, d.status) for d in history) == [
+        ("invitation", 1, "met"), ("meeting", 1, "pending"),
+    ]  # fmt: skip
+    [met] = [d for d in history if d.kind == "invitation"]
+    assert met.met_at == sent_at

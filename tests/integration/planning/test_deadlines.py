@@ -383,3 +383,28 @@ async def test_the_handlers_port_starts_meets_and_stops_policy_deadlines(engine)
         assert (await port.met(case.id, "meeting", at=invited_at + timedelta(days=1))).status == "met"
         assert await port.stop(case.id, at=T0, reason="consent renewed") == 1
         assert await port.pending(case.id) == []
+
+
+async def test_schedule_and_meet_answer_the_row_as_stored(engine):
+    """``schedule`` and ``meet`` answer without reading the row back: what they answer is what a read
+    gives (aware UTC times, the columns left empty), on a new cycle, a superseding one and a met one."""
+    from zoneinfo import ZoneInfo
+
+    case_id = uuid4()
+    due = (T0 + timedelta(days=3, microseconds=417)).astimezone(ZoneInfo("Europe/Stockholm"))
+    async with engine.begin() as conn:
+        first = await ds.schedule(conn, case_id, "invitation", due, OWNER, started_at=T0,
+                                  case_reference="SIP-2026-ABC123", correlation_id="corr-9", at=T0)  # fmt: skip
+        assert repr(first) == repr(await ds._get(conn, first.id))
+        again = await ds.schedule(conn, case_id, "invitation", due, OWNER, started_at=T0, at=T0)
+        assert repr(again) == repr(first)  # the same deadline again: the pending row itself
+        moved = await ds.schedule(conn, case_id, "invitation", due + timedelta(days=1), OWNER,
+                                  started_at=T0, at=T0 + timedelta(hours=1))  # fmt: skip
+        assert (moved.cycle, moved.case_reference, moved.correlation_id) == (2, "SIP-2026-ABC123", "corr-9")
+        assert repr(moved) == repr(await ds._get(conn, moved.id))
+        met = await ds.meet(conn, case_id, "invitation", T0 + timedelta(days=1, microseconds=3))
+        assert met.status == "met" and repr(met) == repr(await ds._get(conn, met.id))
+        assert await ds.meet(conn, case_id, "invitation", T0 + timedelta(days=2)) is None
+        assert [(d.cycle, d.status) for d in await ds.history_for(conn, case_id)] == [
+            (1, "cancelled"), (2, "met"),
+        ]  # fmt: skip

@@ -1,11 +1,17 @@
-"""CarePlan rendering: every state renders valid R4 (R4B models) and R5; 50 interventions round-trip."""
+"""CarePlan rendering: every state renders valid R4 (R4B models) and R5; 50 interventions round-trip;
+the rendering without the fhir.resources round trip (system transitions) is exactly the validated one."""
 
-from datetime import UTC, date, datetime, timedelta
+import dataclasses
+import json
+from datetime import UTC, date, datetime, timedelta, timezone
 from uuid import uuid4
+from zoneinfo import ZoneInfo
 
 import pytest
 from fhir.resources.careplan import CarePlan as CarePlanR5
 from fhir.resources.R4B.careplan import CarePlan as CarePlanR4
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from services.planning.adapters.fhir import care_plan, provenance
 from services.planning.domain import TRANSITIONS, Participant, SipCase
@@ -52,6 +58,74 @@ def test_every_state_renders_valid_fhir(state, version):
     resource = care_plan(full_case(state), version=2, at=NOW, fhir_version=version)
     model = (CarePlanR5 if version == "5.0" else CarePlanR4).model_validate(resource)
     check_required_bindings(model)  # also the codes fhir.resources does not check
+
+
+STOCKHOLM = ZoneInfo("Europe/Stockholm")
+
+
+def shaped(state: str, shape: str) -> tuple[SipCase, datetime]:
+    """The case (and the version's time) in the shapes a stored version takes."""
+    case = full_case(state)
+    if shape == "full":  # everything a case can hold, UTC times on the second
+        return case, NOW
+    if shape == "discharge":
+        # a case opened by a discharge, as consent given / invitation sent render it: no plan, meeting or
+        # preferences; clock times with microseconds; a due time still in Stockholm time (before the
+        # database round trip gives it back in UTC); the three organisations of the directory
+        opened = datetime(2026, 11, 20, 9, 14, 7, 123456, tzinfo=UTC)
+        case = dataclasses.replace(
+            case, opened_at=opened, ready_for_discharge_at=opened - timedelta(hours=2),
+            invitation_due_at=(opened + timedelta(days=3)).astimezone(STOCKHOLM),
+            invited_at=opened + timedelta(hours=1) if state != "invitation_requested" else None,
+            participants=(*case.participants, Participant("SE2321000016-SJH01", "Sjukhuset", "hospital")),
+            preferences=None, meeting=None, plan=None, plan_in_force=None, approval=None,
+        )  # fmt: skip
+        return case, datetime(2026, 11, 20, 9, 15, 0, 500, tzinfo=UTC)
+    # followed up and closed, times in other offsets, a video-only meeting, every preference
+    offset = timezone(timedelta(hours=-5, minutes=-30))
+    start = datetime(2027, 1, 5, 13, 0, 0, 1, tzinfo=offset)
+    prefs = MeetingPreferences(place="Hemma", time_of_day="förmiddag", longest_duration_minutes=45,
+                               interpreter_language="so", picture_support=True, disturbances="Ljud",
+                               room="Litet rum", attend_all=False, someone_stays_after=True)  # fmt: skip
+    case = dataclasses.replace(
+        case, opened_at=NOW.astimezone(STOCKHOLM), invitation_due_at=None, followed_up_at=NOW,
+        meeting=Meeting(start=start, end=start + timedelta(minutes=45), video_url="https://video.example/y"),
+        preferences=prefs, closed_reason="uppföljd och klar" if state in ("closed", "cancelled") else None,
+    )  # fmt: skip
+    return case, NOW.astimezone(offset)
+
+
+@pytest.mark.parametrize("state", sorted(TRANSITIONS))
+@pytest.mark.parametrize("version", ["4.0", "5.0"])
+@pytest.mark.parametrize("shape", ["full", "discharge", "followed-up"])
+def test_the_unvalidated_rendering_is_exactly_the_validated_one(state, version, shape):
+    """A system transition stores ``validate=False``'s dict: it must be what validation returns (and the
+    stored JSON what GET /fhir/CarePlan serves) — no "+00:00" for "Z", no empty list, no tuple or date."""
+    case, at = shaped(state, shape)
+    validated = care_plan(case, version=2, at=at, fhir_version=version)
+    unvalidated = care_plan(case, version=2, at=at, fhir_version=version, validate=False)
+    assert unvalidated == validated
+    assert json.loads(json.dumps(unvalidated)) == validated  # JSON types only
+    for sent in (True, False):
+        assert care_plan(
+            case, version=3, at=at, invitation_sent=sent, fhir_version=version, validate=False
+        ) == (care_plan(case, version=3, at=at, invitation_sent=sent, fhir_version=version))
+
+
+_zones = st.sampled_from([UTC, STOCKHOLM, ZoneInfo("America/St_Johns"), timezone(timedelta(hours=14))])
+_times = st.datetimes(min_value=datetime(1950, 1, 1), max_value=datetime(2200, 1, 1), timezones=_zones)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(opened=_times, due=_times, at=_times, start=_times, state=st.sampled_from(sorted(TRANSITIONS)),
+       version=st.sampled_from(["4.0", "5.0"]))  # fmt: skip
+def test_any_times_render_as_validation_would(opened, due, at, start, state, version):
+    case = dataclasses.replace(
+        full_case(state), opened_at=opened, invitation_due_at=due,
+        meeting=Meeting(start=start, end=start + timedelta(hours=1), location="Rum 3"),
+    )  # fmt: skip
+    validated = care_plan(case, version=1, at=at, fhir_version=version)
+    assert care_plan(case, version=1, at=at, fhir_version=version, validate=False) == validated
 
 
 @pytest.mark.parametrize("version", ["4.0", "5.0"])

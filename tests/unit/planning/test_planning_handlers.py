@@ -19,6 +19,7 @@ from shared.contracts import (
     ConsentDeclined,
     ConsentGranted,
     ConsentRequested,
+    ConsentWithdrawn,
     DischargeNotified,
     InvitationSent,
     SendInvitation,
@@ -271,3 +272,120 @@ async def test_subscribers_with_test_broker(tmp_path):
     assert [r.routing_key for r in rows] == ["consent.request.v1"]
     assert json.loads(rows[0].body)["case_id"] == str(cases[0].id)
     await rt.engine.dispose()
+
+
+@pytest.fixture
+def validations(monkeypatch):
+    """The fhir.resources round trips (validate + required bindings + dump) made, by resource type."""
+    from services.planning.adapters import fhir
+
+    made: list[str] = []
+    real = fhir._validated
+
+    def counting(data, r5, kind):
+        made.append(kind)
+        return real(data, r5, kind)
+
+    monkeypatch.setattr(fhir, "_validated", counting)
+    return made
+
+
+async def test_consent_and_invitations_store_unvalidated_exactly_what_validation_would(conn, validations):
+    """Consent given and invitation sent are system transitions: their CarePlan versions are stored without
+    the fhir.resources round trip — and are the validated rendering of the case as it was, to the byte
+    that matters (GET /fhir/CarePlan serves the stored JSON)."""
+    from fhir.resources.R4B.careplan import CarePlan
+
+    from services.planning.adapters.deadline_store import SqlDeadlines
+    from services.planning.adapters.store import case_from_snapshot
+
+    clock = FixedClock(datetime(2026, 11, 20, 10, 0, 3, 250017, tzinfo=UTC))  # a real clock's microseconds
+    repo = SqlCaseRepository(conn)
+    case = await handlers.handle_discharge(discharge(), repo=repo, outbox=Outbox(), directory=DIRECTORY,
+                                           clock=clock, deadlines=SqlDeadlines(conn))  # fmt: skip
+    await handlers.handle_consent_granted(
+        ConsentGranted(consent_id=uuid4(), case_id=case.id, patient_identifier=ADULT,
+                       purposes=("draw-up-plan", "send-invitation"), recipients=case.participant_ids),
+        repo=SqlCaseRepository(conn), outbox=Outbox(), clock=clock, public_base_url="x",
+        deadlines=SqlDeadlines(conn),
+    )  # fmt: skip
+    for hsa in case.participant_ids:
+        await handlers.handle_invitation_sent(
+            InvitationSent(case_id=case.id, notification_id=uuid4(), recipient_hsa_id=hsa, channel="email",
+                           sent_at=clock.now() + timedelta(minutes=1)),
+            repo=SqlCaseRepository(conn), clock=clock, deadlines=SqlDeadlines(conn),
+        )  # fmt: skip
+    assert validations == []
+    rows = await repo.plan_versions(case.id)
+    assert [(r.version, r.reason) for r in rows] == [(2, "invitation sent"), (1, "consent given")]
+    for r in rows:
+        stored = json.loads(r.resource)
+        assert stored == care_plan(case_from_snapshot(r.snapshot), version=r.version, at=r.recorded_at)
+        check_required_bindings(CarePlan.model_validate(stored))
+    assert stored["meta"]["lastUpdated"] == "2026-11-20T10:00:03.250017Z"
+
+
+async def test_where_content_enters_the_plan_it_is_validated(conn, validations):
+    """The coordinators' commands (preferences, meeting, plan) and the rarer system transitions keep the
+    full validation; only consent given and invitation sent skip it."""
+    from services.planning import lifecycle
+    from services.planning.plan import Meeting, MeetingPreferences, PlanContent
+
+    vc, soc = "SE2321000016-VC001", "SE2120001-SOC0180"
+    repo, case = await _opened(conn)
+    await lifecycle.record_preferences(case.id, MeetingPreferences(place="Hemma", interpreter_language="ar"),
+                                       repo=repo, now=NOW, agent_hsa_id=vc)  # fmt: skip
+    assert validations == ["CarePlan"]
+    await handlers.handle_consent_granted(
+        ConsentGranted(consent_id=uuid4(), case_id=case.id, patient_identifier=ADULT,
+                       purposes=("draw-up-plan", "send-invitation"), recipients=(soc, vc)),
+        repo=repo, outbox=Outbox(), clock=FixedClock(NOW), public_base_url="x",
+    )  # fmt: skip
+    await handlers.handle_invitation_sent(
+        InvitationSent(case_id=case.id, notification_id=uuid4(), recipient_hsa_id=soc, channel="email",
+                       sent_at=NOW), repo=repo, clock=FixedClock(NOW))  # fmt: skip
+    assert validations == ["CarePlan"]
+    start = NOW + timedelta(days=2)
+    await lifecycle.schedule_meeting(case.id, Meeting(start=start, end=start + timedelta(hours=1), location="Rum 3"),
+                                     repo=repo, outbox=Outbox(), now=NOW, agent_hsa_id=vc, public_base_url="x")  # fmt: skip
+    content = PlanContent.model_validate({
+        "needs": ["Stöd i hemmet"], "goals": [{"id": "g1", "description": "Bo kvar hemma"}],
+        "overall_responsibility_hsa_id": vc, "coordination": "VC samordnar", "follow_up_date": "2027-03-01",
+    })  # fmt: skip
+    await lifecycle.draft_plan(case.id, content, repo=repo, now=NOW, agent_hsa_id=vc)
+    assert validations == ["CarePlan"] * 3
+    await handlers.handle_consent_withdrawn(
+        ConsentWithdrawn(consent_id=(await repo.get_case(case.id)).consent_id, case_id=case.id,
+                         patient_identifier=ADULT, cause="withdrawal", effective_at=NOW),
+        repo=repo, clock=FixedClock(NOW),
+    )  # fmt: skip
+    assert validations == ["CarePlan"] * 4
+    assert [r.version for r in await repo.plan_versions(case.id)] == [6, 5, 4, 3, 2, 1]
+
+
+async def test_plan_versions_stay_consecutive_within_one_transaction(conn):
+    """The next version is read with the case for update (SQLite) and kept up to date by the repository."""
+    repo, case = await _opened(conn)
+    locked = await repo.get_case(case.id, for_update=True)
+    assert await repo.next_plan_version(case.id) == 1
+    assert await handlers._new_plan_version(repo, locked, NOW) == 1
+    assert await handlers._new_plan_version(repo, locked, NOW) == 2
+    other = SqlCaseRepository(conn)
+    assert await other.next_plan_version(case.id) == 3
+    await other.get_case(case.id, for_update=True)
+    assert await other.next_plan_version(case.id) == 3
+    assert await repo.next_plan_version(case.id) == 3
+    assert await repo.get_case(uuid4(), for_update=True) is None
+
+
+async def test_an_invitation_is_recorded_once_per_recipient_and_channel(conn):
+    repo, case = await _opened(conn)
+    vc = "SE2321000016-VC001"
+    assert await repo.record_invitation(case.id, vc, "email", NOW) is True
+    assert await repo.record_invitation(case.id, vc, "email", NOW + timedelta(hours=1)) is False
+    assert await repo.record_invitation(case.id, vc, "sms", NOW + timedelta(hours=2)) is True
+    assert await repo.invited_recipients(case.id) == [vc]
+    rows = (
+        await conn.execute(sa.text("SELECT channel, sent_at FROM case_invitations ORDER BY channel"))
+    ).all()
+    assert [r.channel for r in rows] == ["email", "sms"] and rows[0].sent_at.startswith("2026-11-20 10:00:00")
