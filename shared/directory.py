@@ -13,6 +13,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from shared.contracts import HsaId
 from shared.errors import PermanentError
 
 OrgKind = Literal["kommun_social_services", "primary_care_unit", "hospital", "region_other", "other"]
@@ -50,8 +51,10 @@ class Serves(BaseModel):
 
 class Organisation(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-    hsa_id: str
-    name: str
+    # the same HSA-id shape the message contracts accept; what the directory says is rendered into
+    # invitations and CarePlans without a further check
+    hsa_id: HsaId
+    name: str = Field(min_length=1, max_length=200)
     kind: OrgKind
     serves: Serves = Serves()
     channels: tuple[Channel, ...] = ()
