@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Mapping
 from uuid import UUID
@@ -193,8 +194,10 @@ class Dispatcher:
         channel = self.channels.get(n.channel)
         if channel is None:
             raise PermanentSendError(f"no sender configured for channel {n.channel}")
-        communication = communication_resource(n, sent_at=self.clock.now(), for_delivery=True)
-        await channel.deliver(Delivery(notification=n, communication=communication))
+        # the Communication is built only if the channel reads it (the webhook does; e-mail and SMS
+        # do not), with the attempt's time taken here, before the channel is called
+        build = functools.partial(communication_resource, n, sent_at=self.clock.now(), for_delivery=True)
+        await channel.deliver(Delivery(notification=n, build_communication=build))
 
     async def _record_sent(self, n: Notification) -> str:
         now = self.clock.now()

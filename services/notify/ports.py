@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -51,12 +53,18 @@ class EmailSender(Protocol):
 class Delivery:
     """One attempt at one notification, as every channel sees it.
 
-    ``communication`` is the FHIR R4 Communication (JSON) describing the message; the webhook
-    channel posts it, the others may ignore it.
+    ``communication`` is the FHIR R4 Communication (JSON) describing this attempt (``status:
+    completed``, ``sent`` = the attempt's time). Building and validating it costs more than sending an
+    e-mail, and only the webhook channel posts it, so it is built on first access (from
+    ``build_communication``, at most once per attempt); a channel that never reads it never pays for it.
     """
 
     notification: Notification
-    communication: dict[str, Any]
+    build_communication: Callable[[], dict[str, Any]] = field(repr=False, compare=False)
+
+    @cached_property
+    def communication(self) -> dict[str, Any]:
+        return self.build_communication()
 
 
 class ChannelSender(Protocol):

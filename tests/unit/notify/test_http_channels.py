@@ -41,7 +41,9 @@ def notification(channel: str, address: str | None, body: str = "Ärende: SIP-20
 
 
 def delivery(n: Notification) -> Delivery:
-    return Delivery(notification=n, communication=communication_resource(n, sent_at=T, for_delivery=True))
+    return Delivery(
+        notification=n, build_communication=lambda: communication_resource(n, sent_at=T, for_delivery=True)
+    )
 
 
 class Recorder:
