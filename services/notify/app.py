@@ -33,7 +33,9 @@ def create_app(
     """``sender`` replaces the SMTP sender; ``channels`` replaces any channel (by kind)."""
     settings = settings or NotifySettings()
     clock = clock or SystemClock()
-    sender = sender or SmtpEmailSender(settings)
+    smtp: SmtpEmailSender | None = None
+    if sender is None:
+        sender = smtp = SmtpEmailSender(settings)
     secrets = webhook_secrets or WebhookSecrets.load(file=settings.webhook_secrets_file)
     token = settings.sms_gateway_token.get_secret_value() if settings.sms_gateway_token else None
     all_channels: dict[str, ChannelSender] = {
@@ -51,6 +53,8 @@ def create_app(
     dispatcher = Dispatcher(runtime, all_channels, clock, settings)
     subscribers.register(runtime, directory, dispatcher, clock, settings)
     runtime.background.append(dispatcher.run)
+    if smtp is not None:  # closes idle SMTP connections, and all of them at shutdown
+        runtime.background.append(smtp.run)
     app = FastAPI(
         title="sip-suite notify",
         version="0.1.0",

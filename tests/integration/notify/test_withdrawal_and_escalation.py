@@ -152,12 +152,16 @@ def assert_safe_notice(mail: Any) -> None:
 
 @asynccontextmanager
 async def slow_relay(upstream_port: int, delay: float) -> AsyncIterator[int]:
-    """A TCP relay in front of the SMTP server that holds every new connection for ``delay`` s."""
+    """A TCP relay in front of the SMTP server that holds every new connection for ``delay`` s and
+    every reply of the server for ``delay / 8`` s — notify reuses its SMTP connections, so a slow
+    server must be slow on each mail, not only when a connection is opened."""
     tasks: set[asyncio.Task[Any]] = set()
 
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hold: float = 0.0) -> None:
         try:
             while data := await reader.read(65536):
+                if hold:
+                    await asyncio.sleep(hold)
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
@@ -170,7 +174,7 @@ async def slow_relay(upstream_port: int, delay: float) -> AsyncIterator[int]:
         try:
             await asyncio.sleep(delay)
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream_port)
-            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer, delay / 8))
         except (ConnectionError, asyncio.CancelledError):
             writer.close()
         finally:

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import email
+import email.policy
+
 import aiosmtplib
 import httpx
 import pytest
 
-from services.notify.adapters.smtp import build_message, classify, scrub
+from services.notify.adapters.smtp import build_message, classify, flatten, scrub
 from services.notify.ports import OutgoingEmail, PermanentSendError, TransientSendError
 from tests.unit.notify.test_dispatcher import accept
 
@@ -41,13 +44,18 @@ def test_error_text_keeps_no_address_or_personnummer():
 
 
 def test_message_headers():
-    msg = build_message(
-        OutgoingEmail("<abc@sip-suite>", ("a@x.example", "b@x.example"), "Ämne", "Text åäö"),
-        "sip-suite@localhost",
+    raw = flatten(
+        build_message(
+            OutgoingEmail("<abc@sip-suite>", ("a@x.example", "b@x.example"), "Ämne", "Text åäö"),
+            "sip-suite@localhost",
+        )
     )
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
     assert msg["Message-ID"] == "<abc@sip-suite>"
     assert msg["To"] == "a@x.example, b@x.example"
+    assert msg["Subject"] == "Ämne"
     assert msg["Auto-Submitted"] == "auto-generated"
+    assert msg["Content-Language"] == "sv"
     assert msg.get_content().strip() == "Text åäö"
 
 
