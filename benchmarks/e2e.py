@@ -62,6 +62,16 @@ class Phase:
     accepted_at: dict[str, float] = field(default_factory=dict)  # episode id → when accepted
     started: float = 0.0
     emails_before: int = 0
+    #: CPU seconds per process and message counts, at the phase's start and once it is delivered
+    usage_before: dict[str, float] = field(default_factory=dict)
+    usage_after: dict[str, float] = field(default_factory=dict)
+
+
+#: messages the benchmark itself moves through the broker: the consent desk's deliveries and
+#: publishes, and the discharges it injects over RabbitMQ
+OWN = {"consumed": 0, "published": 0}
+BROKER: int | None = None
+IDLE: dict[str, float] = {}
 
 
 async def consent_desk(amqp_url: str, stop: asyncio.Event) -> None:
@@ -86,6 +96,8 @@ async def consent_desk(amqp_url: str, stop: asyncio.Event) -> None:
                 routing_key=cmd.routing_key,
             )  # fmt: skip
             await msg.ack()
+            OWN["consumed"] += 1
+            OWN["published"] += 1
 
         tag = await q.consume(on)
         await stop.wait()
@@ -119,6 +131,7 @@ async def offer_json(amqp_url: str, phase: Phase, n: int, rate: float | None) ->
                     routing_key=ev.routing_key, mandatory=True,
                 )  # fmt: skip
             phase.accepted_at[ev.episode_id] = time.time()
+            OWN["published"] += 1
 
         tasks = []
         for i in range(n):
@@ -188,6 +201,7 @@ async def wait_delivered(suite: Suite, phase: Phase, timeout: float, per_case: i
     expected = before + per_case * len(phase.accepted_at)
     while len(list(suite.smtp.directory.glob("*.eml"))) < expected and time.time() < deadline:
         await asyncio.sleep(0.5)
+    phase.usage_after = await usage_snapshot(suite, BROKER)
     async with httpx.AsyncClient(timeout=120) as http:
         cases = [c for c in (await http.get(f"{suite.url('planning')}/cases", params={"all": "true"},
                                             headers=AUTH)).json()
@@ -214,8 +228,9 @@ async def wait_delivered(suite: Suite, phase: Phase, timeout: float, per_case: i
     }  # fmt: skip
 
 
-async def raw_ceiling(amqp_url: str, n: int, size: int) -> float:
-    """Confirmed persistent publish + consume of n messages: messages/s from first publish to last ack."""
+async def raw_ceiling(amqp_url: str, n: int, size: int) -> tuple[float, float]:
+    """Confirmed persistent publish + consume of n messages: messages/s from first publish to last ack,
+    and the broker's CPU seconds per message (publish + confirm + delivery + ack)."""
     conn = await aio_pika.connect(amqp_url)
     async with conn:
         ch = await conn.channel(publisher_confirms=True)
@@ -236,6 +251,7 @@ async def raw_ceiling(amqp_url: str, n: int, size: int) -> float:
         await cq.consume(on)
         body = b"x" * size
         sem = asyncio.Semaphore(200)
+        broker_cpu = cpu_seconds(BROKER) if BROKER else float("nan")
         start = time.perf_counter()
 
         async def pub() -> None:
@@ -247,8 +263,9 @@ async def raw_ceiling(amqp_url: str, n: int, size: int) -> float:
         await asyncio.gather(*(pub() for _ in range(n)))
         await asyncio.wait_for(done.wait(), timeout=300)
         elapsed = time.perf_counter() - start
+        broker_cpu = (cpu_seconds(BROKER) if BROKER else float("nan")) - broker_cpu
         await q.delete(if_unused=False, if_empty=False)
-    return n / elapsed
+    return n / elapsed, broker_cpu / n
 
 
 def start_profile(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes] | None:
@@ -295,6 +312,62 @@ def proc_usage(pid: int) -> tuple[float, float]:
     return cpu, int(hwm.split()[1]) / 1024
 
 
+def broker_pid() -> int | None:
+    """The local RabbitMQ's Erlang VM (beam.smp): its CPU is part of every message's cost."""
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (d / "comm").read_text().strip().startswith("beam"):
+                    return int(d.name)
+    return None
+
+
+def cpu_seconds(pid: int) -> float:
+    return proc_usage(pid)[0]
+
+
+async def message_counts(suite: Suite) -> dict[str, float]:
+    """Deliveries handled and messages published: the services' (their /metrics) and the benchmark's
+    own (the consent desk, the injected discharges)."""
+    consumed = published = 0.0
+    async with httpx.AsyncClient(timeout=30) as http:
+        for name in ("planning", "consent", "notify"):
+            text = (await http.get(f"{suite.url(name)}/metrics")).text
+            for line in text.splitlines():
+                if line.startswith("sip_messages_consumed_total{"):
+                    consumed += float(line.rsplit(" ", 1)[1])
+                elif line.startswith("sip_messages_published_total{"):
+                    published += float(line.rsplit(" ", 1)[1])
+    return {"consumed": consumed + OWN["consumed"], "published": published + OWN["published"]}
+
+
+async def usage_snapshot(suite: Suite, broker: int | None) -> dict[str, float]:
+    """CPU seconds so far of each service, the SMTP sink, the broker and this load generator, and
+    the message counts — a phase's cost is the difference of two snapshots."""
+    out = {name: cpu_seconds(p.popen.pid) for name, p in suite.procs.items() if p.popen}
+    if suite.smtp.proc.popen is not None:
+        out["smtp sink"] = cpu_seconds(suite.smtp.proc.popen.pid)
+    if broker is not None:
+        out["RabbitMQ"] = cpu_seconds(broker)
+    t = os.times()
+    out["load generator"] = t.user + t.system
+    out.update(await message_counts(suite))
+    return out
+
+
+COST_COLUMNS = ("planning", "consent", "notify", "smtp sink", "RabbitMQ", "load generator")
+
+
+def cost_report(label: str, phase: Phase, delivered: int) -> None:
+    """CPU milliseconds per delivered discharge, per process, and messages per discharge."""
+    if not delivered or not phase.usage_after:
+        return
+    d = {k: (phase.usage_after[k] - phase.usage_before.get(k, 0.0)) / delivered for k in phase.usage_after}
+    cols = " ".join(f"{d.get(c, float('nan')) * 1000:9.1f}" for c in COST_COLUMNS)
+    total = sum(d.get(c, 0.0) for c in COST_COLUMNS) * 1000
+    print(f"{label:>12} {cols} {total:9.1f}   {d['consumed']:6.1f} {d['published']:6.1f}")
+
+
 def report(label: str, offered: str, fig: dict[str, object]) -> None:
     lat = sorted(fig["lat"])  # type: ignore[arg-type]
     if not lat:
@@ -312,28 +385,38 @@ def report(label: str, offered: str, fig: dict[str, object]) -> None:
 profiles: dict[str, subprocess.Popen[bytes]] = {}
 
 
-async def run(args: argparse.Namespace, suite: Suite) -> list[tuple[str, str, dict[str, object]]]:
+Result = tuple[str, str, dict[str, object], Phase]
+
+
+async def run(args: argparse.Namespace, suite: Suite) -> list[Result]:
     stop = asyncio.Event()
     desk = asyncio.create_task(consent_desk(suite.amqp_url, stop))
     await asyncio.sleep(1.0)
+    # what the suite costs doing nothing (pollers, schedulers, the broker's queues), per second
+    before = await usage_snapshot(suite, BROKER)
+    await asyncio.sleep(5.0)
+    after = await usage_snapshot(suite, BROKER)
+    IDLE.update({k: (after[k] - before[k]) / 5.0 for k in after})
     results = []
     try:
 
-        def new_phase(label: str) -> Phase:
-            return Phase(
+        async def new_phase(label: str) -> Phase:
+            phase = Phase(
                 f"{label}-{uuid4().hex[:4]}", emails_before=len(list(suite.smtp.directory.glob("*.eml")))
             )
+            phase.usage_before = await usage_snapshot(suite, BROKER)
+            return phase
 
         # JSON discharges name the hospital (in the directory): 3 participants; the MLLP sender's
         # hospital id is an OID not in the directory: 2 participants (kommun and primary care)
         for rate in args.rates:
-            phase = new_phase(f"r{rate:g}")
+            phase = await new_phase(f"r{rate:g}")
             await offer_json(suite.amqp_url, phase, args.per_rate, rate)
             results.append(
-                (f"{rate:g}/s", f"{rate:g}/s", await wait_delivered(suite, phase, args.timeout, 3))
+                (f"{rate:g}/s", f"{rate:g}/s", await wait_delivered(suite, phase, args.timeout, 3), phase)
             )
         if args.saturation:
-            phase = new_phase("sat")
+            phase = await new_phase("sat")
             # where the time goes: sample the services while they work at saturation
             for name in ("planning", "notify", "consent"):
                 proc = suite.procs[name].popen
@@ -342,11 +425,11 @@ async def run(args: argparse.Namespace, suite: Suite) -> list[tuple[str, str, di
                     if spy is not None:
                         profiles[name] = spy
             await offer_json(suite.amqp_url, phase, args.saturation, None)
-            results.append(("saturation", "max", await wait_delivered(suite, phase, args.timeout, 3)))
+            results.append(("saturation", "max", await wait_delivered(suite, phase, args.timeout, 3), phase))
         if args.mllp:
-            phase = new_phase("mllp")
+            phase = await new_phase("mllp")
             await offer_mllp(suite.ports["mllp"], phase, args.mllp)
-            results.append(("MLLP A16", "max", await wait_delivered(suite, phase, args.timeout, 2)))
+            results.append(("MLLP A16", "max", await wait_delivered(suite, phase, args.timeout, 2), phase))
     finally:
         stop.set()
         with contextlib.suppress(Exception):
@@ -388,6 +471,8 @@ def main() -> None:
             try:
                 for name in ("consent", "planning", "notify"):
                     suite.start(name)
+                global BROKER
+                BROKER = broker_pid()
                 results = asyncio.run(run(args, suite))
                 usage = {name: proc_usage(p.popen.pid) for name, p in suite.procs.items() if p.popen}
                 for name, spy in profiles.items():
@@ -402,16 +487,44 @@ def main() -> None:
                 for p in suite.procs.values():
                     p.stop()
         n_raw = max(args.saturation, 1000)
-        ceiling = asyncio.run(raw_ceiling(amqp_url, n_raw, len(discharge("x", 0).model_dump_json())))
+        ceiling, raw_broker_cpu = asyncio.run(
+            raw_ceiling(amqp_url, n_raw, len(discharge("x", 0).model_dump_json()))
+        )
 
     print("discharge accepted → every participant's invitation at the SMTP server (3 processes, SQLite)")
     print(f"{'phase':>12} {'offered':>9} {'done':>11} {'sustained':>10}  latency                         "
           "where the time goes (medians)")  # fmt: skip
-    for label, offered, fig in results:
+    for label, offered, fig, _ in results:
         report(label, offered, fig)
-    best = max((fig["rate"] for _, _, fig in results), default=0.0)  # type: ignore[type-var]
-    print(f"raw aio-pika confirmed publish + consume, {n_raw} messages: {ceiling:8.1f} messages/s")
-    print(f"suite end to end / raw ceiling: {best / ceiling:.3f}   (best sustained {best:.1f}/s)")  # type: ignore[operator]
+    print("CPU milliseconds per delivered discharge, by process; messages per discharge through the broker")
+    print(f"{'phase':>12} " + " ".join(f"{c[:9]:>9}" for c in COST_COLUMNS) + f" {'total':>9}   "
+          f"{'deliv.':>6} {'publ.':>6}")  # fmt: skip
+    for label, _, fig, phase in results:
+        cost_report(label, phase, int(fig["delivered"]))  # type: ignore[call-overload]
+    best = max((fig["rate"] for _, _, fig, _ in results), default=0.0)  # type: ignore[type-var]
+    print(f"raw aio-pika confirmed publish + consume, {n_raw} messages: {ceiling:8.1f} messages/s, "
+          f"broker CPU {raw_broker_cpu * 1e6:.0f} µs per message")  # fmt: skip
+    print(f"suite end to end / raw ceiling: {best / ceiling:.3f}   (best sustained {best:.1f} discharges/s "
+          f"against {ceiling:.0f} raw messages/s)")  # fmt: skip
+    sat = next((r for r in results if r[0] == "saturation"), None)
+    if sat is not None and sat[2]["delivered"] and sat[3].usage_after:
+        _, _, fig, phase = sat
+        n = int(fig["delivered"])  # type: ignore[call-overload]
+        per = {k: (phase.usage_after[k] - phase.usage_before.get(k, 0.0)) / n for k in phase.usage_after}
+        cores = os.cpu_count() or 1
+        broker_ms = per.get("RabbitMQ", float("nan")) * 1000
+        print(f"at saturation each discharge moved {per['published']:.1f} publishes + {per['consumed']:.1f} "
+              f"deliveries through the broker; in raw messages (one = a publish and its delivery) the raw "
+              f"ceiling is {ceiling / max(per['consumed'], 1e-9):.0f} discharges/s, and the suite moved "
+              f"{fig['rate'] * per['consumed'] / ceiling:.3f} of the raw message rate")  # fmt: skip
+        raw_ms = raw_broker_cpu * per["consumed"] * 1000
+        print(f"the broker's own CPU: {broker_ms:.1f} ms per discharge in the suite at saturation, "
+              f"{raw_ms:.1f} ms at the raw test's cost per message; with the services costing nothing, "
+              f"RabbitMQ alone would cap these {cores} cores at {cores * 1000 / broker_ms:.0f} "
+              f"({cores * 1000 / raw_ms:.0f}) discharges/s")  # fmt: skip
+    if IDLE:
+        print("idle (nothing offered), CPU milliseconds per second: "
+              + ", ".join(f"{k} {v * 1000:.0f}" for k, v in IDLE.items() if k in COST_COLUMNS))  # fmt: skip
     print("per service: CPU seconds, peak RSS")
     for name, (cpu, rss) in usage.items():
         print(f"  {name:>9} {cpu:8.1f} s {rss:8.1f} MB")
