@@ -246,22 +246,19 @@ class _DirectConnection(AsyncAdapt_aiosqlite_connection):
     _cursor_cls = _DirectCursor
 
     def commit(self) -> None:
-        inline: InlineSqliteConnection = self._connection  # type: ignore[assignment]
-        if inline._waiting is not None:
-            return super().commit()
-        if inline._connection:
-            try:
-                inline._conn.commit()
-            except Exception as error:
-                self._handle_exception(error)
+        self._end("commit")
 
     def rollback(self) -> None:
+        self._end("rollback")
+
+    def _end(self, how: str) -> None:
         inline: InlineSqliteConnection = self._connection  # type: ignore[assignment]
-        if inline._waiting is not None:
-            return super().rollback()
+        if inline._waiting is not None:  # settle the BEGIN still in a thread first, the usual way
+            getattr(super(), how)()
+            return
         if inline._connection:
             try:
-                inline._conn.rollback()
+                getattr(inline._conn, how)()
             except Exception as error:
                 self._handle_exception(error)
 

@@ -18,6 +18,7 @@ from uuid import uuid4
 import pytest
 
 from services.planning import handlers
+from services.planning.adapters import deadline_store as ds
 from services.planning.adapters.store import SqlCaseRepository, metadata
 from shared.clock import FixedClock
 from shared.contracts import ConsentGranted, InvitationSent
@@ -39,38 +40,49 @@ async def engine(pg_url: str) -> AsyncIterator:
     await engine.dispose()
 
 
-async def _case_awaiting_invitations(engine):
+def _deadlines(c, with_deadlines: bool):  # type: ignore[no-untyped-def]
+    return ds.SqlDeadlines(c) if with_deadlines else None
+
+
+async def _case_awaiting_invitations(engine, *, with_deadlines: bool = False):  # type: ignore[no-untyped-def]
     async with engine.begin() as c:
         repo = SqlCaseRepository(c)
         case = await handlers.handle_discharge(
-            discharge(), repo=repo, outbox=Outbox(), directory=DIRECTORY, clock=FixedClock(NOW)
-        )
+            discharge(), repo=repo, outbox=Outbox(), directory=DIRECTORY, clock=FixedClock(NOW),
+            deadlines=_deadlines(c, with_deadlines),
+        )  # fmt: skip
         await handlers.handle_consent_granted(
             ConsentGranted(consent_id=uuid4(), case_id=case.id, patient_identifier=ADULT,
                            purposes=("draw-up-plan", "send-invitation"), recipients=PARTICIPANTS),
             repo=repo, outbox=Outbox(), clock=FixedClock(NOW), public_base_url="x",
+            deadlines=_deadlines(c, with_deadlines),
         )  # fmt: skip
     return case
 
 
-async def test_invitations_sent_together_are_all_recorded_and_version_the_plan_once(engine) -> None:
-    case = await _case_awaiting_invitations(engine)
-    sent_at = NOW + timedelta(hours=1)
+async def _invitations_sent_together(engine, case, sent_at, *, with_deadlines: bool = False) -> list:  # type: ignore[no-untyped-def]
+    """One InvitationSent per participant, each in its own open transaction, let go at once."""
     start = asyncio.Event()
 
-    async def invitation_sent(hsa_id: str):
+    async def invitation_sent(hsa_id: str):  # type: ignore[no-untyped-def]
         async with engine.begin() as c:
             await start.wait()
             return await handlers.handle_invitation_sent(
                 InvitationSent(case_id=case.id, notification_id=uuid4(), recipient_hsa_id=hsa_id,
                                channel="email", sent_at=sent_at),
-                repo=SqlCaseRepository(c), clock=FixedClock(NOW),
+                repo=SqlCaseRepository(c), clock=FixedClock(NOW), deadlines=_deadlines(c, with_deadlines),
             )  # fmt: skip
 
     tasks = [asyncio.create_task(invitation_sent(h)) for h in PARTICIPANTS]
     await asyncio.sleep(0.2)  # all three transactions open
     start.set()
-    results = await asyncio.gather(*tasks, return_exceptions=True)
+    return await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_invitations_sent_together_are_all_recorded_and_version_the_plan_once(engine) -> None:
+    case = await _case_awaiting_invitations(engine)
+    sent_at = NOW + timedelta(hours=1)
+    results = await _invitations_sent_together(engine, case, sent_at)
 
     assert [r for r in results if isinstance(r, BaseException)] == []  # none collided
     assert sum(r is not None for r in results) == 1  # exactly one moved the case to "invited"
@@ -109,33 +121,9 @@ async def test_a_change_waits_for_the_one_holding_the_case(engine) -> None:
 async def test_invitations_sent_together_meet_the_deadline_and_start_the_meeting_clock_once(engine) -> None:
     """The same with the deadlines: the one that moves the case meets the invitation deadline and starts
     the meeting clock (one read of the cycles, the rows answered as stored), the others touch neither."""
-    from services.planning.adapters import deadline_store as ds
-
-    async with engine.begin() as c:
-        repo = SqlCaseRepository(c)
-        case = await handlers.handle_discharge(discharge(), repo=repo, outbox=Outbox(), directory=DIRECTORY,
-                                               clock=FixedClock(NOW), deadlines=ds.SqlDeadlines(c))  # fmt: skip
-        await handlers.handle_consent_granted(
-            ConsentGranted(consent_id=uuid4(), case_id=case.id, patient_identifier=ADULT,
-                           purposes=("draw-up-plan", "send-invitation"), recipients=PARTICIPANTS),
-            repo=repo, outbox=Outbox(), clock=FixedClock(NOW), public_base_url="x", deadlines=ds.SqlDeadlines(c),
-        )  # fmt: skip
+    case = await _case_awaiting_invitations(engine, with_deadlines=True)
     sent_at = NOW + timedelta(hours=1)
-    start = asyncio.Event()
-
-    async def invitation_sent(hsa_id: str):
-        async with engine.begin() as c:
-            await start.wait()
-            return await handlers.handle_invitation_sent(
-                InvitationSent(case_id=case.id, notification_id=uuid4(), recipient_hsa_id=hsa_id,
-                               channel="email", sent_at=sent_at),
-                repo=SqlCaseRepository(c), clock=FixedClock(NOW), deadlines=ds.SqlDeadlines(c),
-            )  # fmt: skip
-
-    tasks = [asyncio.create_task(invitation_sent(h)) for h in PARTICIPANTS]
-    await asyncio.sleep(0.2)
-    start.set()
-    results = await asyncio.gather(*tasks, return_exceptions=True)
+    results = await _invitations_sent_together(engine, case, sent_at, with_deadlines=True)
     assert [r for r in results if isinstance(r, BaseException)] == []
     assert sum(r is not None for r in results) == 1
     async with engine.connect() as c:
