@@ -234,13 +234,9 @@ async def claim_inbox(conn: AsyncConnection, inbox: sa.Table, consumer: str, mes
     inserts, if the first rolled back) — so two replicas never both take effect.
     """
     values = {"consumer": consumer, "message_id": message_id, "processed_at": utcnow()}
-    dialect = conn.dialect.name
-    if dialect in ("sqlite", "postgresql"):
-        key = (inbox, dialect)
-        insert = _INSERT_IGNORE_CACHE.get(key)
-        if insert is None:
-            insert = _INSERT_IGNORE_CACHE[key] = _INSERT_IGNORE[dialect](inbox).on_conflict_do_nothing()
-        return (await conn.execute(insert, values)).rowcount == 1
+    inserted = await insert_once(conn, inbox, values)
+    if inserted is not None:
+        return inserted
     exists = await conn.scalar(
         sa.select(sa.literal(1))
         .select_from(inbox)
@@ -254,6 +250,21 @@ async def claim_inbox(conn: AsyncConnection, inbox: sa.Table, consumer: str, mes
     except IntegrityError:
         return False
     return True
+
+
+async def insert_once(conn: AsyncConnection, table: sa.Table, values: dict[str, Any]) -> bool | None:
+    """Insert a row unless its key is there already, in one ``INSERT … ON CONFLICT DO NOTHING``
+    (built once per table and dialect): True when this call inserted it, False when the key was
+    there. None on a database without that statement — the caller checks and inserts itself."""
+    dialect = conn.dialect.name
+    build = _INSERT_IGNORE.get(dialect)
+    if build is None:
+        return None
+    key = (table, dialect)
+    insert = _INSERT_IGNORE_CACHE.get(key)
+    if insert is None:
+        insert = _INSERT_IGNORE_CACHE[key] = build(table).on_conflict_do_nothing()
+    return bool((await conn.execute(insert, values)).rowcount == 1)
 
 
 _INSERT_IGNORE: dict[str, Callable[[sa.Table], Any]] = {"sqlite": sqlite_insert, "postgresql": pg_insert}

@@ -27,6 +27,13 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from sqlalchemy.dialects.sqlite.aiosqlite import (
+    AsyncAdapt_aiosqlite_connection,
+    AsyncAdapt_aiosqlite_cursor,
+    AsyncAdapt_aiosqlite_dbapi,
+)
+from sqlalchemy.util.concurrency import await_
+
 
 def _is_begin(sql: str) -> bool:
     return sql[:5].upper() == "BEGIN"
@@ -218,13 +225,6 @@ class InlineSqliteConnection:
 # closes cursors, commits and rolls back directly — the same sqlite3 calls in the same order. A
 # statement itself still makes its one trip (SQLAlchemy insists that an execution awaits), and so
 # does a commit or rollback while a BEGIN of a cancelled caller still runs in a worker thread.
-
-from sqlalchemy.dialects.sqlite.aiosqlite import (  # noqa: E402
-    AsyncAdapt_aiosqlite_connection,
-    AsyncAdapt_aiosqlite_cursor,
-    AsyncAdapt_aiosqlite_dbapi,
-)
-from sqlalchemy.util.concurrency import await_  # noqa: E402
 
 
 class _DirectCursor(AsyncAdapt_aiosqlite_cursor):

@@ -252,8 +252,10 @@ class Tracing:
         new span id, sampled — as a non-recording span: ``traceparent`` headers and the trace ids
         in the logs are what they would be, at a fraction of the SDK's cost per span."""
         wanted = trace_id_for(correlation_id)
+        # the parent is continued when it is of the correlation id's trace (or there is no such id)
+        child = parent is not None and parent.is_valid and (wanted is None or parent.trace_id == wanted)
         if not self.recording:
-            if parent is not None and parent.is_valid and (wanted is None or parent.trace_id == wanted):
+            if child and parent is not None:
                 trace_id = parent.trace_id
             else:
                 trace_id = wanted or self._ids.generate_trace_id()
@@ -262,7 +264,7 @@ class Tracing:
             )
         link_ctxs = [c for c in links if c.is_valid]
         forced = None
-        if parent is not None and parent.is_valid and (wanted is None or parent.trace_id == wanted):
+        if child and parent is not None:
             ctx = trace.set_span_in_context(trace.NonRecordingSpan(parent), otel_context.Context())
         else:
             if parent is not None and parent.is_valid:

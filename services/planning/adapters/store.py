@@ -10,14 +10,12 @@ from typing import Any
 from uuid import UUID
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.planning.domain import OPEN_STATES, Participant, SipCase
 from services.planning.plan import Approval, Meeting, MeetingPreferences, PlanContent
 from services.planning.stays import Cancellation, Stay
-from shared.persistence import UTCDateTime
+from shared.persistence import UTCDateTime, insert_once
 
 metadata = sa.MetaData()
 
@@ -129,12 +127,6 @@ _NEXT_PLAN_VERSION = sa.select(sa.func.max(care_plans.c.version)).where(
 )
 _INSERT_PLAN = care_plans.insert()
 _INSERT_INVITATION = invitations.insert()
-#: a recipient's invitation on a channel recorded once: one statement, its row count says whether this
-#: call recorded it (was a count, then an insert)
-_INSERT_INVITATION_ONCE = {
-    "sqlite": sqlite_insert(invitations).on_conflict_do_nothing(),
-    "postgresql": pg_insert(invitations).on_conflict_do_nothing(),
-}
 
 
 def _case(row: Any) -> SipCase:
@@ -408,9 +400,9 @@ class SqlCaseRepository:
         values = {
             "case_id": str(case_id), "recipient_hsa_id": recipient, "channel": channel, "sent_at": sent_at,
         }  # fmt: skip
-        once = _INSERT_INVITATION_ONCE.get(self.conn.dialect.name)
-        if once is not None:
-            return (await self.conn.execute(once, values)).rowcount == 1
+        inserted = await insert_once(self.conn, invitations, values)  # one statement where it can be
+        if inserted is not None:
+            return inserted
         exists = await self.conn.scalar(
             sa.select(sa.func.count())
             .select_from(invitations)
