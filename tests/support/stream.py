@@ -46,6 +46,7 @@ class Figures:
     duplicate_deliveries: int = 0
     dead_lettered: int = 0
     seconds: float = 0.0
+    invited_lag: float = 0.0  # seconds from the last mail to the last case recorded as invited
     problems: list[str] = field(default_factory=list)
 
     def line(self, label: str) -> str:
@@ -54,7 +55,7 @@ class Figures:
             f"cases={self.cases} invited={self.invited} consents={self.consents_sent} "
             f"emails={self.emails_received} unique_invitations={self.unique_invitations} "
             f"duplicate_deliveries(same Message-ID)={self.duplicate_deliveries} "
-            f"dead_lettered={self.dead_lettered} seconds={self.seconds:.1f}"
+            f"dead_lettered={self.dead_lettered} seconds={self.seconds:.1f} invited_lag={self.invited_lag:.1f}"
         )
 
 
@@ -214,6 +215,23 @@ async def dead_letter_count(amqp_url: str) -> int:
     return total
 
 
+async def _wait_until_invited(
+    suite: Suite, http: httpx.AsyncClient, run: str, n: int, deadline: float
+) -> None:
+    """Return once all ``n`` cases of this run are invited, or when a minute passes without change."""
+    last, last_change = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        cases = (await http.get(f"{suite.url('planning')}/cases", params={"all": "true"})).json()
+        invited = sum(1 for c in cases if c["episode_id"].startswith(f"{run}-") and c["state"] == "invited")
+        if invited >= n:
+            break
+        if invited != last:
+            last, last_change = invited, time.monotonic()
+        elif time.monotonic() - last_change > 60:
+            break
+        await asyncio.sleep(1)
+
+
 async def run_stream(
     suite: Suite,
     n: int,
@@ -256,7 +274,13 @@ async def run_stream(
             elif time.monotonic() - last_change > 60:
                 break  # no progress for a minute: stop and report what is missing
             await asyncio.sleep(2)
-        await asyncio.sleep(3)  # let anything late (a duplicate) arrive before counting
+        # the mails are out; planning records each one from notify's InvitationSent, which can trail
+        # the mail by the length of planning's queue: wait until every case of this run has settled
+        # (or nothing has changed for a minute), then let anything late (a duplicate) arrive
+        mails_done = time.monotonic()
+        await _wait_until_invited(suite, http, run, n, deadline)
+        figures.invited_lag = time.monotonic() - mails_done
+        await asyncio.sleep(3)
         cases = (await http.get(f"{suite.url('planning')}/cases", params={"all": "true"})).json()
     stop.set()
     await desk
@@ -275,7 +299,8 @@ async def run_stream(
     if any(v != 1 for v in episodes.values()):
         figures.problems.append("an episode has more than one case")
     if figures.invited != n:
-        figures.problems.append(f"{n - figures.invited} cases not invited")
+        left = Counter(c["state"] for c in mine if c["state"] != "invited")
+        figures.problems.append(f"{n - figures.invited} cases not invited (states: {dict(left)})")
     refs = {c["reference"] for c in mine}
     if len(per_inv) != expected_invitations or any(ref not in refs for ref, _ in per_inv):
         figures.problems.append(f"{len(per_inv)} distinct invitations, expected {expected_invitations}")
