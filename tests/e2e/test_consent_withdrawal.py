@@ -18,9 +18,9 @@ import httpx
 import pytest
 
 from shared.contracts import DischargeNotified
-from tests.support.infra import MailSink, free_port
+from tests.support.infra import MailSink
 from tests.support.personnummer import ADULTS
-from tests.support.suite import Suite
+from tests.support.suite import Suite, running_suite
 
 pytestmark = [pytest.mark.e2e, pytest.mark.broker]
 
@@ -30,14 +30,8 @@ ACTOR = {"X-Sip-Organisation": VC}
 
 @pytest.fixture
 def suite(amqp_url: str, tmp_path: Path, smtp: MailSink) -> Iterator[Suite]:
-    s = Suite(amqp_url, tmp_path, {n: free_port() for n in ("planning", "consent", "notify")}, {}, smtp)
-    try:
-        for name in ("consent", "planning", "notify"):
-            s.start(name)
+    with running_suite(amqp_url, tmp_path, smtp) as s:
         yield s
-    finally:
-        for p in s.procs.values():
-            p.stop()
 
 
 def wait_for(fn, timeout: float = 40.0, what: str = "condition", seen=None):

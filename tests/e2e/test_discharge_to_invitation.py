@@ -22,9 +22,9 @@ import pytest
 
 from shared.contracts import DischargeNotified, PatientRef
 from shared.directory import load_directory
-from tests.support.infra import REPO, MailSink, free_port
+from tests.support.infra import REPO, MailSink
 from tests.support.personnummer import ADULTS, personnummer_shaped
-from tests.support.suite import Suite
+from tests.support.suite import Suite, running_suite
 
 pytestmark = [pytest.mark.e2e, pytest.mark.broker]
 
@@ -34,14 +34,8 @@ PARTICIPANTS = ("SE2120001-SOC0180", "SE2321000016-VC001", "SE2321000016-SJH01")
 
 @pytest.fixture
 def suite(amqp_url: str, tmp_path: Path, smtp: MailSink) -> Iterator[Suite]:
-    s = Suite(amqp_url, tmp_path, {n: free_port() for n in ("planning", "consent", "notify")}, {}, smtp)
-    try:
-        for name in ("consent", "planning", "notify"):
-            s.start(name)
+    with running_suite(amqp_url, tmp_path, smtp) as s:
         yield s
-    finally:
-        for p in s.procs.values():
-            p.stop()
 
 
 def discharge(personnummer: str, **kw) -> DischargeNotified:

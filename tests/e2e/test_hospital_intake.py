@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 from services.planning.intake.mllp import FrameDecoder, frame
-from tests.support.infra import MailSink, free_port
+from tests.support.infra import MailSink
 from tests.support.personnummer import ADULTS
-from tests.support.suite import Suite
+from tests.support.suite import Suite, running_suite
 from tests.unit.intake.messages import CONFORMANCE, adt_bytes, msa
 
 pytestmark = [pytest.mark.e2e, pytest.mark.broker]
@@ -25,15 +25,10 @@ VC = "SE2321000016-VC001"
 
 @pytest.fixture
 def suite(amqp_url: str, tmp_path: Path, smtp: MailSink) -> Iterator[Suite]:
-    ports = {n: free_port() for n in ("planning", "consent", "notify", "mllp")}
-    s = Suite(amqp_url, tmp_path, ports, {}, smtp)
-    try:
-        s.start("consent")
-        s.start("planning")
+    with running_suite(
+        amqp_url, tmp_path, smtp, services=("consent", "planning"), extra_ports=("mllp",)
+    ) as s:
         yield s
-    finally:
-        for p in s.procs.values():
-            p.stop()
 
 
 def hl7(trigger: str, control_id: str, pnr: str, visit: str, **kw) -> bytes:

@@ -27,9 +27,9 @@ from tests.e2e.test_discharge_to_invitation import (
     publish,
     wait_until,
 )
-from tests.support.infra import MailSink, free_port
+from tests.support.infra import MailSink
 from tests.support.personnummer import ADULTS
-from tests.support.suite import Suite
+from tests.support.suite import Suite, running_suite
 from tests.unit.intake.messages import adt_bytes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.broker]
@@ -39,16 +39,9 @@ SERVICES = ("planning", "consent", "notify")
 
 @pytest.fixture
 def suite(amqp_url: str, tmp_path: Path, smtp: MailSink) -> Iterator[Suite]:
-    ports = {n: free_port() for n in (*SERVICES, "mllp")}
     env = {"SIP_OTEL_EXPORTER": "file", "SIP_OTEL_FILE": str(tmp_path / "spans" / "{service}.jsonl")}
-    s = Suite(amqp_url, tmp_path, ports, {}, smtp, extra_env=env)
-    try:
-        for name in ("consent", "planning", "notify"):
-            s.start(name)
+    with running_suite(amqp_url, tmp_path, smtp, extra_ports=("mllp",), extra_env=env) as s:
         yield s
-    finally:
-        for p in s.procs.values():
-            p.stop()
 
 
 def span_text(suite: Suite) -> str:

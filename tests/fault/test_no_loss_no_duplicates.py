@@ -20,7 +20,7 @@ import pytest
 
 from tests.support.infra import MailSink, ensure_rabbit, free_port
 from tests.support.stream import run_stream
-from tests.support.suite import Suite
+from tests.support.suite import Suite, running_suite
 
 pytestmark = [pytest.mark.fault, pytest.mark.e2e, pytest.mark.broker, pytest.mark.timeout(1200)]
 
@@ -28,16 +28,12 @@ N = int(os.environ.get("SIP_FAULT_DISCHARGES", "2000"))
 
 
 @pytest.fixture
-def suite(amqp_url: str, tmp_path: Path, smtp: MailSink) -> Iterator[Suite]:
-    s = Suite(amqp_url, tmp_path, {n: free_port() for n in ("planning", "consent", "notify")}, {}, smtp,
-              extra_env={"SIP_LOG_LEVEL": "WARNING", "NOTIFY_DISPATCH_INTERVAL": "0.2"})  # fmt: skip
-    try:
-        for name in ("consent", "planning", "notify"):
-            s.start(name)
+def suite(amqp_url: str, tmp_path: Path, smtp: MailSink, request: pytest.FixtureRequest) -> Iterator[Suite]:
+    env = {"SIP_LOG_LEVEL": "WARNING", "NOTIFY_DISPATCH_INTERVAL": "0.2"}
+    if marker := request.node.get_closest_marker("suite_env"):
+        env.update(marker.kwargs)
+    with running_suite(amqp_url, tmp_path, smtp, extra_env=env) as s:
         yield s
-    finally:
-        for p in s.procs.values():
-            p.stop()
 
 
 def restart_broker() -> None:
@@ -63,13 +59,9 @@ def test_kill_9_mid_stream(suite: Suite, service: str):
     assert figures.problems == [], figures.line(f"kill -9 {service}")
 
 
+@pytest.mark.suite_env(SIP_FAULT_DUPLICATE_PUBLISH="true")
 def test_every_message_delivered_twice(suite: Suite):
     """Each discharge is published twice by the hospital and every service publishes everything twice."""
-    for name in ("consent", "planning", "notify"):
-        suite.procs[name].stop()
-    suite.extra_env["SIP_FAULT_DUPLICATE_PUBLISH"] = "true"
-    for name in ("consent", "planning", "notify"):
-        suite.start(name)
     figures = asyncio.run(run_stream(suite, N // 4, copies=2, label="duplicates"))
     assert figures.problems == [], figures.line("duplicates")
     assert figures.duplicate_deliveries == 0  # no crash here: not one mail twice

@@ -188,12 +188,17 @@ class Proc:
     _log: object = field(default=None, repr=False)
 
     def start(self, timeout: float = 60.0) -> Proc:
+        self.spawn()
+        if self.health_url:
+            self.wait_healthy(timeout)
+        return self
+
+    def spawn(self) -> Proc:
+        """Start the process without waiting for it to be healthy (see :meth:`wait_healthy`)."""
         self._log = open(self.log_path, "ab")
         self.popen = subprocess.Popen(
             self.argv, env=self.env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT
         )
-        if self.health_url:
-            self.wait_healthy(timeout)
         return self
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
