@@ -15,11 +15,15 @@ from __future__ import annotations
 import asyncio
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Alembic is imported where it is used: SQLite, the default, never needs it, and importing it costs
+# a service about a second of its start-up.
 
 
 def has_migrations(directory: Path | None) -> bool:
@@ -27,6 +31,8 @@ def has_migrations(directory: Path | None) -> bool:
 
 
 def alembic_config(directory: Path, url: str | None = None) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("path_separator", "os")
     cfg.set_main_option("script_location", str(directory))
@@ -41,6 +47,8 @@ def upgrade_to_head(sync_conn: sa.Connection, directory: Path) -> None:
     if sync_conn.dialect.name == "postgresql":
         key = zlib.crc32(f"sip-suite:migrations:{directory.parent.name}".encode())
         sync_conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+    from alembic import command
+
     cfg = alembic_config(directory)
     cfg.attributes["connection"] = sync_conn
     command.upgrade(cfg, "head")
