@@ -2,7 +2,9 @@
 
     .venv/bin/python -m benchmarks.e2e [--rates 10,50] [--per-rate 300] [--saturation 1000] [--mllp 200]
 
-Starts the three services as processes (SQLite, this machine's RabbitMQ in a fresh vhost) and a real
+Starts the three services as processes (SQLite; with ``SIP_TEST_DATABASE=postgres`` each on a fresh
+database of this machine's PostgreSQL, whose CPU is then a column of its own; this machine's RabbitMQ
+in a fresh vhost) and a real
 SMTP sink, and a *consent desk* that grants consent the moment a case asks (it listens on its own queue
 bound to ``consent.request.v1``). Then, for each offered rate, it publishes ``hospital.discharge.v1``
 messages (persistent, confirmed: "accepted" = confirmed by the broker) and waits until every
@@ -45,6 +47,7 @@ from benchmarks.intake_mllp import pct
 from services.planning.intake.mllp import FrameDecoder, frame
 from shared.auth import mint_token
 from shared.contracts import ConsentRequested, DischargeNotified, RecordConsent
+from tests.support import dbmode
 from tests.support.infra import free_port, mail_sink, rabbit_vhost
 from tests.support.personnummer import ADULTS
 from tests.support.suite import Suite
@@ -326,6 +329,21 @@ def cpu_seconds(pid: int) -> float:
     return proc_usage(pid)[0]
 
 
+def postgres_cpu() -> float:
+    """CPU seconds so far of the local PostgreSQL: every live ``postgres`` process (the backends
+    serving the services' connections among them) plus what the postmaster's ended children used."""
+    total = 0.0
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if (d / "comm").read_text().strip() != "postgres":
+                continue
+            stat = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(x) for x in stat[11:15]) / CLK_TCK  # utime, stime, cutime, cstime
+    return total
+
+
 async def message_counts(suite: Suite) -> dict[str, float]:
     """Deliveries handled and messages published: the services' (their /metrics) and the benchmark's
     own (the consent desk, the injected discharges)."""
@@ -349,13 +367,18 @@ async def usage_snapshot(suite: Suite, broker: int | None) -> dict[str, float]:
         out["smtp sink"] = cpu_seconds(suite.smtp.proc.popen.pid)
     if broker is not None:
         out["RabbitMQ"] = cpu_seconds(broker)
+    if dbmode.ON_POSTGRES:
+        out["PostgreSQL"] = postgres_cpu()
     t = os.times()
     out["load generator"] = t.user + t.system
     out.update(await message_counts(suite))
     return out
 
 
-COST_COLUMNS = ("planning", "consent", "notify", "smtp sink", "RabbitMQ", "load generator")
+COST_COLUMNS = ("planning", "consent", "notify", "smtp sink", "RabbitMQ", "load generator") + (
+    ("PostgreSQL",) if dbmode.ON_POSTGRES else ()
+)
+STORE = "PostgreSQL" if dbmode.ON_POSTGRES else "SQLite"
 
 
 def cost_report(label: str, phase: Phase, delivered: int) -> None:
@@ -486,12 +509,13 @@ def main() -> None:
             finally:
                 for p in suite.procs.values():
                     p.stop()
+                dbmode.drop_databases()
         n_raw = max(args.saturation, 1000)
         ceiling, raw_broker_cpu = asyncio.run(
             raw_ceiling(amqp_url, n_raw, len(discharge("x", 0).model_dump_json()))
         )
 
-    print("discharge accepted → every participant's invitation at the SMTP server (3 processes, SQLite)")
+    print(f"discharge accepted → every participant's invitation at the SMTP server (3 processes, {STORE})")
     print(f"{'phase':>12} {'offered':>9} {'done':>11} {'sustained':>10}  latency                         "
           "where the time goes (medians)")  # fmt: skip
     for label, offered, fig, _ in results:

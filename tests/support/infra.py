@@ -7,6 +7,7 @@ other's queues or rows.
 
 from __future__ import annotations
 
+import atexit
 import email
 import email.policy
 import os
@@ -126,6 +127,7 @@ class _VhostPool:
 
 
 _VHOSTS = _VhostPool()
+atexit.register(lambda: _VHOSTS.flush(unused_too=True))  # benchmarks and scripts use rabbit_vhost too
 
 
 @contextmanager
