@@ -217,7 +217,21 @@ class Proc:
             except httpx.HTTPError as exc:
                 last = repr(exc)
             time.sleep(0.2)
-        raise TimeoutError(f"{self.name} not healthy in {timeout}s: {last}\n{self.log()}")
+        raise TimeoutError(f"{self.name} not healthy in {timeout}s: {last}\n{self.log()}\n{self.stacks()}")
+
+    def stacks(self) -> str:
+        """Where a live process is stuck: every thread's Python stack (py-spy, installed with the dev
+        dependencies), for the failure message."""
+        if self.popen is None or self.popen.poll() is not None:
+            return ""
+        spy = Path(sys.executable).with_name("py-spy")
+        try:
+            r = subprocess.run(
+                [str(spy), "dump", "--pid", str(self.popen.pid)], capture_output=True, timeout=30
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"(no stacks: {exc!r})"
+        return f"stacks of {self.name}:\n" + (r.stdout or r.stderr).decode(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
         if self.popen is None:
