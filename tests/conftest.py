@@ -8,7 +8,7 @@ import pytest
 
 from shared.settings import ServiceSettings
 from tests.support import dbmode
-from tests.support.infra import MailSink, delete_test_vhosts, mail_sink, pg_database, rabbit_vhost
+from tests.support.infra import MailSink, mail_sink, pg_database, rabbit_vhost
 
 # Planning listens for HL7 v2 over MLLP on 2575 by default; in tests each planning (in-process or a
 # child process) takes any free port unless a test names one, so replicas and parallel runs never collide.
@@ -42,10 +42,6 @@ def _service_database_backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
     finally:
         monkeypatch.setattr(ServiceSettings, "sqlalchemy_url", sqlite_default)
         dbmode.drop_databases()
-
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    delete_test_vhosts()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

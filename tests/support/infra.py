@@ -127,7 +127,8 @@ class _VhostPool:
 
 
 _VHOSTS = _VhostPool()
-atexit.register(lambda: _VHOSTS.flush(unused_too=True))  # benchmarks and scripts use rabbit_vhost too
+# at exit (of pytest, a benchmark or a script): the vhosts still to delete and those never used
+atexit.register(lambda: _VHOSTS.flush(unused_too=True))
 
 
 @contextmanager
@@ -137,11 +138,6 @@ def rabbit_vhost() -> Iterator[str]:
         yield f"amqp://guest:guest@{RABBIT_HOST}:5672/{vhost}"
     finally:
         _VHOSTS.give_back(vhost)
-
-
-def delete_test_vhosts() -> None:
-    """The end of the session: delete the vhosts still waiting to be deleted or never used."""
-    _VHOSTS.flush(unused_too=True)
 
 
 def pg_admin(sql: str) -> None:
