@@ -146,11 +146,16 @@ class ServiceRuntime:
                 await conn.run_sync(upgrade_outbox, self.outbox)
 
     async def start(self, *, consume: bool = True) -> None:
-        await self.prepare_database()
-        await self.broker.connect()
-        await declare_service_topology(self.broker, self.service, self.settings.retry_delay_seconds)
-        if consume:
-            await self.broker.start()
+        async with _slow_start_warnings(self.service) as step:
+            step("database")
+            await self.prepare_database()
+            step("broker connection")
+            await self.broker.connect()
+            step("broker topology")
+            await declare_service_topology(self.broker, self.service, self.settings.retry_delay_seconds)
+            if consume:
+                step("broker consumers")
+                await self.broker.start()
         self.broker_started = True
         self.relay.start()
         for job in self.background:
@@ -241,6 +246,58 @@ class ServiceRuntime:
         async def metrics() -> Response:
             await self.metrics.refresh(self.engine, self.outbox)
             return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+
+
+START_WARNING_SECONDS = 10.0
+
+
+@contextlib.asynccontextmanager
+async def _slow_start_warnings(
+    service: str, every: float = START_WARNING_SECONDS
+) -> AsyncIterator[Callable[[str], None]]:
+    """While a start-up step takes long, a WARNING every ``every`` seconds: which step (database,
+    broker connection, topology, consumers), how long so far, and where it waits (the await chain,
+    code locations only) — a service that does not come up says why instead of staying silent."""
+    task = asyncio.current_task()
+    step = {"name": "", "since": time.monotonic()}
+    started = time.monotonic()
+
+    def now(name: str) -> None:
+        step.update(name=name, since=time.monotonic())
+
+    async def watch() -> None:
+        while True:
+            await asyncio.sleep(every)
+            log.warning(
+                "start-up still waiting",
+                extra={
+                    "service": service,
+                    "step": step["name"],
+                    "step_seconds": round(time.monotonic() - float(step["since"]), 1),
+                    "startup_seconds": round(time.monotonic() - started, 1),
+                    "awaiting": " > ".join(_await_chain(task)) if task is not None else "",
+                },
+            )
+
+    watcher = asyncio.create_task(watch(), name=f"{service}-start-watch")
+    try:
+        yield now
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
+def _await_chain(task: asyncio.Task[Any]) -> list[str]:
+    """``file:line function`` of every coroutine ``task`` is suspended in, outermost first."""
+    chain: list[str] = []
+    coro: Any = task.get_coro()
+    while coro is not None and len(chain) < 40:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            chain.append(f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno} {frame.f_code.co_name}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return chain
 
 
 class _ConsumeObserver:
