@@ -288,16 +288,17 @@ async def _slow_start_warnings(
             await watcher
 
 
-def _await_chain(task: asyncio.Task[Any]) -> list[str]:
-    """``file:line function`` of every coroutine ``task`` is suspended in, outermost first."""
+def _await_chain(task: asyncio.Task[Any], innermost: int = 12) -> list[str]:
+    """``file:line function`` of the ``innermost`` coroutines ``task`` is suspended in, outermost
+    first (the server and middleware frames above them say nothing about the wait)."""
     chain: list[str] = []
     coro: Any = task.get_coro()
-    while coro is not None and len(chain) < 40:
+    while coro is not None and len(chain) < 500:
         frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
         if frame is not None:
             chain.append(f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno} {frame.f_code.co_name}")
         coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
-    return chain
+    return chain[-innermost:]
 
 
 class _ConsumeObserver:

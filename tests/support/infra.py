@@ -63,20 +63,24 @@ def ensure_rabbit() -> None:
 
 
 class _VhostPool:
-    """Fresh vhosts made and deleted in batches.
+    """Fresh vhosts made in batches, each deleted as soon as its test is done.
 
     Each ``rabbitmqctl`` call starts an Erlang VM (about half a second of CPU); three of them per test
     (add, permissions, delete) were minutes of the suite. Here one ``rabbitmqctl eval`` makes
-    :attr:`BATCH` vhosts (guest has every permission on each) and one deletes the used ones; a broker
-    where ``eval`` is refused falls back to one command at a time. Every test still gets a vhost no
-    other test has used. What is left at the end of the session is deleted then.
+    :attr:`BATCH` vhosts (guest has every permission on each; an empty vhost costs the broker almost
+    nothing) and one deletes a used one; a broker where ``eval`` is refused falls back to one command
+    at a time. Every test still gets a vhost no other test has used.
+
+    A used vhost is not kept for a batched deletion: its queues hold file handles (the suite's
+    topology is about 120 of them) and RabbitMQ rations those (``file_handle_cache``: 927 under the
+    usual 1024 open-files limit). Seven used vhosts left standing exhausted it, and the broker then
+    held every new connection until another one closed — a service started a minute late.
     """
 
     BATCH = 8
 
     def __init__(self) -> None:
         self._ready: list[str] = []
-        self._used: list[str] = []
         self._eval = True
         self._session = uuid.uuid4().hex[:6]
 
@@ -88,14 +92,12 @@ class _VhostPool:
         return self._ready.pop()
 
     def give_back(self, name: str) -> None:
-        self._used.append(name)
-        if len(self._used) >= self.BATCH:
-            self.flush()
+        ensure_rabbit()
+        self._run([name], add=False)
 
-    def flush(self, *, unused_too: bool = False) -> None:
-        names, self._used = self._used, []
-        if unused_too:
-            names, self._ready = names + self._ready, []
+    def flush(self) -> None:
+        """Delete the vhosts made and never used."""
+        names, self._ready = self._ready, []
         if names:
             ensure_rabbit()
             self._run(names, add=False)
@@ -127,8 +129,8 @@ class _VhostPool:
 
 
 _VHOSTS = _VhostPool()
-# at exit (of pytest, a benchmark or a script): the vhosts still to delete and those never used
-atexit.register(lambda: _VHOSTS.flush(unused_too=True))
+# at exit (of pytest, a benchmark or a script): the vhosts made and never used
+atexit.register(_VHOSTS.flush)
 
 
 @contextmanager
@@ -186,9 +188,15 @@ class Proc:
     _log: object = field(default=None, repr=False)
 
     def start(self, timeout: float = 60.0) -> Proc:
+        """Spawn and wait until healthy; one that is not is stopped (its stacks and log are in the
+        error) instead of left running — and reconnecting — past its test."""
         self.spawn()
         if self.health_url:
-            self.wait_healthy(timeout)
+            try:
+                self.wait_healthy(timeout)
+            except BaseException:
+                self.stop()
+                raise
         return self
 
     def spawn(self) -> Proc:

@@ -35,6 +35,27 @@ def test_vhost_fixture_gives_isolated_broker(amqp_url):
     assert asyncio.run(roundtrip()) == b"x"
 
 
+def test_a_used_vhost_is_deleted_when_its_test_is_done_and_the_next_one_is_fresh():
+    """Used vhosts are not left standing for a batched deletion: their queues hold the broker's
+    rationed file handles, and seven of them once made it hold new connections for a minute."""
+    import subprocess
+
+    from tests.support.infra import rabbit_vhost
+
+    def vhosts() -> set[str]:
+        out = subprocess.run(["rabbitmqctl", "-q", "list_vhosts"], capture_output=True, text=True, timeout=60)
+        return set(out.stdout.split())
+
+    with rabbit_vhost() as url:
+        first = url.rsplit("/", 1)[1]
+        assert first in vhosts()
+    with rabbit_vhost() as url:
+        second = url.rsplit("/", 1)[1]
+        standing = vhosts()
+        assert second != first and second in standing
+        assert first not in standing
+
+
 def test_smtp_sink_keeps_mail_across_a_restart(smtp):
     for subject in ("first", "second"):
         msg = EmailMessage()
@@ -45,3 +66,20 @@ def test_smtp_sink_keeps_mail_across_a_restart(smtp):
         smtp.proc.stop()
         smtp.proc.start()
     assert [m["Subject"] for m in smtp.wait_for(2)] == ["first", "second"]
+
+
+def test_a_process_that_never_becomes_healthy_is_stopped_not_left_running(tmp_path):
+    import sys
+
+    from tests.support.infra import Proc, free_port
+
+    proc = Proc(
+        "sleeper",
+        [sys.executable, "-c", "import time; time.sleep(600)"],
+        env={},
+        log_path=tmp_path / "sleeper.log",
+        health_url=f"http://127.0.0.1:{free_port()}/healthz",
+    )
+    with pytest.raises(TimeoutError, match="sleeper not healthy"):
+        proc.start(timeout=1)
+    assert proc.popen is not None and proc.popen.poll() is not None

@@ -47,3 +47,26 @@ async def test_a_quick_start_says_nothing_and_leaves_no_task(caplog: pytest.LogC
     await asyncio.sleep(0.12)
     assert not [r for r in caplog.records if r.getMessage() == "start-up still waiting"]
     assert [t for t in asyncio.all_tasks() if t.get_name() == "consent-start-watch"] == []
+
+
+async def test_a_deep_wait_shows_its_innermost_frames(caplog: pytest.LogCaptureFixture):
+    caplog.set_level(logging.WARNING, logger="sip.runtime")
+
+    async def layer(depth: int) -> None:
+        if depth == 0:
+            await _broker_that_never_answers()
+        else:
+            await layer(depth - 1)
+
+    async def start() -> None:
+        async with _slow_start_warnings("notify", every=0.05) as step:
+            step("broker connection")
+            await layer(30)
+
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(start(), timeout=0.08)
+    chain = [r for r in caplog.records if r.getMessage() == "start-up still waiting"][-1].awaiting  # type: ignore[attr-defined]
+    frames = chain.split(" > ")
+    assert len(frames) == 12
+    assert frames[-2].endswith("_broker_that_never_answers") and frames[-1].endswith(" wait")
+    assert not any(f.endswith(" start") for f in frames)  # the outer frames are left out
