@@ -1,18 +1,35 @@
-"""Who is calling: every HTTP caller identifies as an organisation with a signed JWT (bearer token).
+"""Who is calling: every HTTP caller identifies with a signed JWT (bearer token) — an organisation
+(staff systems, hospitals, operators) or a person (a citizen e-ID).
 
 A token is accepted when it is signed by a trusted issuer, is meant for this suite (``aud``), has not
-expired, and names the calling organisation's HSA-id (claim ``hsa_id``). Trust comes from
-configuration, never from the token:
+expired, and names who calls. Trust comes from configuration, never from the token:
 
-- ``SIP_JWT_ISSUERS_FILE`` — a YAML/JSON file ``{issuer: {public_key_pem: "...", algorithms: [RS256]}}``
-  (RS256/ES256/EdDSA), one entry per organisation or identity provider (production);
-- ``SIP_JWT_HS256_SECRET`` — one shared HMAC secret (development and tests only).
+- ``SIP_JWT_ISSUERS_FILE`` — a YAML/JSON file, one entry per identity provider::
+
+      https://idp.region.example/:            # an organisation issuer (the default kind)
+        public_key_pem: "-----BEGIN PUBLIC KEY-----..."
+        algorithms: [RS256]
+      https://eid-broker.example/:            # a citizen e-ID issuer
+        kind: citizen
+        public_key_pem: "..."
+        person_claim: personal_identity_number   # or sub; the claim that carries the personnummer
+
+- ``SIP_JWT_HS256_SECRET`` — one shared HMAC secret (development and tests only); its tokens may be
+  either kind (``sipctl token``).
+
+An **organisation token** names the calling organisation's HSA-id in the claim ``hsa_id``; the scope
+``sip:operator`` (claim ``scope``, space-separated, or a ``roles`` list holding ``operator``) makes it
+an operator's. A **citizen token** comes only from an issuer of kind ``citizen`` (or the development
+secret) and carries the person's personnummer or samordningsnummer in the issuer's ``person_claim``;
+an organisation issuer can never make a person caller, nor a citizen issuer an organisation.
 
 ``alg: none`` and algorithms other than the issuer's are refused. A missing, forged, expired or
 wrong-audience token answers **401** (``WWW-Authenticate: Bearer``; an OperationOutcome on FHIR paths).
-What an organisation may then see is decided by the services (participant of the case, the consent
-gate): that is **403**. Health and metrics endpoints, the FHIR CapabilityStatement and the OpenAPI
-document are open: they carry no personal data.
+An organisation that is not in the organisation directory answers **403** on every path. What a
+caller may then see is decided by each service from the verified token (``shared/access.py``: one
+rule per endpoint, in the README's authorization table): that is **403** or a filtered answer. Health
+and metrics endpoints, the FHIR CapabilityStatement and the OpenAPI document are open: they carry no
+personal data.
 
 ``SIP_AUTH_REQUIRED=false`` turns the check off for local development (``make run``); the acting
 organisation is then read from ``X-Sip-Organisation``. Never in production.
@@ -22,7 +39,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -34,6 +53,7 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 from starlette.responses import JSONResponse, Response
 
 from shared.fhir import operation_outcome
+from shared.identifiers import InvalidPersonIdentifier, parse_person_identifier
 
 log = logging.getLogger("sip.auth")
 
@@ -53,11 +73,27 @@ AUDIENCE = "sip-suite"
 HSA = r"^[A-Za-z0-9\-]{3,64}$"
 
 
+OPERATOR_SCOPE = "sip:operator"
+PERSON_CLAIM = "personal_identity_number"
+
+
 @dataclass(frozen=True)
 class Caller:
-    hsa_id: str  # the calling organisation
+    """Who calls, from the verified token: an organisation (``hsa_id``) or a person (``person_id``)."""
+
+    hsa_id: str | None  # the calling organisation; None for a person
     issuer: str
-    subject: str  # the system or person within it (for the audit trail)
+    subject: str  # the system or user within the organisation, or the person's subject at the issuer
+    person_id: str | None = None  # a citizen token: the person's 12-digit personnummer/samordningsnummer
+    operator: bool = False  # an organisation token with the scope sip:operator
+
+    @property
+    def is_person(self) -> bool:
+        return self.person_id is not None
+
+    @property
+    def organisation(self) -> str | None:
+        return self.hsa_id if self.person_id is None else None
 
 
 class TokenRejected(Exception):
@@ -92,6 +128,7 @@ class TokenVerifier:
             raise TokenRejected("the bearer token is not a JWT") from None
         alg = header.get("alg")
         issuer = str(unverified.get("iss") or "")
+        entry: dict[str, Any] | None = None  # None: the development secret
         if alg == "HS256" and self.hs256_secret:
             key: Any = self.hs256_secret
             algorithms = ["HS256"]
@@ -114,21 +151,61 @@ class TokenVerifier:
             raise TokenRejected("the token is not meant for this suite (aud)") from None
         except jwt.PyJWTError:
             raise TokenRejected("the token's signature or claims are invalid") from None
+        if entry is None:
+            kind = "citizen" if claims.get(PERSON_CLAIM) is not None else "organisation"
+            person_claim = PERSON_CLAIM
+        else:
+            kind = str(entry.get("kind") or "organisation")
+            person_claim = str(entry.get("person_claim") or PERSON_CLAIM)
+        if kind == "citizen":
+            if entry is None and claims.get("hsa_id") is not None:
+                raise TokenRejected("a token names an organisation (hsa_id) or a person, not both")
+            try:
+                person = parse_person_identifier(str(claims.get(person_claim) or ""))
+            except InvalidPersonIdentifier:
+                raise TokenRejected(
+                    f"the citizen token carries no valid personnummer (claim {person_claim})"
+                ) from None
+            return Caller(hsa_id=None, issuer=issuer, subject=str(claims["sub"]), person_id=person.value)
+        if kind != "organisation":
+            raise TokenRejected("the token's issuer is configured with an unknown kind")
         hsa_id = str(claims.get("hsa_id") or "")
-        import re
-
         if not re.match(HSA, hsa_id):
             raise TokenRejected("the token names no organisation (claim hsa_id)")
-        return Caller(hsa_id=hsa_id, issuer=issuer, subject=str(claims["sub"]))
+        return Caller(hsa_id=hsa_id, issuer=issuer, subject=str(claims["sub"]), operator=_is_operator(claims))
+
+
+def _is_operator(claims: dict[str, Any]) -> bool:
+    scope = claims.get("scope")
+    scopes = scope.split() if isinstance(scope, str) else list(scope or [])
+    roles = claims.get("roles")
+    return OPERATOR_SCOPE in scopes or (isinstance(roles, list) and "operator" in roles)
 
 
 def mint_token(
     secret: str, hsa_id: str, *, subject: str = "system", issuer: str = "sip-suite-dev", ttl: int = 3600,
-    audience: str = AUDIENCE, now: float | None = None,
+    audience: str = AUDIENCE, now: float | None = None, operator: bool = False,
 ) -> str:  # fmt: skip
-    """An HS256 token for development and tests (sipctl, the test suite)."""
+    """An HS256 organisation token for development and tests (sipctl, the test suite)."""
     t = int(now if now is not None else time.time())
-    claims = {"iss": issuer, "sub": subject, "aud": audience, "iat": t, "exp": t + ttl, "hsa_id": hsa_id}
+    claims: dict[str, Any] = {
+        "iss": issuer, "sub": subject, "aud": audience, "iat": t, "exp": t + ttl, "hsa_id": hsa_id,
+    }  # fmt: skip
+    if operator:
+        claims["scope"] = OPERATOR_SCOPE
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def mint_person_token(
+    secret: str, person_id: str, *, subject: str | None = None, issuer: str = "sip-suite-dev-eid",
+    ttl: int = 3600, audience: str = AUDIENCE, now: float | None = None,
+) -> str:  # fmt: skip
+    """An HS256 citizen token for development and tests: the person ``person_id`` signed in."""
+    t = int(now if now is not None else time.time())
+    claims = {
+        "iss": issuer, "sub": subject or f"person-{person_id[-4:]}", "aud": audience, "iat": t,
+        "exp": t + ttl, PERSON_CLAIM: person_id,
+    }  # fmt: skip
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
@@ -142,8 +219,20 @@ def _unauthorised(request: Request, reason: str) -> Response:
     return JSONResponse({"detail": reason}, status_code=401, headers=headers)
 
 
-def install_auth(app: FastAPI, settings: Any) -> None:
-    """Require a valid bearer token on every path but the open ones; put the Caller on request.state."""
+def _forbidden(request: Request, reason: str) -> Response:
+    if request.url.path.startswith("/fhir"):
+        body = operation_outcome(reason, code="forbidden")
+        return JSONResponse(body, status_code=403, media_type="application/fhir+json")
+    return JSONResponse({"detail": reason}, status_code=403)
+
+
+def install_auth(
+    app: FastAPI, settings: Any, known_organisation: Callable[[str], bool] | None = None
+) -> None:
+    """Require a valid bearer token on every path but the open ones; put the Caller on request.state.
+
+    ``known_organisation`` (the organisation directory) refuses, with 403 on every path, an
+    organisation token whose HSA-id the directory does not know."""
     required = bool(getattr(settings, "auth_required", True))
     verifier = TokenVerifier.from_settings(settings) if required else None
     if required and not (verifier and (verifier.hs256_secret or verifier.issuers)):
@@ -162,10 +251,16 @@ def install_auth(app: FastAPI, settings: Any) -> None:
                 if scheme.lower() != "bearer" or not token.strip():
                     return _unauthorised(request, "a bearer token is required")
                 try:
-                    request.state.caller = verifier.verify(token.strip())
+                    caller = verifier.verify(token.strip())
                 except TokenRejected as exc:
                     log.info("request refused: invalid token", extra={"reason": str(exc)})
                     return _unauthorised(request, str(exc))
+                if caller.hsa_id is not None and known_organisation and not known_organisation(caller.hsa_id):
+                    log.info("request refused: organisation not in the directory")
+                    return _forbidden(
+                        request, "the calling organisation is not in the organisation directory"
+                    )
+                request.state.caller = caller
             return await call_next(request)
 
     app.add_middleware(AuthMiddleware)
@@ -185,8 +280,10 @@ def _document_bearer(app: FastAPI) -> None:
             "type": "http",
             "scheme": "bearer",
             "bearerFormat": "JWT",
-            "description": "A JWT for audience 'sip-suite' from a trusted issuer, naming the calling "
-            "organisation's HSA-id in the claim hsa_id. Missing, forged or expired: 401.",
+            "description": "A JWT for audience 'sip-suite' from a trusted issuer: an organisation's "
+            "(its HSA-id in the claim hsa_id; the scope sip:operator for operators) or a citizen "
+            "e-ID's (the personnummer in the issuer's person claim). Missing, forged or expired: "
+            "401; an organisation not in the directory: 403.",
         }
         for path, operations in schema.get("paths", {}).items():
             if path in OPEN_PATHS:
@@ -206,8 +303,6 @@ def current_caller(request: Request) -> Caller | None:
     if caller is not None:
         return caller
     if not getattr(request.app.state, "auth_required", True):
-        import re
-
         hsa = request.headers.get("x-sip-organisation")
         if hsa and re.match(HSA, hsa):
             return Caller(hsa_id=hsa, issuer="unauthenticated", subject="local")
@@ -215,12 +310,15 @@ def current_caller(request: Request) -> Caller | None:
 
 
 def acting_organisation(request: Request) -> str:
-    """The organisation that acts (recorded as the agent of a change); 401 when there is none."""
+    """The organisation that acts (recorded as the agent of a change); 401 when there is none, 403
+    for a person (staff record changes; the person's own actions have their own endpoints)."""
     caller = current_caller(request)
     if caller is None:
         raise HTTPException(
             401, detail="no acting organisation: send a bearer token (or X-Sip-Organisation in a sandbox)"
         )
+    if caller.hsa_id is None:
+        raise HTTPException(403, detail="an organisation's token is required for this step, not a person's")
     return caller.hsa_id
 
 

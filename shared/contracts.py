@@ -301,6 +301,41 @@ class ConsentDecisionRequested(Contract):
     )
 
 
+AccessBasis = Literal[
+    "owner", "participant", "hospital", "covered", "operator", "own-data", "guardian", "none"
+]  # fmt: skip
+
+
+class AccessRecorded(Contract):
+    """A read of a person's data in planning or notify, for the person's audit trail in consent
+    (IHE BALP minimal record: who, on which basis, what was asked for — never what was disclosed).
+
+    Sent through the reading service's outbox in the transaction that records the read, so an
+    audited read is never lost. Consent files it under the person (``patient_identifier``, or the
+    person of ``case_id`` when only the case is known).
+    """
+
+    exchange: ClassVar[str] = CONSENT_COMMANDS
+    routing_key: ClassVar[str] = "consent.access-recorded.v1"
+
+    service: Literal["planning", "notify"]
+    action: Literal["read", "search"] = "read"
+    outcome: Literal["permit", "deny"]
+    basis: AccessBasis
+    what: str = Field(
+        min_length=1, max_length=64,
+        description="Resource type and id, or the search's parameter names (no values): CarePlan/<id>",
+    )  # fmt: skip
+    accessed_at: AwareDatetime
+    patient_identifier: PersonId | None = None
+    case_id: UUID | None = None
+    reader_hsa_id: HsaId | None = Field(default=None, description="The reading organisation")
+    reader_kind: Literal["organisation", "operator", "person", "guardian"] = "organisation"
+    reader_subject: str | None = Field(
+        default=None, max_length=128, description="The user or system at the issuer (token sub)"
+    )
+
+
 class ConsentDecisionReply(BaseModel):
     """The answer to a :class:`ConsentDecisionRequested` (and of ``POST /decisions``). No personal data."""
 

@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shared.auth import install_auth
 from shared.contracts import Contract
+from shared.directory import load_directory
 from shared.messaging import (
     ConsumeObservation,
     declare_service_topology,
@@ -212,7 +213,11 @@ class ServiceRuntime:
         """``/healthz``, ``/readyz`` and ``/metrics``, an HTTP span around every other request, and the
         bearer-token check in front of everything but the open paths (:mod:`shared.auth`)."""
         self.add_observability(app)
-        install_auth(app, self.settings)
+        known: Callable[[str], bool] | None = None
+        if getattr(self.settings, "auth_required", True):
+            directory = load_directory(self.settings.directory_path)
+            known = lambda hsa_id: directory.get(hsa_id) is not None  # noqa: E731
+        install_auth(app, self.settings, known_organisation=known)
 
         @app.get("/healthz", tags=["operations"], summary="Liveness and dependencies")
         async def healthz() -> JSONResponse:

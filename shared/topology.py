@@ -28,6 +28,7 @@ from faststream.rabbit import ExchangeType, QueueType, RabbitExchange, RabbitQue
 
 from shared.contracts import (
     EVENT_EXCHANGES,
+    AccessRecorded,
     CaseNotice,
     ConsentDecisionRequested,
     ConsentDeclined,
@@ -79,6 +80,7 @@ SUBSCRIPTIONS: tuple[Subscription, ...] = (
     Subscription("planning", DeadlineBreached),
     Subscription("consent", ConsentRequested),
     Subscription("consent", RecordConsent),
+    Subscription("consent", AccessRecorded),
     Subscription("notify", SendInvitation),
     Subscription("notify", DeadlineBreached),
     Subscription("notify", ConsentWithdrawn),
@@ -87,9 +89,16 @@ SUBSCRIPTIONS: tuple[Subscription, ...] = (
 
 
 PUBLICATIONS: dict[str, tuple[type[Contract], ...]] = {
-    "planning": (HospitalStayEvent, ConsentRequested, SendInvitation, DeadlineBreached, CaseNotice),
+    "planning": (
+        HospitalStayEvent,
+        ConsentRequested,
+        SendInvitation,
+        DeadlineBreached,
+        CaseNotice,
+        AccessRecorded,
+    ),
     "consent": (ConsentGranted, ConsentDeclined, ConsentWithdrawn),
-    "notify": (InvitationSent,),
+    "notify": (InvitationSent, AccessRecorded),
 }
 """What each service publishes (through its outbox); documented in its AsyncAPI."""
 
