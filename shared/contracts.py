@@ -157,6 +157,10 @@ class ConsentGranted(Contract):
     purposes: tuple[ConsentPurpose, ...]
     recipients: tuple[HsaId, ...]
     valid_until: AwareDatetime | None = None
+    guardian_identifiers: tuple[PersonId, ...] = Field(
+        default=(),
+        description="For a child: the guardians named on the consent (they may read the child's plan)",
+    )
 
 
 class ConsentDeclined(Contract):
