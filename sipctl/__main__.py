@@ -63,6 +63,13 @@ def dev_secret() -> str:
     return path.read_text().strip()
 
 
+def person_auth(personnummer: str) -> dict[str, str]:
+    """Headers for a person signed in with a (development) citizen e-ID: their own data only."""
+    from shared.auth import mint_person_token
+
+    return {"Authorization": f"Bearer {mint_person_token(dev_secret(), personnummer, ttl=600)}"}
+
+
 def auth(organisation: str | None = None) -> dict[str, str]:
     """Headers for the suite's APIs: a short-lived development token for the acting organisation
     (SIPCTL_ORGANISATION, default the sample primary-care unit that owns the sample cases)."""
@@ -270,6 +277,52 @@ def cmd_consent(args: argparse.Namespace) -> int:
     return 0 if r.status_code in (200, 201) else 1
 
 
+# ---- tokens and the person's own access -------------------------------------------------------
+def cmd_token(args: argparse.Namespace) -> int:
+    """A development token (signed with the development secret): an organisation's, an operator's or
+    a person's — for curl and other HTTP clients."""
+    from shared.auth import mint_person_token, mint_token
+
+    if args.person:
+        print(mint_person_token(dev_secret(), args.person, ttl=args.ttl))
+    else:
+        print(
+            mint_token(
+                dev_secret(), args.organisation, subject="sipctl", ttl=args.ttl, operator=args.operator
+            )
+        )
+    return 0
+
+
+def cmd_my_data(args: argparse.Namespace) -> int:
+    """What the person sees with their own e-ID: their cases and plans, their consents, and who
+    received — or was refused — what about them, and when."""
+    headers = person_auth(args.person)
+    base = urls()
+    cases = httpx.get(f"{base['planning']}/cases", params={"all": "true"}, headers=headers, timeout=5)
+    consents = httpx.get(f"{base['consent']}/consents", headers=headers, timeout=5)
+    audit = httpx.get(f"{base['consent']}/audit", headers=headers, timeout=5)
+    for title, r in (("cases", cases), ("consents", consents)):
+        print(f"{title} ({r.status_code}):")
+        for item in r.json() if r.status_code == 200 else []:
+            print(f"  {item.get('reference') or item.get('id')}  {item.get('state') or item.get('status')}")
+    print(f"who received or was refused what about you ({audit.status_code}):")
+    for e in audit.json() if audit.status_code == 200 else []:
+        who, what = e.get("recipient_hsa_id") or "you", e.get("category") or e["reason"]
+        print(f"  {e['recorded_at']}  {e['action']:10s} {e['outcome']:6s} {who}  {what}")
+    return 0 if {cases.status_code, consents.status_code, audit.status_code} == {200} else 1
+
+
+def cmd_withdraw(args: argparse.Namespace) -> int:
+    """The person withdraws their own consent with their e-ID (immediate and irreversible)."""
+    r = httpx.post(
+        f"{urls()['consent']}/consents/{args.consent_id}/withdraw", json={}, headers=person_auth(args.person),
+        timeout=10,
+    )  # fmt: skip
+    print(r.status_code, json.dumps(r.json(), indent=2, ensure_ascii=False))
+    return 0 if r.status_code == 200 else 1
+
+
 # ---- status -----------------------------------------------------------------------------------
 def cmd_status(_: argparse.Namespace) -> int:
     rc = 0
@@ -352,6 +405,19 @@ def main(argv: list[str] | None = None) -> None:
     dl.set_defaults(fn=cmd_dead_letters)
     t = sub.add_parser("declare-topology", help="declare the suite's whole topology (operator)")
     t.set_defaults(fn=cmd_declare_topology)
+    tk = sub.add_parser("token", help="print a development token (organisation, operator or person)")
+    tk.add_argument("--organisation", default="SE2321000016-VC001", help="the organisation's HSA-id")
+    tk.add_argument("--operator", action="store_true", help="with the scope sip:operator")
+    tk.add_argument("--person", help="a citizen token for this personnummer instead")
+    tk.add_argument("--ttl", type=int, default=3600)
+    tk.set_defaults(fn=cmd_token)
+    md = sub.add_parser("my-data", help="what a person sees with their own e-ID (development token)")
+    md.add_argument("--person", default=SAMPLE_PERSONNUMMER)
+    md.set_defaults(fn=cmd_my_data)
+    w = sub.add_parser("withdraw", help="the person withdraws their own consent (development e-ID)")
+    w.add_argument("consent_id")
+    w.add_argument("--person", default=SAMPLE_PERSONNUMMER)
+    w.set_defaults(fn=cmd_withdraw)
     args = ap.parse_args(argv)
     sys.exit(args.fn(args))
 
