@@ -16,10 +16,11 @@ from datetime import UTC, date, datetime
 from typing import Annotated, ClassVar, Literal
 from uuid import UUID, uuid4
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from shared.hospital import HospitalEvent
 from shared.identifiers import parse_person_identifier
+from shared.timestamps import Timestamp
 
 # ---- exchanges ------------------------------------------------------------------------------
 HOSPITAL_EVENTS = "hospital.events"  # topic: hospital integrations publish stay events here
@@ -57,7 +58,7 @@ class Contract(BaseModel):
     routing_key: ClassVar[str]
 
     message_id: UUID = Field(default_factory=uuid4)
-    occurred_at: AwareDatetime = Field(default_factory=_now)
+    occurred_at: Timestamp = Field(default_factory=_now)
     correlation_id: str | None = Field(
         default=None, description="Carried from the cause, end to end (one discharge → one id)."
     )
@@ -90,8 +91,8 @@ class DischargeNotified(Contract):
     episode_id: str = Field(min_length=1, max_length=128, description="The hospital's stay id")
     hospital_hsa_id: HsaId
     patient: PatientRef
-    ready_for_discharge_at: AwareDatetime
-    expected_discharge_at: AwareDatetime | None = None
+    ready_for_discharge_at: Timestamp
+    expected_discharge_at: Timestamp | None = None
     needs_kommun_support: bool = Field(description="Needs help from the municipality after discharge")
     needs_region_support: bool = Field(description="Needs help from the region (primary care, …)")
 
@@ -143,7 +144,7 @@ class RecordConsent(Contract):
     given_by: Literal["patient", "guardians", "representative"] = "patient"
     method: Literal["oral", "written"] = "oral"
     recorded_by_hsa_id: HsaId
-    valid_until: AwareDatetime | None = None
+    valid_until: Timestamp | None = None
 
 
 # ---- consent → everyone ----------------------------------------------------------------------
@@ -156,7 +157,7 @@ class ConsentGranted(Contract):
     patient_identifier: PersonId
     purposes: tuple[ConsentPurpose, ...]
     recipients: tuple[HsaId, ...]
-    valid_until: AwareDatetime | None = None
+    valid_until: Timestamp | None = None
     guardian_identifiers: tuple[PersonId, ...] = Field(
         default=(),
         description="For a child: the guardians named on the consent (they may read the child's plan)",
@@ -183,14 +184,14 @@ class SendInvitation(Contract):
     case_reference: str = Field(description="Short human reference, e.g. SIP-2026-4F3A9C")
     consent_id: UUID
     recipients: tuple[HsaId, ...] = Field(min_length=1)
-    invitation_due_at: AwareDatetime
+    invitation_due_at: Timestamp
     plan_url: str = Field(description="Where an authorised participant reads the plan (FHIR)")
     language: Literal["sv", "en"] = "sv"
     # additive (optional) since issue #6: the meeting, the owning unit, the person's language need
-    meeting_start: AwareDatetime | None = Field(
+    meeting_start: Timestamp | None = Field(
         default=None, description="When the SIP meeting starts; without it no calendar invitation is sent"
     )
-    meeting_end: AwareDatetime | None = Field(default=None, description="When the SIP meeting ends")
+    meeting_end: Timestamp | None = Field(default=None, description="When the SIP meeting ends")
     meeting_location: str | None = Field(
         default=None,
         max_length=160,
@@ -218,7 +219,7 @@ class InvitationSent(Contract):
     notification_id: UUID
     recipient_hsa_id: HsaId
     channel: Literal["email", "webhook", "sms"]
-    sent_at: AwareDatetime
+    sent_at: Timestamp
 
 
 # ---- planning → everyone: deadlines (issue #5) ----------------------------------------------------
@@ -241,8 +242,8 @@ class DeadlineBreached(Contract):
         pattern=r"^[a-z][a-z\-]{1,39}$",
         description="admission-notice | invitation | meeting | follow-up | consent-expiry (open set)",
     )
-    due_at: AwareDatetime
-    breached_at: AwareDatetime = Field(description="When the breach was detected and escalated")
+    due_at: Timestamp
+    breached_at: Timestamp = Field(description="When the breach was detected and escalated")
     owner_hsa_id: HsaId = Field(description="The unit that owns the case and is escalated to")
 
 
@@ -274,7 +275,7 @@ class ConsentWithdrawn(Contract):
     case_id: UUID | None
     patient_identifier: PersonId
     cause: Literal["withdrawal", "cancellation"]
-    effective_at: AwareDatetime
+    effective_at: Timestamp
     purposes: tuple[ConsentPurpose, ...] = ()
     recipients: tuple[HsaId, ...] = ()
 
@@ -298,7 +299,7 @@ class ConsentDecisionRequested(Contract):
     recipient_hsa_id: HsaId
     category: InformationCategory
     purpose: ConsentPurpose
-    at: AwareDatetime | None = None
+    at: Timestamp | None = None
     case_id: UUID | None = None
     requested_by: str | None = Field(
         default=None, max_length=128, description="The asking system or unit (HSA-id), for the audit log"
@@ -330,7 +331,7 @@ class AccessRecorded(Contract):
         min_length=1, max_length=64,
         description="Resource type and id, or the search's parameter names (no values): CarePlan/<id>",
     )  # fmt: skip
-    accessed_at: AwareDatetime
+    accessed_at: Timestamp
     patient_identifier: PersonId | None = None
     case_id: UUID | None = None
     reader_hsa_id: HsaId | None = Field(default=None, description="The reading organisation")
@@ -352,7 +353,7 @@ class ConsentDecisionReply(BaseModel):
     basis: Literal["consent", "lus-logistics", "none"]
     consent_id: UUID | None = Field(default=None, description="The consent the decision relied on")
     audit_event_id: UUID | None = Field(default=None, description="The AuditEvent that records it")
-    decided_for: AwareDatetime | None = Field(default=None, description="The time T the decision is for")
+    decided_for: Timestamp | None = Field(default=None, description="The time T the decision is for")
     request_message_id: UUID | None = None
     detail: str | None = Field(default=None, description="Why a request could not be decided (no values)")
 

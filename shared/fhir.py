@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
@@ -16,6 +17,46 @@ class FhirValidationError(PermanentError, ValueError):
     def __init__(self, element: str, message: str) -> None:
         super().__init__(f"{element}: {message}")
         self.element = element
+
+
+#: how deep a FHIR JSON body may nest objects and arrays. Real resources stay below ~20 (contained
+#: resources, extensions of extensions); thousands of levels would exhaust the parser's recursion.
+MAX_JSON_DEPTH = 100
+
+class JsonBodyError(ValueError):
+    """A request body that is not JSON, or nests deeper than :data:`MAX_JSON_DEPTH` (answer 400)."""
+
+
+def json_depth_exceeds(doc: Any, max_depth: int) -> bool:
+    """Whether objects/arrays in ``doc`` nest deeper than ``max_depth`` (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > max_depth:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def load_json_bounded(body: bytes | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` that refuses, with :class:`JsonBodyError`, what is not JSON and what nests deeper
+    than ``max_depth``: a body nested thousands deep (the parser's own recursion guard) or merely
+    hundreds deep (which the recursive model validation after it would choke on)."""
+    try:
+        doc = json.loads(body)
+    except RecursionError:
+        raise JsonBodyError(f"the body nests objects/arrays deeper than {max_depth} levels") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise JsonBodyError(f"the body is not JSON: {str(exc)[:200]}") from None
+    if json_depth_exceeds(doc, max_depth):
+        raise JsonBodyError(f"the body nests objects/arrays deeper than {max_depth} levels")
+    return doc
 
 
 def check_required_bindings(model: FHIRAbstractModel, path: str | None = None) -> None:

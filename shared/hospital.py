@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, field_validator, model_validator
 
 from shared.identifiers import (
     PERSONNUMMER_OID,
@@ -21,6 +21,7 @@ from shared.identifiers import (
     InvalidPersonIdentifier,
     parse_person_identifier,
 )
+from shared.timestamps import Timestamp
 
 EventKind = Literal[
     "admitted",
@@ -49,6 +50,29 @@ SWEDISH_SYSTEMS = {
 }
 
 _KOMMUN = re.compile(r"^\d{4}$")
+#: control characters (NUL above all: PostgreSQL text cannot hold it) and lone UTF-16 surrogates
+#: (not encodable as UTF-8) — what a store or the broker cannot carry
+_UNSTORABLE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def _stored(max_length: int) -> AfterValidator:
+    """A text the stores hold as given: at most ``max_length`` characters (the column's width, see
+    services/planning/adapters/store.py) and no control characters. Checked here, where every intake
+    path builds its events, so an accepted message never fails in the stay handler for its content."""
+
+    def check(value: str) -> str:
+        if len(value) > max_length:
+            raise ValueError(f"at most {max_length} characters are accepted (got {len(value)})")
+        bad = _UNSTORABLE.search(value)
+        if bad:
+            raise ValueError(f"control character U+{ord(bad.group()):04X} is not accepted")
+        return value
+
+    return AfterValidator(check)
+
+
+Text64 = Annotated[str, _stored(64)]
+Text200 = Annotated[str, _stored(200)]
 
 
 class PatientIdentifier(BaseModel):
@@ -57,8 +81,8 @@ class PatientIdentifier(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    system: str
-    value: str
+    system: Text200
+    value: Text64
     kind: Literal["personnummer", "samordningsnummer", "other"] = "other"
 
     @model_validator(mode="before")
@@ -95,24 +119,24 @@ class HospitalEvent(BaseModel):
 
     source: Source
     #: MSH-10 for HL7 v2, MessageHeader.id for FHIR (Bundle.id when there is no header id)
-    source_message_id: str
+    source_message_id: Text200
     #: the sender's own event code: "ADT^A03", "discharge-inpatient-home", "notification-admit", ...
-    source_event_code: str
+    source_event_code: Text64
     kind: EventKind
-    occurred_at: AwareDatetime
-    stay_id: str
-    hospital_id: str | None = None
+    occurred_at: Timestamp
+    stay_id: Text200
+    hospital_id: Text200 | None = None
     patient: PatientIdentifier
     kommun_code: str | None = None
-    primary_care_unit: str | None = None
-    expected_discharge_at: AwareDatetime | None = None
-    discharge_disposition: str | None = None
+    primary_care_unit: Text200 | None = None
+    expected_discharge_at: Timestamp | None = None
+    discharge_disposition: Text200 | None = None
     #: for kind == "cancelled": the kind of event that is cancelled, and its message when known
     cancels: EventKind | None = None
-    cancels_message_id: str | None = None
+    cancels_message_id: Text200 | None = None
     #: for kind == "corrected": the kind of event that is corrected (None: stay/patient data changed)
     corrects: EventKind | None = None
-    corrects_message_id: str | None = None
+    corrects_message_id: Text200 | None = None
     #: whether the person needs help from the kommun / the region after discharge, when the sender says
     #: so (the JSON path does; HL7 v2 and FHIR notifications do not — planning then applies its
     #: ``PLANNING_INTAKE_ASSUME_SIP_NEEDED`` setting)

@@ -25,8 +25,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from shared.fhir import JsonBodyError, load_json_bounded
 from shared.hospital import SWEDISH_SYSTEMS, EventKind, HospitalEvent, PatientIdentifier
 from shared.identifiers import HSA_SYSTEM, InvalidPersonIdentifier
+from shared.timestamps import TimeOutOfRange, check_storable
 
 from .hl7v2 import STOCKHOLM
 
@@ -177,9 +179,9 @@ def response_bundle(doc: dict[str, Any], message_id: str) -> dict[str, Any]:
 
 def _load(raw: bytes | str) -> dict[str, Any]:
     try:
-        doc = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        raise _Refuse(f"body is not JSON: {str(exc)[:200]}", status=400, code="structure") from None
+        doc = load_json_bounded(raw)
+    except JsonBodyError as exc:
+        raise _Refuse(str(exc), status=400, code="structure") from None
     if not isinstance(doc, dict):
         raise _Refuse("body is not a JSON object", status=400, code="structure")
     if doc.get("resourceType") != "Bundle":
@@ -278,13 +280,22 @@ def _parse_dt(value: Any, where: str, tz: tzinfo) -> datetime | None:
         return None
     try:
         if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
-            return datetime.combine(datetime.fromisoformat(value).date(), time(0), tz)
+            day = datetime.combine(datetime.fromisoformat(value).date(), time(0), tz)
+            return _storable(day, value, where)
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise _Refuse(f"{where}: {value!r} is not a FHIR dateTime", expression=[where]) from None
     if parsed.tzinfo is None:
         raise _Refuse(f"{where}: {value!r} has a time but no timezone", expression=[where])
-    return parsed
+    return _storable(parsed, value, where)
+
+
+def _storable(parsed: datetime, value: str, where: str) -> datetime:
+    """A time the suite cannot store is refused here, at the door, not by the stay handler later."""
+    try:
+        return check_storable(parsed)
+    except TimeOutOfRange as exc:
+        raise _Refuse(f"{where}: {value[:64]!r}: {exc}", status=400, expression=[where]) from None
 
 
 def _codes(concept: Any) -> list[tuple[str, str]]:
@@ -415,8 +426,24 @@ def _events(doc: dict[str, Any], message_id: str, tz: tzinfo) -> tuple[HospitalE
             events.append(HospitalEvent(**common, kind="deceased", occurred_at=died_at or end or occurred))
     except ValidationError as exc:
         msg = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'event'}: {e['msg']}" for e in exc.errors()[:3])
-        raise _Refuse(f"message content is invalid: {msg}") from None
+        loc = exc.errors()[0]["loc"]
+        element = _ELEMENT_OF.get(str(loc[0]) if loc else "")
+        raise _Refuse(
+            f"message content is invalid: {msg}", expression=[element] if element else None
+        ) from None
     return tuple(events)
+
+
+#: the FHIR element each HospitalEvent field is read from (for the OperationOutcome of a refusal)
+_ELEMENT_OF = {
+    "source_message_id": "MessageHeader.id",
+    "hospital_id": "MessageHeader.sender",
+    "stay_id": "Encounter.identifier",
+    "patient": "Patient.identifier",
+    "kommun_code": "Patient.address.district",
+    "primary_care_unit": "Patient.generalPractitioner",
+    "discharge_disposition": "Encounter.hospitalization.dischargeDisposition",
+}
 
 
 def _current_provenance(idx: _Index, header: dict[str, Any]) -> dict[str, Any]:

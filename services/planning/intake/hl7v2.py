@@ -25,6 +25,7 @@ from shared.identifiers import (
     InvalidPersonIdentifier,
     parse_person_identifier,
 )
+from shared.timestamps import TimeOutOfRange, check_storable
 
 log = logging.getLogger("sip.intake.hl7v2")
 
@@ -255,7 +256,9 @@ def _repetitions(m: Any, seg: str, fld: int, limit: int = 20) -> int:
 
 
 def parse_hl7_datetime(value: str, default_tz: tzinfo = STOCKHOLM) -> datetime:
-    """HL7 DTM/TS ``YYYYMMDD[HH[MM[SS[.S]]]][+/-ZZZZ]`` → aware datetime (local time if no offset)."""
+    """HL7 DTM/TS ``YYYYMMDD[HH[MM[SS[.S]]]][+/-ZZZZ]`` → aware datetime (local time if no offset).
+
+    A ValueError when it is not one, or is a time the suite cannot store (:mod:`shared.timestamps`)."""
     m = _DTM.match(value.strip())
     if not m:
         raise ValueError(f"{value!r} is not an HL7 date/time (YYYYMMDD[HHMM[SS[.S]]][+/-ZZZZ])")
@@ -269,9 +272,13 @@ def parse_hl7_datetime(value: str, default_tz: tzinfo = STOCKHOLM) -> datetime:
             raise ValueError(f"{value!r} has an impossible UTC offset")
         tz = timezone(sign * timedelta(hours=hours, minutes=minutes))
     try:
-        return datetime(int(y), int(mo), int(d), int(hh or 0), int(mi or 0), int(ss or 0), micro, tzinfo=tz)
+        parsed = datetime(int(y), int(mo), int(d), int(hh or 0), int(mi or 0), int(ss or 0), micro, tzinfo=tz)
     except ValueError as exc:
         raise ValueError(f"{value!r} is not a real date/time: {exc}") from None
+    try:
+        return check_storable(parsed)  # a time the stores cannot hold is refused here, not downstream
+    except TimeOutOfRange as exc:
+        raise ValueError(f"{value!r}: {exc}") from None
 
 
 # --------------------------------------------------------------------------- parsing
@@ -440,8 +447,25 @@ def _events(m: Any, header: Header, tz: tzinfo) -> tuple[HospitalEvent, ...]:
         if died and trigger in ("A03", "A08"):
             events.append(HospitalEvent(**common, kind="deceased", occurred_at=death_time or occurred))
     except ValidationError as exc:
-        raise _Reject("AE", ErrorInfo(f"message content is invalid: {_short(exc)}", ERR_DATA_TYPE)) from None
+        seg, fld = _FIELD_OF.get(
+            str(exc.errors()[0]["loc"][0]) if exc.errors()[0]["loc"] else "", ("MSH", None)
+        )
+        raise _Reject(
+            "AE", ErrorInfo(f"message content is invalid: {_short(exc)}", ERR_DATA_TYPE, seg, fld)
+        ) from None
     return tuple(events)
+
+
+#: the HL7 v2 field each HospitalEvent field is read from (for the ERR segment of a refusal)
+_FIELD_OF: dict[str, tuple[str, int | None]] = {
+    "source_message_id": ("MSH", 10),
+    "hospital_id": ("MSH", 4),
+    "stay_id": ("PV1", 19),
+    "patient": ("PID", 3),
+    "kommun_code": ("PID", 11),
+    "primary_care_unit": ("PD1", 3),
+    "discharge_disposition": ("PV1", 36),
+}
 
 
 def _short(exc: ValidationError) -> str:
