@@ -33,7 +33,15 @@ from shared.auth import current_caller
 from shared.clock import Clock
 from shared.consent_gate import ConsentGateClient
 from shared.directory import Directory, UnknownRecipient
-from shared.fhir import FHIR_JSON, FhirValidationError, check_required_bindings, fhir_json, outcome_response
+from shared.fhir import (
+    FHIR_JSON,
+    FhirValidationError,
+    JsonBodyError,
+    check_required_bindings,
+    fhir_json,
+    load_json_bounded,
+    outcome_response,
+)
 from shared.identifiers import PERSONNUMMER_SYSTEM, SAMORDNINGSNUMMER_SYSTEM, InvalidPersonIdentifier
 from shared.runtime import ServiceRuntime
 
@@ -66,9 +74,9 @@ def validate_resource(body: bytes, version: FhirVersion) -> tuple[dict[str, Any]
     from fhir.resources.R4B import get_fhir_model_class as get_r4b
 
     try:
-        raw = json.loads(body)
-    except ValueError:
-        return None, outcome_response(400, "the body is not JSON", "invalid")
+        raw = load_json_bounded(body)
+    except JsonBodyError as exc:
+        return None, outcome_response(400, str(exc), "invalid")
     if not isinstance(raw, dict) or raw.get("resourceType") != "CarePlan":
         return None, outcome_response(422, "the body must be a CarePlan resource", "invalid")
     model_class = (get_fhir_model_class if version == "5.0" else get_r4b)("CarePlan")
