@@ -1,43 +1,218 @@
-"""Who may see a SIP: the organisation that owns the case, and the organisations the person's consent
-covers — asked of the consent gate every time, so a withdrawal takes effect at once. Every answer of
-the gate is an AuditEvent in the consent service (who asked to see what, and what was decided).
+"""Who may see and change a SIP in planning: the one place that decides, from the verified token only
+(``shared.auth.Caller``; a body field never says who acts). Every route names its rule beside it
+(``shared.access.rule``); this module enforces them.
 
-With authentication off (a local sandbox) and no acting organisation named, reads are not restricted.
+The caller's relation to a case:
+
+- **owner** — the unit that owns the case (``owner_hsa_id``); **participant** — an organisation
+  taking part (``participants``); **hospital** — the case's hospital (``hospital_hsa_id``);
+- **covered** / **excluded** — the consent gate's answer for the organisation, asked on every read
+  of plan content so a withdrawal takes effect at once (each answer is an AuditEvent in consent);
+  an exclusion denies whatever else the organisation is;
+- **operator** — an organisation token with the scope ``sip:operator``: sees every case in the lists
+  (masked, no plan content) and every stay, never the plan content on that ground alone;
+- **person** — the person themself (citizen token, ``person_id == patient_identifier``);
+  **guardian** — a person named as guardian on the child's consent (``guardian_identifiers``);
+- **stranger** — none of these: a read answers **404** (the case's existence is not disclosed);
+  a relation without the right to read answers **403**.
+
+Reads of a case or a plan (the case with its plan, its deadlines, CarePlan read/vread/_history/
+search, Provenance) are allowed to the owner, to participants and the hospital when the consent
+covers them (and to any organisation it covers), to the person and to the guardians. Each such
+read, permitted or denied, is recorded for the person's audit trail (:func:`access_recorded`,
+``consent.access-recorded.v1`` through the outbox) before the answer goes out. Lists with masked
+identifiers only (``/cases``, ``/overview``, ``/stays``) are filtered, not recorded.
+
+Commands over a case: the organisations that own it or take part in it; a person's token is
+refused (403) — the person's own steps have their own endpoints.
+
+With authentication off (a local sandbox) and no acting organisation named, nothing is restricted
+and nothing recorded (there is no reader to record).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
 
+from services.planning.adapters.store import related_to
 from services.planning.domain import SipCase
+from services.planning.stays import Stay
+from shared.access import rule
 from shared.auth import Caller
 from shared.consent_gate import ConsentGateClient, ConsentGateUnavailable
+from shared.contracts import AccessBasis, AccessRecorded
+from shared.directory import Directory
+from shared.identifiers import InvalidPersonIdentifier, parse_person_identifier
+from shared.runtime import ServiceRuntime
 
 log = logging.getLogger("sip.planning.access")
+
+EXCLUDED = "organisation-excluded"
 
 
 @dataclass(frozen=True)
 class Access:
     allowed: bool
-    status: int  # 200, 403 (denied), 503 (the gate could not answer)
+    status: int  # 200; 403 (a relation without the right); 404 (a stranger); 503 (the gate could not answer)
     reason: str
+    basis: AccessBasis = "none"  # recorded in the person's audit trail
 
 
 ALLOWED_SANDBOX = Access(True, 200, "sandbox: authentication is off")
+NOT_FOUND = "no such SIP case"
+
+# ---- the rules, written beside each route (openapi_extra) ------------------------------------------
+ORGANISATIONS = ("owner", "participant", "hospital", "covered", "operator", "stranger")
+READ_CASE = rule(
+    "The case or its plan: the owner; a participant, the hospital or any other organisation only when "
+    "the person's consent covers it (an exclusion denies); the person; a guardian named on the child's "
+    "consent. Operators see no plan content. A stranger gets 404, a relation without consent 403. "
+    "Every read, permitted or denied, is recorded in the person's audit trail.",
+    allowed=("owner", "covered", "person", "guardian"),
+)
+SEARCH_PLANS = rule(
+    "Search plans: only the plans the caller could read (filtered before _count and paging); each "
+    "plan shown, and each refused one of a case the caller has a relation to, is recorded",
+    filtered=("owner", "covered", "person", "guardian"),
+)
+LIST_CASES = rule(
+    "Cases with masked identifiers, no plan content: the owner's, participants', the hospital's own, "
+    "the person's own and the guardian's child's; the operator all. Not recorded (no personal data)",
+    allowed=("operator",),
+    filtered=("owner", "participant", "hospital", "person", "guardian"),
+)
+LIST_STAYS = rule(
+    "Hospital stays (masked identifiers): a hospital its own stays, the operator all, others an "
+    "empty list (filtered before the limit)",
+    allowed=("operator",),
+    filtered=("hospital",),
+)
+PROCESS_MESSAGE = rule(
+    "Receive a hospital's message: organisations of directory kind hospital only (the message states "
+    "facts about the hospital's own stays); an operator, another organisation or a person get 403",
+    allowed=("hospital",),
+)
+PROPOSE = rule(
+    "Propose a SIP: an organisation, as itself (proposer_hsa_id, when given, must be the token's); "
+    "a person's token 403",
+    allowed=ORGANISATIONS,
+)
+COMMAND = rule(
+    "A step of the case's lifecycle: the organisations that own it or take part in it; others 404, "
+    "a person's token 403",
+    allowed=("owner", "participant"),
+)
+VALIDATE = rule(
+    "Validate a CarePlan body: any caller (nothing is stored or disclosed)",
+    allowed=(*ORGANISATIONS, "excluded", "person", "guardian"),
+)
+CREATE_PLAN = rule(
+    "Propose a SIP as a CarePlan: an organisation, as its author; a person's token 403",
+    allowed=ORGANISATIONS,
+)
+
+
+# ---- relations --------------------------------------------------------------------------------------
+def relation(caller: Caller, case: SipCase) -> AccessBasis:
+    """The caller's closest relation to the case without asking the consent gate ("none": stranger)."""
+    if caller.person_id is not None:
+        if caller.person_id == case.patient_identifier:
+            return "own-data"
+        if caller.person_id in case.guardian_identifiers:
+            return "guardian"
+        return "none"
+    if caller.hsa_id == case.owner_hsa_id:
+        return "owner"
+    if caller.hsa_id in case.participant_ids:
+        return "participant"
+    if caller.hsa_id == case.hospital_hsa_id:
+        return "hospital"
+    if caller.operator:
+        return "operator"
+    return "none"
 
 
 def is_member(caller: Caller | None, case: SipCase) -> bool:
-    return caller is None or caller.hsa_id == case.owner_hsa_id or caller.hsa_id in case.participant_ids
+    """May run the case's commands: the owner and the organisations taking part (sandbox: anyone)."""
+    return caller is None or (
+        caller.hsa_id is not None
+        and (caller.hsa_id == case.owner_hsa_id or caller.hsa_id in case.participant_ids)
+    )
 
 
+def in_lists(caller: Caller | None, case: SipCase) -> bool:
+    """Shown in /cases and /overview (masked, no plan content)."""
+    return caller is None or caller.operator or relation(caller, case) != "none"
+
+
+def list_filter(caller: Caller | None) -> Any:
+    """The SQL pre-filter of the lists (None: every case — the sandbox and the operator)."""
+    if caller is None or caller.operator:
+        return None
+    return related_to(hsa_id=caller.hsa_id, person_id=caller.person_id)
+
+
+def search_filter(caller: Caller | None) -> Any:
+    """The SQL pre-filter of a plan search: the cases the caller has a relation to (an operator none)."""
+    if caller is None:
+        return None
+    return related_to(hsa_id=caller.hsa_id, person_id=caller.person_id)
+
+
+def stays_filter(caller: Caller | None) -> tuple[bool, str | None]:
+    """(may list stays at all, only this hospital's)."""
+    if caller is None or caller.operator:
+        return True, None
+    if caller.hsa_id is None:
+        return False, None
+    return True, caller.hsa_id
+
+
+def sees_stay(caller: Caller | None, stay: Stay) -> bool:
+    return (
+        caller is None or caller.operator or (caller.hsa_id is not None and caller.hsa_id == stay.hospital_id)
+    )
+
+
+def may_send_hospital_messages(caller: Caller | None, directory: Directory) -> bool:
+    if caller is None:
+        return True  # sandbox
+    org = directory.get(caller.hsa_id) if caller.hsa_id else None
+    return org is not None and org.kind == "hospital"
+
+
+def check_proposer(caller: Caller | None, proposer_hsa_id: str | None) -> tuple[int, str | None]:
+    """POST /cases: (status, the proposer to record). 403 when the body names another organisation."""
+    if caller is None:
+        return 200, proposer_hsa_id  # sandbox
+    if caller.hsa_id is None:
+        return 403, None
+    if proposer_hsa_id is not None and proposer_hsa_id != caller.hsa_id:
+        return 403, None
+    return 200, caller.hsa_id
+
+
+# ---- reads of plan content ----------------------------------------------------------------------
 async def may_read_plan(caller: Caller | None, case: SipCase, gate: ConsentGateClient | None) -> Access:
     if caller is None:
         return ALLOWED_SANDBOX
-    if caller.hsa_id == case.owner_hsa_id:
-        return Access(True, 200, "the owning unit")
+    rel = relation(caller, case)
+    if rel == "own-data":
+        return Access(True, 200, "the person's own data", "own-data")
+    if rel == "guardian":
+        return Access(True, 200, "a guardian named on the child's consent", "guardian")
+    if caller.person_id is not None:
+        return Access(False, 404, NOT_FOUND, "none")
+    if rel == "owner":
+        return Access(True, 200, "the owning unit", "owner")
+    status = 404 if rel == "none" else 403
     if gate is None:
-        return Access(False, 403, "no consent gate configured")
+        return Access(False, status, NOT_FOUND if rel == "none" else "no consent gate configured", rel)
     try:
         reply = await gate.decide(
             patient_identifier=case.patient_identifier, recipient_hsa_id=caller.hsa_id, category="sip-plan",
@@ -46,8 +221,56 @@ async def may_read_plan(caller: Caller | None, case: SipCase, gate: ConsentGateC
         )  # fmt: skip
     except ConsentGateUnavailable:
         log.warning("consent gate unavailable; read refused", extra={"case_id": str(case.id)})
-        return Access(False, 503, "the consent gate could not answer; try again")
+        return Access(False, 503, "the consent gate could not answer; try again", rel)
     if reply.decision == "permit":
-        return Access(True, 200, reply.reason)
+        return Access(True, 200, reply.reason, "covered")
     log.info("read refused by the consent gate", extra={"case_id": str(case.id), "reason": reply.reason})
-    return Access(False, 403, f"the person's consent does not cover this organisation ({reply.reason})")
+    if rel == "none":
+        return Access(False, 404, NOT_FOUND, "none")
+    if reply.reason == EXCLUDED:
+        return Access(False, 403, "the person's consent excludes this organisation", rel)
+    return Access(False, 403, f"the person's consent does not cover this organisation ({reply.reason})", rel)
+
+
+# ---- the audit trail ----------------------------------------------------------------------------
+def access_recorded(
+    caller: Caller, *, what: str, basis: AccessBasis, allowed: bool, at: datetime,
+    action: Literal["read", "search"] = "read", case: SipCase | None = None,
+    patient_identifier: str | None = None, case_id: UUID | None = None,
+) -> AccessRecorded:  # fmt: skip
+    """One read of a person's data, for the person's audit trail: who (from the token), on which basis,
+    what was asked for (resource type and id, or the search's parameter names — never values)."""
+    if caller.person_id is not None:
+        kind: Literal["organisation", "operator", "person", "guardian"] = (
+            "guardian" if basis == "guardian" else "person"
+        )
+    else:
+        kind = "operator" if caller.operator else "organisation"
+    return AccessRecorded(
+        service="planning", action=action, outcome="permit" if allowed else "deny", basis=basis,
+        what=what[:64], accessed_at=at,
+        patient_identifier=case.patient_identifier if case is not None else patient_identifier,
+        case_id=case.id if case is not None else case_id,
+        reader_hsa_id=caller.hsa_id, reader_kind=kind, reader_subject=caller.subject[:128] or None,
+        correlation_id=case.correlation_id if case is not None else None,
+    )  # fmt: skip
+
+
+async def record(runtime: ServiceRuntime, records: Iterable[AccessRecorded]) -> None:
+    """Put the records in the outbox in a short transaction of their own (before the answer goes out)."""
+    items = list(records)
+    if not items:
+        return
+    async with runtime.unit_of_work() as uow:
+        for r in items:
+            await uow.send(r)
+
+
+def person_of(value: str | None) -> str | None:
+    """The 12-digit identifier of a search's patient parameter, or None when it is not one."""
+    if not value:
+        return None
+    try:
+        return parse_person_identifier(value).value
+    except (InvalidPersonIdentifier, ValueError):
+        return None

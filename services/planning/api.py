@@ -12,7 +12,8 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from services.planning.access import is_member, may_read_plan
+from services.planning import access
+from services.planning.access import in_lists, may_read_plan
 from services.planning.adapters import deadline_store
 from services.planning.adapters.store import SqlCaseRepository
 from services.planning.domain import INVITATION_CLOCK_STATES, SipCase
@@ -20,9 +21,10 @@ from services.planning.intake import IntakeService
 from services.planning.plan import Approval, Meeting, MeetingPreferences, PlanContent
 from services.planning.settings import PlanningSettings
 from services.planning.stays import Stay
-from shared.auth import CallerDep
+from shared.auth import Caller, CallerDep, current_caller
 from shared.clock import Clock
 from shared.consent_gate import ConsentGateClient
+from shared.directory import Directory
 from shared.fhir import fhir_json, outcome_response
 from shared.identifiers import mask
 from shared.runtime import ServiceRuntime
@@ -181,15 +183,38 @@ class StayOut(BaseModel):
 
 def build_router(
     runtime: ServiceRuntime, settings: PlanningSettings, clock: Clock, intake: IntakeService | None = None,
-    gate: Callable[[], ConsentGateClient | None] = lambda: None,
+    gate: Callable[[], ConsentGateClient | None] = lambda: None, directory: Directory | None = None,
 ) -> APIRouter:  # fmt: skip
     router = APIRouter()
 
-    @router.get("/stays", response_model=list[StayOut], tags=["intake"], summary="Hospital stays")
-    async def list_stays(limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[StayOut]:
+    async def read_case(caller: Caller | None, case_id: UUID, what: str) -> SipCase:
+        """The case when the caller may read it (recorded in the person's audit trail); else 403/404/503."""
         async with runtime.engine.connect() as conn:
-            items = await SqlCaseRepository(conn).list_stays(limit)
-        return [StayOut.of(s) for s in items]
+            case = await SqlCaseRepository(conn).get_case(case_id)
+        if case is None:
+            raise HTTPException(404, detail="no such SIP case")
+        decision = await may_read_plan(caller, case, gate())
+        if caller is not None:
+            await access.record(runtime, [access.access_recorded(
+                caller, what=what, basis=decision.basis, allowed=decision.allowed, at=clock.now(), case=case,
+            )])  # fmt: skip
+        if not decision.allowed:
+            raise HTTPException(decision.status, detail=decision.reason)
+        return case
+
+    @router.get(
+        "/stays", response_model=list[StayOut], tags=["intake"], summary="Hospital stays",
+        openapi_extra=access.LIST_STAYS,
+    )  # fmt: skip
+    async def list_stays(
+        caller: CallerDep, limit: Annotated[int, Query(ge=1, le=1000)] = 200
+    ) -> list[StayOut]:
+        may, hospital = access.stays_filter(caller)
+        if not may:
+            return []
+        async with runtime.engine.connect() as conn:
+            items = await SqlCaseRepository(conn).list_stays(limit, hospital_id=hospital)
+        return [StayOut.of(s) for s in items if access.sees_stay(caller, s)]
 
     if intake is not None:
 
@@ -207,8 +232,15 @@ def build_router(
                 422: {"description": "Refused (OperationOutcome)"},
                 503: {"description": "Not stored; resend"},
             },
+            openapi_extra=access.PROCESS_MESSAGE,
         )
         async def process_message(request: Request) -> JSONResponse:
+            if directory is not None and not access.may_send_hospital_messages(
+                current_caller(request), directory
+            ):
+                return outcome_response(
+                    403, "only a hospital (directory kind hospital) sends hospital messages", "forbidden"
+                )
             body = await request.body()
             try:
                 status, answer = await intake.handle_fhir(body)
@@ -218,25 +250,36 @@ def build_router(
             runtime.relay.wake()
             return fhir_json(answer, status)
 
-    @router.get("/cases", response_model=list[CaseOut], tags=["cases"], summary="Open SIP cases by deadline")
+    @router.get(
+        "/cases", response_model=list[CaseOut], tags=["cases"], summary="Open SIP cases by deadline",
+        openapi_extra=access.LIST_CASES,
+    )  # fmt: skip
     async def list_cases(
         caller: CallerDep,
         all: Annotated[bool, Query(description="Include declined and closed cases")] = False,
     ) -> list[CaseOut]:
-        """The cases the calling organisation takes part in (no plan content: read it per case)."""
+        """The cases the caller has a relation to (no plan content: read it per case)."""
         async with runtime.engine.connect() as conn:
-            items = await SqlCaseRepository(conn).open_cases(include_closed=all)
-        return [CaseOut.of(c) for c in items if is_member(caller, c)]
+            items = await SqlCaseRepository(conn).open_cases(
+                include_closed=all, where=access.list_filter(caller)
+            )
+        return [CaseOut.of(c) for c in items if in_lists(caller, c)]
 
     @router.get(
         "/overview", response_model=list[OverviewRow], tags=["cases"],
         summary="Coordinators' overview: every open case with its next deadline and who owns it",
+        openapi_extra=access.LIST_CASES,
     )  # fmt: skip
     async def overview(caller: CallerDep) -> list[OverviewRow]:
         async with runtime.engine.connect() as conn:
             rows = await deadline_store.next_deadlines(conn)
-            if caller is not None:
-                mine = {c.id for c in await SqlCaseRepository(conn).open_cases() if is_member(caller, c)}
+            if caller is not None and not caller.operator:
+                repo = SqlCaseRepository(conn)
+                mine = {
+                    c.id
+                    for c in await repo.open_cases(where=access.list_filter(caller))
+                    if in_lists(caller, c)
+                }
                 rows = [r for r in rows if r.case_id in mine]
         return [
             OverviewRow(
@@ -251,25 +294,20 @@ def build_router(
             for r in rows
         ]
 
-    @router.get("/cases/{case_id}/deadlines", response_model=list[DeadlineOut], tags=["cases"])
+    @router.get(
+        "/cases/{case_id}/deadlines", response_model=list[DeadlineOut], tags=["cases"],
+        openapi_extra=access.READ_CASE,
+    )  # fmt: skip
     async def case_deadlines(case_id: UUID, caller: CallerDep) -> list[DeadlineOut]:
+        await read_case(caller, case_id, f"SipCase/{case_id}/deadlines")
         async with runtime.engine.connect() as conn:
-            case = await SqlCaseRepository(conn).get_case(case_id)
-            if case is None or not is_member(caller, case):
-                raise HTTPException(404, detail="no such SIP case")
             rows = await deadline_store.history_for(conn, case_id)
         return [DeadlineOut.model_validate(r, from_attributes=True) for r in rows]
 
-    @router.get("/cases/{case_id}", response_model=CaseDetail, tags=["cases"])
+    @router.get("/cases/{case_id}", response_model=CaseDetail, tags=["cases"], openapi_extra=access.READ_CASE)
     async def get_case(case_id: UUID, caller: CallerDep) -> CaseDetail:
-        """The case with its plan: for the owning unit, and for others the person's consent covers."""
-        async with runtime.engine.connect() as conn:
-            case = await SqlCaseRepository(conn).get_case(case_id)
-        if case is None or not is_member(caller, case):
-            raise HTTPException(404, detail="no such SIP case")
-        access = await may_read_plan(caller, case, gate())
-        if not access.allowed:
-            raise HTTPException(access.status, detail=access.reason)
-        return CaseDetail.detail(case)
+        """The case with its plan: the owning unit, those the person's consent covers, the person, the
+        guardians named on a child's consent. Recorded in the person's audit trail."""
+        return CaseDetail.detail(await read_case(caller, case_id, f"SipCase/{case_id}"))
 
     return router

@@ -14,7 +14,7 @@ from uuid import UUID
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.planning import lifecycle
+from services.planning import access, lifecycle
 from services.planning.access import is_member
 from services.planning.adapters.deadline_store import SqlDeadlines
 from services.planning.adapters.store import SqlCaseRepository
@@ -23,7 +23,7 @@ from services.planning.deadlines import DeadlinePolicy
 from services.planning.domain import InvalidTransition, MissingReason, SipCase
 from services.planning.plan import FollowUp, Meeting, MeetingPreferences, PlanContent
 from services.planning.settings import PlanningSettings
-from shared.auth import ActingOrganisation, Caller
+from shared.auth import ActingOrganisation, Caller, CallerDep
 from shared.clock import Clock
 from shared.directory import Directory, UnknownRecipient
 from shared.errors import PermanentError
@@ -74,13 +74,27 @@ def build_router(
             raise HTTPException(409, detail=str(exc)) from None
         return CaseDetail.detail(case)
 
-    @router.post("", status_code=201, response_model=CaseDetail, summary="Propose a SIP (need identified)")
-    async def propose(body: lifecycle.Proposal) -> CaseDetail:
+    @router.post(
+        "", status_code=201, response_model=CaseDetail, summary="Propose a SIP (need identified)",
+        openapi_extra=access.PROPOSE,
+    )  # fmt: skip
+    async def propose(body: lifecycle.Proposal, caller: CallerDep) -> CaseDetail:
+        status, proposer = access.check_proposer(caller, body.proposer_hsa_id)
+        if status == 403:
+            raise HTTPException(
+                403, detail="a SIP is proposed by the calling organisation itself (proposer_hsa_id)"
+            )
+        body = body.model_copy(update={"proposer_hsa_id": proposer})
         return await run(
             lambda uow, repo: lifecycle.propose(body, repo=repo, directory=directory, now=clock.now())
         )
 
-    @router.post("/{case_id}/accept", response_model=CaseDetail, summary="Take a proposal up: ask consent")
+    @router.post(
+        "/{case_id}/accept",
+        response_model=CaseDetail,
+        summary="Take a proposal up: ask consent",
+        openapi_extra=access.COMMAND,
+    )
     async def accept(case_id: UUID, actor: Actor) -> CaseDetail:
         return await run(
             lambda uow, repo: lifecycle.accept(
@@ -97,7 +111,10 @@ def build_router(
         )
 
     @router.post(
-        "/{case_id}/refuse", response_model=CaseDetail, summary="Refuse a proposal (reason required)"
+        "/{case_id}/refuse",
+        response_model=CaseDetail,
+        summary="Refuse a proposal (reason required)",
+        openapi_extra=access.COMMAND,
     )
     async def refuse(case_id: UUID, body: Reason, actor: Actor) -> CaseDetail:
         return await run(
@@ -114,7 +131,10 @@ def build_router(
         )
 
     @router.put(
-        "/{case_id}/preferences", response_model=CaseDetail, summary="The person's meeting preferences"
+        "/{case_id}/preferences",
+        response_model=CaseDetail,
+        summary="The person's meeting preferences",
+        openapi_extra=access.COMMAND,
     )
     async def preferences(case_id: UUID, body: MeetingPreferences, actor: Actor) -> CaseDetail:
         return await run(
@@ -126,7 +146,10 @@ def build_router(
         )
 
     @router.post(
-        "/{case_id}/invite", response_model=CaseDetail, summary="Send the invitation (prepared case)"
+        "/{case_id}/invite",
+        response_model=CaseDetail,
+        summary="Send the invitation (prepared case)",
+        openapi_extra=access.COMMAND,
     )
     async def invite(case_id: UUID, actor: Actor) -> CaseDetail:
         return await run(
@@ -137,7 +160,12 @@ def build_router(
             actor=actor,
         )
 
-    @router.put("/{case_id}/meeting", response_model=CaseDetail, summary="Schedule (or move) the SIP meeting")
+    @router.put(
+        "/{case_id}/meeting",
+        response_model=CaseDetail,
+        summary="Schedule (or move) the SIP meeting",
+        openapi_extra=access.COMMAND,
+    )
     async def meeting(case_id: UUID, body: Meeting, actor: Actor) -> CaseDetail:
         return await run(
             lambda uow, repo: lifecycle.schedule_meeting(
@@ -153,7 +181,12 @@ def build_router(
             actor=actor,
         )
 
-    @router.put("/{case_id}/plan", response_model=CaseDetail, summary="Draft the plan (a new version)")
+    @router.put(
+        "/{case_id}/plan",
+        response_model=CaseDetail,
+        summary="Draft the plan (a new version)",
+        openapi_extra=access.COMMAND,
+    )
     async def plan(case_id: UUID, body: PlanContent, actor: Actor) -> CaseDetail:
         return await run(
             lambda uow, repo: lifecycle.draft_plan(
@@ -172,6 +205,7 @@ def build_router(
         "/{case_id}/plan/approve",
         response_model=CaseDetail,
         summary="Record the person's approval: the drafted version takes effect",
+        openapi_extra=access.COMMAND,
     )
     async def approve(case_id: UUID, body: ApprovalIn, actor: Actor) -> CaseDetail:
         return await run(
@@ -193,7 +227,10 @@ def build_router(
         )
 
     @router.post(
-        "/{case_id}/follow-up", response_model=CaseDetail, summary="Follow up: continue, revise or close"
+        "/{case_id}/follow-up",
+        response_model=CaseDetail,
+        summary="Follow up: continue, revise or close",
+        openapi_extra=access.COMMAND,
     )
     async def follow_up(case_id: UUID, body: FollowUp, actor: Actor) -> CaseDetail:
         return await run(
@@ -212,7 +249,12 @@ def build_router(
             actor=actor,
         )
 
-    @router.post("/{case_id}/close", response_model=CaseDetail, summary="Close the SIP (reason required)")
+    @router.post(
+        "/{case_id}/close",
+        response_model=CaseDetail,
+        summary="Close the SIP (reason required)",
+        openapi_extra=access.COMMAND,
+    )
     async def close(case_id: UUID, body: Reason, actor: Actor) -> CaseDetail:
         return await run(
             lambda uow, repo: lifecycle.close(

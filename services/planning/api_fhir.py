@@ -10,14 +10,15 @@ import json
 from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
+from urllib.parse import urlencode
 from uuid import UUID
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from services.planning import lifecycle
-from services.planning.access import is_member, may_read_plan
+from services.planning import access, lifecycle
+from services.planning.access import may_read_plan
 from services.planning.adapters.fhir import (
     CASE_SYSTEM,
     FhirVersion,
@@ -153,17 +154,25 @@ def build_router(
     router = APIRouter(prefix="/fhir", tags=["fhir"])
     base = settings.public_base_url.rstrip("/")
 
-    async def _access(request: Request, case_id: UUID) -> JSONResponse | None:
-        """None when the caller may read the plan; else the OperationOutcome to answer (403/404/503)."""
+    async def _access(request: Request, case_id: UUID, what: str) -> JSONResponse | None:
+        """None when the caller may read the plan; else the OperationOutcome to answer (403/404/503).
+        Either way the read is recorded in the person's audit trail first (services/planning/access.py)."""
         async with runtime.engine.connect() as conn:
             case = await SqlCaseRepository(conn).get_case(case_id)
         if case is None:
             return outcome_response(404, f"no CarePlan with id {case_id}", "not-found")
-        access = await may_read_plan(current_caller(request), case, gate())
-        if access.allowed:
+        caller = current_caller(request)
+        decision = await may_read_plan(caller, case, gate())
+        if caller is not None:
+            await access.record(runtime, [access.access_recorded(
+                caller, what=what, basis=decision.basis, allowed=decision.allowed, at=clock.now(), case=case,
+            )])  # fmt: skip
+        if decision.allowed:
             return None
+        if decision.status == 404:
+            return outcome_response(404, f"no CarePlan with id {case_id}", "not-found")
         return outcome_response(
-            access.status, access.reason, "forbidden" if access.status == 403 else "transient"
+            decision.status, decision.reason, "forbidden" if decision.status == 403 else "transient"
         )
 
     def render(case: SipCase, version: int, at: datetime, fv: FhirVersion) -> dict[str, Any]:
@@ -190,27 +199,37 @@ def build_router(
             return json.loads(row.resource)
         return render(case_from_snapshot(row.snapshot), row.version, row.recorded_at, fv)
 
-    @router.get("/CarePlan/{plan_id}", summary="Read the latest version of a plan")
+    @router.get(
+        "/CarePlan/{plan_id}", summary="Read the latest version of a plan", openapi_extra=access.READ_CASE
+    )
     async def read(plan_id: str, request: Request) -> JSONResponse:
         row, error = await _version_row(plan_id, None)
         if error:
             return error
-        if denied := await _access(request, UUID(plan_id)):
+        if denied := await _access(request, UUID(plan_id), f"CarePlan/{UUID(plan_id)}"):
             return denied
         fv = wanted_version(request)
         return _respond(_from_row(row, fv), fv, ETag=f'W/"{row.version}"')
 
-    @router.get("/CarePlan/{plan_id}/_history/{vid}", summary="Read one version of a plan (vread)")
+    @router.get(
+        "/CarePlan/{plan_id}/_history/{vid}",
+        summary="Read one version of a plan (vread)",
+        openapi_extra=access.READ_CASE,
+    )
     async def vread(plan_id: str, vid: int, request: Request) -> JSONResponse:
         row, error = await _version_row(plan_id, vid)
         if error:
             return error
-        if denied := await _access(request, UUID(plan_id)):
+        if denied := await _access(request, UUID(plan_id), f"CarePlan/{UUID(plan_id)}/_history/{vid}"):
             return denied
         fv = wanted_version(request)
         return _respond(_from_row(row, fv), fv, ETag=f'W/"{row.version}"')
 
-    @router.get("/CarePlan/{plan_id}/_history", summary="Every version of a plan, newest first")
+    @router.get(
+        "/CarePlan/{plan_id}/_history",
+        summary="Every version of a plan, newest first",
+        openapi_extra=access.READ_CASE,
+    )
     async def history(plan_id: str, request: Request) -> JSONResponse:
         try:
             case_id = UUID(plan_id)
@@ -220,7 +239,7 @@ def build_router(
             rows = await SqlCaseRepository(conn).plan_versions(case_id)
         if not rows:
             return outcome_response(404, f"no CarePlan with id {case_id}", "not-found")
-        if denied := await _access(request, case_id):
+        if denied := await _access(request, case_id, f"CarePlan/{case_id}/_history"):
             return denied
         fv = wanted_version(request)
         bundle = _bundle("history", [_from_row(r, fv) for r in rows], base)
@@ -229,10 +248,23 @@ def build_router(
             entry["response"] = {"status": "201" if r.version == 1 else "200", "etag": f'W/"{r.version}"'}
         return _respond(bundle, fv)
 
-    @router.get("/CarePlan", summary="Search plans: patient, status, category, date, identifier, _count")
+    @router.get(
+        "/CarePlan",
+        summary="Search plans: patient, status, category, date, identifier, _count, _offset",
+        openapi_extra=access.SEARCH_PLANS,
+    )
     async def search(request: Request) -> JSONResponse:
         q = request.query_params
-        known = {"patient", "subject:identifier", "status", "category", "date", "identifier", "_count"}
+        known = {
+            "patient",
+            "subject:identifier",
+            "status",
+            "category",
+            "date",
+            "identifier",
+            "_count",
+            "_offset",
+        }
         unknown = sorted(set(q.keys()) - known)
         if unknown:
             return outcome_response(
@@ -257,34 +289,72 @@ def build_router(
             return outcome_response(400, error, "invalid")
         try:
             count = min(int(q.get("_count", "50")), 200)
+            offset = int(q.get("_offset", "0"))
         except ValueError:
-            return outcome_response(400, "_count must be a number", "invalid")
+            return outcome_response(400, "_count and _offset must be numbers", "invalid")
+        if count < 0 or offset < 0:
+            return outcome_response(400, "_count and _offset must not be negative", "invalid")
         statuses = set(q.get("status", "").split(",")) - {""}
         fv = wanted_version(request)
+        caller = current_caller(request)
+        # the audit names the search's parameters, never their values
+        what = "CarePlan?" + ",".join(sorted(k for k in set(q.keys()) if not k.startswith("_")))
+        # filtered before counting and paging: only what a read by id would show (the owner's, the
+        # covered participants', the person's own, a guardian's child's), so no page is short
+        async with runtime.engine.connect() as conn:
+            found = await SqlCaseRepository(conn).find_cases(
+                patient=patient, reference=reference, created_from=lo, created_to=hi, limit=None,
+                where=access.search_filter(caller),
+            )  # fmt: skip
+        visible: list[SipCase] = []
+        records = []
+        now = clock.now()
+        for c in found:
+            if statuses and plan_status(c) not in statuses:
+                continue
+            decision = await may_read_plan(caller, c, gate())
+            if decision.status == 503:
+                return outcome_response(503, decision.reason, "transient")
+            if decision.allowed:
+                visible.append(c)
+            elif caller is not None and decision.basis != "none":  # refused despite a relation
+                records.append(access.access_recorded(
+                    caller, what=what, basis=decision.basis, allowed=False, at=now, case=c, action="search",
+                ))  # fmt: skip
+        entries = []
         async with runtime.engine.connect() as conn:
             repo = SqlCaseRepository(conn)
-            limit = count * 4 if statuses else count
-            found = await repo.find_cases(
-                patient=patient, reference=reference, created_from=lo, created_to=hi, limit=limit
-            )
-            entries = []
-            caller = current_caller(request)
-            for c in found:
-                if statuses and plan_status(c) not in statuses:
-                    continue
-                if caller is not None and not is_member(caller, c):
-                    continue  # a search never reveals cases the caller takes no part in
-                if not (await may_read_plan(caller, c, gate())).allowed:
-                    continue
+            for c in visible[offset : offset + count]:
                 row = await repo.plan_version(c.id)
                 if row is not None:
                     entries.append(_from_row(row, fv))
-                if len(entries) >= count:
-                    break
-        return _respond(_bundle("searchset", entries, base), fv)
+                if caller is not None:
+                    records.append(access.access_recorded(
+                        caller, what=what, basis=access.relation(caller, c) if access.relation(caller, c)
+                        in ("owner", "own-data", "guardian") else "covered", allowed=True, at=now, case=c,
+                        action="search",
+                    ))  # fmt: skip
+        named = access.person_of(patient)
+        if caller is not None and named is not None and not visible and not records:
+            # a search for a person that showed nothing is still in the person's trail
+            records.append(access.access_recorded(
+                caller, what=what, basis="none", allowed=False, at=now, patient_identifier=named,
+                action="search",
+            ))  # fmt: skip
+        await access.record(runtime, records)
+        bundle = _bundle("searchset", entries, base)
+        bundle["total"] = len(visible)
+        if offset + count < len(visible):
+            params = [(k, v) for k, v in q.multi_items() if k != "_offset"] + [
+                ("_offset", str(offset + count))
+            ]
+            bundle["link"] = [{"relation": "next", "url": f"{base}/fhir/CarePlan?{urlencode(params)}"}]
+        return _respond(bundle, fv)
 
     @router.post(
-        "/CarePlan/$validate", summary="Validate a CarePlan (R4, or R5 when asked), incl. required codes"
+        "/CarePlan/$validate",
+        summary="Validate a CarePlan (R4, or R5 when asked), incl. required codes",
+        openapi_extra=access.VALIDATE,
     )
     async def validate(request: Request) -> JSONResponse:
         fv = wanted_version(request)
@@ -312,12 +382,16 @@ def build_router(
         "be the proposing organisation (HSA-id). The home kommun is taken from the author's area in "
         "the organisation directory. `If-None-Exist: identifier=<system>|<value>` makes the create "
         "idempotent: an existing plan with that identifier is answered with 200 and not created again.",
+        openapi_extra=access.CREATE_PLAN,
     )
     async def create(request: Request) -> JSONResponse:
         resource, error = validate_resource(await request.body(), "4.0")
         if error:
             return error
         assert resource is not None
+        author_id = ((resource.get("author") or {}).get("identifier") or {}).get("value")
+        if (status := access.check_proposer(current_caller(request), author_id or None)[0]) != 200:
+            return outcome_response(status, "CarePlan.author must be the calling organisation", "forbidden")
         ident = (resource.get("identifier") or [{}])[0]
         external = f"{ident.get('system', '')}|{ident['value']}" if ident.get("value") else None
         condition = request.headers.get("if-none-exist")
@@ -330,6 +404,8 @@ def build_router(
             async with runtime.engine.connect() as conn:
                 existing = await SqlCaseRepository(conn).find_cases(external_id=value.strip(), limit=1)
             if existing:
+                if denied := await _access(request, existing[0].id, f"CarePlan/{existing[0].id}"):
+                    return denied
                 async with runtime.engine.connect() as conn:
                     row = await SqlCaseRepository(conn).plan_version(existing[0].id)
                 return _respond(
@@ -370,7 +446,11 @@ def build_router(
             json.loads(row.resource), "4.0", 201, Location=f"{base}/fhir/CarePlan/{case.id}/_history/1"
         )
 
-    @router.get("/Provenance", summary="Who changed a plan: Provenance?target=CarePlan/{id}")
+    @router.get(
+        "/Provenance",
+        summary="Who changed a plan: Provenance?target=CarePlan/{id}",
+        openapi_extra=access.READ_CASE,
+    )
     async def provenance_search(request: Request, target: str) -> JSONResponse:
         plan_id = target.removeprefix("CarePlan/").split("/")[0]
         try:
@@ -378,7 +458,7 @@ def build_router(
         except ValueError:
             return outcome_response(400, "target must be CarePlan/<id>", "invalid")
         fv = wanted_version(request)
-        if denied := await _access(request, case_id):
+        if denied := await _access(request, case_id, "Provenance?target"):
             return denied
         async with runtime.engine.connect() as conn:
             rows = await SqlCaseRepository(conn).plan_versions(case_id)

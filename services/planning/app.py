@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.planning import api, api_cases, api_fhir, subscribers
-from services.planning.adapters.store import cases, metadata
+from services.planning.adapters.store import cases, metadata, upgrade_schema
 from services.planning.domain import INVITATION_CLOCK_STATES, OPEN_STATES
 from services.planning.intake import IntakeService, MLLPServer, intake_tables
 from services.planning.scheduler import scheduler_job
@@ -37,11 +37,23 @@ def create_app(
     *,
     clock: Clock | None = None,
     directory: Directory | None = None,
+    consent_gate: ConsentGateClient | None = None,
 ) -> FastAPI:
+    """``consent_gate`` replaces the gate over RabbitMQ (tests)."""
     settings = settings or PlanningSettings()
     clock = clock or SystemClock()
     directory = directory or load_directory(settings.directory_path)
     runtime = ServiceRuntime(SERVICE, settings, metadata, migrations=Path(__file__).parent / "migrations")
+    prepare_models = runtime.prepare_database
+
+    async def prepare_database() -> None:
+        """PostgreSQL: the migrations; SQLite: the models, then the columns newer than its tables."""
+        await prepare_models()
+        if runtime.engine.dialect.name != "postgresql":
+            async with runtime.engine.begin() as conn:
+                await conn.run_sync(upgrade_schema)
+
+    runtime.prepare_database = prepare_database  # type: ignore[method-assign]
     runtime.metrics.add_db_collector(
         case_gauges(cases, open_states=OPEN_STATES, clock_states=INVITATION_CLOCK_STATES)
     )
@@ -61,7 +73,7 @@ def create_app(
         else None
     )
 
-    gates: list[ConsentGateClient] = []
+    gates: list[ConsentGateClient] = [consent_gate] if consent_gate is not None else []
 
     def gate() -> ConsentGateClient:
         """The consent gate over RabbitMQ request/reply (made on first use, closed at shutdown)."""
@@ -91,7 +103,7 @@ def create_app(
         lifespan=lifespan,
     )
     runtime.add_health_routes(app)
-    app.include_router(api.build_router(runtime, settings, clock, intake, gate))
+    app.include_router(api.build_router(runtime, settings, clock, intake, gate, directory))
     app.include_router(api_cases.build_router(runtime, settings, clock, directory))
     app.include_router(api_fhir.build_router(runtime, settings, clock, directory, gate))
     app.state.runtime = runtime

@@ -129,6 +129,8 @@ class SipCase:
     #: who the invitation went to (the participants the consent covers); a meeting time, set or moved
     #: later, goes to the same organisations — also to those whose InvitationSent has not come back yet
     invitees: tuple[str, ...] = ()
+    #: the guardians named on a child's consent (consent.granted.v1): they may read the child's plan
+    guardian_identifiers: tuple[str, ...] = ()
 
     def move_to(self, target: State, **changes: object) -> SipCase:
         if target not in TRANSITIONS[self.state]:

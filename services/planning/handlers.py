@@ -310,8 +310,13 @@ async def handle_consent_granted(
     if ev.case_id is None:
         return None  # a consent not tied to a case opened here
     case = await _case_for(repo, ev.case_id, ev.patient_identifier)
+    guardians = tuple(ev.guardian_identifiers)
     if case.state != "consent_pending":
+        if guardians and guardians != case.guardian_identifiers:  # a later consent names the guardians
+            await repo.update_case(dataclasses.replace(case, guardian_identifiers=guardians))
         return None  # already handled (a second consent, or a resent decision)
+    # a child's guardians named on the consent may read the child's plan (services/planning/access.py)
+    case = dataclasses.replace(case, guardian_identifiers=guardians)
     missing = REQUIRED_PURPOSES - set(ev.purposes)
     if missing:
         log.warning("consent lacks purposes needed to plan and invite", extra={"case_id": str(case.id),

@@ -71,6 +71,8 @@ cases = sa.Table(
     sa.Column("details", sa.Text, nullable=False, default="{}"),
     sa.Column("follow_up_date", sa.Date),
     sa.Column("updated_at", UTCDateTime),
+    # the guardians named on a child's consent (JSON list of personnummer; they may read the plan)
+    sa.Column("guardians", sa.Text),
     # one live case per stay is kept by hospital_stays.case_id (a cancelled case frees the stay)
     sa.Index("ix_case_episode", "hospital_hsa_id", "episode_id"),
 )
@@ -153,6 +155,7 @@ def _case(row: Any) -> SipCase:
         proposed_by=row.proposed_by,
         external_id=row.external_id,
         follow_up_date=row.follow_up_date,
+        guardian_identifiers=tuple(json.loads(getattr(row, "guardians", None) or "[]")),
         **_details_in(json.loads(row.details or "{}")),
     )
 
@@ -263,7 +266,36 @@ def _values(case: SipCase) -> dict[str, Any]:
         "external_id": case.external_id,
         "details": _details_out(case),
         "follow_up_date": case.follow_up_date,
+        "guardians": json.dumps(list(case.guardian_identifiers)),
     }
+
+
+def upgrade_schema(sync_conn: sa.Connection) -> None:
+    """SQLite: add the columns newer than an existing ``sip_cases`` table (additive, idempotent; run
+    after ``create_all``). PostgreSQL is migrated by Alembic (``services/planning/migrations``)."""
+    inspector = sa.inspect(sync_conn)
+    if "sip_cases" not in inspector.get_table_names():
+        return
+    have = {c["name"] for c in inspector.get_columns("sip_cases")}
+    for name in ("guardians",):
+        if name not in have:
+            ddl = cases.c[name].type.compile(dialect=sync_conn.dialect)
+            sync_conn.execute(sa.text(f'ALTER TABLE sip_cases ADD COLUMN "{name}" {ddl}'))
+
+
+def related_to(*, hsa_id: str | None = None, person_id: str | None = None) -> Any:
+    """A SQL pre-filter: the cases an organisation owns, takes part in or is the hospital of, or the
+    cases of a person or of the children a guardian is named for. Over-inclusive where the lists are
+    JSON text (a LIKE); the caller checks each row again (``services.planning.access``)."""
+    if person_id is not None:
+        return sa.or_(cases.c.patient_identifier == person_id, cases.c.guardians.contains(f'"{person_id}"'))
+    if hsa_id is not None:
+        return sa.or_(
+            cases.c.owner_hsa_id == hsa_id,
+            cases.c.hospital_hsa_id == hsa_id,
+            cases.c.participants.contains(f'"{hsa_id}"'),
+        )
+    return sa.false()
 
 
 class SqlCaseRepository:
@@ -286,8 +318,11 @@ class SqlCaseRepository:
                 _UPDATE_STAY, {**values, "k_hospital_id": stay.hospital_id, "k_stay_id": stay.stay_id}
             )
 
-    async def list_stays(self, limit: int = 200) -> list[Stay]:
+    async def list_stays(self, limit: int = 200, *, hospital_id: str | None = None) -> list[Stay]:
+        """The newest stays; ``hospital_id``: only that hospital's (filtered before the limit)."""
         q = stays.select().order_by(stays.c.updated_at.desc()).limit(limit)
+        if hospital_id is not None:
+            q = q.where(stays.c.hospital_id == hospital_id)
         return [_stay(r) for r in await self.conn.execute(q)]
 
     async def add_case(self, case: SipCase) -> None:
@@ -314,8 +349,11 @@ class SqlCaseRepository:
     async def update_case(self, case: SipCase) -> None:
         await self.conn.execute(_UPDATE_CASE, {**_values(case), "k_id": str(case.id)})
 
-    async def open_cases(self, include_closed: bool = False) -> list[SipCase]:
+    async def open_cases(self, include_closed: bool = False, *, where: Any = None) -> list[SipCase]:
+        """``where``: a pre-filter such as :func:`related_to`."""
         q = cases.select().order_by(cases.c.invitation_due_at, cases.c.opened_at)
+        if where is not None:
+            q = q.where(where)
         if not include_closed:
             q = q.where(cases.c.state.in_(sorted(OPEN_STATES)))
         return [_case(r) for r in await self.conn.execute(q)]
@@ -374,9 +412,15 @@ class SqlCaseRepository:
     async def find_cases(
         self, *, patient: str | None = None, reference: str | None = None, states: set[str] | None = None,
         external_id: str | None = None,
-        created_from: datetime | None = None, created_to: datetime | None = None, limit: int = 100,
+        created_from: datetime | None = None, created_to: datetime | None = None, limit: int | None = 100,
+        where: Any = None,
     ) -> list[SipCase]:  # fmt: skip
-        q = cases.select().order_by(cases.c.opened_at.desc()).limit(limit)
+        """``where``: a pre-filter such as :func:`related_to`, applied before the limit."""
+        q = cases.select().order_by(cases.c.opened_at.desc(), cases.c.id)
+        if limit is not None:
+            q = q.limit(limit)
+        if where is not None:
+            q = q.where(where)
         if patient is not None:
             q = q.where(cases.c.patient_identifier == patient)
         if reference is not None:

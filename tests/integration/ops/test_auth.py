@@ -168,7 +168,8 @@ async def test_a_plan_is_read_by_the_owner_and_by_those_the_consent_covers_each_
             assert refused.json()["resourceType"] == "OperationOutcome" and "consent" in refused.text
             assert pnr not in refused.text
             outsider = await planning.get(f"/fhir/CarePlan/{cid}/_history", headers=bearer(SOLNA))
-            assert outsider.status_code == 403
+            assert outsider.status_code == 404  # a stranger: the case's existence is not disclosed
+            assert outsider.json()["resourceType"] == "OperationOutcome"
             assert (await planning.get(f"/cases/{cid}", headers=bearer(SJH))).status_code == 403
             search = (
                 await planning.get("/fhir/CarePlan", params={"patient": pnr}, headers=bearer(SJH))
