@@ -12,13 +12,16 @@ from __future__ import annotations
 from datetime import datetime
 from uuid import UUID
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from services.notify import access
 from services.notify.adapters.fhir import communication_resource
 from services.notify.adapters.store import SqlNotificationRepository
 from services.notify.domain import Notification
+from shared.auth import Caller, CallerDep, current_caller
+from shared.clock import Clock, SystemClock
 from shared.fhir import fhir_json, outcome_response
 from shared.runtime import ServiceRuntime
 
@@ -84,23 +87,50 @@ class NotificationDetail(NotificationSummary):
         )
 
 
-def build_router(runtime: ServiceRuntime) -> APIRouter:
+def build_router(runtime: ServiceRuntime, clock: Clock | None = None) -> APIRouter:
     router = APIRouter(tags=["notifications"])
+    clock = clock or SystemClock()
 
-    @router.get("/notifications", response_model=list[NotificationSummary])
+    async def load(notification_id: UUID) -> Notification | None:
+        async with runtime.engine.connect() as conn:
+            return await SqlNotificationRepository(conn).get(notification_id)
+
+    async def audited(caller: Caller | None, n: Notification, what: str) -> bool:
+        """May the caller read it; the read is recorded first (permitted or not)."""
+        granted = access.basis(caller, n)
+        if caller is not None:
+            record = access.access_recorded(caller, n, what=what, granted=granted, at=clock.now())
+            await access.record(runtime, [record])
+        return granted is not None
+
+    @router.get("/notifications", response_model=list[NotificationSummary], openapi_extra=access.LIST)
     async def list_notifications(
+        caller: CallerDep,
         case_id: UUID = Query(description="The SIP case"),
     ) -> list[NotificationSummary]:
         async with runtime.engine.connect() as conn:
             found = await SqlNotificationRepository(conn).for_case(case_id)
-        return [NotificationSummary.of(n) for n in found]
+        shown = [n for n in found if access.basis(caller, n) is not None]
+        if caller is not None:
+            now, what = clock.now(), "Notification?case_id"
+            records = [
+                access.access_recorded(
+                    caller, n, what=what, granted=access.basis(caller, n), at=now, action="search"
+                )
+                for n in shown
+            ]
+            await access.record(runtime, records)
+        return [NotificationSummary.of(n) for n in shown]
 
-    @router.get("/notifications/{notification_id}", response_model=NotificationDetail)
-    async def get_notification(notification_id: UUID) -> NotificationDetail:
-        async with runtime.engine.connect() as conn:
-            n = await SqlNotificationRepository(conn).get(notification_id)
+    @router.get(
+        "/notifications/{notification_id}", response_model=NotificationDetail, openapi_extra=access.READ
+    )
+    async def get_notification(notification_id: UUID, caller: CallerDep) -> NotificationDetail:
+        n = await load(notification_id)
         if n is None:
             raise HTTPException(status_code=404, detail="notification not found")
+        if not await audited(caller, n, access.what("Notification", n.id)):
+            raise HTTPException(status_code=403, detail="only its recipient, the case's owner or an operator")
         return NotificationDetail.of(n)
 
     @router.get(
@@ -108,16 +138,18 @@ def build_router(runtime: ServiceRuntime) -> APIRouter:
         tags=["fhir"],
         summary="Read a notification (one delivery) as FHIR R4 Communication",
         response_class=JSONResponse,
+        openapi_extra=access.READ,
     )
-    async def fhir_communication(notification_id: str) -> JSONResponse:
+    async def fhir_communication(notification_id: str, request: Request) -> JSONResponse:
         try:
             nid = UUID(notification_id)
         except ValueError:
             return outcome_response(404, f"no Communication with id {notification_id[:64]}", "not-found")
-        async with runtime.engine.connect() as conn:
-            n = await SqlNotificationRepository(conn).get(nid)
+        n = await load(nid)
         if n is None:
             return outcome_response(404, f"no Communication with id {nid}", "not-found")
+        if not await audited(current_caller(request), n, access.what("Communication", n.id)):
+            return outcome_response(403, "only its recipient, the case's owner or an operator", "forbidden")
         return fhir_json(communication_resource(n))
 
     return router

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from services.notify import api, subscribers
 from services.notify.adapters.http_channels import SmsGatewaySender, WebhookChannelSender, WebhookSecrets
 from services.notify.adapters.smtp import EmailChannelSender, SmtpEmailSender
-from services.notify.adapters.store import metadata, notifications
+from services.notify.adapters.store import metadata, notifications, upgrade_schema
 from services.notify.dispatcher import Dispatcher
 from services.notify.ports import ChannelSender, EmailSender
 from services.notify.settings import NotifySettings
@@ -45,6 +45,16 @@ def create_app(
         **(channels or {}),
     }
     runtime = ServiceRuntime(SERVICE, settings, metadata, migrations=Path(__file__).parent / "migrations")
+    prepare_models = runtime.prepare_database
+
+    async def prepare_database() -> None:
+        """PostgreSQL: the migrations; SQLite: the models, then the columns newer than its tables."""
+        await prepare_models()
+        if runtime.engine.dialect.name != "postgresql":
+            async with runtime.engine.begin() as conn:
+                await conn.run_sync(upgrade_schema)
+
+    runtime.prepare_database = prepare_database  # type: ignore[method-assign]
     runtime.metrics.add_db_collector(
         status_gauge("sip_notify_notifications", "Notifications by status and channel", notifications,
                      "status", "channel")
@@ -65,7 +75,7 @@ def create_app(
         lifespan=runtime.lifespan,
     )
     runtime.add_health_routes(app)
-    app.include_router(api.build_router(runtime))
+    app.include_router(api.build_router(runtime, clock))
     app.state.runtime = runtime
     app.state.dispatcher = dispatcher
     return app

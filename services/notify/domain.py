@@ -121,6 +121,8 @@ class Notification:
     cancelled_at: datetime | None = None
     # since issue #6: the meeting a reminder is about (stored beside the row; None for other kinds)
     meeting_start: datetime | None = None
+    #: the unit that owns (organises) the case: it may read every notification of the case
+    owner_hsa_id: str | None = None
 
     @property
     def key(self) -> DedupeKey:

@@ -178,6 +178,7 @@ def _notification(
         sender_hsa_id=sender_hsa_id,
         ics=ics,
         consent_id=cmd.consent_id,
+        owner_hsa_id=cmd.organizer_hsa_id or sender_hsa_id,
     )
 
 
@@ -457,7 +458,7 @@ async def escalate_deadline(
                 recipient_hsa_id=org.hsa_id, channel=r.channel, address=r.address, language=language,
                 subject=text.subject, body=text.sms if r.short_text else text.body, status=r.status,
                 attempts=0, next_attempt_at=now, created_at=now, updated_at=now, last_error=r.last_error,
-                kind="deadline-escalation",
+                kind="deadline-escalation", owner_hsa_id=ev.owner_hsa_id,
             )
         )  # fmt: skip
     return [n for n in planned if await repo.add(n)]
@@ -596,7 +597,7 @@ async def handle_case_notice(
                     subject=text.subject, body=text.sms if r.short_text else text.body, status=r.status,
                     attempts=0, next_attempt_at=now, created_at=now, updated_at=now, last_error=r.last_error,
                     kind=notice.kind, plan_url=notice.plan_url, sender_hsa_id=notice.owner_hsa_id,
-                    consent_id=notice.consent_id,
+                    consent_id=notice.consent_id, owner_hsa_id=notice.owner_hsa_id,
                 )
             )  # fmt: skip
     if withdrawn is not None:
@@ -714,6 +715,7 @@ async def tell_participants(
     if not prior:
         return []
     reference = prior[-1].case_reference
+    owner = next((n.owner_hsa_id for n in reversed(prior) if n.owner_hsa_id), None)  # the case's owning unit
     by_org: dict[str, list[Notification]] = {}
     for n in prior:
         by_org.setdefault(n.recipient_hsa_id, []).append(n)
@@ -742,6 +744,7 @@ async def tell_participants(
                 body=text.sms if r.short_text else text.body,
                 status="failed" if error else r.status, attempts=0, next_attempt_at=now, created_at=now,
                 updated_at=now, last_error=error or r.last_error, kind="consent-withdrawn",
+                owner_hsa_id=owner,
             )  # fmt: skip
             if await repo.add(n):
                 created.append(n)

@@ -67,7 +67,7 @@ ALLOWED_SANDBOX = Access(True, 200, "sandbox: authentication is off")
 NOT_FOUND = "no such SIP case"
 
 # ---- the rules, written beside each route (openapi_extra) ------------------------------------------
-ORGANISATIONS = ("owner", "participant", "hospital", "covered", "operator", "stranger")
+ORGANISATIONS = ("owner", "participant", "hospital", "covered", "excluded", "operator", "stranger")
 READ_CASE = rule(
     "The case or its plan: the owner; a participant, the hospital or any other organisation only when "
     "the person's consent covers it (an exclusion denies); the person; a guardian named on the child's "
@@ -109,7 +109,7 @@ COMMAND = rule(
 )
 VALIDATE = rule(
     "Validate a CarePlan body: any caller (nothing is stored or disclosed)",
-    allowed=(*ORGANISATIONS, "excluded", "person", "guardian"),
+    allowed=(*ORGANISATIONS, "person", "guardian"),
 )
 CREATE_PLAN = rule(
     "Propose a SIP as a CarePlan: an organisation, as its author; a person's token 403",
@@ -158,10 +158,12 @@ def list_filter(caller: Caller | None) -> Any:
 
 
 def search_filter(caller: Caller | None) -> Any:
-    """The SQL pre-filter of a plan search: the cases the caller has a relation to (an operator none)."""
-    if caller is None:
+    """The SQL pre-filter of a plan search: a person's own and children's cases. An organisation's
+    search looks at every case that matches (any organisation the consent covers may read the plan:
+    the gate is asked per case, the owner's excepted)."""
+    if caller is None or caller.person_id is None:
         return None
-    return related_to(hsa_id=caller.hsa_id, person_id=caller.person_id)
+    return related_to(person_id=caller.person_id)
 
 
 def stays_filter(caller: Caller | None) -> tuple[bool, str | None]:

@@ -385,12 +385,15 @@ def build_router(
         openapi_extra=access.CREATE_PLAN,
     )
     async def create(request: Request) -> JSONResponse:
+        caller = current_caller(request)
+        if caller is not None and caller.hsa_id is None:
+            return outcome_response(403, "a SIP is proposed by an organisation, not a person", "forbidden")
         resource, error = validate_resource(await request.body(), "4.0")
         if error:
             return error
         assert resource is not None
         author_id = ((resource.get("author") or {}).get("identifier") or {}).get("value")
-        if (status := access.check_proposer(current_caller(request), author_id or None)[0]) != 200:
+        if (status := access.check_proposer(caller, author_id or None)[0]) != 200:
             return outcome_response(status, "CarePlan.author must be the calling organisation", "forbidden")
         ident = (resource.get("identifier") or [{}])[0]
         external = f"{ident.get('system', '')}|{ident['value']}" if ident.get("value") else None

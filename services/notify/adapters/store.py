@@ -36,6 +36,9 @@ notifications = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("sent_at", UTCDateTime),
     sa.Column("last_error", sa.Text),
+    # the unit that owns the case (may read all its notifications); added by migration 0002, on SQLite
+    # by :func:`upgrade_schema`
+    sa.Column("owner_hsa_id", sa.String(64)),
     sa.UniqueConstraint("cause_message_id", "recipient_hsa_id", "channel", name="uq_notification_dedupe"),
     sa.Index("ix_notifications_due", "status", "next_attempt_at"),
     sa.Index("ix_notifications_case", "case_id"),
@@ -155,6 +158,7 @@ def _row(n: Notification) -> dict[str, Any]:
         "updated_at": n.updated_at,
         "sent_at": n.sent_at,
         "last_error": n.last_error,
+        "owner_hsa_id": n.owner_hsa_id,
     }
 
 
@@ -196,7 +200,21 @@ def _from_row(r: Any) -> Notification:
         status_reason=r.status_reason,
         cancelled_at=r.cancelled_at,
         meeting_start=r.meeting_start,
+        owner_hsa_id=r.owner_hsa_id,
     )
+
+
+def upgrade_schema(sync_conn: sa.Connection) -> None:
+    """SQLite: add the columns newer than an existing ``notifications`` table (additive, idempotent; run
+    after ``create_all``). PostgreSQL is migrated by Alembic (``services/notify/migrations``)."""
+    inspector = sa.inspect(sync_conn)
+    if "notifications" not in inspector.get_table_names():
+        return
+    have = {c["name"] for c in inspector.get_columns("notifications")}
+    for name in ("owner_hsa_id",):
+        if name not in have:
+            ddl = notifications.c[name].type.compile(dialect=sync_conn.dialect)
+            sync_conn.execute(sa.text(f'ALTER TABLE notifications ADD COLUMN "{name}" {ddl}'))
 
 
 def _code_of(reason: str | None) -> str:
