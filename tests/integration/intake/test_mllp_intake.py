@@ -16,7 +16,7 @@ from services.planning.intake import HospitalEvent, IntakeService, MLLPServer, i
 from services.planning.intake.mllp import FrameDecoder, frame
 from shared.persistence import make_engine, sqlite_url
 from tests.support.personnummer import ADULT
-from tests.unit.intake.messages import CONFORMANCE, adt_bytes, bad_check_digit, msa
+from tests.unit.intake.messages import CONFORMANCE, adt_bytes, bad_check_digit, msa, segment
 
 
 @dataclass
@@ -253,3 +253,38 @@ async def test_on_postgresql_duplicates_sent_at_once_get_one_row_and_the_same_ac
         assert len(seen) == 1
     finally:
         await engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("field", "kwargs", "value"),
+    [
+        ("EVN-6", {"evn_occurred": "00010101000000+0100"}, "00010101000000+0100"),  # UTC: year 0
+        ("EVN-6", {"evn_occurred": "99991231235959-0100"}, "99991231235959-0100"),  # UTC: year 10000
+        ("EVN-6", {"evn_occurred": "99991231"}, "99991231"),  # no deadline can be counted from it
+        ("EVN-2", {"evn_recorded": "00010101000000+1400"}, "00010101000000+1400"),
+    ],
+)
+async def test_a16_with_an_event_time_the_store_cannot_hold_is_refused_at_the_door(
+    stack: Stack, field: str, kwargs: dict[str, str], value: str
+) -> None:
+    """Not AA and a dead letter downstream: AE, the ERR segment naming the field, no event."""
+    (ack,) = await _exchange(stack.server.port, [frame(adt_bytes("A16", control_id="EDGE-1", **kwargs))], 1)
+    assert msa(ack)[1:3] == ["AE", "EDGE-1"]
+    seg, _, number = field.partition("-")
+    err = segment(ack, "ERR")
+    assert err is not None and err[2] == f"{seg}^1^{number}", err
+    assert err[3].startswith("102^")
+    assert field in err[8] and value in err[8]
+    assert stack.seen == []
+    rows = await stack.rows()
+    assert [(r.control_id, r.outcome) for r in rows] == [("EDGE-1", "AE")]
+
+
+async def test_a_stay_id_longer_than_the_store_holds_is_refused_naming_pv1_19(stack: Stack) -> None:
+    (ack,) = await _exchange(
+        stack.server.port, [frame(adt_bytes("A16", control_id="LONG-1", visit="V" * 201))], 1
+    )
+    assert msa(ack)[1] == "AE"
+    err = segment(ack, "ERR")
+    assert err is not None and err[2] == "PV1^1^19"
+    assert stack.seen == []
