@@ -1,5 +1,14 @@
 """HTTP API of consent: record, withdraw and cancel consents; read them (plain JSON and FHIR Consent,
-R4 by default, R5 on request, with history); decide "may X receive Y"; read the audit log."""
+R4 by default, R5 on request, with history); decide "may X receive Y"; read the audit log.
+
+Every route carries its authorization rule (``openapi_extra``, :data:`services.consent.access.RULES`)
+and asks :mod:`services.consent.access` — from the verified token only — before it answers: 401
+without a caller, 403 (an OperationOutcome ``forbidden`` on FHIR paths) or a filtered answer.
+``recorded_by_hsa_id`` / ``cancelled_by_hsa_id`` in a body are optional and must then be the token's
+HSA-id; the stored actor is always the token's. Every read and search of a person's data — consents
+and the audit trail itself, permitted or refused — is written to the audit log (committed) before
+the answer leaves.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +21,8 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import JSONResponse
 
-from services.consent import handlers
+from services.consent import access, handlers
+from services.consent.access import RULES, Denied
 from services.consent.adapters.fhir import (
     FhirVersion,
     audit_bundle,
@@ -27,6 +37,7 @@ from services.consent.domain import (
     ChildView,
     ConsentDetails,
     ConsentRecord,
+    ConsentRequest,
     ConsentRuleViolation,
     ConsentStateConflict,
     Custody,
@@ -34,6 +45,7 @@ from services.consent.domain import (
     Stance,
 )
 from services.consent.policy import DecisionQuery
+from shared.auth import Caller, current_caller
 from shared.clock import Clock
 from shared.contracts import (
     ConsentDecisionReply,
@@ -49,6 +61,7 @@ from shared.messaging import describe_error
 from shared.runtime import ServiceRuntime
 
 _IDEMPOTENCY_NS = UUID("6f6b0b7e-3c1e-4d7e-9a53-6a1f1c0e5a11")
+_PATIENT_DOC = "personnummer; required for organisations, a person's own by default"
 
 
 class GuardianIn(BaseModel):
@@ -72,7 +85,11 @@ class ConsentIn(BaseModel):
     )
     given_by: Literal["patient", "guardians", "representative"] = "patient"
     method: Literal["oral", "written"] = "oral"
-    recorded_by_hsa_id: HsaId
+    recorded_by_hsa_id: HsaId | None = Field(
+        default=None,
+        description="Optional; when given it must be the calling organisation (the token's HSA-id), "
+        "which is always the one recorded",
+    )
     valid_until: AwareDatetime | None = None
     valid_from: AwareDatetime | None = Field(default=None, description="Start of validity; default: now")
     excluded_organisations: tuple[HsaId, ...] = Field(
@@ -115,7 +132,11 @@ class ConsentOut(BaseModel):
     guardians: list[GuardianOut] = []
     child_view: str | None = None
     status_changed_at: datetime | None = None
-    status_changed_by_hsa_id: str | None = None
+    status_changed_by_hsa_id: str | None = Field(
+        default=None,
+        description="Who withdrew or cancelled it: an organisation's HSA-id, or 'person' / 'guardian' "
+        "when the person or a guardian withdrew it with their own e-ID",
+    )
     status_reason: str | None = None
     effective_status: str = Field(description="active | pending | expired | withdrawn | cancelled, now")
     version: int = 1
@@ -152,7 +173,11 @@ class ConsentOut(BaseModel):
 class WithdrawIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    recorded_by_hsa_id: HsaId = Field(description="Who recorded the withdrawal")
+    recorded_by_hsa_id: HsaId | None = Field(
+        default=None,
+        description="Optional; when given it must be the calling organisation (the token's HSA-id). "
+        "A person or guardian withdrawing with their own e-ID leaves it out",
+    )
     withdrawn_at: AwareDatetime | None = Field(
         default=None, description="When the person withdrew it, if earlier than now (never later)"
     )
@@ -162,7 +187,9 @@ class WithdrawIn(BaseModel):
 class CancelIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    cancelled_by_hsa_id: HsaId = Field(description="Who cancels the wrongly registered consent")
+    cancelled_by_hsa_id: HsaId | None = Field(
+        default=None, description="Optional; when given it must be the calling organisation (the token's)"
+    )
     reason: CancelReason = Field(description="wrong-person | registration-error | duplicate | not-given")
 
 
@@ -181,15 +208,20 @@ class DecisionIn(BaseModel):
 
 
 class AuditOut(BaseModel):
-    """One line of "who received (or was refused) what about me"."""
+    """One line of "who received, read (or was refused) what about me"."""
 
     id: UUID
     recorded_at: datetime
-    action: str
-    outcome: str
-    reason: str
-    basis: str
-    recipient_hsa_id: str | None
+    action: str = Field(description="decision | withdrawal | cancellation | read | search")
+    outcome: str = Field(description="permit | deny | done")
+    reason: str = Field(description="The reason code; for a read or search, what was read")
+    basis: str = Field(
+        description="consent | lus-logistics | none (decisions); owner | participant | covered | "
+        "operator | own-data | guardian | hospital | none (reads)"
+    )
+    recipient_hsa_id: str | None = Field(
+        description="The organisation that received or read (None: the person or a guardian)"
+    )
     category: str | None
     purpose: str | None
     consent_id: UUID | None
@@ -197,6 +229,7 @@ class AuditOut(BaseModel):
     decision_at: datetime | None
     requested_by: str | None
     channel: str
+    source: str = Field(default="consent", description="The service where it happened")
 
     @classmethod
     def of(cls, e: AuditEntry) -> AuditOut:
@@ -215,6 +248,7 @@ class AuditOut(BaseModel):
             decision_at=e.decision_at,
             requested_by=e.requested_by,
             channel=e.channel,
+            source=e.source or "consent",
         )
 
 
@@ -280,22 +314,68 @@ def build_router(runtime: ServiceRuntime, clock: Clock, audit_writer: AuditWrite
     router = APIRouter()
     records_of = records_reader(runtime.engine)
 
+    def caller_of(request: Request) -> Caller:
+        return access.authenticated(current_caller(request))
+
+    async def audited(*entries: AuditEntry) -> None:
+        """Committed before the answer leaves (group commit; never only in memory)."""
+        await audit_writer.write_all(list(entries))
+
+    async def _case_request(repo: SqlConsentRepository, case_id: UUID | None) -> ConsentRequest | None:
+        return await repo.get_request(case_id) if case_id is not None else None
+
+    async def _readable(request: Request, cid: UUID, what: str) -> ConsentRecord | None:
+        """The consent if the caller may read it (audited either way); None: no such consent."""
+        caller = caller_of(request)
+        now = clock.now()
+        async with runtime.engine.connect() as conn:  # closed before the audit write (SQLite)
+            repo = SqlConsentRepository(conn)
+            record = await repo.get(cid)
+            if record is None:
+                return None
+            case_request = await _case_request(repo, record.case_id)
+            guardians = (
+                access.guardians_of(await repo.for_patient(record.patient_identifier), now)
+                if caller.is_person
+                else frozenset()
+            )
+        verdict = access.read_consent(caller, record, case_request, guardians, now)
+        await audited(
+            access.read_entry(
+                caller, patient=record.patient_identifier, action="read", verdict=verdict, what=what,
+                now=now, consent_id=record.id, case_id=record.case_id,
+            )
+        )  # fmt: skip
+        if not verdict.permit:
+            raise Denied(403, verdict.detail)
+        return record
+
     @router.post(
         "/consents",
         status_code=201,
         response_model=ConsentOut,
         tags=["consents"],
         summary="Record a consent decision (granted or declined)",
-        responses={422: {"description": "The consent breaks a rule; `detail` says which"}},
+        responses={
+            403: {"description": "Not the case's owner or a participant, or recorded_by_hsa_id is not yours"},
+            422: {"description": "The consent breaks a rule; `detail` says which"},
+        },
+        openapi_extra=RULES["record"],
     )
     async def post_consent(
         body: ConsentIn,
+        request: Request,
         response: Response,
         idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
     ) -> ConsentOut:
-        consent_id = uuid5(_IDEMPOTENCY_NS, idempotency_key) if idempotency_key else None
+        """The recorder is always the calling organisation (the token's HSA-id)."""
+        caller = caller_of(request)
         async with runtime.unit_of_work() as uow:
             repo = SqlConsentRepository(uow.conn)
+            case_request = await _case_request(repo, body.case_id)
+            recorder = access.may_record(caller, body.case_id, case_request, body.recorded_by_hsa_id)
+            # an idempotency key is the recorder's own: another organisation's key never finds it
+            consent_id = uuid5(_IDEMPOTENCY_NS, f"{recorder}\n{idempotency_key}") if idempotency_key else None
             if consent_id is not None and (existing := await repo.get(consent_id)):
                 response.status_code = 200
                 return ConsentOut.of(existing, clock.now())
@@ -309,6 +389,7 @@ def build_router(runtime: ServiceRuntime, clock: Clock, audit_writer: AuditWrite
                     "child_view",
                 }
             )
+            fields["recorded_by_hsa_id"] = recorder
             details = ConsentDetails(
                 valid_from=body.valid_from,
                 excluded_organisations=body.excluded_organisations,
@@ -329,10 +410,16 @@ def build_router(runtime: ServiceRuntime, clock: Clock, audit_writer: AuditWrite
         response.headers["Location"] = f"/consents/{record.id}"
         return ConsentOut.of(record, clock.now())
 
-    @router.get("/consents/{consent_id}", response_model=ConsentOut, tags=["consents"])
-    async def get_consent(consent_id: UUID) -> ConsentOut:
-        async with runtime.engine.connect() as conn:
-            record = await SqlConsentRepository(conn).get(consent_id)
+    @router.get(
+        "/consents/{consent_id}",
+        response_model=ConsentOut,
+        tags=["consents"],
+        summary="Read one consent",
+        responses={403: {"description": "No relation to the consent, or excluded by it"}},
+        openapi_extra=RULES["read"],
+    )
+    async def get_consent(consent_id: UUID, request: Request) -> ConsentOut:
+        record = await _readable(request, consent_id, f"Consent/{consent_id}")
         if record is None:
             raise HTTPException(404, detail="no such consent")
         return ConsentOut.of(record, clock.now())
@@ -340,8 +427,11 @@ def build_router(runtime: ServiceRuntime, clock: Clock, audit_writer: AuditWrite
     async def _change(consent_id: UUID, change: Any) -> ConsentOut:
         async with runtime.unit_of_work() as uow:
             repo = SqlConsentRepository(uow.conn)
+            record = await repo.get(consent_id)
+            if record is None:
+                raise HTTPException(404, detail="no such consent")
             try:
-                record, _changed = await change(repo, uow)
+                record, _changed = await change(repo, uow, record)
             except handlers.ConsentNotFound:
                 raise HTTPException(404, detail="no such consent") from None
             except ConsentStateConflict as exc:
@@ -356,60 +446,117 @@ def build_router(runtime: ServiceRuntime, clock: Clock, audit_writer: AuditWrite
         tags=["consents"],
         summary="Withdraw a consent (återkallelse): immediate, irreversible, kept as history",
         responses={
+            403: {"description": "Not the person, a guardian, the recorder, the owner or a participant"},
             404: {"description": "No such consent"},
             409: {"description": "Cancelled or declined: nothing to withdraw"},
         },
+        openapi_extra=RULES["withdraw"],
     )
-    async def withdraw(consent_id: UUID, body: WithdrawIn) -> ConsentOut:
-        """A second withdrawal answers 200 with the unchanged record. A new consent is a new record."""
-        return await _change(
-            consent_id,
-            lambda repo, uow: handlers.withdraw_consent(
-                consent_id,
-                by_hsa_id=body.recorded_by_hsa_id,
-                at=body.withdrawn_at,
-                repo=repo,
-                outbox=uow,
-                clock=clock,
-            ),
-        )
+    async def withdraw(consent_id: UUID, body: WithdrawIn, request: Request) -> ConsentOut:
+        """A second withdrawal answers 200 with the unchanged record. A new consent is a new record.
+        The person (or a guardian) may withdraw with their own e-ID: recorded as by ``person`` /
+        ``guardian``."""
+        caller = caller_of(request)
+        now = clock.now()
+
+        async def change(repo: SqlConsentRepository, uow: Any, record: ConsentRecord) -> Any:
+            case_request = await _case_request(repo, record.case_id)
+            guardians = (
+                access.guardians_of(await repo.for_patient(record.patient_identifier), now)
+                if caller.is_person
+                else frozenset()
+            )
+            by, requested_by = access.may_withdraw(
+                caller, record, case_request, guardians, body.recorded_by_hsa_id, now
+            )
+            return await handlers.withdraw_consent(
+                consent_id, by_hsa_id=by, requested_by=requested_by, at=body.withdrawn_at, repo=repo,
+                outbox=uow, clock=clock,
+            )  # fmt: skip
+
+        return await _change(consent_id, change)
 
     @router.post(
         "/consents/{consent_id}/cancel",
         response_model=ConsentOut,
         tags=["consents"],
         summary="Cancel a wrongly registered consent (makulering); audited",
-        responses={404: {"description": "No such consent"}},
+        responses={
+            403: {"description": "Not the recorder or the case's owner"},
+            404: {"description": "No such consent"},
+        },
+        openapi_extra=RULES["cancel"],
     )
-    async def cancel(consent_id: UUID, body: CancelIn) -> ConsentOut:
-        return await _change(
-            consent_id,
-            lambda repo, uow: handlers.cancel_consent(
-                consent_id,
-                by_hsa_id=body.cancelled_by_hsa_id,
-                reason=body.reason,
-                repo=repo,
-                outbox=uow,
-                clock=clock,
-            ),
-        )
+    async def cancel(consent_id: UUID, body: CancelIn, request: Request) -> ConsentOut:
+        caller = caller_of(request)
 
-    @router.get("/consents", response_model=list[ConsentOut], tags=["consents"])
-    async def list_consents(patient: Annotated[str, Query(description="personnummer")]) -> list[ConsentOut]:
-        try:
-            pid = PersonIdModel(v=patient).v
-        except ValidationError as exc:
-            raise HTTPException(422, detail=describe_error(exc)) from None
-        async with runtime.engine.connect() as conn:
-            records = await SqlConsentRepository(conn).for_patient(pid)
+        async def change(repo: SqlConsentRepository, uow: Any, record: ConsentRecord) -> Any:
+            case_request = await _case_request(repo, record.case_id)
+            by = access.may_cancel(caller, record, case_request, body.cancelled_by_hsa_id)
+            return await handlers.cancel_consent(
+                consent_id, by_hsa_id=by, reason=body.reason, repo=repo, outbox=uow, clock=clock
+            )
+
+        return await _change(consent_id, change)
+
+    @router.get(
+        "/consents",
+        response_model=list[ConsentOut],
+        tags=["consents"],
+        summary="A person's consents, filtered to those the caller may read",
+        openapi_extra=RULES["search"],
+    )
+    async def list_consents(
+        request: Request,
+        patient: Annotated[str | None, Query(description=_PATIENT_DOC)] = None,
+    ) -> list[ConsentOut]:
+        caller = caller_of(request)
+        pid = _asked_patient(caller, patient)
         now = clock.now()
-        return [ConsentOut.of(r, now) for r in records]
+        async with runtime.engine.connect() as conn:
+            repo = SqlConsentRepository(conn)
+            records = await repo.for_patient(pid)
+            requests = {r.case_id: r for r in await repo.requests_for_patient(pid)}
+        guardians = access.guardians_of(records, now) if caller.is_person else frozenset()
+        seen, verdict = access.search_consents(caller, records, requests, guardians, now)
+        await audited(
+            access.read_entry(
+                caller, patient=pid, action="search", verdict=verdict, what="Consent?patient", now=now
+            )
+        )
+        return [ConsentOut.of(r, now) for r in seen]
 
-    @router.get("/consent-requests", response_model=list[ConsentRequestOut], tags=["consents"])
-    async def pending_requests() -> list[ConsentRequestOut]:
-        """Cases waiting for the person's consent (for the staff who collect it)."""
+    @router.get(
+        "/consent-requests",
+        response_model=list[ConsentRequestOut],
+        tags=["consents"],
+        summary="Cases waiting for the person's consent (the owner's and participants' own)",
+        openapi_extra=RULES["requests"],
+    )
+    async def pending_requests(request: Request) -> list[ConsentRequestOut]:
+        """Cases waiting for the person's consent (for the staff who collect it): the caller's own
+        cases (owner or participant); an operator sees all. Each person listed is audited."""
+        caller = caller_of(request)
+        now = clock.now()
         async with runtime.engine.connect() as conn:
             items = await SqlConsentRepository(conn).pending_requests()
+        seen = access.visible_requests(caller, items)
+        by_person: dict[str, str] = {}
+        for r, basis in seen:
+            by_person.setdefault(r.patient_identifier, basis)
+        await audited(
+            *(
+                access.read_entry(
+                    caller,
+                    patient=pnr,
+                    action="search",
+                    verdict=access.Verdict(True, basis),
+                    what="consent-requests?status=pending",
+                    now=now,
+                )
+                for pnr, basis in by_person.items()
+            )
+        )
         return [
             ConsentRequestOut(
                 case_id=r.case_id,
@@ -420,7 +567,7 @@ def build_router(runtime: ServiceRuntime, clock: Clock, audit_writer: AuditWrite
                 requested_at=r.requested_at,
                 status=r.status,
             )
-            for r in items
+            for r, _basis in seen
         ]
 
     # ---- decisions ------------------------------------------------------------------------------
@@ -429,12 +576,20 @@ def build_router(runtime: ServiceRuntime, clock: Clock, audit_writer: AuditWrite
         response_model=ConsentDecisionReply,
         tags=["decisions"],
         summary="May an organisation receive a category of information about a person for a purpose?",
+        responses={403: {"description": "Not an operator, nor the owner or a participant of case_id"}},
+        openapi_extra=RULES["decide"],
     )
     async def post_decision(
-        body: DecisionIn, x_correlation_id: Annotated[str | None, Header()] = None
+        body: DecisionIn, request: Request, x_correlation_id: Annotated[str | None, Header()] = None
     ) -> ConsentDecisionReply:
         """Permit or deny with a reason code, the basis (consent or LUS logistics) and the consent
         relied on. Every answer is recorded as an AuditEvent (its id is in the answer)."""
+        caller = caller_of(request)
+        case_request = None
+        if body.case_id is not None and not caller.operator:
+            async with runtime.engine.connect() as conn:
+                case_request = await SqlConsentRepository(conn).get_request(body.case_id)
+        access.may_decide(caller, body.case_id, case_request)
         at = body.at or clock.now()
         query = DecisionQuery(
             patient_identifier=body.patient_identifier,
@@ -449,26 +604,57 @@ def build_router(runtime: ServiceRuntime, clock: Clock, audit_writer: AuditWrite
             records_of=records_of,
             clock=clock,
             channel="http",
-            requested_by=body.requested_by,
+            requested_by=body.requested_by or caller.hsa_id,
             correlation_id=x_correlation_id,
             audit=audit_writer.write,
         )
         return reply_of(result, audit_id, at)
 
     # ---- audit ----------------------------------------------------------------------------------
-    @router.get("/audit", response_model=list[AuditOut], tags=["audit"])
+    async def _audit_search(
+        caller: Caller, pid: str, *, limit: int, outcome: str | None, what: str
+    ) -> list[AuditEntry]:
+        now = clock.now()
+        async with runtime.engine.connect() as conn:
+            repo = SqlConsentRepository(conn)
+            records = await repo.for_patient(pid)
+            requests = await repo.requests_for_patient(pid)
+            scope = access.audit_scope(caller, pid, records, requests, now)
+            entries = (
+                await repo.audit_for_patient(pid, limit=limit, outcome=outcome, visible_to=scope.visible_to)
+                if scope.verdict.permit
+                else []
+            )
+        verdict = scope.verdict
+        if scope.visible_to is not None and not entries:
+            verdict = access.Verdict(False)
+        await audited(
+            access.read_entry(caller, patient=pid, action="search", verdict=verdict, what=what, now=now)
+        )
+        return entries
+
+    @router.get(
+        "/audit",
+        response_model=list[AuditOut],
+        tags=["audit"],
+        summary="Who received, read — or was refused — what about the person, newest first",
+        openapi_extra=RULES["audit"],
+    )
     async def audit(
-        patient: Annotated[str, Query(description="personnummer")],
+        request: Request,
+        patient: Annotated[str | None, Query(description=_PATIENT_DOC)] = None,
         outcome: Annotated[Literal["permit", "deny", "done"] | None, Query()] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> list[AuditOut]:
-        """Who received — or was refused — what about the person, newest first."""
+        """The person, a guardian (the child's) and an operator see the whole trail; an organisation
+        only the entries it received or read and those of the cases it owns — filtered before
+        ``limit``, so a page is never short because of it."""
+        caller = caller_of(request)
         try:
-            pid = _patient_param(patient)
+            pid = _asked_patient(caller, patient, token=True)
         except ValidationError as exc:
             raise HTTPException(422, detail=describe_error(exc)) from None
-        async with runtime.engine.connect() as conn:
-            entries = await SqlConsentRepository(conn).audit_for_patient(pid, limit=limit, outcome=outcome)
+        entries = await _audit_search(caller, pid, limit=limit, outcome=outcome, what="AuditEvent?patient")
         return [AuditOut.of(e) for e in entries]
 
     # ---- FHIR -----------------------------------------------------------------------------------
@@ -481,6 +667,7 @@ def build_router(runtime: ServiceRuntime, clock: Clock, audit_writer: AuditWrite
         "/fhir/Consent/{consent_id}",
         tags=["fhir"],
         summary="Read a consent as FHIR Consent (R4; R5 with ?_fhirVersion=5.0 or Accept fhirVersion=5.0)",
+        openapi_extra=RULES["read"],
     )
     async def fhir_consent(consent_id: str, request: Request) -> Response:
         try:
@@ -491,8 +678,7 @@ def build_router(runtime: ServiceRuntime, clock: Clock, audit_writer: AuditWrite
             cid = UUID(consent_id)
         except ValueError:
             return outcome_response(404, "no Consent with that id", "not-found")
-        async with runtime.engine.connect() as conn:
-            record = await SqlConsentRepository(conn).get(cid)
+        record = await _readable(request, cid, f"Consent/{cid}")
         if record is None:
             return outcome_response(404, "no Consent with that id", "not-found")
         return fhir_response(
@@ -510,7 +696,12 @@ def build_router(runtime: ServiceRuntime, clock: Clock, audit_writer: AuditWrite
                 versions = [(record.version, "created", record.recorded_at, record)]
         return versions
 
-    @router.get("/fhir/Consent/{consent_id}/_history", tags=["fhir"], summary="Every version of a Consent")
+    @router.get(
+        "/fhir/Consent/{consent_id}/_history",
+        tags=["fhir"],
+        summary="Every version of a Consent",
+        openapi_extra=RULES["read"],
+    )
     async def fhir_consent_history(consent_id: str, request: Request) -> Response:
         try:
             version = fhir_version(request)
@@ -519,13 +710,18 @@ def build_router(runtime: ServiceRuntime, clock: Clock, audit_writer: AuditWrite
             return _unsupported(str(exc))
         except ValueError:
             return outcome_response(404, "no Consent with that id", "not-found")
+        if await _readable(request, cid, f"Consent/{cid}/_history") is None:
+            return outcome_response(404, "no Consent with that id", "not-found")
         versions = await _versions(cid)
         if versions is None:
             return outcome_response(404, "no Consent with that id", "not-found")
         return fhir_response(consent_history(versions, version), version)
 
     @router.get(
-        "/fhir/Consent/{consent_id}/_history/{vid}", tags=["fhir"], summary="One version of a Consent"
+        "/fhir/Consent/{consent_id}/_history/{vid}",
+        tags=["fhir"],
+        summary="One version of a Consent",
+        openapi_extra=RULES["read"],
     )
     async def fhir_consent_vread(consent_id: str, vid: str, request: Request) -> Response:
         try:
@@ -534,6 +730,8 @@ def build_router(runtime: ServiceRuntime, clock: Clock, audit_writer: AuditWrite
         except UnsupportedFhirVersion as exc:
             return _unsupported(str(exc))
         except ValueError:
+            return outcome_response(404, "no Consent with that id", "not-found")
+        if await _readable(request, cid, f"Consent/{cid}/_history/{vid[:12]}") is None:
             return outcome_response(404, "no Consent with that id", "not-found")
         versions = await _versions(cid) or []
         match = [v for v in versions if str(v[0]) == vid]
@@ -545,30 +743,71 @@ def build_router(runtime: ServiceRuntime, clock: Clock, audit_writer: AuditWrite
         "/fhir/AuditEvent",
         tags=["fhir"],
         summary="Search the audit log of a person: ?patient=<personnummer> (or <system>|<value>)",
+        openapi_extra=RULES["audit"],
     )
     async def fhir_audit_search(
         request: Request,
-        patient: Annotated[str, Query(description="personnummer, or <system>|<value>")],
+        patient: Annotated[
+            str | None,
+            Query(description="personnummer, or <system>|<value>; a person's own by default"),
+        ] = None,
         count: Annotated[int, Query(alias="_count", ge=1, le=1000)] = 100,
     ) -> Response:
+        caller = caller_of(request)
         try:
-            pid = _patient_param(patient)
+            pid = _asked_patient(caller, patient, token=True)
         except ValidationError:
             return outcome_response(400, "patient: not a valid personnummer or samordningsnummer", "invalid")
-        async with runtime.engine.connect() as conn:
-            entries = await SqlConsentRepository(conn).audit_for_patient(pid, limit=count)
+        except HTTPException as exc:
+            return outcome_response(400, str(exc.detail), "required")
+        entries = await _audit_search(caller, pid, limit=count, outcome=None, what="AuditEvent?patient")
         return fhir_response(audit_bundle(entries, str(request.url)), "4.0")
 
-    @router.get("/fhir/AuditEvent/{audit_id}", tags=["fhir"], summary="Read one AuditEvent (R4)")
-    async def fhir_audit_read(audit_id: str) -> Response:
+    @router.get(
+        "/fhir/AuditEvent/{audit_id}",
+        tags=["fhir"],
+        summary="Read one AuditEvent (R4)",
+        openapi_extra=RULES["audit-read"],
+    )
+    async def fhir_audit_read(audit_id: str, request: Request) -> Response:
+        caller = caller_of(request)
         try:
             aid = UUID(audit_id)
         except ValueError:
             return outcome_response(404, "no AuditEvent with that id", "not-found")
+        now = clock.now()
         async with runtime.engine.connect() as conn:
-            entry = await SqlConsentRepository(conn).get_audit(aid)
-        if entry is None:
-            return outcome_response(404, "no AuditEvent with that id", "not-found")
+            repo = SqlConsentRepository(conn)
+            entry = await repo.get_audit(aid)
+            if entry is None:
+                return outcome_response(404, "no AuditEvent with that id", "not-found")
+            records = await repo.for_patient(entry.patient_identifier)
+            requests = await repo.requests_for_patient(entry.patient_identifier)
+            owned = caller.hsa_id is not None and await repo.audit_entry_visible_to(aid, caller.hsa_id)
+        verdict = access.read_audit_entry(caller, entry, owned, records, requests, now)
+        await audited(
+            access.read_entry(
+                caller, patient=entry.patient_identifier, action="read", verdict=verdict,
+                what=f"AuditEvent/{aid}", now=now, case_id=entry.case_id,
+            )
+        )  # fmt: skip
+        if not verdict.permit:
+            raise Denied(403, verdict.detail)
         return fhir_response(audit_event_resource(entry), "4.0")
 
     return router
+
+
+def _asked_patient(caller: Caller, patient: str | None, *, token: bool = False) -> str:
+    """The person asked about: ``patient`` (validated; a FHIR token ``system|value`` where ``token``),
+    or the calling person's own. An organisation must name the patient."""
+    if patient is None:
+        if caller.person_id is not None:
+            return caller.person_id
+        raise HTTPException(422, detail="patient: required (the personnummer the search is about)")
+    if token:
+        return _patient_param(patient)
+    try:
+        return PersonIdModel(v=patient).v
+    except ValidationError as exc:
+        raise HTTPException(422, detail=describe_error(exc)) from None

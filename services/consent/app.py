@@ -1,4 +1,7 @@
-"""Composition root of the consent service: the only place that reads settings and builds adapters."""
+"""Composition root of the consent service: the only place that reads settings and builds adapters.
+
+A refusal of :mod:`services.consent.access` (:class:`~services.consent.access.Denied`) is answered
+here: 401 or 403 with ``detail``, an OperationOutcome on FHIR paths."""
 
 from __future__ import annotations
 
@@ -6,12 +9,15 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from starlette.responses import JSONResponse, Response
 
 from services.consent import api, subscribers
+from services.consent.access import Denied
 from services.consent.adapters.store import AuditWriter, metadata, upgrade_schema
 from services.consent.settings import ConsentSettings
 from shared.clock import Clock, SystemClock
+from shared.fhir import operation_outcome
 from shared.runtime import ServiceRuntime, serve
 
 SERVICE = "consent"
@@ -39,15 +45,29 @@ def create_app(settings: ConsentSettings | None = None, *, clock: Clock | None =
         description=(
             "Records the person's (or guardians') consent to a SIP, its withdrawal and cancellation, "
             "publishes the decision, answers 'may this organisation receive this information' "
-            "(HTTP and RabbitMQ request/reply) and keeps the audit log of every answer."
+            "(HTTP and RabbitMQ request/reply) and keeps the audit log of every answer and of every "
+            "read of the person's data. Who may call what is decided from the verified token "
+            "(x-sip-access on each operation)."
         ),
         lifespan=lifespan,
     )
     runtime.add_health_routes(app)
     app.include_router(api.build_router(runtime, clock, audit_writer))
+    app.add_exception_handler(Denied, _denied)  # type: ignore[arg-type]
     app.state.runtime = runtime
     app.state.audit_writer = audit_writer
     return app
+
+
+async def _denied(request: Request, exc: Denied) -> Response:
+    headers = {"WWW-Authenticate": 'Bearer realm="sip-suite"'} if exc.status == 401 else None
+    if request.url.path.startswith("/fhir"):
+        code = "login" if exc.status == 401 else "forbidden"
+        return JSONResponse(
+            operation_outcome(exc.detail, code=code), status_code=exc.status, headers=headers,
+            media_type="application/fhir+json",
+        )  # fmt: skip
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=headers)
 
 
 async def prepare_database(runtime: ServiceRuntime) -> None:

@@ -209,11 +209,14 @@ class ConsentRequest:
     status: Literal["pending", "answered"] = "pending"
     answered_by: UUID | None = field(default=None)
     correlation_id: str | None = None
+    requested_by_hsa_id: str | None = None  # the unit that owns the case (None: asked before it was kept)
 
 
 @dataclass(frozen=True)
 class AuditEntry:
-    """One audited event about a person: a decision (permit/deny), a withdrawal or a cancellation."""
+    """One audited event about a person: a decision (permit/deny), a withdrawal, a cancellation, or a
+    read or search of the person's data (``action`` read/search; ``reason`` then says what was read,
+    ``recipient_hsa_id`` is the reading organisation, None for a person)."""
 
     id: UUID
     recorded_at: datetime
@@ -231,6 +234,7 @@ class AuditEntry:
     decision_at: datetime | None = None
     requested_by: str | None = None
     correlation_id: str | None = None
+    source: str | None = None  # the service where it happened (None: consent itself)
 
 
 def is_child_on(patient_identifier: str, at: datetime) -> bool:

@@ -1,13 +1,19 @@
-"""Consent use cases. They orchestrate the domain and storage and emit events; no transport here."""
+"""Consent use cases. They orchestrate the domain and storage and emit events; no transport here.
+
+Who may call them is decided before, from the verified token, in :mod:`services.consent.access`; a
+use case takes the acting party as given (``by``: an HSA-id, or ``person``/``guardian`` when the
+person or a guardian withdraws with their own e-ID).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from uuid import UUID, uuid4
+from uuid import UUID, uuid4, uuid5
 
 from services.consent.domain import (
+    AuditEntry,
     CancelReason,
     ConsentDetails,
     ConsentRecord,
@@ -20,19 +26,28 @@ from services.consent.domain import (
     is_child_on,
 )
 from services.consent.policy import DecisionQuery, DecisionResult, decide
-from services.consent.ports import AuditEntry, ConsentRepository, Outbox
+from services.consent.ports import ConsentRepository, Outbox
 from shared.clock import Clock
 from shared.contracts import (
+    AccessRecorded,
     ConsentDeclined,
     ConsentGranted,
     ConsentRequested,
     ConsentWithdrawn,
     RecordConsent,
 )
+from shared.errors import PermanentError
 
 
 class ConsentNotFound(LookupError):
     pass
+
+
+class AccessNotFiled(PermanentError):
+    """An audited read names no person consent can file it under (dead-lettered with this reason)."""
+
+
+_ACCESS_NS = UUID("0b6f4a52-8f0e-4d38-9a57-51f1d1f3b2c4")
 
 
 async def request_consent(cmd: ConsentRequested, *, repo: ConsentRepository, clock: Clock) -> bool:
@@ -46,6 +61,7 @@ async def request_consent(cmd: ConsentRequested, *, repo: ConsentRepository, clo
             proposed_recipients=tuple(cmd.proposed_recipients),
             requested_at=clock.now(),
             correlation_id=cmd.correlation_id,
+            requested_by_hsa_id=cmd.requested_by_hsa_id,
         )
     )
 
@@ -111,6 +127,7 @@ async def record_consent(
                 purposes=record.purposes,
                 recipients=record.recipients,
                 valid_until=record.valid_until,
+                guardian_identifiers=tuple(g.identifier for g in record.guardians if g.identifier),
                 correlation_id=correlation_id,
             )
         )
@@ -142,11 +159,15 @@ async def withdraw_consent(
     clock: Clock,
     at: datetime | None = None,
     correlation_id: str | None = None,
+    requested_by: str | None = None,
 ) -> tuple[ConsentRecord, bool]:
     """Withdraw (återkallelse): immediate and irreversible; the record stays as history.
 
-    ``at`` may say when the person withdrew it if that was earlier than now (never later). A second
-    withdrawal changes nothing and returns the record with ``False``.
+    ``by_hsa_id`` is who recorded the withdrawal: the organisation's HSA-id, or ``person`` /
+    ``guardian`` when the person or a guardian withdrew it with their own e-ID (it is stored as the
+    record's ``status_changed_by_hsa_id``); ``requested_by`` (default ``by_hsa_id``) goes to the audit
+    record. ``at`` may say when the person withdrew it if that was earlier than now (never later). A
+    second withdrawal changes nothing and returns the record with ``False``.
     """
     now = clock.now()
     record = await _load(repo, consent_id)
@@ -180,7 +201,8 @@ async def withdraw_consent(
             channel="http",
             consent_id=record.id,
             case_id=record.case_id,
-            requested_by=by_hsa_id,
+            recipient_hsa_id=None if by_hsa_id in ("person", "guardian") else by_hsa_id,
+            requested_by=requested_by or by_hsa_id,
             correlation_id=correlation_id,
         )
     )
@@ -308,3 +330,39 @@ async def decide_and_audit(
         )
     )
     return result, audit_id
+
+
+async def record_access(msg: AccessRecorded, *, repo: ConsentRepository) -> AuditEntry:
+    """File a read in planning or notify (``consent.access-recorded.v1``) in the person's audit trail.
+
+    The person is the message's, or the person of its case (the consent request, or a consent
+    recorded for it); when neither is known the message is refused permanently
+    (:class:`AccessNotFiled`: dead-lettered with the reason). The entry's id is derived from the
+    message id, so a redelivery can never file it twice.
+    """
+    patient = msg.patient_identifier
+    if patient is None and msg.case_id is not None:
+        patient = await repo.patient_of_case(msg.case_id)
+    if patient is None:
+        raise AccessNotFiled(
+            "access-recorded names no person: no patient_identifier, and its case_id is unknown to consent"
+            if msg.case_id is not None
+            else "access-recorded names no person: neither patient_identifier nor case_id"
+        )
+    entry = AuditEntry(
+        id=uuid5(_ACCESS_NS, str(msg.message_id)),
+        recorded_at=msg.accessed_at,
+        patient_identifier=patient,
+        action=msg.action,
+        outcome=msg.outcome,
+        reason=msg.what,
+        basis=msg.basis,
+        channel="http",
+        recipient_hsa_id=msg.reader_hsa_id if msg.reader_kind in ("organisation", "operator") else None,
+        case_id=msg.case_id,
+        requested_by=msg.reader_subject,
+        correlation_id=msg.correlation_id,
+        source=msg.service,
+    )
+    await repo.add_audit(entry)
+    return entry

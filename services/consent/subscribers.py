@@ -1,4 +1,11 @@
-"""RabbitMQ edge of consent: translate a message, call a handler, inside one unit of work."""
+"""RabbitMQ edge of consent: translate a message, call a handler, inside one unit of work.
+
+Consumed: ``consent.request.v1`` (a case needs consent; its owner and participants are kept),
+``consent.record.v1`` (record a consent; the command path, for trusted systems — the HTTP path
+authorizes from the token), ``consent.access-recorded.v1`` (a read in planning or notify, filed in
+the person's audit trail) and the request/reply ``consent.decide.v1``. Each work-queue message is
+handled once (inbox); a permanent error dead-letters it with its reason.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +20,13 @@ from services.consent import handlers
 from services.consent.adapters.store import AuditWriter, SqlConsentRepository, records_reader
 from services.consent.policy import DecisionQuery
 from shared.clock import Clock
-from shared.contracts import ConsentDecisionReply, ConsentDecisionRequested, ConsentRequested, RecordConsent
+from shared.contracts import (
+    AccessRecorded,
+    ConsentDecisionReply,
+    ConsentDecisionRequested,
+    ConsentRequested,
+    RecordConsent,
+)
 from shared.messaging import describe_error
 from shared.runtime import ServiceRuntime
 from shared.topology import contract_exchange, subscription, work_queue
@@ -40,6 +53,7 @@ def register(runtime: ServiceRuntime, clock: Clock, audit_writer: AuditWriter) -
     broker = runtime.broker
     requested = subscription("consent", ConsentRequested)
     record = subscription("consent", RecordConsent)
+    access = subscription("consent", AccessRecorded)
 
     @broker.subscriber(work_queue(requested), contract_exchange(ConsentRequested), title=requested.queue_name)
     async def on_consent_requested(msg: ConsentRequested) -> None:
@@ -54,6 +68,13 @@ def register(runtime: ServiceRuntime, clock: Clock, audit_writer: AuditWriter) -
                 await handlers.record_consent(
                     msg, repo=SqlConsentRepository(uow.conn), outbox=uow, clock=clock
                 )
+
+    @broker.subscriber(work_queue(access), contract_exchange(AccessRecorded), title=access.queue_name)
+    async def on_access_recorded(msg: AccessRecorded) -> None:
+        """File a read in planning or notify in the person's audit trail (once per message)."""
+        async with runtime.unit_of_work() as uow:
+            if await uow.first_time(access.queue_name, str(msg.message_id)):
+                await handlers.record_access(msg, repo=SqlConsentRepository(uow.conn))
 
     queue = decision_queue()
     records_of = records_reader(runtime.engine)

@@ -1,6 +1,9 @@
 """ConsentRecord → FHIR Consent (R4 by default, validated with fhir.resources' R4B models; R5 on
 request, validated with the R5 models), version history as a ``history`` Bundle, and the audit log
-as R4 ``AuditEvent`` resources in a ``searchset`` Bundle.
+as R4 ``AuditEvent`` resources in a ``searchset`` Bundle: decisions, withdrawals and cancellations as
+record-lifecycle events, reads and searches of the person's data as RESTful events (IHE BALP
+minimal: type ``rest``, subtype ``read`` / ``search-type``, the reading organisation or the person as
+the agent, the patient and what was read — never what was disclosed — as entities).
 
 Every resource is validated once here, at the edge, including the required-binding codes
 fhir.resources does not check (:func:`shared.fhir.check_required_bindings`).
@@ -8,6 +11,7 @@ fhir.resources does not check (:func:`shared.fhir.check_required_bindings`).
 
 from __future__ import annotations
 
+import base64
 from datetime import datetime
 from typing import Any, Literal
 
@@ -119,7 +123,9 @@ def _extensions(record: ConsentRecord) -> list[dict[str, Any]]:
         change: list[dict[str, Any]] = [{"url": "status", "valueCode": record.status}]
         if record.status_changed_at:
             change.append({"url": "at", "valueDateTime": _iso(record.status_changed_at)})
-        if record.status_changed_by_hsa_id:
+        if record.status_changed_by_hsa_id in ("person", "guardian"):  # with their own e-ID
+            change.append({"url": "by", "valueCode": record.status_changed_by_hsa_id})
+        elif record.status_changed_by_hsa_id:
             change.append(
                 {
                     "url": "by",
@@ -278,9 +284,113 @@ _AUDIT_ACTIONS = ("C", "R", "U", "D", "E")
 _AUDIT_OUTCOMES = ("0", "4", "8", "12")
 
 
+_REST_SUBTYPE = {"read": ("read", "read", "R"), "search": ("search-type", "search type", "E")}
+_SOURCE_TYPE = [
+    {
+        "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
+        "code": "4",
+        "display": "Application Server",
+    }
+]
+_ENTITY_PERSON = {
+    "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+    "code": "1",
+    "display": "Person",
+}
+_ENTITY_OBJECT = {
+    "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+    "code": "2",
+    "display": "System Object",
+}
+_ROLE_PATIENT = {
+    "system": "http://terminology.hl7.org/CodeSystem/object-role",
+    "code": "1",
+    "display": "Patient",
+}
+
+
+def _source(entry: AuditEntry) -> dict[str, Any]:
+    service = entry.source or "consent"
+    observer = {"display": f"sip-suite {service} service"}
+    return {"site": "sip-suite", "observer": observer, "type": _SOURCE_TYPE}
+
+
+def _details(entry: AuditEntry) -> list[dict[str, Any]]:
+    details = [
+        {"type": "outcome", "valueString": entry.outcome},
+        {"type": "reason", "valueString": entry.reason},
+        {"type": "basis", "valueString": entry.basis},
+        {"type": "channel", "valueString": entry.channel},
+    ]
+    if entry.decision_at is not None:
+        details.append({"type": "decision-time", "valueString": _iso(entry.decision_at)})
+    return details
+
+
+def access_event(entry: AuditEntry) -> dict[str, Any]:
+    """A read or search of the person's data as an R4 AuditEvent (IHE BALP minimal): the reader (an
+    organisation with the user at its issuer, or the person / a guardian), on which basis, and what was
+    asked for."""
+    code, display, action = _REST_SUBTYPE[entry.action]
+    if entry.recipient_hsa_id:
+        agent: dict[str, Any] = {
+            "type": _IRCP,
+            "who": _org_ref(entry.recipient_hsa_id),
+            "requestor": True,
+        }
+        if entry.requested_by:
+            agent["altId"] = entry.requested_by
+    elif entry.basis == "own-data":
+        agent = {"who": _patient_ref(entry.patient_identifier), "requestor": True}
+    else:
+        who = GIVEN_BY_DISPLAY["guardians"] if entry.basis == "guardian" else "a person (citizen e-ID)"
+        agent = {"who": {"type": "RelatedPerson", "display": who}, "requestor": True}
+        if entry.requested_by:
+            agent["altId"] = entry.requested_by
+    patient = {"what": _patient_ref(entry.patient_identifier), "type": _ENTITY_PERSON, "role": _ROLE_PATIENT}
+    patient["detail"] = _details(entry)
+    asked: dict[str, Any] = {"type": _ENTITY_OBJECT, "description": entry.reason}
+    if entry.action == "search":
+        asked["role"] = {
+            "system": "http://terminology.hl7.org/CodeSystem/object-role",
+            "code": "24",
+            "display": "Query",
+        }
+        asked["query"] = base64.b64encode(entry.reason.encode()).decode()
+    else:
+        asked["role"] = {
+            "system": "http://terminology.hl7.org/CodeSystem/object-role",
+            "code": "4",
+            "display": "Domain Resource",
+        }
+        asked["what"] = {"reference": entry.reason}
+    entities = [patient, asked]
+    if entry.case_id:
+        entities.append({"what": {"identifier": {"system": CASE_SYSTEM, "value": str(entry.case_id)}}})
+    return {
+        "resourceType": "AuditEvent",
+        "id": str(entry.id),
+        "type": {
+            "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
+            "code": "rest",
+            "display": "Restful Operation",
+        },
+        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": code, "display": display}],
+        "action": action,
+        "recorded": _iso(entry.recorded_at),
+        "outcome": "4" if entry.outcome == "deny" else "0",
+        "outcomeDesc": f"{entry.outcome}: {entry.basis}",
+        "agent": [agent],
+        "source": _source(entry),
+        "entity": entities,
+    }
+
+
 def audit_event(entry: AuditEntry) -> dict[str, Any]:
     """One audit log row as an R4 AuditEvent: who (organisation) was to receive what, why, under
-    which consent, and the answer."""
+    which consent, and the answer; a read or search as :func:`access_event`."""
+    if entry.action in _REST_SUBTYPE:
+        return access_event(entry)
     code, display, action = _AUDIT_TYPE[entry.action]
     outcome = "4" if entry.outcome == "deny" else "0"
     agents: list[dict[str, Any]] = []
@@ -308,14 +418,7 @@ def audit_event(entry: AuditEntry) -> dict[str, Any]:
             "requestor": True,
         }
     )
-    details = [
-        {"type": "outcome", "valueString": entry.outcome},
-        {"type": "reason", "valueString": entry.reason},
-        {"type": "basis", "valueString": entry.basis},
-        {"type": "channel", "valueString": entry.channel},
-    ]
-    if entry.decision_at is not None:
-        details.append({"type": "decision-time", "valueString": _iso(entry.decision_at)})
+    details = _details(entry)
     entities: list[dict[str, Any]] = [
         {
             "what": _patient_ref(entry.patient_identifier),
@@ -367,17 +470,7 @@ def audit_event(entry: AuditEntry) -> dict[str, Any]:
         "outcome": outcome,
         "outcomeDesc": f"{entry.outcome}: {entry.reason}",
         "agent": agents,
-        "source": {
-            "site": "sip-suite",
-            "observer": {"display": "sip-suite consent service"},
-            "type": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
-                    "code": "4",
-                    "display": "Application Server",
-                }
-            ],
-        },
+        "source": _source(entry),
         "entity": entities,
     }
     if entry.purpose:

@@ -2,9 +2,13 @@
 SQLite or PostgreSQL).
 
 A consent row holds the current version; every version (created, withdrawn, cancelled) is also kept
-in ``consent_versions`` as a snapshot, so ``_history`` and ``vread`` need no reconstruction. Every
-decision (permit and deny) and every cancellation is a row in ``audit_events``, indexed by person
-and time so "who received what about me" is one range scan.
+in ``consent_versions`` as a snapshot, so ``_history`` and ``vread`` need no reconstruction. A consent
+request keeps the unit that owns its case (``requested_by_hsa_id``) and the proposed participants:
+the relations :mod:`services.consent.access` decides on. Every decision (permit and deny), withdrawal,
+cancellation and every read or search of a person's data (here, or in planning and notify through
+``consent.access-recorded.v1``) is a row in ``audit_events``, indexed by person and time so "who
+received or read what about me" is one range scan; an organisation's view of it is filtered in the
+query itself, before the limit.
 """
 
 from __future__ import annotations
@@ -74,6 +78,8 @@ consent_requests = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("answered_by", sa.String(36)),
     sa.Column("correlation_id", sa.String(128)),
+    # added with "Only those who belong" (nullable: requests kept before it have no known owner)
+    sa.Column("requested_by_hsa_id", sa.String(64)),
 )
 
 audit_events = sa.Table(
@@ -82,7 +88,8 @@ audit_events = sa.Table(
     sa.Column("id", sa.String(36), primary_key=True),
     sa.Column("recorded_at", UTCDateTime, nullable=False),
     sa.Column("patient_identifier", sa.String(12), nullable=False),
-    sa.Column("action", sa.String(16), nullable=False),  # decision | withdrawal | cancellation
+    # decision | withdrawal | cancellation | read | search
+    sa.Column("action", sa.String(16), nullable=False),
     sa.Column("outcome", sa.String(8), nullable=False),  # permit | deny | done
     sa.Column("reason", sa.String(64), nullable=False),
     sa.Column("basis", sa.String(16), nullable=False),
@@ -95,9 +102,16 @@ audit_events = sa.Table(
     sa.Column("requested_by", sa.String(128)),
     sa.Column("channel", sa.String(8), nullable=False),  # http | amqp
     sa.Column("correlation_id", sa.String(128)),
+    # the service where the audited event happened: None for consent, planning | notify for a read
+    # there (consent.access-recorded.v1); added with "Only those who belong"
+    sa.Column("source", sa.String(16)),
     sa.Index("ix_audit_events_patient_time", "patient_identifier", "recorded_at"),
 )
 
+_ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "consent_requests": ("requested_by_hsa_id",),
+    "audit_events": ("source",),
+}
 _ADDED_CONSENT_COLUMNS = (
     "valid_from",
     "excluded_organisations",
@@ -113,16 +127,20 @@ _ADDED_CONSENT_COLUMNS = (
 
 
 def upgrade_schema(sync_conn: sa.Connection) -> None:
-    """Add the issue-#4 columns to a ``consents`` table created before them (additive, idempotent)."""
+    """Add the columns added since a table was created (issue #4 on ``consents``; the case owner on
+    ``consent_requests``, the source on ``audit_events``) — additive, idempotent (SQLite; PostgreSQL
+    has the Alembic migrations)."""
     inspector = sa.inspect(sync_conn)
-    if "consents" not in inspector.get_table_names():
-        return
-    have = {c["name"] for c in inspector.get_columns("consents")}
-    for name in _ADDED_CONSENT_COLUMNS:
-        if name not in have:
-            col = consents.c[name]
-            ddl = col.type.compile(dialect=sync_conn.dialect)
-            sync_conn.execute(sa.text(f'ALTER TABLE consents ADD COLUMN "{name}" {ddl}'))
+    tables = set(inspector.get_table_names())
+    for table, names in (("consents", _ADDED_CONSENT_COLUMNS), *_ADDED_COLUMNS.items()):
+        if table not in tables:
+            continue
+        have = {c["name"] for c in inspector.get_columns(table)}
+        for name in names:
+            if name not in have:
+                col = metadata.tables[table].c[name]
+                ddl = col.type.compile(dialect=sync_conn.dialect)
+                sync_conn.execute(sa.text(f'ALTER TABLE {table} ADD COLUMN "{name}" {ddl}'))
 
 
 def _dt(value: str | None) -> datetime | None:
@@ -225,6 +243,7 @@ def _request(row: Any) -> ConsentRequest:
         status=row.status,
         answered_by=UUID(row.answered_by) if row.answered_by else None,
         correlation_id=row.correlation_id,
+        requested_by_hsa_id=row.requested_by_hsa_id,
     )
 
 
@@ -272,6 +291,7 @@ def _audit(row: Any) -> AuditEntry:
         decision_at=row.decision_at,
         requested_by=row.requested_by,
         correlation_id=row.correlation_id,
+        source=row.source,
     )
 
 
@@ -293,6 +313,7 @@ def _audit_row(entry: AuditEntry) -> dict[str, Any]:
         "decision_at": entry.decision_at,
         "requested_by": entry.requested_by,
         "correlation_id": entry.correlation_id,
+        "source": entry.source,
     }
 
 
@@ -385,6 +406,7 @@ class SqlConsentRepository:
                 "requested_at": request.requested_at,
                 "status": request.status,
                 "correlation_id": request.correlation_id,
+                "requested_by_hsa_id": request.requested_by_hsa_id,
             },
         )
         return True
@@ -413,6 +435,24 @@ class SqlConsentRepository:
         )
         return [_request(r) for r in rows]
 
+    async def requests_for_patient(self, patient_identifier: str) -> list[ConsentRequest]:
+        rows = await self.conn.execute(
+            consent_requests.select()
+            .where(consent_requests.c.patient_identifier == patient_identifier)
+            .order_by(consent_requests.c.requested_at)
+        )
+        return [_request(r) for r in rows]
+
+    async def patient_of_case(self, case_id: UUID) -> str | None:
+        """The person of a case: from its consent request, else from a consent recorded for it."""
+        for table in (consent_requests, consents):
+            found = await self.conn.scalar(
+                sa.select(table.c.patient_identifier).where(table.c.case_id == str(case_id)).limit(1)
+            )
+            if found:
+                return str(found)
+        return None
+
     # ---- audit --------------------------------------------------------------------------------
     async def add_audit(self, entry: AuditEntry) -> None:
         await self.add_audits([entry])
@@ -421,15 +461,34 @@ class SqlConsentRepository:
         await self.conn.execute(audit_events.insert(), [_audit_row(e) for e in entries])
 
     async def audit_for_patient(
-        self, patient_identifier: str, *, limit: int = 100, outcome: str | None = None
+        self,
+        patient_identifier: str,
+        *,
+        limit: int = 100,
+        outcome: str | None = None,
+        visible_to: str | None = None,
     ) -> list[AuditEntry]:
+        """The person's audit trail, newest first. ``visible_to`` (an organisation's HSA-id) keeps
+        only what that organisation may see — filtered in the query, before the limit."""
         query = audit_events.select().where(audit_events.c.patient_identifier == patient_identifier)
         if outcome is not None:
             query = query.where(audit_events.c.outcome == outcome)
+        if visible_to is not None:
+            query = query.where(audit_visible_to(visible_to))
         rows = await self.conn.execute(
             query.order_by(audit_events.c.recorded_at.desc(), audit_events.c.id.desc()).limit(limit)
         )
         return [_audit(r) for r in rows]
+
+    async def audit_entry_visible_to(self, audit_id: UUID, hsa_id: str) -> bool:
+        """Whether the organisation may see this audit entry (:func:`audit_visible_to`)."""
+        found = await self.conn.scalar(
+            sa.select(sa.literal(1))
+            .select_from(audit_events)
+            .where(audit_events.c.id == str(audit_id), audit_visible_to(hsa_id))
+            .limit(1)
+        )
+        return bool(found)
 
     async def get_audit(self, audit_id: UUID) -> AuditEntry | None:
         row = (
@@ -481,6 +540,10 @@ class AuditWriter:
                 if not fut.done():
                     fut.set_result(None)
 
+    async def write_all(self, entries: list[AuditEntry]) -> None:
+        """Several entries (a search's, one per person), committed before this returns."""
+        await asyncio.gather(*(self.write(e) for e in entries))
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -499,3 +562,20 @@ def records_reader(engine: Any) -> Any:
             return await SqlConsentRepository(conn).for_patient(patient_identifier)
 
     return records_of
+
+
+def audit_visible_to(hsa_id: str) -> sa.ColumnElement[bool]:
+    """The audit entries an organisation may see (:mod:`services.consent.access`): those where it is
+    the recipient or the reader, those of the cases it owns (the case's consent request names it),
+    and those of the consents it recorded without a case (it owns those records)."""
+    owned_cases = sa.select(consent_requests.c.case_id).where(
+        consent_requests.c.requested_by_hsa_id == hsa_id
+    )
+    own_records = sa.select(consents.c.id).where(
+        consents.c.recorded_by_hsa_id == hsa_id, consents.c.case_id.is_(None)
+    )
+    return sa.or_(
+        audit_events.c.recipient_hsa_id == hsa_id,
+        audit_events.c.case_id.in_(owned_cases),
+        audit_events.c.consent_id.in_(own_records),
+    )
