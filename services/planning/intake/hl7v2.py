@@ -529,7 +529,12 @@ def _patient_identifier(m: Any) -> PatientIdentifier:
             system = f"urn:hl7v2:assigning-authority:{namespace}"
         else:
             system = f"urn:hl7v2:identifier-type:{type_code or 'unknown'}"
-        candidates.append((2, PatientIdentifier(system=system, value=value)))
+        try:
+            candidates.append((2, PatientIdentifier(system=system, value=value)))
+        except ValidationError as exc:
+            raise _Reject(
+                "AE", ErrorInfo(f"{where}: {exc.errors()[0]['msg']}", ERR_DATA_TYPE, "PID", 3)
+            ) from None
     if not candidates:
         raise _Reject(
             "AE",
