@@ -46,6 +46,8 @@ from shared.access import rule
 from shared.auth import Caller
 from shared.consent_gate import ConsentGateClient, ConsentGateUnavailable
 from shared.contracts import AccessBasis, AccessRecorded
+
+__all__ = ["Access", "AccessBasis", "access_recorded", "may_read_plan", "record"]
 from shared.directory import Directory
 from shared.identifiers import InvalidPersonIdentifier, parse_person_identifier
 from shared.runtime import ServiceRuntime

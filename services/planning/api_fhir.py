@@ -304,9 +304,9 @@ def build_router(
         async with runtime.engine.connect() as conn:
             found = await SqlCaseRepository(conn).find_cases(
                 patient=patient, reference=reference, created_from=lo, created_to=hi, limit=None,
-                where=access.search_filter(caller),
+                where=access.search_filter(caller), with_plan=True,
             )  # fmt: skip
-        visible: list[SipCase] = []
+        visible: list[tuple[SipCase, access.AccessBasis]] = []
         records = []
         now = clock.now()
         for c in found:
@@ -316,7 +316,7 @@ def build_router(
             if decision.status == 503:
                 return outcome_response(503, decision.reason, "transient")
             if decision.allowed:
-                visible.append(c)
+                visible.append((c, decision.basis))
             elif caller is not None and decision.basis != "none":  # refused despite a relation
                 records.append(access.access_recorded(
                     caller, what=what, basis=decision.basis, allowed=False, at=now, case=c, action="search",
@@ -324,15 +324,13 @@ def build_router(
         entries = []
         async with runtime.engine.connect() as conn:
             repo = SqlCaseRepository(conn)
-            for c in visible[offset : offset + count]:
+            for c, basis in visible[offset : offset + count]:
                 row = await repo.plan_version(c.id)
                 if row is not None:
                     entries.append(_from_row(row, fv))
                 if caller is not None:
                     records.append(access.access_recorded(
-                        caller, what=what, basis=access.relation(caller, c) if access.relation(caller, c)
-                        in ("owner", "own-data", "guardian") else "covered", allowed=True, at=now, case=c,
-                        action="search",
+                        caller, what=what, basis=basis, allowed=True, at=now, case=c, action="search",
                     ))  # fmt: skip
         named = access.person_of(patient)
         if caller is not None and named is not None and not visible and not records:

@@ -413,14 +413,17 @@ class SqlCaseRepository:
         self, *, patient: str | None = None, reference: str | None = None, states: set[str] | None = None,
         external_id: str | None = None,
         created_from: datetime | None = None, created_to: datetime | None = None, limit: int | None = 100,
-        where: Any = None,
+        where: Any = None, with_plan: bool = False,
     ) -> list[SipCase]:  # fmt: skip
-        """``where``: a pre-filter such as :func:`related_to`, applied before the limit."""
+        """``where``: a pre-filter such as :func:`related_to`, applied before the limit; ``with_plan``:
+        only cases that have a CarePlan (a version stored)."""
         q = cases.select().order_by(cases.c.opened_at.desc(), cases.c.id)
         if limit is not None:
             q = q.limit(limit)
         if where is not None:
             q = q.where(where)
+        if with_plan:
+            q = q.where(sa.exists().where(care_plans.c.case_id == cases.c.id))
         if patient is not None:
             q = q.where(cases.c.patient_identifier == patient)
         if reference is not None:
