@@ -218,6 +218,7 @@ class ServiceRuntime:
             directory = load_directory(self.settings.directory_path)
             known = lambda hsa_id: directory.get(hsa_id) is not None  # noqa: E731
         install_auth(app, self.settings, known_organisation=known)
+        install_value_error_handlers(app)
 
         @app.get("/healthz", tags=["operations"], summary="Liveness and dependencies")
         async def healthz() -> JSONResponse:
@@ -388,3 +389,22 @@ class UnitOfWork:
     async def send(self, message: Contract) -> None:
         await enqueue(self.conn, self._rt.outbox, message)
         self.enqueued += 1
+
+
+def install_value_error_handlers(app: FastAPI) -> None:
+    """A value the code or the database cannot hold (a number or time out of range, nesting too deep)
+    is the sender's error: 400 saying so (an OperationOutcome under /fhir), never a 500. Each input
+    path refuses such values itself with the field's name; this is the net behind them."""
+    from sqlalchemy.exc import DataError
+
+    from shared.fhir import outcome_response
+
+    async def out_of_range(request: Any, exc: Exception) -> Response:
+        log.info("request refused: a value out of range", extra={"error": type(exc).__name__})
+        reason = "a value in the request is out of the range this service can hold"
+        if request.url.path.startswith("/fhir"):
+            return outcome_response(400, reason, "invalid")
+        return JSONResponse({"detail": reason}, status_code=400)
+
+    for exc_type in (OverflowError, RecursionError, DataError):
+        app.add_exception_handler(exc_type, out_of_range)
