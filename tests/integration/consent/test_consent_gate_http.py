@@ -2,41 +2,73 @@
 guardians, withdrawal, cancellation, the decision endpoint and its audit log, FHIR R4/R5 and history.
 
 No broker is needed: the service's state changes and outgoing events are read from its database
-(events wait in the outbox until the relay publishes them).
+(events wait in the outbox until the relay publishes them). Authentication is on: the recording unit
+(REC) records, reads, withdraws and cancels its consents; an operator asks the decisions and reads
+the audit trail (who may do what is tested in test_access.py).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from uuid import uuid4
 
 import httpx
 import pytest
 import sqlalchemy as sa
+import yaml
 
 from services.consent.app import create_app, prepare_database
 from services.consent.settings import ConsentSettings
+from shared.auth import mint_token
 from shared.clock import FixedClock
+from tests.conftest import TEST_JWT_SECRET
 from tests.support.personnummer import ADULTS, CHILD
 
 NOW = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
 SOC, VC, SCHOOL = "SE2120001-SOC0180", "SE2321000016-VC001", "SE2120001-SKOLA1"
 REC = "SE2321000016-REC1"
+OPS = "SE2321000016-OPS01"
+REPO = Path(__file__).resolve().parents[3]
+
+
+class Tokens(httpx.Auth):
+    """The recording unit's token, an operator's for decisions and the audit trail."""
+
+    recorder = f"Bearer {mint_token(TEST_JWT_SECRET, REC)}"
+    operator = f"Bearer {mint_token(TEST_JWT_SECRET, OPS, operator=True)}"
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        path = request.url.path
+        as_operator = path.startswith(("/decisions", "/audit", "/fhir/AuditEvent"))
+        request.headers["Authorization"] = self.operator if as_operator else self.recorder
+        yield request
+
+
+def directory(tmp: Path) -> str:
+    data = yaml.safe_load((REPO / "config/directory.yaml").read_text())
+    for hsa_id in (REC, OPS):
+        data["organisations"].append({"hsa_id": hsa_id, "name": hsa_id, "kind": "other", "channels": []})
+    path = tmp / "directory.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    return str(path)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def service(request, tmp_path) -> AsyncIterator[tuple[httpx.AsyncClient, object, FixedClock]]:
+    auth = dict(directory_path=directory(tmp_path), auth_required=True, jwt_hs256_secret=TEST_JWT_SECRET)
     if request.param == "postgres":
-        settings = ConsentSettings(database_url=request.getfixturevalue("pg_url"))
+        settings = ConsentSettings(database_url=request.getfixturevalue("pg_url"), **auth)
     else:
-        settings = ConsentSettings(data_dir=str(tmp_path))
+        settings = ConsentSettings(data_dir=str(tmp_path), **auth)
     clock = FixedClock(NOW)
     app = create_app(settings, clock=clock)
     rt = app.state.runtime
     await prepare_database(rt)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as http:
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t", auth=Tokens()) as http:
         yield http, rt, clock
     await rt.engine.dispose()
 
@@ -47,6 +79,25 @@ async def outbox(rt) -> list[tuple[str, dict]]:
             await conn.execute(sa.select(rt.outbox.c.routing_key, rt.outbox.c.body).order_by(rt.outbox.c.id))
         ).all()
     return [(r.routing_key, json.loads(r.body)) for r in rows]
+
+
+async def open_case(rt, case_id, patient: str = ADULTS[0]) -> None:
+    """Planning asked consent for a case the recording unit owns (the owner records its consent)."""
+    from services.consent import handlers
+    from services.consent.adapters.store import SqlConsentRepository
+    from shared.contracts import ConsentRequested
+
+    async with rt.unit_of_work() as uow:
+        await handlers.request_consent(
+            ConsentRequested(
+                case_id=case_id,
+                patient_identifier=patient,
+                proposed_recipients=(SOC, VC),
+                requested_by_hsa_id=REC,
+            ),
+            repo=SqlConsentRepository(uow.conn),
+            clock=FixedClock(NOW),
+        )
 
 
 def consent_body(**kw) -> dict:
@@ -136,8 +187,10 @@ async def test_decision_permits_and_denies_with_reasons_and_every_answer_is_audi
     )
     assert fhir.status_code == 200 and fhir.headers["content-type"].startswith("application/fhir+json")
     bundle = Bundle.model_validate(fhir.json())
-    assert bundle.type == "searchset" and bundle.total == 6
-    events = [e.resource for e in bundle.entry]
+    # the six decisions, and the two searches of the trail above (every read of it is audited)
+    assert bundle.type == "searchset" and bundle.total == 8
+    events = [e.resource for e in bundle.entry if e.resource.type.code != "rest"]
+    assert len(events) == 6
     assert all(e.get_resource_type() == "AuditEvent" for e in events)
     permit = next(e for e in events if e.outcomeDesc == "permit: consent-permits")
     assert permit.agent[0].who.identifier.value == SOC and permit.agent[0].requestor is False
@@ -153,7 +206,9 @@ async def test_decision_permits_and_denies_with_reasons_and_every_answer_is_audi
 
 async def test_withdrawal_is_immediate_irreversible_kept_and_announced(service):
     http, rt, clock = service
-    consent = (await http.post("/consents", json=consent_body(case_id=str(uuid4())))).json()
+    case_id = uuid4()
+    await open_case(rt, case_id)
+    consent = (await http.post("/consents", json=consent_body(case_id=str(case_id)))).json()
     assert (await http.post("/decisions", json=ask())).json()["decision"] == "permit"
 
     clock.advance(timedelta(hours=2))
@@ -211,7 +266,12 @@ async def test_cancellation_is_separate_audited_and_reopens_the_request(service)
 
     async with rt.unit_of_work() as uow:
         await handlers.request_consent(
-            ConsentRequested(case_id=case_id, patient_identifier=ADULTS[0], proposed_recipients=(SOC,)),
+            ConsentRequested(
+                case_id=case_id,
+                patient_identifier=ADULTS[0],
+                proposed_recipients=(SOC,),
+                requested_by_hsa_id=REC,
+            ),
             repo=SqlConsentRepository(uow.conn),
             clock=FixedClock(NOW),
         )

@@ -67,7 +67,12 @@ async def test_request_then_http_consent_publishes_granted(consent_settings, amq
             persist=True,
             message_id=str(req.message_id),
         )
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as http:
+        # the sandbox's acting organisation (authentication is off here): the participant the case
+        # proposed, who collects and records the consent
+        actor = {"X-Sip-Organisation": "SE2120001-SOC0180"}
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app), base_url="http://t", headers=actor
+        ) as http:
             for _ in range(100):
                 pending = (await http.get("/consent-requests")).json()
                 if pending:
@@ -79,7 +84,6 @@ async def test_request_then_http_consent_publishes_granted(consent_settings, amq
                 "case_id": str(case_id),
                 "patient_identifier": ADULT,
                 "decision": "granted",
-                "recorded_by_hsa_id": "SE2321000016-VC001",
                 "method": "written",
             }
             r1 = await http.post("/consents", json=body, headers={"Idempotency-Key": "k1"})

@@ -20,6 +20,8 @@ from tests.support.personnummer import ADULTS
 pytestmark = pytest.mark.broker
 
 SOC, VC, SCHOOL = "SE2120001-SOC0180", "SE2321000016-VC001", "SE2120001-SKOLA1"
+REC = "SE2321000016-REC1"
+ACTOR = {"X-Sip-Organisation": REC}  # the sandbox's acting organisation (authentication is off here)
 
 
 @pytest.fixture
@@ -43,10 +45,29 @@ async def _grant(app, **kw):
         "purposes": ["share-information"],
         "recipients": [SOC, VC],
         "excluded_organisations": [SCHOOL],
-        "recorded_by_hsa_id": "SE2321000016-REC1",
         **kw,
     }
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as http:
+    if "case_id" in kw:  # planning asked consent for the case, which the recording unit owns
+        from uuid import UUID
+
+        from services.consent import handlers
+        from services.consent.adapters.store import SqlConsentRepository
+        from shared.clock import SystemClock
+        from shared.contracts import ConsentRequested
+
+        rt = app.state.runtime
+        async with rt.unit_of_work() as uow:
+            await handlers.request_consent(
+                ConsentRequested(
+                    case_id=UUID(kw["case_id"]), patient_identifier=ADULTS[0], proposed_recipients=(SOC, VC),
+                    requested_by_hsa_id=REC,
+                ),
+                repo=SqlConsentRepository(uow.conn),
+                clock=SystemClock(),
+            )  # fmt: skip
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app), base_url="http://t", headers=ACTOR
+    ) as http:
         r = await http.post("/consents", json=body)
         assert r.status_code == 201, r.text
         return r.json(), http
@@ -124,10 +145,10 @@ async def test_withdrawal_reaches_planning_queue_and_the_gate_denies_at_once(con
     consent, _ = await _grant(app, case_id="2b7e1f1e-0d7c-4a55-9a38-1d7b6d1c2a01")
     import httpx
 
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as http:
-        w = await http.post(
-            f"/consents/{consent['id']}/withdraw", json={"recorded_by_hsa_id": "SE2321000016-REC1"}
-        )
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app), base_url="http://t", headers=ACTOR
+    ) as http:
+        w = await http.post(f"/consents/{consent['id']}/withdraw", json={"recorded_by_hsa_id": REC})
         assert w.status_code == 200
     client = ConsentGateClient(amqp_url=amqp_url, timeout=5)
     try:
