@@ -393,3 +393,19 @@ async def test_hospital_messages_only_from_a_hospital(world):
             assert r.status_code in (400, 422), r.text[:200]  # looked at: refused for what it says
         else:
             assert r.status_code == 403 and r.json()["resourceType"] == "OperationOutcome", who
+
+
+async def test_an_older_sqlite_database_gets_the_guardians_column(tmp_path):
+    from services.planning.adapters.store import metadata, upgrade_schema
+    from shared.persistence import make_engine
+
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path}/p.db")
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+        await conn.execute(sa.text("ALTER TABLE sip_cases DROP COLUMN guardians"))
+    async with engine.begin() as conn:
+        await conn.run_sync(upgrade_schema)
+        await conn.run_sync(upgrade_schema)  # idempotent
+        columns = await conn.run_sync(lambda c: {x["name"] for x in sa.inspect(c).get_columns("sip_cases")})
+    assert "guardians" in columns
+    await engine.dispose()
