@@ -81,8 +81,11 @@ def wait_until(fn, timeout: float = 30.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}; last={last!r}")
 
 
+OWNER = {"X-Sip-Organisation": "SE2321000016-VC001"}  # the unit that owns the case (sandbox: no token)
+
+
 def pending_case(suite: Suite) -> str:
-    items = httpx.get(f"{suite.url('consent')}/consent-requests", timeout=5).json()
+    items = httpx.get(f"{suite.url('consent')}/consent-requests", timeout=5, headers=OWNER).json()
     return items[0]["case_id"] if items else ""
 
 
@@ -97,6 +100,7 @@ def give_consent(suite: Suite, case_id: str, personnummer: str) -> None:
             "recorded_by_hsa_id": "SE2321000016-VC001",
         },
         timeout=10,
+        headers=OWNER,
     )
     assert r.status_code == 201, r.text
 

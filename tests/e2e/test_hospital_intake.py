@@ -77,7 +77,10 @@ async def test_adt_over_mllp_opens_a_case_once_and_a13_cancels_it(suite: Suite) 
         assert case[0]["ready_for_discharge_at"].startswith("2026-11-20T08:30:00")
         assert case[0]["participants"][1]["hsa_id"] == VC
         # consent (another process) received the request over RabbitMQ
-        with httpx.Client(base_url=suite.url("consent"), timeout=10) as consent:
+        # as a unit taking part in the case (consent lists only the caller's own cases)
+        with httpx.Client(
+            base_url=suite.url("consent"), timeout=10, headers={"X-Sip-Organisation": VC}
+        ) as consent:
             wait_for(
                 lambda: any(r["case_id"] == case[0]["id"] for r in consent.get("/consent-requests").json())
             )

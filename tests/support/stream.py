@@ -144,7 +144,9 @@ async def publish_all(
 async def consent_desk(suite: Suite, figures: Figures, stop: asyncio.Event) -> None:
     """Grant consent for every case that asks, once per case (deterministic message_id)."""
     done: set[str] = set()
-    async with httpx.AsyncClient(timeout=10) as http:
+    # the desk works for the unit that owns the cases (the sandbox's acting organisation): consent
+    # lists only the requests of the caller's own cases
+    async with httpx.AsyncClient(timeout=10, headers={"X-Sip-Organisation": "SE2321000016-VC001"}) as http:
         while not stop.is_set():
             try:
                 pending = (await http.get(f"{suite.url('consent')}/consent-requests")).json()

@@ -149,7 +149,13 @@ async def test_a_plan_is_read_by_the_owner_and_by_those_the_consent_covers_each_
             # an organisation that takes no part does not even see the case in lists
             assert all(c["id"] != cid for c in (await planning.get("/cases", headers=bearer(SOLNA))).json())
 
-            # the person consents to sharing with social services only (not the hospital)
+            # the person consents to sharing with social services only (not the hospital), recorded by
+            # the owning unit once consent has the case's request (it knows the case's owner from it)
+            for _ in range(100):
+                pending = (await consent.get("/consent-requests", headers=bearer(VC))).json()
+                if any(p["case_id"] == cid for p in pending):
+                    break
+                await asyncio.sleep(0.1)
             r = await consent.post("/consents", headers=bearer(VC), json={
                 "case_id": cid, "patient_identifier": pnr, "decision": "granted", "recipients": [SOC, VC],
                 "recorded_by_hsa_id": VC})  # fmt: skip

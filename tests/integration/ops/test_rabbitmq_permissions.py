@@ -285,8 +285,10 @@ async def run_the_suite(broker: Broker, tmp_path: Path, smtp: MailSink, order: t
                 broker.operator_url, good.model_dump_json().encode(), str(good.message_id)
             )
 
+        # the unit that owns the case acts (the sandbox's X-Sip-Organisation: authentication is off here)
+        owner = {"X-Sip-Organisation": "SE2321000016-VC001"}
         http = {
-            n: httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t")
+            n: httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t", headers=owner)
             for n, app in apps.items()
         }
 
