@@ -191,6 +191,7 @@ def read_consent(
 
 def search_consents(
     caller: Caller,
+    patient: str,
     records: list[ConsentRecord],
     requests: dict[UUID, ConsentRequest],
     guardians: frozenset[str],
@@ -204,8 +205,8 @@ def search_consents(
         if v.permit:
             seen.append(r)
             bases.add(v.basis)
-    if caller.is_person and records:
-        basis = person_basis(caller, records[0].patient_identifier, guardians)
+    if caller.is_person:
+        basis = person_basis(caller, patient, guardians)
         return seen, Verdict(basis is not None, basis or "none")
     basis = _strongest(bases) or next(iter(bases), None)
     return seen, Verdict(bool(seen), basis or "none")

@@ -518,7 +518,7 @@ def build_router(runtime: ServiceRuntime, clock: Clock, audit_writer: AuditWrite
             records = await repo.for_patient(pid)
             requests = {r.case_id: r for r in await repo.requests_for_patient(pid)}
         guardians = access.guardians_of(records, now) if caller.is_person else frozenset()
-        seen, verdict = access.search_consents(caller, records, requests, guardians, now)
+        seen, verdict = access.search_consents(caller, pid, records, requests, guardians, now)
         await audited(
             access.read_entry(
                 caller, patient=pid, action="search", verdict=verdict, what="Consent?patient", now=now

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from uuid import UUID, uuid4
 
 import pytest
+import sqlalchemy as sa
 from faststream.rabbit import TestRabbitBroker
 
 from services.consent import handlers
@@ -115,3 +116,18 @@ async def test_a_childs_granted_consent_names_its_guardians(rt):
         )
     [granted] = outbox.sent
     assert isinstance(granted, ConsentGranted) and granted.guardian_identifiers == (g1, g2)
+
+
+def test_an_older_sqlite_database_gets_the_case_owner_and_audit_source_columns(tmp_path):
+    from services.consent.adapters.store import upgrade_schema
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE consent_requests (case_id VARCHAR(36) PRIMARY KEY)"))
+        conn.execute(sa.text("CREATE TABLE audit_events (id VARCHAR(36) PRIMARY KEY)"))
+        upgrade_schema(conn)
+        upgrade_schema(conn)  # idempotent
+        inspector = sa.inspect(conn)
+        assert "requested_by_hsa_id" in {c["name"] for c in inspector.get_columns("consent_requests")}
+        assert "source" in {c["name"] for c in inspector.get_columns("audit_events")}
+    engine.dispose()
