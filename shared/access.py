@@ -60,16 +60,24 @@ def rule(summary: str, *, allowed: Iterable[str] = (), filtered: Iterable[str] =
     return {EXTENSION: {"summary": summary, "callers": callers}}
 
 
-def routes(app: FastAPI) -> Iterator[tuple[str, str, APIRoute]]:
-    """Every (method, path, route) the app serves, HEAD left out."""
+def routes(app: FastAPI) -> Iterator[tuple[str, str, Any]]:
+    """Every (method, path, route) the app serves, HEAD left out — routers included with
+    ``include_router`` too (FastAPI keeps those as included-router branches with their own
+    effective routes, full path and ``openapi_extra`` included)."""
     for route in app.routes:
         if isinstance(route, APIRoute):
-            for method in sorted(route.methods - {"HEAD"}):
-                yield method, route.path, route
+            found: list[Any] = [route]
+        elif hasattr(route, "effective_route_contexts"):
+            found = list(route.effective_route_contexts())
+        else:
+            continue
+        for r in found:
+            for method in sorted(set(r.methods or ()) - {"HEAD"}):
+                yield method, r.path, r
 
 
-def rule_of(route: APIRoute) -> dict[str, Any] | None:
-    return (route.openapi_extra or {}).get(EXTENSION)
+def rule_of(route: Any) -> dict[str, Any] | None:
+    return (getattr(route, "openapi_extra", None) or {}).get(EXTENSION)
 
 
 def table(apps: dict[str, FastAPI], open_paths: Iterable[str]) -> str:
