@@ -29,9 +29,10 @@ CONSENT_EVENTS = "consent.events"  # topic
 NOTIFY_EVENTS = "notify.events"  # topic
 CONSENT_COMMANDS = "consent.commands"  # direct, owned by consent
 NOTIFY_COMMANDS = "notify.commands"  # direct, owned by notify
+CONSENT_AUDIT = "consent.audit"  # direct, owned by consent: reads to file in a person's audit trail
 
 EVENT_EXCHANGES = (HOSPITAL_EVENTS, PLANNING_EVENTS, CONSENT_EVENTS, NOTIFY_EVENTS)
-COMMAND_EXCHANGES = (CONSENT_COMMANDS, NOTIFY_COMMANDS)
+COMMAND_EXCHANGES = (CONSENT_COMMANDS, NOTIFY_COMMANDS, CONSENT_AUDIT)
 
 
 def _person_id(value: str) -> str:
@@ -320,7 +321,7 @@ class AccessRecorded(Contract):
     person of ``case_id`` when only the case is known).
     """
 
-    exchange: ClassVar[str] = CONSENT_COMMANDS
+    exchange: ClassVar[str] = CONSENT_AUDIT  # its own exchange: a reader may file reads, not commands
     routing_key: ClassVar[str] = "consent.access-recorded.v1"
 
     service: Literal["planning", "notify"]
@@ -359,7 +360,7 @@ class ConsentDecisionReply(BaseModel):
 
 
 # the consent contracts above are declared after the first list; every contract is in ALL_CONTRACTS
-ALL_CONTRACTS = (*ALL_CONTRACTS, ConsentWithdrawn, ConsentDecisionRequested)
+ALL_CONTRACTS = (*ALL_CONTRACTS, ConsentWithdrawn, ConsentDecisionRequested, AccessRecorded)
 
 
 class CaseNotice(Contract):
