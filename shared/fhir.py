@@ -23,6 +23,7 @@ class FhirValidationError(PermanentError, ValueError):
 #: resources, extensions of extensions); thousands of levels would exhaust the parser's recursion.
 MAX_JSON_DEPTH = 100
 
+
 class JsonBodyError(ValueError):
     """A request body that is not JSON, or nests deeper than :data:`MAX_JSON_DEPTH` (answer 400)."""
 

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 from uuid import UUID, uuid5
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import JSONResponse
 
 from services.consent import access, handlers
@@ -59,6 +59,7 @@ from shared.fhir import FHIR_JSON, outcome_response
 from shared.identifiers import mask
 from shared.messaging import describe_error
 from shared.runtime import ServiceRuntime
+from shared.timestamps import Timestamp
 
 _IDEMPOTENCY_NS = UUID("6f6b0b7e-3c1e-4d7e-9a53-6a1f1c0e5a11")
 _PATIENT_DOC = "personnummer; required for organisations, a person's own by default"
@@ -90,8 +91,8 @@ class ConsentIn(BaseModel):
         description="Optional; when given it must be the calling organisation (the token's HSA-id), "
         "which is always the one recorded",
     )
-    valid_until: AwareDatetime | None = None
-    valid_from: AwareDatetime | None = Field(default=None, description="Start of validity; default: now")
+    valid_until: Timestamp | None = None
+    valid_from: Timestamp | None = Field(default=None, description="Start of validity; default: now")
     excluded_organisations: tuple[HsaId, ...] = Field(
         default=(), description="Organisations the consent does not cover ('not the school')"
     )
@@ -178,7 +179,7 @@ class WithdrawIn(BaseModel):
         description="Optional; when given it must be the calling organisation (the token's HSA-id). "
         "A person or guardian withdrawing with their own e-ID leaves it out",
     )
-    withdrawn_at: AwareDatetime | None = Field(
+    withdrawn_at: Timestamp | None = Field(
         default=None, description="When the person withdrew it, if earlier than now (never later)"
     )
     method: Literal["oral", "written"] = "oral"
@@ -202,7 +203,7 @@ class DecisionIn(BaseModel):
     recipient_hsa_id: HsaId
     category: InformationCategory
     purpose: ConsentPurpose
-    at: AwareDatetime | None = Field(default=None, description="Default: now")
+    at: Timestamp | None = Field(default=None, description="Default: now")
     case_id: UUID | None = None
     requested_by: str | None = Field(default=None, max_length=128, description="Asking system or unit")
 

@@ -39,7 +39,9 @@ class Reason(BaseModel):
 
 class ApprovalIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    version: int = Field(ge=1, description="The plan version the person approved (the latest draft)")
+    version: int = Field(
+        ge=1, le=2**31 - 1, description="The plan version the person approved (the latest draft)"
+    )
     approved_by: Literal["person", "guardians", "legal-representative"]
     method: Literal["oral", "written", "digital"]
 

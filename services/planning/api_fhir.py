@@ -216,8 +216,10 @@ def build_router(
         summary="Read one version of a plan (vread)",
         openapi_extra=access.READ_CASE,
     )
-    async def vread(plan_id: str, vid: int, request: Request) -> JSONResponse:
-        row, error = await _version_row(plan_id, vid)
+    async def vread(plan_id: str, vid: str, request: Request) -> JSONResponse:
+        if not (vid.isdigit() and 0 < int(vid[:10]) < 2**31 and len(vid) <= 10):  # a version id, as stored
+            return outcome_response(404, f"no version {vid[:32]} of CarePlan {plan_id[:64]}", "not-found")
+        row, error = await _version_row(plan_id, int(vid))
         if error:
             return error
         if denied := await _access(request, UUID(plan_id), f"CarePlan/{UUID(plan_id)}/_history/{vid}"):

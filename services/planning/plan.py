@@ -13,7 +13,9 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from shared.timestamps import Timestamp
 
 Text = Annotated[str, Field(min_length=1, max_length=2000)]
 ShortText = Annotated[str, Field(min_length=1, max_length=200)]
@@ -100,8 +102,8 @@ class MeetingPreferences(_Model):
 
 
 class Meeting(_Model):
-    start: AwareDatetime
-    end: AwareDatetime
+    start: Timestamp
+    end: Timestamp
     location: ShortText | None = Field(default=None, description="Room or address of the meeting")
     video_url: Annotated[str, Field(max_length=500, pattern=r"^https://\S+$")] | None = None
 
@@ -121,7 +123,7 @@ class Approval(_Model):
     approved_by: Literal["person", "guardians", "legal-representative"]
     method: Literal["oral", "written", "digital"]
     recorded_by_hsa_id: HsaId
-    approved_at: AwareDatetime
+    approved_at: Timestamp
 
 
 class FollowUp(_Model):
