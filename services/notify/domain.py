@@ -37,6 +37,8 @@ from datetime import datetime, timedelta
 from typing import Literal
 from uuid import UUID, uuid5
 
+from shared.contracts import MeetingNeeds
+
 Status = Literal["pending", "sending", "sent", "failed", "cancelled"]
 ChannelKind = Literal["email", "webhook", "sms"]
 
@@ -121,6 +123,9 @@ class Notification:
     cancelled_at: datetime | None = None
     # since issue #6: the meeting a reminder is about (stored beside the row; None for other kinds)
     meeting_start: datetime | None = None
+    # since issue #22: what the person needs at the meeting (stored beside the row; the webhook's
+    # Communication carries it as data); None when nothing was recorded or the kind does not state it
+    meeting_needs: MeetingNeeds | None = None
 
     @property
     def key(self) -> DedupeKey:
