@@ -2,7 +2,9 @@
 
 Every command names the acting organisation in ``X-Sip-Organisation`` (its HSA-id); it is recorded as
 the agent of the change (Provenance). A step the lifecycle does not allow answers **409** with the
-current state and the refused step; a body that breaks a rule answers **422** naming the field.
+current state and the refused step — and what is missing when the step only comes too early (invite
+before the person's consent: "… in state consent_pending … the person's consent is missing"); a body
+that breaks a rule answers **422** naming the field (a reason of only blanks says nothing: 422).
 """
 
 from __future__ import annotations
