@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime
 from typing import Annotated, ClassVar, Literal
 from uuid import UUID, uuid4
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from shared.hospital import HospitalEvent
 from shared.identifiers import parse_person_identifier
@@ -175,8 +175,47 @@ class ConsentDeclined(Contract):
 
 
 # ---- planning → notify -----------------------------------------------------------------------
+NeedText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+
+class MeetingNeeds(BaseModel):
+    """What the person needs at the SIP meeting, for the participants to prepare (issue #22): recorded
+    by the coordinator (``PUT /cases/{id}/preferences``) and carried to notify so every notice a
+    participant acts on states it ("Inför mötet"). No identifier and no health data: a language code,
+    yes/no answers, minutes and short practical texts (notify's personnummer and health-data guards
+    run over every text rendered from them)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    interpreter_language: str | None = Field(
+        default=None,
+        pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{1,8})*$",
+        description="An interpreter in this language is needed (BCP 47 code, e.g. 'ar')",
+    )
+    picture_support: bool = Field(default=False, description="Bildstöd: the meeting uses picture support")
+    longest_duration_minutes: int | None = Field(
+        default=None, ge=10, le=480, description="The longest the person can take part, in minutes"
+    )
+    someone_stays_after: bool = Field(
+        default=False, description="Someone stays afterwards to go through what was decided with the person"
+    )
+    avoid: NeedText | None = Field(default=None, description="Disturbances to avoid (short, practical)")
+    place: NeedText | None = Field(default=None, description="The person's wish for the place")
+    time_of_day: NeedText | None = Field(default=None, description="The person's wish for the time of day")
+    room: NeedText | None = Field(default=None, description="The room and its surroundings")
+    attends_whole_meeting: bool = Field(
+        default=True, description="False: the person takes part in only a part of the meeting"
+    )
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to prepare for: no block is rendered."""
+        return self == MeetingNeeds()
+
+
 class SendInvitation(Contract):
-    """Invite the participants of a SIP case to planning. Carries no personal data."""
+    """Invite the participants of a SIP case to planning. No identifier, no health data: what the person
+    needs at the meeting travels as :class:`MeetingNeeds` (codes, yes/no, short practical texts)."""
 
     exchange: ClassVar[str] = NOTIFY_COMMANDS
     routing_key: ClassVar[str] = "notify.send-invitation.v1"
@@ -208,6 +247,10 @@ class SendInvitation(Contract):
         default=None,
         pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{1,8})*$",
         description="The person needs an interpreter in this language (BCP 47 code, e.g. 'ar')",
+    )
+    # additive (optional) since issue #22
+    meeting_needs: MeetingNeeds | None = Field(
+        default=None, description="What the person needs at the meeting (none: no 'Inför mötet' block)"
     )
 
 
@@ -389,6 +432,10 @@ class CaseNotice(Contract):
         Literal["followed-up", "deceased", "consent-withdrawn", "cancelled", "refused", "other"] | None
     ) = None
     interpreter_language: str | None = Field(default=None, pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
+    # additive (optional) since issue #22: stated in plan-established and follow-up-due
+    meeting_needs: MeetingNeeds | None = Field(
+        default=None, description="What the person needs at the meeting (none: no 'Inför mötet' block)"
+    )
 
 
 ALL_CONTRACTS = (*ALL_CONTRACTS, CaseNotice)

@@ -37,6 +37,8 @@ from datetime import datetime, timedelta
 from typing import Literal
 from uuid import UUID, uuid5
 
+from shared.contracts import MeetingNeeds
+
 Status = Literal["pending", "sending", "sent", "failed", "cancelled"]
 ChannelKind = Literal["email", "webhook", "sms"]
 
@@ -123,6 +125,9 @@ class Notification:
     meeting_start: datetime | None = None
     #: the unit that owns (organises) the case: it may read every notification of the case
     owner_hsa_id: str | None = None
+    # since issue #22: what the person needs at the meeting (stored beside the row; the webhook's
+    # Communication carries it as data); None when nothing was recorded or the kind does not state it
+    meeting_needs: MeetingNeeds | None = None
 
     @property
     def key(self) -> DedupeKey:

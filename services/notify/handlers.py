@@ -41,7 +41,7 @@ from services.notify.templates import (
     render_reminder,
 )
 from shared.clock import Clock
-from shared.contracts import CaseNotice, ConsentWithdrawn, DeadlineBreached, SendInvitation
+from shared.contracts import CaseNotice, ConsentWithdrawn, DeadlineBreached, MeetingNeeds, SendInvitation
 from shared.directory import (
     Directory,
     EmailChannel,
@@ -179,7 +179,18 @@ def _notification(
         ics=ics,
         consent_id=cmd.consent_id,
         owner_hsa_id=cmd.organizer_hsa_id or sender_hsa_id,
+        meeting_needs=_needs(cmd.meeting_needs, cmd.interpreter_language),
     )
+
+
+def _needs(needs: MeetingNeeds | None, interpreter_language: str | None) -> MeetingNeeds | None:
+    """What the person needs, as kept with each notification (the webhook's Communication carries it):
+    the command's needs, or only the interpreter language of a command from before issue #22."""
+    if needs is None and interpreter_language:
+        return MeetingNeeds(interpreter_language=interpreter_language)
+    if needs is not None and interpreter_language and not needs.interpreter_language:
+        return needs.model_copy(update={"interpreter_language": interpreter_language})
+    return None if needs is None or needs.empty else needs
 
 
 def _stopped(n: Notification, withdrawn: Withdrawal) -> Notification:
@@ -243,6 +254,7 @@ def _calendar(
         issued_at=cmd.occurred_at,
         language=cmd.language,
         interpreter_language=cmd.interpreter_language,
+        meeting_needs=cmd.meeting_needs,
         default_duration=timedelta(minutes=options.meeting_default_minutes),
     )
 
@@ -283,6 +295,7 @@ async def accept_invitation(
             language=cmd.language,
             meeting=meeting,
             interpreter_language=cmd.interpreter_language,
+            meeting_needs=cmd.meeting_needs,
         )
         ics = _calendar(cmd, meeting, organizer, orgs, options) if meeting is not None else None
         reminder = (
@@ -292,6 +305,7 @@ async def accept_invitation(
                 plan_url=cmd.plan_url,
                 language=cmd.language,
                 interpreter_language=cmd.interpreter_language,
+                meeting_needs=cmd.meeting_needs,
             )
             if meeting is not None
             else None
@@ -466,6 +480,8 @@ async def escalate_deadline(
 
 # ---- case notices: plan established, follow-up due, case closed (issue #6) ------------------------
 NOTICE_KINDS_HANDLED: frozenset[str] = frozenset({"plan-established", "follow-up-due", "case-closed"})
+#: the notices a participant acts on: they state the person's meeting needs (issue #22)
+NEEDS_KINDS: frozenset[str] = frozenset({"invitation", "reminder", "plan-established", "follow-up-due"})
 
 _CLOSED_REASONS: dict[str | None, ClosedReason] = {
     "followed-up": "plan-completed",
@@ -494,7 +510,11 @@ def _notice_text(notice: CaseNotice, language: str, options: InvitationOptions) 
         if not notice.plan_url:
             raise NoticeRefused("plan_url: required for plan-established")
         return render_plan_established(
-            case_reference=notice.case_reference, plan_url=notice.plan_url, language=language
+            case_reference=notice.case_reference,
+            plan_url=notice.plan_url,
+            language=language,
+            interpreter_language=notice.interpreter_language,
+            meeting_needs=notice.meeting_needs,
         )
     if notice.kind == "follow-up-due":
         if notice.follow_up_date is None:
@@ -505,6 +525,7 @@ def _notice_text(notice: CaseNotice, language: str, options: InvitationOptions) 
             plan_url=notice.plan_url or options.case_url(notice.case_id),
             language=language,
             interpreter_language=notice.interpreter_language,
+            meeting_needs=notice.meeting_needs,
         )
     return render_case_closed(
         case_reference=notice.case_reference,
@@ -598,6 +619,10 @@ async def handle_case_notice(
                     attempts=0, next_attempt_at=now, created_at=now, updated_at=now, last_error=r.last_error,
                     kind=notice.kind, plan_url=notice.plan_url, sender_hsa_id=notice.owner_hsa_id,
                     consent_id=notice.consent_id, owner_hsa_id=notice.owner_hsa_id,
+                    meeting_needs=(
+                        _needs(notice.meeting_needs, notice.interpreter_language)
+                        if notice.kind in NEEDS_KINDS else None
+                    ),
                 )
             )  # fmt: skip
     if withdrawn is not None:

@@ -7,7 +7,8 @@
 - times in Europe/Stockholm (``DTSTART;TZID=Europe/Stockholm`` with its ``VTIMEZONE``);
 - ``ORGANIZER`` is the owning unit, ``ATTENDEE`` every invited organisation reachable by e-mail;
 - a remote meeting carries its video link as ``URL``, in ``LOCATION`` (when no place is given) and in
-  ``DESCRIPTION``.
+  ``DESCRIPTION``;
+- ``DESCRIPTION`` states the person's meeting needs as the e-mail does (the "Inför mötet" block).
 
 The texts are the same guarded texts as the e-mail: no name, personnummer or health data.
 Pure: no I/O.
@@ -26,8 +27,9 @@ from services.notify.templates import (
     Meeting,
     check_text,
     format_meeting_time,
-    interpreter_line,
+    needs_block,
 )
+from shared.contracts import MeetingNeeds
 
 TZID = "Europe/Stockholm"
 PRODID = "-//sip-suite//notify//SV"
@@ -75,6 +77,7 @@ def invitation_ics(
     issued_at: datetime,
     language: str = "sv",
     interpreter_language: str | None = None,
+    meeting_needs: MeetingNeeds | None = None,
     default_duration: timedelta = timedelta(hours=1),
 ) -> str:
     """The VCALENDAR text (CRLF line endings) for a SIP meeting."""
@@ -93,9 +96,9 @@ def invitation_ics(
         lines.append(f"{'Plats' if sv else 'Place'}: {' '.join(meeting.location.split())}")
     if meeting.video_url:
         lines.append(f"{'Videolänk' if sv else 'Video link'}: {meeting.video_url}")
-    tolk = interpreter_line(interpreter_language, language)
-    if tolk:
-        lines.append(tolk)
+    block = needs_block(meeting_needs, interpreter_language, language)
+    if block:
+        lines.append(block)
     lines.append(f"{'Läs ärendet och planen' if sv else 'Read the case and the plan'}: {plan_url}")
     description = "\n".join(lines)
     location = " ".join(meeting.location.split()) if meeting.location else None

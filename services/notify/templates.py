@@ -2,17 +2,19 @@
 
 Every kind of notification has one render function (see :data:`RENDERERS`) returning the e-mail
 subject and body and a short SMS text. The inputs are deliberately narrow — a case reference, times,
-links, codes from fixed sets and the person's interpreter language as a code — because that is all a
-notification may say: *what* happened and *where* an authorised participant reads more. E-mail and
+links, codes from fixed sets, the person's interpreter language as a code and the person's meeting
+needs (:class:`~shared.contracts.MeetingNeeds`: yes/no, minutes, short practical texts; the
+"Inför mötet" block of every notice a participant acts on) — because that is all a notification may
+say: *what* happened, *what to prepare* and *where* an authorised participant reads more. E-mail and
 SMS are not secure channels: no name, no personnummer, no health data.
 
 Two last lines of defence run over every rendered text:
 
 - anything shaped like a valid personal identity number refuses the text (:class:`PersonalDataInText`);
 - anything that looks like health data — an ICD-10-shaped code or a common diagnosis word — refuses
-  it too (:class:`HealthDataInText`). The one free-text input (the meeting place) can only come
-  through these guards; a code such as the interpreter language is mapped to a name and can carry
-  no text at all. An interpreter need is a language need, not health data.
+  it too (:class:`HealthDataInText`). The free-text inputs (the meeting place, the short texts of
+  the meeting needs) can only come through these guards; a code such as the interpreter language
+  is mapped to a name and can carry no text at all. An interpreter need is a language need, not health data.
 """
 
 from __future__ import annotations
@@ -24,25 +26,13 @@ from datetime import datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from shared.identifiers import is_valid_person_identifier, luhn_check_digit
+from shared.contracts import MeetingNeeds
+from shared.text_guards import PERSONAL_NUMBER, contains_health_data, contains_personal_number
+
+__all__ = ["PERSONAL_NUMBER", "contains_health_data", "contains_personal_number"]  # re-exported
 
 STOCKHOLM = ZoneInfo("Europe/Stockholm")
 
-# 10 or 12 digits, optionally with - or + before the last four (YYMMDD-NNNN, YYYYMMDDNNNN, …)
-PERSONAL_NUMBER = re.compile(r"(?<!\d)(?:\d{2})?\d{6}[-+]?\d{4}(?!\d)")
-# UUIDs (case and plan ids in links) often hold long digit runs; they are identifiers we issue.
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-# an ICD-10 code standing alone: F32, F32.1, E11.65, Z99.2A
-_ICD10 = re.compile(r"(?<![A-Za-z0-9])[A-TV-Z]\d{2}(?:\.\d{1,2}[A-Z]?)?(?![A-Za-z0-9])")
-# word beginnings that name a diagnosis or a sensitive condition (sv/en); deliberately broad
-_HEALTH_WORDS = re.compile(
-    r"\b(diagnos|depressi|schizofren|schizophren|psykos|psychos|bipol[aä]r|cancer|tum[oö]r|tumour"
-    r"|diabet|demens|dementia|alzheimer|hiv\b|aids\b|hepatit|missbruk|substance abuse|addiction"
-    r"|alkoholis|alcoholi|narkoman|epileps|epilepsi|stroke|infarkt|infarction|suicid|självmord"
-    r"|självskad|self-harm|ätstörning|eating disorder|anorexi|bulimi|ptsd|adhd|autism|psykisk ohälsa"
-    r"|mental illness|sjukdom|disease)",
-    re.IGNORECASE,
-)
 # a case reference we issue: letters, digits, dashes (SIP-2026-4F3A9C)
 _REFERENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-_.]{0,63}$")
 _URL = re.compile(r"^https?://[^\s<>\"']{1,500}$")
@@ -162,31 +152,7 @@ LANGUAGE_NAMES: dict[str, tuple[str, str]] = {
 }
 
 
-# ---- guards ---------------------------------------------------------------------------------
-def _is_person_number(candidate: str) -> bool:
-    digits = re.sub(r"\D", "", candidate)
-    if len(digits) == 12:
-        return is_valid_person_identifier(digits)
-    # ten digits: the check digit is all we can test without the century
-    return luhn_check_digit(digits[:9]) == int(digits[9])
-
-
-def contains_personal_number(text: str) -> bool:
-    """True if the text holds a valid personnummer/samordningsnummer (date and check digit).
-
-    Only valid numbers count, and UUIDs are skipped: a guard that fires on any digit run would
-    refuse lawful invitations whose plan link happens to contain one.
-    """
-    scrubbed = _UUID.sub(" ", text)
-    return any(_is_person_number(m.group()) for m in PERSONAL_NUMBER.finditer(scrubbed))
-
-
-def contains_health_data(text: str) -> bool:
-    """True if the text holds an ICD-10-shaped code or a common diagnosis word (a heuristic)."""
-    scrubbed = _UUID.sub(" ", text)
-    return bool(_ICD10.search(scrubbed) or _HEALTH_WORDS.search(scrubbed))
-
-
+# ---- guards (shared.text_guards: planning refuses the same at entry) ----------------------------
 def check_text(*texts: str) -> None:
     """Refuse texts carrying a personnummer or something that looks like health data."""
     for text in texts:
@@ -242,6 +208,93 @@ def interpreter_line(code: str | None, language: str) -> str | None:
     if language == "sv":
         return f"Tolk: {name} behövs"
     return f"Interpreter: {name} needed"
+
+
+# ---- the person's meeting needs: the "Inför mötet" block (issue #22) ------------------------------
+_NEEDS_HEADING = {"sv": "Inför mötet:", "en": "Before the meeting:"}
+
+
+def _need_text(value: str | None, field: str) -> str | None:
+    """A short practical text from the person's needs: one line; guarded like the meeting place."""
+    if value is None:
+        return None
+    cleaned = " ".join(value.split())
+    if not cleaned:
+        return None
+    if len(cleaned) > 200:
+        raise UnsafeText(f"meeting_needs.{field}: one line of at most 200 characters")
+    return cleaned
+
+
+def needs_lines(needs: MeetingNeeds | None, interpreter_language: str | None, language: str) -> list[str]:
+    """Each of the person's needs as one line, in the text's language (empty: nothing to prepare).
+
+    ``interpreter_language`` is the older field a command may carry without ``needs``; the needs' own
+    language wins when both are given.
+    """
+    sv = language == "sv"
+    lines: list[str] = []
+    tolk = interpreter_line((needs.interpreter_language if needs else None) or interpreter_language, language)
+    if tolk:
+        lines.append(tolk)
+    if needs is None:
+        return lines
+    if needs.picture_support:
+        lines.append(
+            "Bildstöd behövs under mötet" if sv else "Picture support (bildstöd) needed at the meeting"
+        )
+    if needs.longest_duration_minutes:
+        minutes = needs.longest_duration_minutes
+        lines.append(f"Mötet får vara högst {minutes} minuter" if sv
+                     else f"The meeting may last at most {minutes} minutes")  # fmt: skip
+    if not needs.attends_whole_meeting:
+        lines.append("Personen deltar bara i en del av mötet" if sv
+                     else "The person takes part in only part of the meeting")  # fmt: skip
+    if needs.someone_stays_after:
+        lines.append("Någon stannar kvar efter mötet och går igenom det som beslutats" if sv
+                     else "Someone stays after the meeting to go through what was decided")  # fmt: skip
+    texts = (
+        ("avoid", "Undvik", "Avoid"),
+        ("place", "Önskad plats", "Preferred place"),
+        ("time_of_day", "Önskad tid på dagen", "Preferred time of day"),
+        ("room", "Rummet", "The room"),
+    )
+    for field, label_sv, label_en in texts:
+        value = _need_text(getattr(needs, field), field)
+        if value:
+            lines.append(f"{label_sv if sv else label_en}: {value}")
+    return lines
+
+
+def needs_block(needs: MeetingNeeds | None, interpreter_language: str | None, language: str) -> str | None:
+    """The "Inför mötet" / "Before the meeting" block of an e-mail or calendar description, or None."""
+    lines = needs_lines(needs, interpreter_language, language)
+    if not lines:
+        return None
+    return "\n".join([_NEEDS_HEADING[language], *(f"- {line}" for line in lines)])
+
+
+def needs_sms(needs: MeetingNeeds | None, interpreter_language: str | None, language: str) -> str:
+    """The needs in an SMS: the interpreter line as before, the rest in a few words ('' when none)."""
+    sv = language == "sv"
+    tolk = interpreter_line((needs.interpreter_language if needs else None) or interpreter_language, language)
+    short: list[str] = []
+    if needs is not None:
+        if needs.picture_support:
+            short.append("bildstöd" if sv else "picture support")
+        if needs.longest_duration_minutes:
+            short.append(f"högst {needs.longest_duration_minutes} min" if sv
+                         else f"at most {needs.longest_duration_minutes} min")  # fmt: skip
+        if not needs.attends_whole_meeting:
+            short.append("deltar en del av mötet" if sv else "attends part of it")
+        if needs.someone_stays_after:
+            short.append("någon stannar efteråt" if sv else "someone stays afterwards")
+        if any(getattr(needs, f) for f in ("avoid", "place", "time_of_day", "room")):
+            short.append("fler önskemål i e-posten" if sv else "more wishes in the e-mail")
+    out = f" {tolk}." if tolk else ""
+    if short:
+        out += f" {'Inför mötet' if sv else 'Before the meeting'}: {', '.join(short)}."
+    return out
 
 
 # ---- times ----------------------------------------------------------------------------------
@@ -351,21 +404,25 @@ def render_invitation(
     language: str = "sv",
     meeting: Meeting | None = None,
     interpreter_language: str | None = None,
+    meeting_needs: MeetingNeeds | None = None,
 ) -> RenderedEmail:
-    """The invitation (kallelse). Without a meeting time the text says the time will follow."""
+    """The invitation (kallelse). Without a meeting time the text says the time will follow. The
+    person's needs, when recorded, follow as the "Inför mötet" block."""
     lang = _language(language)
     ref = _reference(case_reference)
     url = _url(plan_url, "plan_url")
     due = local_due(invitation_due_at)
-    tolk = interpreter_line(interpreter_language, lang)
+    block = needs_block(meeting_needs, interpreter_language, lang)
+    needs = f"{block}\n\n" if block else ""
+    sms_needs = needs_sms(meeting_needs, interpreter_language, lang)
     if lang == "sv":
         subject = f"Kallelse till SIP-planering – {ref}"
         if meeting is not None:
-            when = _lines(*_meeting_lines(meeting, lang), tolk)
+            when = _lines(*_meeting_lines(meeting, lang))
             calendar = "En kalenderinbjudan är bifogad. Svara i kalendern om ni kommer.\n\n"
             sms_when = f"Möte {_sms_meeting(meeting, lang)}."
         else:
-            when = _lines("Tid: inte bestämd ännu. Ni får en ny kallelse när tiden är bestämd.", tolk)
+            when = "Tid: inte bestämd ännu. Ni får en ny kallelse när tiden är bestämd."
             calendar = "Ingen kalenderinbjudan är bifogad eftersom mötestiden inte är bestämd.\n\n"
             sms_when = "Mötestid ej bestämd."
         body = (
@@ -374,18 +431,19 @@ def render_invitation(
             f"Ärende: {ref}\n"
             f"Tidsfrist: {_format_sv(due)}\n"
             f"{when}\n\n"
+            f"{needs}"
             f"{calendar}"
             f"{_READ_HERE[lang]}\n{url}\n\n" + _FOOTER[lang]
         )
-        sms = f"Kallelse till SIP, ärende {ref}. {sms_when}" + (f" {tolk}." if tolk else "") + f" Läs: {url}"
+        sms = f"Kallelse till SIP, ärende {ref}. {sms_when}{sms_needs} Läs: {url}"
     else:
         subject = f"Invitation to SIP planning – {ref}"
         if meeting is not None:
-            when = _lines(*_meeting_lines(meeting, lang), tolk)
+            when = _lines(*_meeting_lines(meeting, lang))
             calendar = "A calendar invitation is attached. Please reply in your calendar.\n\n"
             sms_when = f"Meeting {_sms_meeting(meeting, lang)}."
         else:
-            when = _lines("Time: not set yet. You will get a new invitation once the time is set.", tolk)
+            when = "Time: not set yet. You will get a new invitation once the time is set."
             calendar = "No calendar invitation is attached because the meeting time is not set yet.\n\n"
             sms_when = "Meeting time not set yet."
         body = (
@@ -395,10 +453,11 @@ def render_invitation(
             f"Case reference: {ref}\n"
             f"Deadline: {_format_en(due)}\n"
             f"{when}\n\n"
+            f"{needs}"
             f"{calendar}"
             f"{_READ_HERE[lang]}\n{url}\n\n" + _FOOTER[lang]
         )
-        sms = f"Invitation to SIP, case {ref}. {sms_when}" + (f" {tolk}." if tolk else "") + f" Read: {url}"
+        sms = f"Invitation to SIP, case {ref}. {sms_when}{sms_needs} Read: {url}"
     return _finish(subject, body, sms)
 
 
@@ -409,13 +468,15 @@ def render_reminder(
     plan_url: str,
     language: str = "sv",
     interpreter_language: str | None = None,
+    meeting_needs: MeetingNeeds | None = None,
 ) -> RenderedEmail:
-    """A reminder before the meeting."""
+    """A reminder before the meeting, with the person's needs ("Inför mötet")."""
     lang = _language(language)
     ref = _reference(case_reference)
     url = _url(plan_url, "plan_url")
-    tolk = interpreter_line(interpreter_language, lang)
-    details = _lines(*_meeting_lines(meeting, lang), tolk)
+    block = needs_block(meeting_needs, interpreter_language, lang)
+    sms_needs = needs_sms(meeting_needs, interpreter_language, lang)
+    details = _lines(*_meeting_lines(meeting, lang)) + (f"\n\n{block}" if block else "")
     if lang == "sv":
         subject = f"Påminnelse: SIP-möte {_short(meeting.start, lang)} – {ref}"
         body = (
@@ -425,9 +486,7 @@ def render_reminder(
             "Kan ni inte komma? Hör av er till den som kallade, så snart som möjligt.\n\n"
             f"{_READ_HERE[lang]}\n{url}\n\n" + _FOOTER[lang]
         )
-        sms = f"Påminnelse: SIP-möte {_sms_meeting(meeting, lang)}, ärende {ref}." + (
-            f" {tolk}." if tolk else ""
-        )
+        sms = f"Påminnelse: SIP-möte {_sms_meeting(meeting, lang)}, ärende {ref}.{sms_needs}"
     else:
         subject = f"Reminder: SIP meeting {_short(meeting.start, lang)} – {ref}"
         body = (
@@ -437,39 +496,50 @@ def render_reminder(
             "Cannot come? Tell the organiser as soon as possible.\n\n"
             f"{_READ_HERE[lang]}\n{url}\n\n" + _FOOTER[lang]
         )
-        sms = f"Reminder: SIP meeting {_sms_meeting(meeting, lang)}, case {ref}." + (
-            f" {tolk}." if tolk else ""
-        )
+        sms = f"Reminder: SIP meeting {_sms_meeting(meeting, lang)}, case {ref}.{sms_needs}"
     return _finish(subject, body, sms)
 
 
-def render_plan_established(*, case_reference: str, plan_url: str, language: str = "sv") -> RenderedEmail:
-    """The plan is agreed: where to read it. Nothing of its content."""
+def render_plan_established(
+    *,
+    case_reference: str,
+    plan_url: str,
+    language: str = "sv",
+    interpreter_language: str | None = None,
+    meeting_needs: MeetingNeeds | None = None,
+) -> RenderedEmail:
+    """The plan is agreed: where to read it. Nothing of its content; the person's needs for the
+    meetings to come ("Inför mötet") when recorded."""
     lang = _language(language)
     ref = _reference(case_reference)
     url = _url(plan_url, "plan_url")
+    block = needs_block(meeting_needs, interpreter_language, lang)
+    needs = f"{block}\n\n" if block else ""
+    sms_needs = needs_sms(meeting_needs, interpreter_language, lang)
     if lang == "sv":
         subject = f"SIP-planen är fastställd – {ref}"
         body = (
             "Hej,\n\n"
             f"Den samordnade individuella planen (SIP) i ärende {ref} är nu fastställd. "
             "Er verksamhet är en av deltagarna.\n\n"
+            f"{needs}"
             "Läs planen här, och se vad er verksamhet ska göra och när "
             "(inloggning krävs, endast behöriga deltagare):\n"
             f"{url}\n\n" + _FOOTER[lang]
         )
-        sms = f"SIP-planen i ärende {ref} är fastställd. Läs: {url}"
+        sms = f"SIP-planen i ärende {ref} är fastställd.{sms_needs} Läs: {url}"
     else:
         subject = f"The SIP plan is agreed – {ref}"
         body = (
             "Hello,\n\n"
             f"The coordinated individual plan (SIP) in case {ref} is now agreed. "
             "Your organisation is one of the participants.\n\n"
+            f"{needs}"
             "Read the plan here and see what your organisation is to do and when "
             "(sign-in required, authorised participants only):\n"
             f"{url}\n\n" + _FOOTER[lang]
         )
-        sms = f"The SIP plan in case {ref} is agreed. Read: {url}"
+        sms = f"The SIP plan in case {ref} is agreed.{sms_needs} Read: {url}"
     return _finish(subject, body, sms)
 
 
@@ -480,40 +550,38 @@ def render_follow_up_due(
     plan_url: str,
     language: str = "sv",
     interpreter_language: str | None = None,
+    meeting_needs: MeetingNeeds | None = None,
 ) -> RenderedEmail:
-    """The plan's follow-up (uppföljning) is due."""
+    """The plan's follow-up (uppföljning) is due; the person's needs for the follow-up meeting."""
     lang = _language(language)
     ref = _reference(case_reference)
     url = _url(plan_url, "plan_url")
-    tolk = interpreter_line(interpreter_language, lang)
+    block = needs_block(meeting_needs, interpreter_language, lang)
+    needs = f"\n{block}\n" if block else ""
+    sms_needs = needs_sms(meeting_needs, interpreter_language, lang)
     if lang == "sv":
         subject = f"Dags att följa upp SIP – {ref}"
         body = (
             "Hej,\n\n"
             f"Planen i ärende {ref} ska följas upp senast {_format(follow_up_due_at, lang)}.\n"
             "Boka ett uppföljningsmöte tillsammans med personen och de andra deltagarna.\n"
-            + (f"{tolk} vid mötet.\n" if tolk else "")
+            + needs
             + f"\n{_READ_HERE[lang]}\n{url}\n\n"
             + _FOOTER[lang]
         )
-        sms = (
-            f"SIP {ref} ska följas upp senast {_short(follow_up_due_at, lang)}."
-            + (f" {tolk}." if tolk else "")
-            + f" Läs: {url}"
-        )
+        sms = f"SIP {ref} ska följas upp senast {_short(follow_up_due_at, lang)}.{sms_needs}" + f" Läs: {url}"
     else:
         subject = f"Time to follow up the SIP – {ref}"
         body = (
             "Hello,\n\n"
             f"The plan in case {ref} is to be followed up by {_format(follow_up_due_at, lang)}.\n"
             "Book a follow-up meeting with the person and the other participants.\n"
-            + (f"{tolk} at the meeting.\n" if tolk else "")
+            + needs
             + f"\n{_READ_HERE[lang]}\n{url}\n\n"
             + _FOOTER[lang]
         )
         sms = (
-            f"SIP {ref} is to be followed up by {_short(follow_up_due_at, lang)}."
-            + (f" {tolk}." if tolk else "")
+            f"SIP {ref} is to be followed up by {_short(follow_up_due_at, lang)}.{sms_needs}"
             + f" Read: {url}"
         )
     return _finish(subject, body, sms)

@@ -2,17 +2,19 @@
 
 Every command names the acting organisation in ``X-Sip-Organisation`` (its HSA-id); it is recorded as
 the agent of the change (Provenance). A step the lifecycle does not allow answers **409** with the
-current state and the refused step; a body that breaks a rule answers **422** naming the field.
+current state and the refused step — and what is missing when the step only comes too early (invite
+before the person's consent: "… in state consent_pending … the person's consent is missing"); a body
+that breaks a rule answers **422** naming the field (a reason of only blanks says nothing: 422).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Literal
+from typing import Annotated, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, HTTPException
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from services.planning import access, lifecycle
 from services.planning.access import is_member
@@ -34,7 +36,9 @@ Actor = ActingOrganisation  # from the bearer token (X-Sip-Organisation in a san
 
 class Reason(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reason: str = Field(min_length=3, max_length=200, description="Recorded; no health data")
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=200)] = Field(
+        description="Recorded, trimmed: blanks say nothing and are refused (422); no health data"
+    )
 
 
 class ApprovalIn(BaseModel):

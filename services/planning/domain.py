@@ -77,9 +77,25 @@ class MissingReason(PermanentError):
 
 
 class InvalidTransition(PermanentError):
+    """A step the lifecycle does not allow from the current state (HTTP 409 with the state; ``missing``
+    names what the step still needs, when something is missing rather than the step wrong)."""
+
+    def __init__(self, current: str, target: str, *, missing: str | None = None, why: str = "") -> None:
+        super().__init__(why or f"a SIP case cannot go from {current} to {target}")
+        self.current, self.target, self.missing = current, target, missing
+
+
+class ConsentMissing(InvalidTransition):
+    """The step needs the person's consent and the case has none yet."""
+
     def __init__(self, current: str, target: str) -> None:
-        super().__init__(f"a SIP case cannot go from {current} to {target}")
-        self.current, self.target = current, target
+        super().__init__(
+            current,
+            target,
+            missing="consent",
+            why=f"a SIP case in state {current} cannot go to {target}: the person's consent is missing "
+            "(the consent must be recorded first; accepting a proposal asks for it)",
+        )
 
 
 @dataclass(frozen=True)
@@ -135,8 +151,12 @@ class SipCase:
     def move_to(self, target: State, **changes: object) -> SipCase:
         if target not in TRANSITIONS[self.state]:
             raise InvalidTransition(self.state, target)
-        if target in REASON_REQUIRED and not changes.get("closed_reason"):
-            raise MissingReason(target)
+        if target in REASON_REQUIRED:
+            reason = changes.get("closed_reason")
+            reason = reason.strip() if isinstance(reason, str) else reason
+            if not reason:  # blanks say nothing
+                raise MissingReason(target)
+            changes["closed_reason"] = reason
         if self.state == "suspended" and target in OPEN_STATES and target != self.suspended_from:
             raise InvalidTransition(self.state, target)
         return dataclasses.replace(self, state=target, **changes)  # type: ignore[arg-type]
@@ -176,6 +196,9 @@ class SipCase:
         return self.move_to("preparing", consent_id=consent_id)
 
     def invitation_requested(self) -> SipCase:
+        """A prepared case is invited; one still waiting for the person's consent cannot be."""
+        if self.consent_id is None and self.state in ("need_identified", "consent_pending", "suspended"):
+            raise ConsentMissing(self.state, "invitation_requested")
         return self.move_to("invitation_requested", invitees=self.participant_ids)
 
     def with_preferences(self, preferences: MeetingPreferences) -> SipCase:

@@ -14,6 +14,8 @@ from services.planning.domain import (
     FINAL_STATES,
     INVITATION_CLOCK_STATES,
     REQUIRED_PURPOSES,
+    ConsentMissing,
+    InvalidTransition,
     Participant,
     SipCase,
     invitees,
@@ -21,6 +23,7 @@ from services.planning.domain import (
     new_reference,
     sip_needed,
 )
+from services.planning.plan import meeting_needs
 from services.planning.ports import CaseRepository, Deadlines, Outbox
 from services.planning.stays import Stay
 from shared.clock import Clock
@@ -343,8 +346,13 @@ async def handle_consent_granted(
 def invitation(
     case: SipCase, recipients: tuple[str, ...], public_base_url: str, correlation_id: str | None = None
 ) -> SendInvitation:
-    """The invitation command for notify: no personal data; the meeting when one is scheduled."""
-    assert case.consent_id is not None and case.invitation_due_at is not None
+    """The invitation command for notify: no identifier, no health data; the meeting when one is
+    scheduled and what the person needs at it. A case without the person's consent (or without an
+    invitation deadline) cannot be invited: :class:`~services.planning.domain.ConsentMissing` (409)."""
+    if case.consent_id is None:
+        raise ConsentMissing(case.state, "invitation_requested")
+    if case.invitation_due_at is None:
+        raise InvalidTransition(case.state, "invitation_requested (the case has no invitation deadline)")
     m = case.meeting
     return SendInvitation(
         case_id=case.id,
@@ -359,6 +367,7 @@ def invitation(
         meeting_location=m.location if m else None,
         meeting_video_url=m.video_url if m else None,
         interpreter_language=case.preferences.interpreter_language if case.preferences else None,
+        meeting_needs=meeting_needs(case.preferences),
         correlation_id=case.correlation_id or correlation_id,
     )
 
@@ -370,6 +379,8 @@ def notice(case: SipCase, kind: str, public_base_url: str, **extra: object) -> C
         owner_hsa_id=case.owner_hsa_id, consent_id=case.consent_id,
         plan_url=f"{public_base_url.rstrip('/')}/fhir/CarePlan/{case.id}",
         interpreter_language=case.preferences.interpreter_language if case.preferences else None,
+        # the notices a participant acts on state the person's needs; a closed case's does not
+        meeting_needs=meeting_needs(case.preferences) if kind != "case-closed" else None,
         correlation_id=case.correlation_id, **extra,  # type: ignore[arg-type]
     )  # fmt: skip
 

@@ -13,14 +13,35 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from shared.contracts import MeetingNeeds
+from shared.text_guards import contains_health_data, contains_personal_number
 from shared.timestamps import Timestamp
 
 Text = Annotated[str, Field(min_length=1, max_length=2000)]
 ShortText = Annotated[str, Field(min_length=1, max_length=200)]
+#: a short text that must say something: trimmed, and blank is refused (422 naming the field)
+SaidText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 LocalId = Annotated[str, Field(pattern=r"^[A-Za-z0-9\-]{1,40}$")]
 HsaId = Annotated[str, Field(min_length=3, max_length=64, pattern=r"^[A-Za-z0-9\-]+$")]
+
+
+#: validation context of a model read back from the store (see :func:`_stored`)
+STORED = {"stored": True}
+
+
+def _stored(info: ValidationInfo) -> bool:
+    """Read back from the store: rules tightened after a value entered do not make it unreadable."""
+    return bool(info.context and info.context.get("stored"))
 
 
 class _Model(BaseModel):
@@ -84,21 +105,64 @@ class PlanContent(_Model):
 
 
 class MeetingPreferences(_Model):
-    """What the person has said about the meeting (recorded as data, not free text in a note)."""
+    """What the person has said about the meeting (recorded as data, not free text in a note).
 
-    place: ShortText | None = None
-    time_of_day: ShortText | None = Field(default=None, description="e.g. 'förmiddag'")
+    Everything here is something the participants prepare for, so it travels to notify
+    (:func:`meeting_needs`) and every notice a participant acts on states it. The texts are short and
+    practical — never health data (notify's guards refuse a text that looks like it)."""
+
+    place: SaidText | None = None
+    time_of_day: SaidText | None = Field(default=None, description="e.g. 'förmiddag'")
     longest_duration_minutes: int | None = Field(default=None, ge=10, le=480)
     interpreter_language: str | None = Field(
         default=None, pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{1,8})*$", description="BCP 47 code, e.g. 'ar'"
     )
     picture_support: bool = Field(default=False, description="Bildstöd")
-    disturbances: ShortText | None = Field(default=None, description="Things that may disturb")
-    room: ShortText | None = Field(default=None, description="The room and its surroundings")
+    disturbances: SaidText | None = Field(default=None, description="Things that may disturb (to avoid)")
+    room: SaidText | None = Field(default=None, description="The room and its surroundings")
     attend_all: bool = Field(default=True, description="Whether the person attends the whole meeting")
     someone_stays_after: bool = Field(
         default=False, description="Someone stays afterwards to go through what was decided"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stored_blanks(cls, data: object, info: ValidationInfo) -> object:
+        # a preference stored before blanks were refused reads as not given
+        if _stored(info) and isinstance(data, dict):
+            return {k: None if isinstance(v, str) and not v.strip() else v for k, v in data.items()}
+        return data
+
+    @field_validator("place", "time_of_day", "disturbances", "room")
+    @classmethod
+    def _practical(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # these texts go to every participant by e-mail: refused here, not at notify (where the
+        # invitation would go to the dead-letter queue instead)
+        if value is None or _stored(info):
+            return value
+        if contains_personal_number(value):
+            raise ValueError("must not contain a personal identity number")
+        if contains_health_data(value):
+            raise ValueError("looks like health data: record what to prepare, not a diagnosis")
+        return value
+
+
+def meeting_needs(prefs: MeetingPreferences | None) -> MeetingNeeds | None:
+    """The preferences as the contract carries them to notify; None when there is nothing to prepare."""
+    if prefs is None:
+        return None
+    needs = MeetingNeeds(
+        interpreter_language=prefs.interpreter_language,
+        picture_support=prefs.picture_support,
+        longest_duration_minutes=prefs.longest_duration_minutes,
+        someone_stays_after=prefs.someone_stays_after,
+        avoid=prefs.disturbances,
+        place=prefs.place,
+        time_of_day=prefs.time_of_day,
+        room=prefs.room,
+        attends_whole_meeting=prefs.attend_all,
+    )
+    return None if needs.empty else needs
 
 
 class Meeting(_Model):
@@ -132,7 +196,7 @@ class FollowUp(_Model):
         "version is drafted; close: the SIP ends"
     )
     next_follow_up_date: date | None = None
-    reason: ShortText | None = Field(default=None, description="Required when closing")
+    reason: SaidText | None = Field(default=None, description="Required when closing (trimmed, not blank)")
 
     @model_validator(mode="after")
     def _needs(self) -> FollowUp:

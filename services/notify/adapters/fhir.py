@@ -13,6 +13,9 @@ A notification stopped by a consent withdrawal (status ``cancelled``) is ``not-d
 ``statusReason`` ``consent-withdrawn`` (or ``consent-cancelled``) and the reason as text.
 
 Neither carries personal data: no ``subject`` (patient), the text is the guarded notification text.
+A notice a participant acts on (invitation, reminder, plan established, follow-up due) also carries
+the person's meeting needs as data: the extension ``urn:sip-suite:extension:meeting-needs``
+(:func:`needs_extension`), beside the same needs in the text (the "Inför mötet" block).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 from fhir.resources.R4B.communication import Communication
 
 from services.notify.domain import CANCEL_REASONS, Notification
+from shared.contracts import MeetingNeeds
 from shared.fhir import check_required_bindings
 from shared.identifiers import HSA_SYSTEM
 
@@ -47,6 +51,39 @@ _KIND_DISPLAY = {
     "consent-withdrawn": "Samtycket är återkallat",
     "case-closed": "SIP avslutad",
 }
+
+
+NEEDS_EXTENSION = "urn:sip-suite:extension:meeting-needs"
+LANGUAGE_SYSTEM = "urn:ietf:bcp:47"
+UCUM = "http://unitsofmeasure.org"
+
+
+def needs_extension(needs: MeetingNeeds) -> dict[str, Any]:
+    """The person's meeting needs as one complex extension (issue #22): a sub-extension per need that
+    is recorded — ``interpreter-language`` (valueCoding, BCP 47), ``picture-support``,
+    ``someone-stays-after``, ``attends-whole-meeting`` (valueBoolean), ``longest-duration``
+    (valueDuration, minutes in UCUM), ``avoid``, ``place``, ``time-of-day``, ``room`` (valueString).
+    No identifier, no health data (the texts passed the same guards as the notification text)."""
+    parts: list[dict[str, Any]] = []
+    if needs.interpreter_language:
+        code = {"system": LANGUAGE_SYSTEM, "code": needs.interpreter_language}
+        parts.append({"url": "interpreter-language", "valueCoding": code})
+    parts.append({"url": "picture-support", "valueBoolean": needs.picture_support})
+    if needs.longest_duration_minutes:
+        minutes = {"value": needs.longest_duration_minutes, "unit": "min", "system": UCUM, "code": "min"}
+        parts.append({"url": "longest-duration", "valueDuration": minutes})
+    parts.append({"url": "someone-stays-after", "valueBoolean": needs.someone_stays_after})
+    parts.append({"url": "attends-whole-meeting", "valueBoolean": needs.attends_whole_meeting})
+    for field, url in (
+        ("avoid", "avoid"),
+        ("place", "place"),
+        ("time_of_day", "time-of-day"),
+        ("room", "room"),
+    ):
+        value = getattr(needs, field)
+        if value:
+            parts.append({"url": url, "valueString": value})
+    return {"url": NEEDS_EXTENSION, "extension": parts}
 
 
 def _status(n: Notification) -> str:
@@ -128,6 +165,8 @@ def communication_resource(
             "coding": [{"system": STOPPED_SYSTEM, "code": code, "display": CANCEL_REASONS[code]}],
             "text": reason,
         }
+    if n.meeting_needs is not None:
+        data["extension"].append(needs_extension(n.meeting_needs))
     if n.correlation_id:
         data["extension"].append(
             {"url": "urn:sip-suite:extension:correlation-id", "valueString": n.correlation_id}

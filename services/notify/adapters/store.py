@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.notify.domain import CANCEL_REASONS, NOTICE_KINDS, UNSENT, Notification, Withdrawal
+from shared.contracts import MeetingNeeds
 from shared.persistence import UTCDateTime
 
 metadata = sa.MetaData()
@@ -112,6 +113,15 @@ case_meetings = sa.Table(
     sa.Index("ix_case_meetings_case", "case_id"),
 )
 
+# Added by issue #22 (a table of its own, like the others): what the person needs at the meeting, as
+# the command carried it (MeetingNeeds JSON); only for notifications that state it.
+notification_needs = sa.Table(
+    "notification_needs",
+    metadata,
+    sa.Column("id", sa.String(36), sa.ForeignKey("notifications.id"), primary_key=True),
+    sa.Column("needs", sa.Text, nullable=False, comment="MeetingNeeds (JSON): no identifier, no health data"),
+)
+
 _t = notifications
 _d = notification_details
 _k = notification_consents
@@ -119,11 +129,13 @@ _x = notification_cancellations
 _w = consent_withdrawals
 _r = notification_reminders
 _m = case_meetings
+_n = notification_needs
 _joined = (
     _t.outerjoin(_d, _d.c.id == _t.c.id)
     .outerjoin(_k, _k.c.id == _t.c.id)
     .outerjoin(_x, _x.c.id == _t.c.id)
     .outerjoin(_r, _r.c.id == _t.c.id)
+    .outerjoin(_n, _n.c.id == _t.c.id)
 )
 _columns = (
     *_t.c,
@@ -135,6 +147,7 @@ _columns = (
     _x.c.reason.label("status_reason"),
     _x.c.cancelled_at,
     _r.c.meeting_start,
+    _n.c.needs.label("meeting_needs"),
 )
 
 
@@ -201,6 +214,7 @@ def _from_row(r: Any) -> Notification:
         cancelled_at=r.cancelled_at,
         meeting_start=r.meeting_start,
         owner_hsa_id=r.owner_hsa_id,
+        meeting_needs=MeetingNeeds.model_validate_json(r.meeting_needs) if r.meeting_needs else None,
     )
 
 
@@ -232,6 +246,7 @@ _INSERT_NOTIFICATION = _t.insert()
 _INSERT_DETAILS = _d.insert()
 _INSERT_CONSENT = _k.insert()
 _INSERT_REMINDER = _r.insert()
+_INSERT_NEEDS = _n.insert()
 _CLAIM = (
     _t.update()
     .where(
@@ -261,6 +276,10 @@ class SqlNotificationRepository:
                 if n.meeting_start is not None:
                     await self.conn.execute(
                         _INSERT_REMINDER, {"id": str(n.id), "meeting_start": n.meeting_start}
+                    )
+                if n.meeting_needs is not None:
+                    await self.conn.execute(
+                        _INSERT_NEEDS, {"id": str(n.id), "needs": n.meeting_needs.model_dump_json()}
                     )
                 if n.status == "cancelled":
                     await self.conn.execute(

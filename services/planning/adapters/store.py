@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.planning.domain import OPEN_STATES, Participant, SipCase
-from services.planning.plan import Approval, Meeting, MeetingPreferences, PlanContent
+from services.planning.plan import STORED, Approval, Meeting, MeetingPreferences, PlanContent
 from services.planning.stays import Cancellation, Stay
 from shared.persistence import UTCDateTime, insert_once
 
@@ -170,7 +170,10 @@ _DETAILS = {
 
 
 def _details_in(d: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {k: m.model_validate(d[k]) for k, m in _DETAILS.items() if d.get(k) is not None}
+    # context "stored": what was valid when it entered stays readable under rules tightened since
+    out: dict[str, Any] = {
+        k: m.model_validate(d[k], context=STORED) for k, m in _DETAILS.items() if d.get(k) is not None
+    }
     if d.get("followed_up_at"):
         out["followed_up_at"] = datetime.fromisoformat(d["followed_up_at"])
     if d.get("invitees"):

@@ -152,6 +152,17 @@ async def test_a_proposed_sip_from_need_to_closing(api, amqp_url):
     assert r.json()["state"] == "invitation_requested"
     inv = await take(amqp_url, "notify.notify.send-invitation.v1")
     assert inv["case_id"] == cid and inv["interpreter_language"] == "ar" and inv["meeting_start"] is None
+    needs = inv["meeting_needs"]  # what the participants prepare for (issue #22)
+    assert (needs["interpreter_language"], needs["picture_support"], needs["someone_stays_after"]) == (
+        "ar",
+        True,
+        True,
+    )
+    assert (needs["place"], needs["time_of_day"], needs["longest_duration_minutes"]) == (
+        "Hemma",
+        "förmiddag",
+        60,
+    )
     invited = inv["recipients"]
     assert pnr not in json.dumps(inv)
     await publish(amqp_url, InvitationSent(case_id=cid, notification_id=uuid4(), recipient_hsa_id=SOC,
@@ -188,6 +199,7 @@ async def test_a_proposed_sip_from_need_to_closing(api, amqp_url):
     assert r.json()["state"] == "established" and r.json()["approval"]["version"] == draft_version
     established = await take(amqp_url, "notify.planning.case-notice.v1")
     assert established["kind"] == "plan-established" and established["plan_version"] == draft_version
+    assert established["meeting_needs"] == needs
     assert set(established["recipients"]) == {SOC, VC} and pnr not in json.dumps(established)
     fhir = (await api.get(f"/fhir/CarePlan/{cid}")).json()
     assert fhir["status"] == "active" and fhir["author"]["identifier"]["value"] == VC
@@ -264,6 +276,38 @@ async def test_refusing_a_proposal_needs_a_reason(api):
     assert (await api.post(f"/cases/{cid}/accept", headers=ACTOR)).status_code == 409
     fhir = (await api.get(f"/fhir/CarePlan/{cid}")).json()
     assert fhir["status"] == "revoked"
+
+
+async def test_a_step_before_the_consent_is_a_409_naming_it_and_a_blank_reason_a_422(api):
+    """Issue #22: invite before the consent answers 409 with the state and the missing consent (it was a
+    500 from an assertion); a reason of blanks says nothing and is refused naming the field."""
+    r = await api.post("/cases", json={"patient_identifier": ADULTS[23], "kommun_code": "0180",
+                                       "primary_care_unit_hsa_id": VC, "proposed_by": "professional"})  # fmt: skip
+    cid = r.json()["id"]
+    for state in ("need_identified", "consent_pending"):
+        if state == "consent_pending":
+            assert (await api.post(f"/cases/{cid}/accept", headers=ACTOR)).json()["state"] == state
+        r = await api.post(f"/cases/{cid}/invite", headers=ACTOR)
+        assert r.status_code == 409, r.text
+        assert state in r.json()["detail"] and "consent is missing" in r.json()["detail"]
+        assert (await api.get(f"/cases/{cid}")).json()["state"] == state
+    for path, body in ((f"/cases/{cid}/close", {"reason": "   "}), (f"/cases/{cid}/close", {"reason": " \t "}),
+                       (f"/cases/{cid}/follow-up", {"outcome": "close", "reason": "  "})):  # fmt: skip
+        r = await api.post(path, json=body, headers=ACTOR)
+        assert r.status_code == 422, r.text
+        assert any(e["loc"][-1] == "reason" for e in r.json()["detail"])
+    r = await api.put(f"/cases/{cid}/preferences", json={"place": "  "}, headers=ACTOR)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "place"
+    r = await api.put(f"/cases/{cid}/preferences", json={"disturbances": "Undvik F32.1"}, headers=ACTOR)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "disturbances"
+    r = await api.post(f"/cases/{cid}/close", json={"reason": "  flyttat  "}, headers=ACTOR)
+    assert r.json()["state"] == "closed" and r.json()["closed_reason"] == "flyttat"
+
+    other = (await api.post("/cases", json={"patient_identifier": ADULTS[24], "kommun_code": "0180",
+                                            "proposed_by": "school"})).json()["id"]  # fmt: skip
+    r = await api.post(f"/cases/{other}/refuse", json={"reason": "    "}, headers=ACTOR)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "reason"]
+    assert (await api.get(f"/cases/{other}")).json()["state"] == "need_identified"
 
 
 async def test_validate_and_conditional_create(api):
