@@ -122,6 +122,13 @@ def sc_plans(sc: Scenario) -> set[str]:
 
 
 CASE = "/cases/{case_id}"
+PLAN = {
+    "needs": ["Stöd i hemmet"], "goals": [{"id": "g1", "description": "Bo kvar hemma"}],
+    "interventions": [{"id": "i1", "description": "Hemtjänst", "goal_ids": ["g1"],
+                       "responsible": {"kind": "organisation", "hsa_id": PARTICIPANT}}],
+    "overall_responsibility_hsa_id": OWNER, "coordination": "Vårdcentralen samordnar",
+    "follow_up_date": "2031-06-01",
+}  # fmt: skip
 PROBES: dict[tuple[str, str, str], Probe] = {
     # ---- planning: reads -------------------------------------------------------------------------
     ("planning", "GET", "/cases"): Probe(get(lambda sc: "/cases", all="true"), ids(), cases_seen),
@@ -130,7 +137,7 @@ PROBES: dict[tuple[str, str, str], Probe] = {
     ("planning", "GET", CASE + "/deadlines"): Probe(get(lambda sc: f"/cases/{sc.adult_case}/deadlines")),
     ("planning", "GET", "/stays"): Probe(
         get(lambda sc: "/stays"),
-        ids("episode_id"),
+        ids("stay_id"),
         lambda sc: everyone(sc, hospital=set(sc.episodes.values()), operator=set(sc.episodes.values())),
     ),
     ("planning", "GET", "/fhir/CarePlan"): Probe(get(lambda sc: "/fhir/CarePlan"), bundle_ids, plans_seen),
@@ -155,7 +162,7 @@ PROBES: dict[tuple[str, str, str], Probe] = {
     ),
     # ---- planning: commands (on the adult's invited case: most steps are refused by its state) ----
     ("planning", "POST", CASE + "/accept"): Probe(
-        post(lambda sc: f"/cases/{sc.adult_case}/accept", dict), phase=1
+        post(lambda sc: f"/cases/{sc.adult_case}/accept", lambda sc: {}), phase=1
     ),
     ("planning", "POST", CASE + "/refuse"): Probe(
         post(lambda sc: f"/cases/{sc.adult_case}/refuse", lambda sc: {"reason": "Inte aktuellt"}), phase=1
@@ -164,18 +171,18 @@ PROBES: dict[tuple[str, str, str], Probe] = {
         lambda sc: (f"/cases/{sc.adult_case}/preferences", {}, {"interpreter_language": "ar"}), phase=1
     ),
     ("planning", "POST", CASE + "/invite"): Probe(
-        post(lambda sc: f"/cases/{sc.adult_case}/invite", dict), phase=1
+        post(lambda sc: f"/cases/{sc.adult_case}/invite", lambda sc: {}), phase=1
     ),
     ("planning", "PUT", CASE + "/meeting"): Probe(
         lambda sc: (
             f"/cases/{sc.adult_case}/meeting",
             {},
-            {"start": "2031-01-07T09:00:00+01:00", "end": "2031-01-07T10:00:00+01:00"},
+            {"start": "2031-01-07T09:00:00+01:00", "end": "2031-01-07T10:00:00+01:00", "location": "Rum 3"},
         ),
         phase=1,
     ),
     ("planning", "PUT", CASE + "/plan"): Probe(
-        lambda sc: (f"/cases/{sc.adult_case}/plan", {}, {"needs": []}), phase=1
+        lambda sc: (f"/cases/{sc.adult_case}/plan", {}, PLAN), phase=1
     ),
     ("planning", "POST", CASE + "/plan/approve"): Probe(
         post(
@@ -185,7 +192,11 @@ PROBES: dict[tuple[str, str, str], Probe] = {
         phase=1,
     ),
     ("planning", "POST", CASE + "/follow-up"): Probe(
-        post(lambda sc: f"/cases/{sc.adult_case}/follow-up", lambda sc: {"outcome": "continue"}), phase=1
+        post(
+            lambda sc: f"/cases/{sc.adult_case}/follow-up",
+            lambda sc: {"outcome": "continue", "next_follow_up_date": "2031-06-01"},
+        ),
+        phase=1,
     ),
     ("planning", "POST", "/cases"): Probe(
         post(
@@ -250,7 +261,14 @@ PROBES: dict[tuple[str, str, str], Probe] = {
     ),
     ("consent", "GET", "/fhir/AuditEvent/{audit_id}"): Probe(
         get(lambda sc: f"/fhir/AuditEvent/{sc_audit(sc)}"),
-        verdicts={"participant": "denied", "hospital": "denied", "covered": "denied"},
+        # an entry about the owner's read: the owner's own, and of the case it owns; no one else's
+        verdicts={
+            "participant": "denied",
+            "hospital": "denied",
+            "covered": "denied",
+            "excluded": "denied",
+            "stranger": "denied",
+        },
     ),
     ("consent", "POST", "/consents"): Probe(
         post(
@@ -265,7 +283,7 @@ PROBES: dict[tuple[str, str, str], Probe] = {
         phase=1,
     ),
     ("consent", "POST", "/consents/{consent_id}/withdraw"): Probe(
-        post(lambda sc: f"/consents/{sc.adult_consent}/withdraw", dict), phase=2
+        post(lambda sc: f"/consents/{sc.adult_consent}/withdraw", lambda sc: {}), phase=2
     ),
     ("consent", "POST", "/consents/{consent_id}/cancel"): Probe(
         post(lambda sc: f"/consents/{sc.adult_consent}/cancel", lambda sc: {"reason": "registration-error"}),
@@ -315,6 +333,8 @@ def verdict_for(who: Who, rule: dict[str, Any], probe: Probe) -> str:
     callers = rule["callers"]
     if "excluded" in who.kinds and callers["excluded"] == "denied":
         return "denied"
+    if not who.kinds:  # a person with no part in the adult's case: only what every caller may do
+        return "allowed" if set(callers.values()) == {"allowed"} else "denied"
     return max((callers[k] for k in who.kinds), key=RANK.__getitem__)
 
 
@@ -330,16 +350,20 @@ def check(
         return f"{label}: {r.status_code} {r.text[:200]}"
     listing = probe.records is not None and r.status_code == 200 and method == "GET"
     got = probe.records(r.json()) if listing and probe.records else None
+    if probe.expected is not None and method == "GET":
+        # a listing: exactly the records this caller may see, whatever its relation to the adult's case
+        want = probe.expected(sc)[who.name]
+        if r.status_code in (403, 404) and not want:
+            return None
+        if got != want:
+            return f"{label}: {r.status_code}, records {sorted(got or [])} != expected {sorted(want)}"
+        return None
     if verdict == "denied":
         if r.status_code in (403, 404) or (listing and got == set()):
             return None
         return f"{label}: expected 403/404 or nothing, got {r.status_code} {dump(got or r.text[:200])}"
     if r.status_code in (403, 404):
         return f"{label}: refused {r.status_code} {r.text[:200]}"
-    if probe.expected is not None and method == "GET":
-        want = probe.expected(sc)[who.name]
-        if got != want:
-            return f"{label}: records {sorted(got or [])} != expected {sorted(want)}"
     return None
 
 

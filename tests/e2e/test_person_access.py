@@ -47,7 +47,14 @@ def test_the_person_reads_their_plan_and_disclosures_withdraws_and_the_others_ar
         assert {c["id"] for c in planning.get("/cases", params={"all": "true"}).json()} == {sc.adult_case}
         assert planning.get(f"/fhir/CarePlan/{sc.pending_case}").status_code in (403, 404)
 
-        # who received what about me, and when: each participant's invitation was a permitted disclosure
+        # the participants read the plan: each read is a disclosure the consent permitted
+        for org in (PARTICIPANT, HOSPITAL):
+            assert (
+                sc.client("planning", org_headers(org)).get(f"/fhir/CarePlan/{sc.adult_case}").status_code
+                == 200
+            )
+
+        # who received what about me, and when
         trail = consent.get("/audit")
         assert trail.status_code == 200, trail.text
         permitted = {
@@ -77,9 +84,12 @@ def test_the_person_reads_their_plan_and_disclosures_withdraws_and_the_others_ar
         time.sleep(0.5)
 
         # the other organisations are refused from now on; the owning unit keeps its own case
-        for org in (PARTICIPANT, HOSPITAL, COVERED):
+        for org in (PARTICIPANT, HOSPITAL):
             r = sc.client("planning", org_headers(org)).get(f"/fhir/CarePlan/{sc.adult_case}")
             assert r.status_code == 403, (org, r.status_code, r.text[:200])
+        # the covered unit has no part left in the case: its existence is not disclosed either
+        r = sc.client("planning", org_headers(COVERED)).get(f"/fhir/CarePlan/{sc.adult_case}")
+        assert r.status_code in (403, 404), r.text[:200]
         # the person still reads their own plan
         assert planning.get(f"/fhir/CarePlan/{sc.adult_case}").status_code == 200
 
@@ -93,7 +103,7 @@ def test_the_person_reads_their_plan_and_disclosures_withdraws_and_the_others_ar
 
         entries = consent.get("/audit").json()
         assert any(e["action"] == "withdrawal" for e in entries), entries
-        assert wait_for(lambda: {PARTICIPANT, HOSPITAL, COVERED} <= later_denials(), what="the refusals")
+        assert wait_for(lambda: {PARTICIPANT, HOSPITAL} <= later_denials(), what="the refusals")
 
         # another person sees nothing of it; the owner still reads its case
         other = person_headers(OTHER_PERSON)
