@@ -76,7 +76,12 @@ def auth(organisation: str | None = None) -> dict[str, str]:
     from shared.auth import mint_token
 
     org = organisation or _env("SIPCTL_ORGANISATION", "SE2321000016-VC001")
-    return {"Authorization": f"Bearer {mint_token(dev_secret(), org, subject='sipctl', ttl=600)}"}
+    # the header names the organisation where authentication is off (a sandbox); with it on, only the
+    # verified token counts
+    return {
+        "Authorization": f"Bearer {mint_token(dev_secret(), org, subject='sipctl', ttl=600)}",
+        "X-Sip-Organisation": org,
+    }
 
 
 # ---- declare-topology -------------------------------------------------------------------------
