@@ -111,15 +111,14 @@ def build_router(runtime: ServiceRuntime, clock: Clock | None = None) -> APIRout
         async with runtime.engine.connect() as conn:
             found = await SqlNotificationRepository(conn).for_case(case_id)
         shown = [n for n in found if access.basis(caller, n) is not None]
-        if caller is not None:
-            now, what = clock.now(), "Notification?case_id"
-            records = [
-                access.access_recorded(
-                    caller, n, what=what, granted=access.basis(caller, n), at=now, action="search"
-                )
-                for n in shown
-            ]
-            await access.record(runtime, records)
+        if caller is not None and shown:
+            # one record per search, as IHE BALP has it: a case's notifications are about one person
+            n = shown[0]
+            record = access.access_recorded(
+                caller, n, what="Notification?case_id", granted=access.basis(caller, n), at=clock.now(),
+                action="search",
+            )  # fmt: skip
+            await access.record(runtime, [record])
         return [NotificationSummary.of(n) for n in shown]
 
     @router.get(

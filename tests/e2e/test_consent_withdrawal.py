@@ -160,5 +160,5 @@ async def test_withdrawal_stops_every_queued_disclosure_and_tells_the_participan
     assert all(t >= withdrawn_at - 1 for t, _ in after)
     wait_for(lambda: planning.get(f"/cases/{cid}", params={}).json()["state"] == "consent_withdrawn",
              what="the SIP ended")  # fmt: skip
-    audit = consent.get("/audit", params={"patient": pnr}).json()
+    audit = consent.get("/audit", params={"patient": pnr, "limit": 1000}).json()  # reads are audited too
     assert [a for a in audit if a["action"] == "withdrawal"], audit  # the withdrawal itself is audited
