@@ -1,12 +1,19 @@
 # The README's two commands are `make run` and `make test`; both install what they need first.
 SHELL := /bin/bash
-UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+# uv from PATH, else a private copy in .venv-bootstrap (scripts/bootstrap-uv.py): never the system
+# Python's pip, which Debian 12 / Ubuntu 24.04 refuse (PEP 668, externally-managed-environment).
+BOOTSTRAP := .venv-bootstrap
+UV := $(shell command -v uv 2>/dev/null || echo $(BOOTSTRAP)/bin/uv)
 PYTEST_ARGS ?=
 
 .PHONY: install run test test-sqlite test-postgres test-fast lint format docs clean
 
-.venv/.installed: pyproject.toml uv.lock
-	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install -q uv
+$(BOOTSTRAP)/bin/uv:
+	@python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "make: python3 3.11 or newer is needed (found $$(python3 --version 2>&1))" >&2; exit 1; }
+	python3 scripts/bootstrap-uv.py $(BOOTSTRAP)
+
+.venv/.installed: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen
 	@touch $@
 
@@ -43,7 +50,7 @@ format: install
 	.venv/bin/ruff check --fix .
 
 clean:
-	rm -rf var .pytest_cache .ruff_cache
+	rm -rf var .pytest_cache .ruff_cache $(BOOTSTRAP)
 
 docs: install
 	.venv/bin/python -m devtools.gendocs
