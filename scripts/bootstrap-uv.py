@@ -69,7 +69,9 @@ def from_index(target: Path) -> Path:
         files = json.load(resp)["files"]
     candidates = [f for f in files if _wheel_matches(f["filename"]) and not f.get("yanked")]
     if not candidates:
-        raise SystemExit(f"bootstrap-uv: no uv {UV_VERSION} wheel for {platform.system()} {platform.machine()}")
+        raise SystemExit(
+            f"bootstrap-uv: no uv {UV_VERSION} wheel for {platform.system()} {platform.machine()}"
+        )
     wheel = candidates[0]
     say(f"downloading {wheel['filename']}")
     with urllib.request.urlopen(wheel["url"], timeout=300) as resp:

@@ -291,3 +291,11 @@ def test_entrypoint_refuses_placeholders_and_unsafe_values(tmp_path, env, messag
     r = _run_entrypoint(tmp_path, **env)
     assert r.returncode != 0 and message in r.stderr
     assert not (tmp_path / "out" / "definitions.json").exists()
+
+
+def test_make_bootstraps_the_same_uv_as_the_image_and_never_the_system_pip():
+    pinned = re.search(r"pip install --no-cache-dir uv==(\S+)", (REPO / "Dockerfile").read_text())
+    bootstrap = re.search(r'UV_VERSION = .*"([0-9.]+)"', (REPO / "scripts" / "bootstrap-uv.py").read_text())
+    assert pinned and bootstrap and pinned.group(1) == bootstrap.group(1)
+    makefile = (REPO / "Makefile").read_text()
+    assert "python3 -m pip" not in makefile and "--break-system-packages" not in makefile
