@@ -20,7 +20,7 @@ $(BOOTSTRAP)/bin/uv:
 install: .venv/.installed
 
 run: install
-	@scripts/ensure-infra.sh
+	@scripts/ensure-infra.sh run
 	.venv/bin/sipctl run
 
 # Every test on SQLite (the embedded default), then everything that runs a service store again with
@@ -28,14 +28,14 @@ run: install
 test: test-sqlite test-postgres
 
 test-sqlite: install
-	@scripts/ensure-infra.sh
+	@scripts/ensure-infra.sh test
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
 
 FAULT := tests/fault/test_no_loss_no_duplicates.py
 PG_FAULT_TESTS := '$(FAULT)::test_kill_9_mid_stream[planning]' '$(FAULT)::test_two_planning_replicas_share_the_queues' \
 	'$(FAULT)::test_every_message_delivered_twice'
 test-postgres: install
-	@scripts/ensure-infra.sh
+	@scripts/ensure-infra.sh test
 	SIP_TEST_DATABASE=postgres .venv/bin/python -m pytest tests/integration tests/e2e $(PG_FAULT_TESTS) $(PYTEST_ARGS)
 
 test-fast: install
