@@ -12,6 +12,7 @@ import argparse
 import importlib
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from alembic import command
@@ -19,11 +20,14 @@ from alembic import command
 from shared.migrations import alembic_config
 from shared.persistence import normalise_database_url
 
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
 REPO = Path(__file__).resolve().parents[1]
 SERVICES = ("planning", "consent", "notify")
 
 
-def service_app(service: str, **settings: object):  # type: ignore[no-untyped-def]
+def service_app(service: str, **settings: object) -> FastAPI:
     app_mod = importlib.import_module(f"services.{service}.app")
     settings_mod = importlib.import_module(f"services.{service}.settings")
     cls = next(v for k, v in vars(settings_mod).items() if k.endswith("Settings") and k != "ServiceSettings")

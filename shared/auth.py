@@ -299,7 +299,7 @@ def _document_bearer(app: FastAPI) -> None:
 
 def current_caller(request: Request) -> Caller | None:
     """The authenticated organisation; with authentication off, ``X-Sip-Organisation`` if given."""
-    caller = getattr(request.state, "caller", None)
+    caller: Caller | None = getattr(request.state, "caller", None)
     if caller is not None:
         return caller
     if not getattr(request.app.state, "auth_required", True):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
 from starlette.responses import JSONResponse
@@ -71,7 +71,7 @@ def check_required_bindings(model: FHIRAbstractModel, path: str | None = None) -
         if value is None:
             continue
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-        allowed = extra.get("enum_values")
+        allowed = cast("list[str] | None", extra.get("enum_values"))
         element = f"{here}.{info.alias or name}"
         # fhir.resources ends an abridged value set with "+": such a list cannot refuse a code
         if allowed and "+" not in allowed and isinstance(value, str) and value not in allowed:

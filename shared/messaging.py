@@ -92,7 +92,7 @@ def _body_error(body: bytes) -> Exception | None:
 
 def retry_delay(attempt: int) -> float:
     """Seconds to wait before handing a transiently failed message back (attempt ≥ 1)."""
-    return min(0.2 * (2 ** (attempt - 1)), 5.0)
+    return min(0.2 * 2.0 ** (attempt - 1), 5.0)
 
 
 PRIOR_ATTEMPTS_HEADER = "x-sip-prior-attempts"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import sqlalchemy as sa
 
@@ -54,7 +54,7 @@ def upgrade_to_head(sync_conn: sa.Connection, directory: Path) -> None:
     command.upgrade(cfg, "head")
 
 
-def _render_item(type_: str, obj: Any, autogen_context: Any) -> str | bool:
+def _render_item(type_: str, obj: Any, autogen_context: Any) -> str | Literal[False]:
     """Migrations do not import the application: its UTC datetime type is a timestamptz."""
     if type_ == "type" and type(obj).__name__ == "UTCDateTime":
         return "sa.DateTime(timezone=True)"

@@ -21,7 +21,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,7 +76,7 @@ class ServiceRuntime:
     relay: OutboxRelay = field(init=False)
     metrics: ServiceMetrics = field(init=False)
     tracing: Tracing = field(init=False)
-    background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     broker_started: bool = False
 
@@ -140,7 +140,11 @@ class ServiceRuntime:
         """PostgreSQL: upgrade to the newest migration (``services/<service>/migrations``, advisory lock).
         SQLite (the embedded default): create what is missing from the models."""
         async with self.engine.begin() as conn:
-            if conn.dialect.name == "postgresql" and has_migrations(self.migrations):
+            if (
+                conn.dialect.name == "postgresql"
+                and self.migrations is not None
+                and has_migrations(self.migrations)
+            ):
                 await conn.run_sync(upgrade_to_head, self.migrations)
             else:
                 await conn.run_sync(self.metadata.create_all)
@@ -265,7 +269,7 @@ async def _slow_start_warnings(
     broker connection, topology, consumers), how long so far, and where it waits (the await chain,
     code locations only) — a service that does not come up says why instead of staying silent."""
     task = asyncio.current_task()
-    step = {"name": "", "since": time.monotonic()}
+    step: dict[str, Any] = {"name": "", "since": time.monotonic()}
     started = time.monotonic()
 
     def now(name: str) -> None:

@@ -256,7 +256,7 @@ def _follow(episode_id: str, timeout: float) -> int:
                 f"  case {case.get('reference')} ({case.get('id')}): {last_state}; "
                 f"invitation due {case.get('invitation_due_at')}"
             )
-        if last_state == "consent_pending":
+        if case and last_state == "consent_pending":  # (case: a state was just read from it)
             print(f"  waiting for the person's consent: sipctl consent {case.get('id')}")
             return 0
         if last_state in ("invited", "declined"):

@@ -37,7 +37,7 @@ def _origin(msg: aio_pika.abc.AbstractIncomingMessage) -> tuple[str, str, str]:
             str(h.get("x-sip-original-routing-key", "")),
             str(h[REASON_HEADER]),
         )
-    deaths = h.get("x-death") or []
+    deaths: Any = h.get("x-death") or []  # a list of tables (dicts)
     if deaths:  # dead-lettered by the broker itself (delivery limit)
         d = deaths[0]
         keys = d.get("routing-keys") or [msg.routing_key]

@@ -4,6 +4,7 @@ from typing import Protocol
 from uuid import UUID
 
 from services.consent.domain import AuditEntry, ConsentRecord, ConsentRequest
+from shared.contracts import Contract
 
 __all__ = ["AuditEntry", "ConsentRepository", "Outbox"]
 
@@ -23,4 +24,4 @@ class ConsentRepository(Protocol):
 
 
 class Outbox(Protocol):
-    async def send(self, message: object) -> None: ...
+    async def send(self, message: Contract) -> None: ...

@@ -703,7 +703,8 @@ async def stop_for_withdrawal(
     assert withdrawn is not None
     reason = cancel_reason_code(ev.cause)
     cancelled: list[UUID] = []
-    for case_id in cases or [None]:
+    targets: list[UUID | None] = [*cases] if cases else [None]
+    for case_id in targets:
         cancelled += await repo.cancel_unsent(
             case_id=case_id, consent_id=ev.consent_id, reason_code=reason, at=now,
             cause_message_id=str(ev.message_id),

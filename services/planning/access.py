@@ -217,6 +217,7 @@ async def may_read_plan(caller: Caller | None, case: SipCase, gate: ConsentGateC
     status = 404 if rel == "none" else 403
     if gate is None:
         return Access(False, status, NOT_FOUND if rel == "none" else "no consent gate configured", rel)
+    assert caller.hsa_id is not None  # not a person (above): an organisation token always names one
     try:
         reply = await gate.decide(
             patient_identifier=case.patient_identifier, recipient_hsa_id=caller.hsa_id, category="sip-plan",

@@ -411,6 +411,7 @@ def build_router(
                     return denied
                 async with runtime.engine.connect() as conn:
                     row = await SqlCaseRepository(conn).plan_version(existing[0].id)
+                assert row is not None  # a case has a plan version from the start
                 return _respond(
                     json.loads(row.resource), "4.0", 200, Location=f"{base}/fhir/CarePlan/{existing[0].id}"
                 )
@@ -445,6 +446,7 @@ def build_router(
                 row = await repo.plan_version(case.id)
         except UnknownRecipient as exc:
             return outcome_response(422, str(exc), "not-found")
+        assert row is not None  # propose stored version 1
         return _respond(
             json.loads(row.resource), "4.0", 201, Location=f"{base}/fhir/CarePlan/{case.id}/_history/1"
         )

@@ -269,7 +269,7 @@ async def _change_case(
         ready = stay.ready_at or ev.occurred_at
         changed = case.resume(ready, due_at("invitation", ready, policy))
     elif effect == "earlier-ready" and case.state in INVITATION_CLOCK_STATES and stay.ready_at is not None:
-        if stay.ready_at < case.ready_for_discharge_at:
+        if case.ready_for_discharge_at is not None and stay.ready_at < case.ready_for_discharge_at:
             changed = dataclasses.replace(
                 case,
                 ready_for_discharge_at=stay.ready_at,

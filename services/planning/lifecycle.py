@@ -22,7 +22,15 @@ from services.planning.domain import (
     new_reference,
 )
 from services.planning.handlers import _new_plan_version, invitation, notice, resolve_participants
-from services.planning.plan import Approval, FollowUp, Meeting, MeetingPreferences, PlanContent
+from services.planning.plan import (
+    Approval,
+    ApprovalMethod,
+    Approver,
+    FollowUp,
+    Meeting,
+    MeetingPreferences,
+    PlanContent,
+)
 from services.planning.ports import CaseRepository, Deadlines, Outbox
 from shared.contracts import ConsentRequested, PersonId
 from shared.directory import Directory
@@ -199,7 +207,8 @@ def follow_up_start(day: date) -> datetime:
 
 
 async def approve(
-    case_id: UUID, *, version: int, approved_by: str, method: str, repo: CaseRepository, now: datetime,
+    case_id: UUID, *, version: int, approved_by: Approver, method: ApprovalMethod, repo: CaseRepository,
+    now: datetime,
     agent_hsa_id: str, deadlines: Deadlines | None = None, policy: DeadlinePolicy | None = None,
     outbox: Outbox | None = None, public_base_url: str = "",
 ) -> SipCase:  # fmt: skip
@@ -216,7 +225,7 @@ async def approve(
         method=method,
         recorded_by_hsa_id=agent_hsa_id,
         approved_at=now,
-    )  # type: ignore[arg-type]
+    )
     case = case.approve(approval)
     if outbox is not None:
         await outbox.send(notice(case, "plan-established", public_base_url, plan_version=version,

@@ -28,6 +28,8 @@ from shared.text_guards import contains_health_data, contains_personal_number
 from shared.timestamps import Timestamp
 
 Text = Annotated[str, Field(min_length=1, max_length=2000)]
+Approver = Literal["person", "guardians", "legal-representative"]
+ApprovalMethod = Literal["oral", "written", "digital"]
 ShortText = Annotated[str, Field(min_length=1, max_length=200)]
 #: a short text that must say something: trimmed, and blank is refused (422 naming the field)
 SaidText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
@@ -184,8 +186,8 @@ class Approval(_Model):
     """The person's (or, for a child, the guardians') recorded approval of one plan version."""
 
     version: int = Field(ge=1)
-    approved_by: Literal["person", "guardians", "legal-representative"]
-    method: Literal["oral", "written", "digital"]
+    approved_by: Approver
+    method: ApprovalMethod
     recorded_by_hsa_id: HsaId
     approved_at: Timestamp
 

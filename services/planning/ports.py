@@ -6,6 +6,7 @@ from uuid import UUID
 
 from services.planning.domain import SipCase
 from services.planning.stays import Stay
+from shared.contracts import Contract
 
 
 class CaseRepository(Protocol):
@@ -30,10 +31,11 @@ class CaseRepository(Protocol):
     async def record_invitation(
         self, case_id: UUID, recipient: str, channel: str, sent_at: datetime
     ) -> bool: ...
+    async def invited_recipients(self, case_id: UUID) -> list[str]: ...
 
 
 class Outbox(Protocol):
-    async def send(self, message: object) -> None: ...
+    async def send(self, message: Contract) -> None: ...
 
 
 class Deadlines(Protocol):

@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -99,6 +100,8 @@ async def run_scheduler(runtime: ServiceRuntime, clock: Clock, interval: float, 
         await asyncio.sleep(interval)
 
 
-def scheduler_job(runtime: ServiceRuntime, clock: Clock, interval: float) -> Callable[[], Awaitable[None]]:
+def scheduler_job(
+    runtime: ServiceRuntime, clock: Clock, interval: float
+) -> Callable[[], Coroutine[Any, Any, None]]:
     """The scheduler as a ``runtime.background`` job."""
     return functools.partial(run_scheduler, runtime, clock, interval)

@@ -347,7 +347,11 @@ def access_event(entry: AuditEntry) -> dict[str, Any]:
         agent = {"who": {"type": "RelatedPerson", "display": who}, "requestor": True}
         if entry.requested_by:
             agent["altId"] = entry.requested_by
-    patient = {"what": _patient_ref(entry.patient_identifier), "type": _ENTITY_PERSON, "role": _ROLE_PATIENT}
+    patient: dict[str, Any] = {
+        "what": _patient_ref(entry.patient_identifier),
+        "type": _ENTITY_PERSON,
+        "role": _ROLE_PATIENT,
+    }
     patient["detail"] = _details(entry)
     asked: dict[str, Any] = {"type": _ENTITY_OBJECT, "description": entry.reason}
     if entry.action == "search":

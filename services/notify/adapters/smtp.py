@@ -29,12 +29,12 @@ import ssl
 import sys
 import time
 from datetime import UTC, datetime
-from email.contentmanager import set_bytes_content, set_text_content
+from email.contentmanager import set_bytes_content, set_text_content  # type: ignore[attr-defined]
 from email.generator import BytesGenerator
 from email.message import Message
 from email.policy import Compat32
 from email.utils import format_datetime
-from typing import Any
+from typing import Any, cast
 
 import aiosmtplib
 
@@ -83,6 +83,7 @@ class _Wire(Compat32):
     """
 
     mangle_from_ = False
+    max_line_length: int  # compat32's 78, never None (no limit) here
 
     def fold_binary(self, name: str, value: Any) -> bytes:
         if isinstance(value, _Folded):
@@ -153,7 +154,7 @@ def _multipart(subtype: str, parts: list[Message], texts: list[str], into: Messa
             break
     msg = into if into is not None else Message(policy=_WIRE)
     msg["Content-Type"] = f'multipart/{subtype}; boundary="{boundary}"'
-    msg.set_payload(parts)
+    msg.set_payload(cast("list[Message | str]", parts))
     return msg
 
 
@@ -161,7 +162,7 @@ def build_message(email: OutgoingEmail, mail_from: str) -> Message:
     """The e-mail: text/plain (UTF-8); with a calendar, multipart/mixed of a multipart/alternative
     (the text, and text/calendar with its method, RFC 6047) and the same calendar as an attachment."""
     utf8 = needs_smtputf8(envelope_sender(mail_from), email.to)
-    msg = Message(policy=_WIRE)
+    msg: Message[str, Any] = Message(policy=_WIRE)  # a header's value may be a _Folded
     msg["From"] = _header("From", mail_from, utf8=utf8)
     msg["To"] = _header("To", ", ".join(email.to), utf8=utf8)
     msg["Subject"] = _header("Subject", email.subject, utf8=utf8)
@@ -171,8 +172,9 @@ def build_message(email: OutgoingEmail, mail_from: str) -> Message:
     msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies, please
     text = _part(set_text_content, email.body, "plain", "utf-8")
     if email.calendar is None:
-        msg._headers.extend(text._headers)
-        msg.set_payload(text._payload)
+        # the part's headers and payload as they are (compat32 internals: typeshed does not know them)
+        msg._headers.extend(text._headers)  # type: ignore[attr-defined]
+        msg.set_payload(text._payload)  # type: ignore[attr-defined]
         msg["MIME-Version"] = "1.0"
         return msg
     # the calendar part that mail clients turn into an event (RFC 6047), plus the same as a file
@@ -182,7 +184,7 @@ def build_message(email: OutgoingEmail, mail_from: str) -> Message:
     attachment = _part(
         set_bytes_content, cal.ics.encode("utf-8"), "application", "ics", filename=cal.filename
     )
-    texts = [text._payload, invitation._payload, attachment._payload]
+    texts = [text._payload, invitation._payload, attachment._payload]  # type: ignore[attr-defined]
     alternative = _multipart("alternative", [text, invitation], texts)
     msg["MIME-Version"] = "1.0"
     return _multipart("mixed", [alternative, attachment], [*texts, alternative["Content-Type"]], into=msg)

@@ -383,7 +383,9 @@ class SqlNotificationRepository:
     ) -> list[UUID]:
         """``pending``/``sending`` → ``cancelled`` for every notification of the case (or sent under
         the consent), except the withdrawal notices themselves; record why. Returns the ids."""
-        scope = _t.c.id.in_(sa.select(_k.c.id).where(_k.c.consent_id == str(consent_id)))
+        scope: sa.ColumnElement[bool] = _t.c.id.in_(
+            sa.select(_k.c.id).where(_k.c.consent_id == str(consent_id))
+        )
         if case_id is not None:
             scope = sa.or_(_t.c.case_id == str(case_id), scope)
         notices = sa.select(_d.c.id).where(_d.c.kind.in_(NOTICE_KINDS))

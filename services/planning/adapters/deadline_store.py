@@ -267,8 +267,10 @@ async def schedule(
         },
     )
     # the row just inserted, as reading it back would give it (the other columns have no default)
+    inserted = result.inserted_primary_key
+    assert inserted is not None  # a single-row insert
     return Deadline(
-        id=int(result.inserted_primary_key[0]), case_id=UUID(str(case_id)), case_reference=case_reference,
+        id=int(inserted[0]), case_id=UUID(str(case_id)), case_reference=case_reference,
         kind=kind, cycle=cycle, status=PENDING, started_at=_as_read(started_at), due_at=_as_read(due_at),
         owner_hsa_id=owner, correlation_id=correlation_id, met_at=None, breached_at=None,
         escalated_to=None, breach_message_id=None, cancelled_at=None, cancel_reason=None,
@@ -382,7 +384,7 @@ async def next_deadlines(conn: AsyncConnection, *, limit: int = 500) -> list[Nex
     )
     for row in pending:
         first.setdefault(row.case_id, row)
-    unmet = dict(
+    unmet: dict[str, int] = dict(
         (
             await conn.execute(
                 sa.select(d.c.case_id, sa.func.count())

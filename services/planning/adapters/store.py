@@ -10,6 +10,7 @@ from typing import Any
 from uuid import UUID
 
 import sqlalchemy as sa
+from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.planning.domain import OPEN_STATES, Participant, SipCase
@@ -160,7 +161,7 @@ def _case(row: Any) -> SipCase:
     )
 
 
-_DETAILS = {
+_DETAILS: dict[str, type[BaseModel]] = {
     "preferences": MeetingPreferences,
     "meeting": Meeting,
     "plan": PlanContent,

@@ -219,7 +219,7 @@ def _envelope_ids(doc: dict[str, Any]) -> tuple[str | None, str]:
     mid = header.get("id") if isinstance(header.get("id"), str) else None
     if not mid and isinstance(doc.get("id"), str):
         mid = doc["id"]
-    source = header.get("source") if isinstance(header.get("source"), dict) else {}
+    source: Any = header.get("source") if isinstance(header.get("source"), dict) else {}
     endpoint = source.get("endpoint") if isinstance(source.get("endpoint"), str) else ""
     return (mid or None), endpoint
 
@@ -249,7 +249,7 @@ class _Index:
     def __init__(self, doc: dict[str, Any]) -> None:
         self.by_ref: dict[str, dict[str, Any]] = {}
         self.resources = _entries(doc)
-        entries = doc.get("entry") if isinstance(doc.get("entry"), list) else []
+        entries: Any = doc.get("entry") if isinstance(doc.get("entry"), list) else []
         for entry in entries:
             if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
                 continue
@@ -301,7 +301,7 @@ def _storable(parsed: datetime, value: str, where: str) -> datetime:
 def _codes(concept: Any) -> list[tuple[str, str]]:
     if not isinstance(concept, dict):
         return []
-    codings = concept.get("coding") if isinstance(concept.get("coding"), list) else []
+    codings: Any = concept.get("coding") if isinstance(concept.get("coding"), list) else []
     return [(str(c.get("system") or ""), str(c.get("code") or "")) for c in codings if isinstance(c, dict)]
 
 
@@ -320,7 +320,7 @@ def _events(doc: dict[str, Any], message_id: str, tz: tzinfo) -> tuple[HospitalE
             code="structure",
             expression=["Bundle.entry[0]"],
         )
-    event = header.get("eventCoding") if isinstance(header.get("eventCoding"), dict) else {}
+    event: Any = header.get("eventCoding") if isinstance(header.get("eventCoding"), dict) else {}
     event_code = str(event.get("code") or "")
     event_system = str(event.get("system") or "")
     encounters = [idx.resolve(f, "Encounter") for f in header.get("focus") or [] if isinstance(f, dict)]
@@ -362,7 +362,7 @@ def _events(doc: dict[str, Any], message_id: str, tz: tzinfo) -> tuple[HospitalE
             expression=["MessageHeader.eventCoding"],
         )
 
-    period = encounter.get("period") if isinstance(encounter.get("period"), dict) else {}
+    period: Any = encounter.get("period") if isinstance(encounter.get("period"), dict) else {}
     start = _parse_dt(period.get("start"), "Encounter.period.start", tz)
     end = _parse_dt(period.get("end"), "Encounter.period.end", tz)
     if kind == "admitted" and start is not None:
@@ -391,7 +391,7 @@ def _events(doc: dict[str, Any], message_id: str, tz: tzinfo) -> tuple[HospitalE
             code="required",
             expression=["Encounter.subject"],
         )
-    hosp = encounter.get("hospitalization") if isinstance(encounter.get("hospitalization"), dict) else {}
+    hosp: Any = encounter.get("hospitalization") if isinstance(encounter.get("hospitalization"), dict) else {}
     disposition = next((c for _, c in _codes(hosp.get("dischargeDisposition")) if c), None)
     common: dict[str, Any] = {
         "source": "fhir",
