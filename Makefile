@@ -41,9 +41,13 @@ test-postgres: install
 test-fast: install
 	.venv/bin/python -m pytest -m "not e2e and not broker and not postgres and not fault" $(PYTEST_ARGS)
 
+# Style, formatting, the import contracts and the types ([tool.ruff], [tool.importlinter] and [tool.mypy]
+# in pyproject.toml); all from the dev dependencies `make install` puts in .venv, no network.
 lint: install
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
+	.venv/bin/lint-imports
+	.venv/bin/mypy
 
 format: install
 	.venv/bin/ruff format .
