@@ -13,6 +13,18 @@ expired, and names who calls. Trust comes from configuration, never from the tok
         kind: citizen
         public_key_pem: "..."
         person_claim: personal_identity_number   # or sub; the claim that carries the personnummer
+      https://login.region.example/:          # keys from the issuer's JWKS instead of a PEM ...
+        jwks_uri: https://login.region.example/keys
+      https://eid.kommun.example/:            # ... or from its OpenID Connect discovery document
+        kind: citizen
+        discovery_url: https://eid.kommun.example/   # .well-known/openid-configuration is added
+
+  An entry gives exactly one of ``public_key_pem``, ``jwks_uri`` or ``discovery_url`` (https, or http
+  on the loopback only). A JWKS is fetched on first use and cached (``jwks_cache_seconds``, default
+  300); a token whose ``kid`` is not in the cached set refetches it — key rotation — at most once per
+  ``jwks_refresh_cooldown_seconds`` (default 10), so unknown kids cannot make the suite hammer the
+  issuer. A discovery document must name the entry's issuer (``issuer``); its ``jwks_uri`` is used.
+  Tokens of a JWKS issuer carry ``kid``. A key that is not in the issuer's set is refused (401).
 
 - ``SIP_JWT_HS256_SECRET`` — one shared HMAC secret (development and tests only); its tokens may be
   either kind (``sipctl token``).
@@ -40,15 +52,18 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
+import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import jwt
 import yaml
 from fastapi import Depends, FastAPI, HTTPException, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.responses import JSONResponse, Response
 
@@ -100,12 +115,106 @@ class TokenRejected(Exception):
     pass
 
 
+KEY_SOURCES = ("public_key_pem", "jwks_uri", "discovery_url")
+DISCOVERY_PATH = "/.well-known/openid-configuration"
+
+
+def _check_key_url(issuer: str, name: str, url: str) -> None:
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    loopback = parsed.hostname in ("127.0.0.1", "localhost", "::1")
+    if parsed.scheme != "https" and not (parsed.scheme == "http" and loopback):
+        raise ValueError(f"issuer {issuer}: {name} must be an https:// URL (http only on the loopback)")
+
+
+def check_issuers(issuers: dict[str, dict[str, Any]]) -> None:
+    """Refuse, at start, an issuers file whose entries do not say where the issuer's keys are."""
+    for issuer, entry in issuers.items():
+        if not isinstance(entry, dict):
+            raise ValueError(
+                f"issuer {issuer}: an entry is a mapping (public_key_pem, jwks_uri or discovery_url)"
+            )
+        given = [k for k in KEY_SOURCES if entry.get(k)]
+        if len(given) != 1:
+            raise ValueError(
+                f"issuer {issuer}: give exactly one of {', '.join(KEY_SOURCES)} (given: {given})"
+            )
+        if given[0] != "public_key_pem":
+            _check_key_url(issuer, given[0], str(entry[given[0]]))
+
+
+class _IssuerKeys:
+    """An issuer's JWKS (PyJWT's PyJWKClient and its cache), found directly or by OIDC discovery."""
+
+    def __init__(self, issuer: str, entry: dict[str, Any]) -> None:
+        self.issuer = issuer
+        self.entry = entry
+        self._client: jwt.PyJWKClient | None = None
+        self._lock = threading.Lock()
+
+    def _discover(self) -> str:
+        url = str(self.entry["discovery_url"])
+        if not url.rstrip("/").endswith(DISCOVERY_PATH):
+            url = url.rstrip("/") + DISCOVERY_PATH
+        try:
+            with urllib.request.urlopen(url, timeout=float(self.entry.get("http_timeout_seconds", 10))) as r:
+                doc = json.loads(r.read())
+        except (OSError, ValueError) as exc:
+            log.warning("OIDC discovery failed", extra={"issuer": self.issuer, "error": repr(exc)})
+            raise TokenRejected("the token's issuer could not be reached for its keys") from None
+        if not isinstance(doc, dict) or doc.get("issuer") != self.issuer or not doc.get("jwks_uri"):
+            log.warning("OIDC discovery document does not match its issuer", extra={"issuer": self.issuer})
+            raise TokenRejected("the token's issuer publishes no usable keys")
+        jwks_uri = str(doc["jwks_uri"])
+        try:
+            _check_key_url(self.issuer, "jwks_uri", jwks_uri)
+        except ValueError:
+            raise TokenRejected("the token's issuer publishes no usable keys") from None
+        return jwks_uri
+
+    def client(self) -> jwt.PyJWKClient:
+        with self._lock:
+            if self._client is None:
+                uri = str(self.entry.get("jwks_uri") or self._discover())
+                self._client = jwt.PyJWKClient(
+                    uri,
+                    cache_jwk_set=True,
+                    lifespan=float(self.entry.get("jwks_cache_seconds", 300)),
+                    cooldown_duration=float(self.entry.get("jwks_refresh_cooldown_seconds", 10)),
+                    timeout=float(self.entry.get("http_timeout_seconds", 10)),
+                )
+            return self._client
+
+    def key_for(self, token: str) -> Any:
+        client = self.client()
+        try:
+            return client.get_signing_key_from_jwt(token).key
+        except jwt.PyJWKClientConnectionError as exc:
+            log.warning("JWKS fetch failed", extra={"issuer": self.issuer, "error": repr(exc)})
+            raise TokenRejected("the token's issuer could not be reached for its keys") from None
+        except jwt.PyJWTError:
+            raise TokenRejected("the token's signing key is not among its issuer's keys") from None
+
+
 @dataclass
 class TokenVerifier:
     hs256_secret: str | None = None
     issuers: dict[str, dict[str, Any]] | None = None
     audience: str = AUDIENCE
     leeway: int = 30
+    _keys: dict[str, _IssuerKeys] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        check_issuers(self.issuers or {})
+        for issuer, entry in (self.issuers or {}).items():
+            if not entry.get("public_key_pem"):
+                self._keys[issuer] = _IssuerKeys(issuer, entry)
+
+    @property
+    def fetches_keys(self) -> bool:
+        """Some issuer's keys come over the network (verify may block: call it off the event loop)."""
+        return bool(self._keys)
 
     @classmethod
     def from_settings(cls, settings: Any) -> TokenVerifier:
@@ -134,8 +243,10 @@ class TokenVerifier:
             algorithms = ["HS256"]
         elif self.issuers and issuer in self.issuers:
             entry = self.issuers[issuer]
-            key = entry["public_key_pem"]
             algorithms = list(entry.get("algorithms") or ["RS256", "ES256"])
+            if alg not in algorithms:
+                raise TokenRejected("the token's algorithm is not allowed for its issuer")
+            key = entry["public_key_pem"] if issuer not in self._keys else self._keys[issuer].key_for(token)
         else:
             raise TokenRejected("the token's issuer or algorithm is not trusted")
         if alg not in algorithms:
@@ -251,7 +362,10 @@ def install_auth(
                 if scheme.lower() != "bearer" or not token.strip():
                     return _unauthorised(request, "a bearer token is required")
                 try:
-                    caller = verifier.verify(token.strip())
+                    if verifier.fetches_keys:  # a JWKS fetch must not stall the event loop
+                        caller = await run_in_threadpool(verifier.verify, token.strip())
+                    else:
+                        caller = verifier.verify(token.strip())
                 except TokenRejected as exc:
                     log.info("request refused: invalid token", extra={"reason": str(exc)})
                     return _unauthorised(request, str(exc))
