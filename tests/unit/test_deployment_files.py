@@ -299,3 +299,88 @@ def test_make_bootstraps_the_same_uv_as_the_image_and_never_the_system_pip():
     assert pinned and bootstrap and pinned.group(1) == bootstrap.group(1)
     makefile = (REPO / "Makefile").read_text()
     assert "python3 -m pip" not in makefile and "--break-system-packages" not in makefile
+
+
+# ---- containers get container-correct values; the build context and the host stay closed ----------
+
+
+def _env_example() -> dict[str, str]:
+    pairs = re.findall(r"^([A-Z][A-Z0-9_]+)=(.*)$", (REPO / ".env.example").read_text(), re.M)
+    return dict(pairs)
+
+
+def _interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's ${VAR}, ${VAR:-default}, ${VAR:?message} (the subset the compose file uses)."""
+
+    def one(m: re.Match) -> str:
+        name, op, arg = m.group(1), m.group(2), m.group(3)
+        got = env.get(name, "")
+        if op == ":-" and not got:
+            return arg
+        if op == ":?" and not got:
+            raise AssertionError(f"{name} is required: {arg}")
+        return got
+
+    return re.sub(r"\$\{([A-Z0-9_]+)(?:(:[-?])([^}]*))?\}", one, value)
+
+
+def _container_env(service: str, env: dict[str, str]) -> dict[str, str]:
+    """What a service's container sees: .env (here .env.example) under the compose file's environment."""
+    svc = compose()["services"][service]
+    assert svc["env_file"] == [".env"]
+    return {**env, **{k: _interpolate(str(v), env) for k, v in svc["environment"].items()}}
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "[::1]", "::1")
+
+
+@pytest.mark.parametrize("env", [{}, "example"], ids=["unset", "env-example"])
+def test_infrastructure_ports_are_bound_to_this_host_only(env):
+    env = _env_example() if env == "example" else {}
+    c = compose()["services"]
+    published = {
+        name: [_interpolate(p, env) for p in c[name].get("ports", [])] for name in ("rabbitmq", "postgres")
+    }
+    assert sorted(p.split(":", 1)[1] for p in published["rabbitmq"]) == ["15672:15672", "5672:5672"]
+    assert [p.split(":", 1)[1] for p in published["postgres"]] == ["5432:5432"]
+    for ports in published.values():
+        for p in ports:
+            assert p.startswith("127.0.0.1:"), p
+
+
+def test_containers_are_not_pointed_at_their_own_loopback():
+    env = _env_example()
+    # .env.example is make run's: it names this host's 127.0.0.1 for what the services reach
+    assert env["NOTIFY_SMTP_HOST"] == "127.0.0.1" and "127.0.0.1" in env["PLANNING_PUBLIC_BASE_URL"]
+    for service in SERVICES:
+        seen = _container_env(service, env)
+        for key, value in seen.items():
+            mine = key.startswith((f"{service.upper()}_", "SIP_"))  # the settings this service reads
+            reaches = mine and key.endswith(("_AMQP_URL", "_DATABASE_URL", "_SMTP_HOST", "_GATEWAY_URL"))
+            if reaches and value:
+                host = re.sub(r"^[a-z+]+://([^@/]*@)?", "", value).split("/")[0].rsplit(":", 1)[0]
+                assert host not in LOOPBACK, (service, key, value)
+    # what participants are sent: the suite's public address, one setting for the containers
+    assert _container_env("planning", env)["PLANNING_PUBLIC_BASE_URL"] == env["SIP_PUBLIC_BASE_URL"]
+    case_url = _container_env("notify", env)["NOTIFY_CASE_URL_TEMPLATE"]
+    assert case_url == env["SIP_PUBLIC_BASE_URL"] + "/cases/{case_id}"
+    notify = compose()["services"]["notify"]
+    assert _container_env("notify", env)["NOTIFY_SMTP_HOST"] == "host.docker.internal"
+    assert "host.docker.internal:host-gateway" in notify["extra_hosts"]
+    assert _container_env("notify", {})["NOTIFY_SMTP_HOST"] == "host.docker.internal"  # default
+
+
+def test_the_build_context_leaves_out_history_environments_data_and_caches():
+    ignored = {
+        line.strip().rstrip("/")
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    for name in (".git", ".venv", ".venv-bootstrap", "var", ".env", ".pytest_cache", ".ruff_cache",
+                 ".mypy_cache", ".hypothesis", "**/__pycache__"):  # fmt: skip
+        assert name in ignored, name
+    # everything the image copies is still in the context
+    copied = re.findall(r"^COPY (?!--from)(.+) \./?\S*$", (REPO / "Dockerfile").read_text(), re.M)
+    for sources in copied:
+        for source in sources.split():
+            assert source not in ignored and (REPO / source).exists(), source
