@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, field_validator, model_validator
 
@@ -35,7 +35,7 @@ EventKind = Literal[
     "cancelled",
     "corrected",
 ]
-EVENT_KINDS: tuple[str, ...] = EventKind.__args__  # type: ignore[attr-defined]
+EVENT_KINDS: tuple[str, ...] = get_args(EventKind)
 
 Source = Literal["hl7v2", "fhir", "json"]
 

@@ -267,7 +267,14 @@ class PersonIdModel(BaseModel):
     v: PersonId
 
 
-_VERSION_ALIASES = {"4.0": "4.0", "4.0.1": "4.0", "r4": "4.0", "5.0": "5.0", "5.0.0": "5.0", "r5": "5.0"}
+_VERSION_ALIASES: dict[str, FhirVersion] = {
+    "4.0": "4.0",
+    "4.0.1": "4.0",
+    "r4": "4.0",
+    "5.0": "5.0",
+    "5.0.0": "5.0",
+    "r5": "5.0",
+}
 
 
 class UnsupportedFhirVersion(ValueError):
@@ -285,7 +292,7 @@ def fhir_version(request: Request) -> FhirVersion:
     version = _VERSION_ALIASES.get(asked.strip().lower())
     if version is None:
         raise UnsupportedFhirVersion(asked)
-    return version  # type: ignore[return-value]
+    return version
 
 
 def fhir_response(

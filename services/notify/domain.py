@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID, uuid5
 
 from shared.contracts import MeetingNeeds
@@ -159,9 +159,9 @@ def check_transition(current: str, new: str) -> None:
         raise InvalidTransition(f"notification cannot go from {current} to {new}")
 
 
-def transition(n: Notification, new: Status, at: datetime, **changes: object) -> Notification:
+def transition(n: Notification, new: Status, at: datetime, **changes: Any) -> Notification:
     check_transition(n.status, new)
-    return replace(n, status=new, updated_at=at, **changes)  # type: ignore[arg-type]
+    return replace(n, status=new, updated_at=at, **changes)
 
 
 def cancel_reason_code(cause: str) -> str:

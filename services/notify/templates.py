@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo
 
 from shared.contracts import MeetingNeeds
@@ -608,7 +608,7 @@ DEADLINES: tuple[str, ...] = tuple(_DEADLINE_SV)
 
 def deadline_of(kind: str) -> Deadline:
     """A deadline kind as published by planning (an open set) → one the texts know (else ``other``)."""
-    return kind if kind in _DEADLINE_SV else "other"  # type: ignore[return-value]
+    return cast(Deadline, kind) if kind in _DEADLINE_SV else "other"
 
 
 def render_deadline_escalation(

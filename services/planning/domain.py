@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal, get_args
 from uuid import UUID, uuid4
 
 from services.planning.plan import Approval, FollowUp, Meeting, MeetingPreferences, PlanContent
@@ -35,7 +35,7 @@ State = Literal[
     "closed",  # ended with a recorded reason (followed up and done, deceased, moved, ...)
 ]
 FINAL_STATES: frozenset[str] = frozenset({"refused", "declined", "consent_withdrawn", "cancelled", "closed"})
-OPEN_STATES: frozenset[str] = frozenset(State.__args__) - FINAL_STATES  # type: ignore[attr-defined]
+OPEN_STATES: frozenset[str] = frozenset(get_args(State)) - FINAL_STATES
 #: states in which the LUS invitation clock runs (a suspended case's clock stands still)
 INVITATION_CLOCK_STATES: frozenset[str] = frozenset({"consent_pending", "preparing", "invitation_requested"})
 #: an ending every open case can take (besides its own next steps)
@@ -57,7 +57,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "established": frozenset({"plan_drafted", "follow_up_due"}) | _ENDINGS,
     # followed up: continue as a new plan version, or close
     "follow_up_due": frozenset({"plan_drafted", "established"}) | _ENDINGS,
-    "suspended": (frozenset(State.__args__) - FINAL_STATES - {"suspended", "need_identified"})  # type: ignore[attr-defined]
+    "suspended": (frozenset(get_args(State)) - FINAL_STATES - {"suspended", "need_identified"})
     | frozenset({"cancelled", "closed", "consent_withdrawn"}),
     "refused": frozenset(),
     "declined": frozenset(),
@@ -125,7 +125,7 @@ class SipCase:
     consent_id: UUID | None = None
     invited_at: datetime | None = None
     #: the state a suspended case resumes to
-    suspended_from: str | None = None
+    suspended_from: State | None = None
     #: why a case was refused, cancelled or closed (no health data: "deceased", "moved", ...)
     closed_reason: str | None = None
     origin: Literal["discharge", "proposal"] = "discharge"
@@ -148,7 +148,7 @@ class SipCase:
     #: the guardians named on a child's consent (consent.granted.v1): they may read the child's plan
     guardian_identifiers: tuple[str, ...] = ()
 
-    def move_to(self, target: State, **changes: object) -> SipCase:
+    def move_to(self, target: State, **changes: Any) -> SipCase:
         if target not in TRANSITIONS[self.state]:
             raise InvalidTransition(self.state, target)
         if target in REASON_REQUIRED:
@@ -159,7 +159,7 @@ class SipCase:
             changes["closed_reason"] = reason
         if self.state == "suspended" and target in OPEN_STATES and target != self.suspended_from:
             raise InvalidTransition(self.state, target)
-        return dataclasses.replace(self, state=target, **changes)  # type: ignore[arg-type]
+        return dataclasses.replace(self, state=target, **changes)
 
     def suspend(self) -> SipCase:
         return self.move_to("suspended", suspended_from=self.state)
@@ -174,7 +174,7 @@ class SipCase:
             else invitation_deadline(ready_for_discharge_at, days_or_due)
         )
         return self.move_to(
-            target,  # type: ignore[arg-type]
+            target,
             suspended_from=None,
             ready_for_discharge_at=ready_for_discharge_at,
             invitation_due_at=due,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 from services.planning import stays
@@ -297,8 +298,8 @@ async def _change_case(
     return changed
 
 
-async def _case_for(repo: CaseRepository, case_id: object, patient_identifier: str) -> SipCase:
-    case = await repo.get_case(case_id, for_update=True)  # type: ignore[arg-type]
+async def _case_for(repo: CaseRepository, case_id: UUID, patient_identifier: str) -> SipCase:
+    case = await repo.get_case(case_id, for_update=True)
     if case is None:
         raise PermanentError(f"no SIP case {case_id}")
     if case.patient_identifier != patient_identifier:
@@ -372,7 +373,7 @@ def invitation(
     )
 
 
-def notice(case: SipCase, kind: str, public_base_url: str, **extra: object) -> CaseNotice:
+def notice(case: SipCase, kind: str, public_base_url: str, **extra: Any) -> CaseNotice:
     """What the participants are told (no personal data; the plan behind the link is consent-gated)."""
     return CaseNotice(
         case_id=case.id, case_reference=case.reference, kind=kind, recipients=case.participant_ids,
@@ -381,7 +382,7 @@ def notice(case: SipCase, kind: str, public_base_url: str, **extra: object) -> C
         interpreter_language=case.preferences.interpreter_language if case.preferences else None,
         # the notices a participant acts on state the person's needs; a closed case's does not
         meeting_needs=meeting_needs(case.preferences) if kind != "case-closed" else None,
-        correlation_id=case.correlation_id, **extra,  # type: ignore[arg-type]
+        correlation_id=case.correlation_id, **extra,
     )  # fmt: skip
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from shared.hospital import HospitalEvent
 
@@ -116,7 +116,7 @@ def _stale(stay: Stay, ev: HospitalEvent) -> bool:
 
 def apply(stay: Stay, ev: HospitalEvent) -> tuple[Stay, Effect]:
     """Fold one event into the stay; return the new stay and what the stay's case must do."""
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}
     if ev.kommun_code:
         changes["kommun_code"] = ev.kommun_code
     if ev.primary_care_unit:
@@ -165,10 +165,10 @@ def apply(stay: Stay, ev: HospitalEvent) -> tuple[Stay, Effect]:
     if ev.kind in ("ready-for-discharge", "ready-revoked"):
         # the latest of the pair is what stands
         applied.pop(OPPOSITES[ev.kind], None)
-    return dataclasses.replace(stay, **changes), effect  # type: ignore[arg-type]
+    return dataclasses.replace(stay, **changes), effect
 
 
-def _cancel(stay: Stay, ev: HospitalEvent, changes: dict[str, object]) -> tuple[Stay, Effect]:
+def _cancel(stay: Stay, ev: HospitalEvent, changes: dict[str, Any]) -> tuple[Stay, Effect]:
     target = ev.cancels
     assert target is not None  # HospitalEvent guarantees it
     previous = stay.cancelled.get(target)
@@ -183,7 +183,7 @@ def _cancel(stay: Stay, ev: HospitalEvent, changes: dict[str, object]) -> tuple[
     )
     if not hits:
         # nothing to undo yet: remembered, so the cancelled event has no effect when it arrives
-        return dataclasses.replace(stay, **changes), "none"  # type: ignore[arg-type]
+        return dataclasses.replace(stay, **changes), "none"
     applied = dict(stay.applied)
     del applied[target]
     changes["applied"] = applied
@@ -205,4 +205,4 @@ def _cancel(stay: Stay, ev: HospitalEvent, changes: dict[str, object]) -> tuple[
             changes["deceased_at"] = None
         case _:
             pass
-    return dataclasses.replace(stay, **changes), effect  # type: ignore[arg-type]
+    return dataclasses.replace(stay, **changes), effect
