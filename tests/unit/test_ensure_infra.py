@@ -122,19 +122,23 @@ def test_the_mllp_port_is_free_to_be_taken_when_mllp_is_off(bare_path, listening
     assert r.returncode == 0, r.stderr
 
 
+def _make_n(target: str) -> subprocess.CompletedProcess[str]:
+    """``make -n`` as a fresh make would print it — also when the tests run under ``make test`` (a
+    nested make would otherwise print its "Entering directory" lines)."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")
+    }
+    return subprocess.run(
+        ["make", "--no-print-directory", "-n", "-o", ".venv/.installed", target],
+        cwd=REPO, capture_output=True, text=True, timeout=30, env=env,
+    )  # fmt: skip
+
+
 def test_make_run_checks_before_it_starts_anything():
-    r = subprocess.run(
-        ["make", "-n", "-o", ".venv/.installed", "run"], cwd=REPO, capture_output=True, text=True, timeout=30
-    )
+    r = _make_n("run")
     lines = r.stdout.splitlines()
     assert "scripts/ensure-infra.sh run" in lines
     assert lines.index("scripts/ensure-infra.sh run") < lines.index(".venv/bin/sipctl run")
     for target in ("test-sqlite", "test-postgres"):
-        r = subprocess.run(
-            ["make", "-n", "-o", ".venv/.installed", target],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert r.stdout.splitlines()[0] == "scripts/ensure-infra.sh test"
+        r = _make_n(target)
+        assert r.stdout.splitlines()[0] == "scripts/ensure-infra.sh test", r.stdout
