@@ -47,8 +47,10 @@ PROPERTY_SETTINGS = settings(
 )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
+    # one suite per test: on PostgreSQL (SIP_TEST_DATABASE=postgres) each test's service databases are
+    # dropped when it ends, so a suite shared by the module would lose its stores after the first test
     tmp = tmp_path_factory.mktemp("api-properties")
     with rabbit_vhost() as amqp_url, mail_sink(tmp) as smtp:
         with running_suite(
