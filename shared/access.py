@@ -13,11 +13,17 @@ person's consent always wins.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+
+from shared.auth import Caller
+from shared.contracts import AccessRecorded
+
+ReaderKind = Literal["organisation", "operator", "person", "guardian"]
 
 CALLER_KINDS: dict[str, str] = {
     "owner": "the unit that owns the case (organisation token)",
@@ -98,3 +104,30 @@ def table(apps: dict[str, FastAPI], open_paths: Iterable[str]) -> str:
             cells = " | ".join(mark[r["callers"][k]] for k in kinds)
             lines.append(f"| {service} | `{method} {path}` | {r['summary']} | {cells} |")
     return "\n".join(lines)
+
+
+def reader(caller: Caller, *, guardian: bool = False) -> dict[str, Any]:
+    """The reader fields of an :class:`~shared.contracts.AccessRecorded`, from the verified token."""
+    kind: ReaderKind
+    if caller.person_id is not None:
+        kind = "guardian" if guardian else "person"
+    else:
+        kind = "operator" if caller.operator else "organisation"
+    return {
+        "reader_hsa_id": caller.hsa_id,
+        "reader_kind": kind,
+        "reader_subject": caller.subject[:128] or None,
+    }
+
+
+async def record_reads(
+    unit_of_work: Callable[[], AbstractAsyncContextManager[Any]], records: Iterable[AccessRecorded]
+) -> None:
+    """Put audited reads in the outbox in a short transaction of their own, before the answer goes out
+    (consent files them in the person's trail)."""
+    items = list(records)
+    if not items:
+        return
+    async with unit_of_work() as uow:
+        for r in items:
+            await uow.send(r)

@@ -26,7 +26,7 @@ from typing import Literal
 from uuid import UUID
 
 from services.notify.domain import Notification
-from shared.access import rule
+from shared.access import reader, record_reads, rule
 from shared.auth import Caller
 from shared.contracts import AccessBasis, AccessRecorded
 from shared.runtime import ServiceRuntime
@@ -65,24 +65,14 @@ def access_recorded(
 ) -> AccessRecorded:  # fmt: skip
     """One read of a notification for the person's audit trail: the case (no patient: consent
     resolves the person from the case), who read it (from the token), on which basis."""
-    kind: Literal["organisation", "operator", "person", "guardian"] = (
-        "person" if caller.person_id is not None else "operator" if caller.operator else "organisation"
-    )
     return AccessRecorded(
         service="notify", action=action, outcome="permit" if granted else "deny", basis=granted or "none",
-        what=what[:64], accessed_at=at, case_id=n.case_id, reader_hsa_id=caller.hsa_id, reader_kind=kind,
-        reader_subject=caller.subject[:128] or None, correlation_id=n.correlation_id,
+        what=what[:64], accessed_at=at, case_id=n.case_id, correlation_id=n.correlation_id, **reader(caller),
     )  # fmt: skip
 
 
 async def record(runtime: ServiceRuntime, records: Iterable[AccessRecorded]) -> None:
-    """Put the records in the outbox in a short transaction of their own (before the answer goes out)."""
-    items = list(records)
-    if not items:
-        return
-    async with runtime.unit_of_work() as uow:
-        for r in items:
-            await uow.send(r)
+    await record_reads(runtime.unit_of_work, records)
 
 
 def what(resource: str, notification_id: UUID) -> str:

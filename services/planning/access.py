@@ -42,7 +42,7 @@ from uuid import UUID
 from services.planning.adapters.store import related_to
 from services.planning.domain import SipCase
 from services.planning.stays import Stay
-from shared.access import rule
+from shared.access import reader, record_reads, rule
 from shared.auth import Caller
 from shared.consent_gate import ConsentGateClient, ConsentGateUnavailable
 from shared.contracts import AccessBasis, AccessRecorded
@@ -245,30 +245,18 @@ def access_recorded(
 ) -> AccessRecorded:  # fmt: skip
     """One read of a person's data, for the person's audit trail: who (from the token), on which basis,
     what was asked for (resource type and id, or the search's parameter names — never values)."""
-    if caller.person_id is not None:
-        kind: Literal["organisation", "operator", "person", "guardian"] = (
-            "guardian" if basis == "guardian" else "person"
-        )
-    else:
-        kind = "operator" if caller.operator else "organisation"
     return AccessRecorded(
         service="planning", action=action, outcome="permit" if allowed else "deny", basis=basis,
         what=what[:64], accessed_at=at,
         patient_identifier=case.patient_identifier if case is not None else patient_identifier,
         case_id=case.id if case is not None else case_id,
-        reader_hsa_id=caller.hsa_id, reader_kind=kind, reader_subject=caller.subject[:128] or None,
         correlation_id=case.correlation_id if case is not None else None,
+        **reader(caller, guardian=basis == "guardian"),
     )  # fmt: skip
 
 
 async def record(runtime: ServiceRuntime, records: Iterable[AccessRecorded]) -> None:
-    """Put the records in the outbox in a short transaction of their own (before the answer goes out)."""
-    items = list(records)
-    if not items:
-        return
-    async with runtime.unit_of_work() as uow:
-        for r in items:
-            await uow.send(r)
+    await record_reads(runtime.unit_of_work, records)
 
 
 def person_of(value: str | None) -> str | None:
