@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
+from zoneinfo import ZoneInfo
+
+# The one zone of the suite: Swedish local time, for deadline days, HL7/FHIR times without an offset,
+# and times shown to people (texts, calendar files).
+STOCKHOLM_ZONE_NAME = "Europe/Stockholm"
+STOCKHOLM = ZoneInfo(STOCKHOLM_ZONE_NAME)
 
 
 class Clock(Protocol):

@@ -16,7 +16,13 @@ PERSONNUMMER_OID = "urn:oid:1.2.752.129.2.1.3.1"
 SAMORDNINGSNUMMER_OID = "urn:oid:1.2.752.129.2.1.3.3"
 HSA_SYSTEM = "urn:oid:1.2.752.29.4.19"
 
-_TWELVE = re.compile(r"^(\d{8})[-+]?(\d{4})$")
+# The personnummer patterns of the suite, each for one purpose, all here:
+# a whole value in the 12-digit form (YYYYMMDD, an optional - or +, NNNC);
+TWELVE_DIGITS = re.compile(r"^(\d{8})[-+]?(\d{4})$")
+# a number inside free text, 10 or 12 digits (YYMMDD-NNNN, YYYYMMDDNNNN, ...), for the text guards;
+PERSONAL_NUMBER_IN_TEXT = re.compile(r"(?<!\d)(?:\d{2})?\d{6}[-+]?\d{4}(?!\d)")
+# a 12-digit number from 1800-2099 inside a log line, masked to its birth year before it is written.
+PERSONAL_NUMBER_IN_LOG = re.compile(r"(?<!\d)((?:18|19|20)\d{2})(\d{4})[-+]?(\d{4})(?!\d)")
 
 
 class InvalidPersonIdentifier(ValueError):
@@ -67,7 +73,7 @@ def parse_person_identifier(raw: str) -> PersonIdentifier:
     record is worse than an error the sender can fix.
     """
     text = raw.strip()
-    m = _TWELVE.match(text)
+    m = TWELVE_DIGITS.match(text)
     if not m:
         raise InvalidPersonIdentifier("expected 12 digits YYYYMMDDNNNC (optionally YYYYMMDD-NNNC)")
     digits = m.group(1) + m.group(2)

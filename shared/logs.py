@@ -13,19 +13,19 @@ import contextlib
 import contextvars
 import json
 import logging
-import re
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from opentelemetry import trace
 
-_PNR = re.compile(r"(?<!\d)((?:18|19|20)\d{2})(\d{4})[-+]?(\d{4})(?!\d)")
+from shared.identifiers import PERSONAL_NUMBER_IN_LOG
+
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
 def mask_personal_data(text: str) -> str:
-    return _PNR.sub(lambda m: f"{m.group(1)}********", text)
+    return PERSONAL_NUMBER_IN_LOG.sub(lambda m: f"{m.group(1)}********", text)
 
 
 class MaskingFilter(logging.Filter):

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import re
 
+from shared.identifiers import PERSONAL_NUMBER_IN_TEXT as PERSONAL_NUMBER
 from shared.identifiers import is_valid_person_identifier, luhn_check_digit
 
-# 10 or 12 digits, optionally with - or + before the last four (YYMMDD-NNNN, YYYYMMDDNNNN, …)
-PERSONAL_NUMBER = re.compile(r"(?<!\d)(?:\d{2})?\d{6}[-+]?\d{4}(?!\d)")
 # UUIDs (case and plan ids in links) often hold long digit runs; they are identifiers we issue.
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 # an ICD-10 code standing alone: F32, F32.1, E11.65, Z99.2A

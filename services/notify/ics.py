@@ -29,9 +29,10 @@ from services.notify.templates import (
     format_meeting_time,
     needs_block,
 )
+from shared.clock import STOCKHOLM_ZONE_NAME
 from shared.contracts import MeetingNeeds
 
-TZID = "Europe/Stockholm"
+TZID = STOCKHOLM_ZONE_NAME
 PRODID = "-//sip-suite//notify//SV"
 _SEQUENCE_EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
 

@@ -24,14 +24,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, cast
-from zoneinfo import ZoneInfo
 
+from shared.clock import STOCKHOLM
 from shared.contracts import MeetingNeeds
-from shared.text_guards import PERSONAL_NUMBER, contains_health_data, contains_personal_number
+from shared.identifiers import PERSONAL_NUMBER_IN_TEXT as PERSONAL_NUMBER
+from shared.text_guards import contains_health_data, contains_personal_number
 
 __all__ = ["PERSONAL_NUMBER", "contains_health_data", "contains_personal_number"]  # re-exported
 
-STOCKHOLM = ZoneInfo("Europe/Stockholm")
 
 # a case reference we issue: letters, digits, dashes (SIP-2026-4F3A9C)
 _REFERENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-_.]{0,63}$")

@@ -42,6 +42,8 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal, get_args
 from zoneinfo import ZoneInfo
 
+from shared.clock import STOCKHOLM
+
 if TYPE_CHECKING:
     from services.planning.settings import PlanningSettings
 
@@ -49,7 +51,6 @@ DeadlineKind = Literal["admission-notice", "invitation", "meeting", "follow-up",
 DEADLINE_KINDS: tuple[str, ...] = get_args(DeadlineKind)
 DayCounting = Literal["calendar", "working"]
 
-STOCKHOLM = ZoneInfo("Europe/Stockholm")
 ADMISSION_NOTICE_HOURS = 24
 
 

@@ -14,7 +14,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.planning.deadlines import STOCKHOLM, DeadlinePolicy, due_at
+from services.planning.deadlines import DeadlinePolicy, due_at
 from services.planning.domain import (
     Participant,
     SipCase,
@@ -32,6 +32,7 @@ from services.planning.plan import (
     PlanContent,
 )
 from services.planning.ports import CaseRepository, Deadlines, Outbox
+from shared.clock import STOCKHOLM
 from shared.contracts import ConsentRequested, PersonId
 from shared.directory import Directory
 from shared.errors import PermanentError

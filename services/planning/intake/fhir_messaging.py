@@ -25,12 +25,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from shared.clock import STOCKHOLM
 from shared.fhir import JsonBodyError, load_json_bounded
 from shared.hospital import SWEDISH_SYSTEMS, EventKind, HospitalEvent, PatientIdentifier
 from shared.identifiers import HSA_SYSTEM, InvalidPersonIdentifier
 from shared.timestamps import TimeOutOfRange, check_storable
-
-from .hl7v2 import STOCKHOLM
 
 log = logging.getLogger("sip.intake.fhir")
 

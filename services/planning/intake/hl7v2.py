@@ -13,15 +13,16 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any, Literal
-from zoneinfo import ZoneInfo
 
 import hl7
 from pydantic import ValidationError
 
+from shared.clock import STOCKHOLM
 from shared.hospital import EventKind, HospitalEvent, PatientIdentifier
 from shared.identifiers import (
     PERSONNUMMER_OID,
     SAMORDNINGSNUMMER_OID,
+    TWELVE_DIGITS,
     InvalidPersonIdentifier,
     parse_person_identifier,
 )
@@ -30,7 +31,6 @@ from shared.timestamps import TimeOutOfRange, check_storable
 log = logging.getLogger("sip.intake.hl7v2")
 
 AckCode = Literal["AA", "AE", "AR"]
-STOCKHOLM = ZoneInfo("Europe/Stockholm")
 
 SUPPORTED_VERSIONS = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2")
 
@@ -55,7 +55,6 @@ DEATH_DISPOSITIONS = {"20", "40", "41", "42"}
 _PN_OID = PERSONNUMMER_OID.removeprefix("urn:oid:")
 _SN_OID = SAMORDNINGSNUMMER_OID.removeprefix("urn:oid:")
 _OID = re.compile(r"^[0-2](\.\d+)+$")
-_PNR_SHAPE = re.compile(r"^(\d{8})[-+]?(\d{4})$")
 _DTM = re.compile(r"^(\d{4})(\d{2})(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:\.(\d{1,6}))?)?)?)?([+-]\d{4})?$")
 
 # HL7 table 0357 (message error condition codes)
@@ -545,7 +544,7 @@ def _patient_identifier(m: Any) -> PatientIdentifier:
 
 def _looks_like_pnr(value: str) -> bool:
     """Twelve digits whose first eight are a date (or a samordningsnummer date, day + 60)."""
-    m = _PNR_SHAPE.match(value)
+    m = TWELVE_DIGITS.match(value)
     if not m:
         return False
     d = m.group(1)

@@ -21,11 +21,12 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from shared.clock import STOCKHOLM
 from shared.hospital import HospitalEvent
 from shared.persistence import utcnow
 
 from .fhir_messaging import parse_message_bundle
-from .hl7v2 import STOCKHOLM, parse_adt
+from .hl7v2 import parse_adt
 
 log = logging.getLogger("sip.intake")
 

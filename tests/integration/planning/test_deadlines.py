@@ -366,8 +366,8 @@ async def test_the_scheduler_job_runs_in_the_background_and_wakes_the_relay(engi
 
 
 async def test_the_handlers_port_starts_meets_and_stops_policy_deadlines(engine):
-    from services.planning.deadlines import STOCKHOLM
     from services.planning.settings import PlanningSettings
+    from shared.clock import STOCKHOLM
 
     settings = PlanningSettings(deadline_day_counting="working", meeting_deadline_days=3)
     case = new_case()
