@@ -2,7 +2,8 @@
 
 Pure: bytes in, :class:`Hl7Outcome` out (events + the ACK bytes). Never raises on bad input — every
 problem becomes an ``AE`` (content wrong) or ``AR`` (message type, trigger, version or header not
-acceptable) acknowledgement whose MSA-3 and ERR segment say why.
+acceptable) acknowledgement whose ERR segment (and, before v2.7, MSA-3) says why — laid out for the
+version of the message it answers (:func:`build_ack`).
 """
 
 from __future__ import annotations
@@ -580,7 +581,7 @@ def build_ack(
         header = Header(fields=("MSH", "|", "^~\\&"))
     sep, enc = header.field_sep, header.encoding_chars
     comp, sub = enc[0], enc[3]
-    version = header.version if header.version in SUPPORTED_VERSIONS else "2.5"
+    version = ack_version(header.version)
     vt = _version_tuple(version)
     stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%d%H%M%S+0000")
     trigger = header.trigger
@@ -610,43 +611,38 @@ def build_ack(
     msa = ["MSA", code, control]
     segments = []
     if error is not None:
-        msa.append(_escape(error.text[:400], sep, enc))
-        location = comp.join([error.segment, "1", str(error.field or "")])
         text = _escape(error.text[:400], sep, enc)
+        if vt < (2, 7):  # MSA-3 text message: withdrawn in 2.7 (the ERR segment carries the text)
+            msa.append(text)
         if vt >= (2, 5):
-            segments.append(
-                sep.join(
-                    [
-                        "ERR",
-                        "",
-                        location,
-                        comp.join([error.code[0], error.code[1], "HL70357"]),
-                        "E",
-                        "",
-                        "",
-                        "",
-                        text,
-                    ]
-                )
-            )
+            segments.append(sep.join(_err_from_2_5(error, text, comp)))
         else:
-            segments.append(
-                sep.join(
-                    [
-                        "ERR",
-                        comp.join(
-                            [
-                                error.segment,
-                                "1",
-                                str(error.field or ""),
-                                sub.join([error.code[0], error.code[1], "HL70357"]),
-                            ]
-                        ),
-                    ]
-                )
-            )
+            segments.append(sep.join(["ERR", _err_1(error, comp, sub)]))
     lines = [sep.join(msh), sep.join(msa), *segments]
     return ("\r".join(lines) + "\r").encode(header.codec, errors="replace")
+
+
+def ack_version(version: str) -> str:
+    """MSH-12 of the ACK: the version of the message it answers, whose layout the ACK follows. A
+    version the listener does not read (2.2, 2.9, 3.0, empty) is refused with AR in 2.5, a version
+    every v2 receiver of that era reads (with MSA-3 and the ERR segment of 2.5)."""
+    return version if version in SUPPORTED_VERSIONS else "2.5"
+
+
+def _err_1(error: ErrorInfo, comp: str, sub: str) -> str:
+    """ERR-1 error code and location (2.1–2.4, type CM/ELD): segment ^ sequence ^ field ^ code (CE,
+    as subcomponents: table 0357 code & text & HL70357)."""
+    code = sub.join([error.code[0], error.code[1], "HL70357"])
+    return comp.join([error.segment, "1", str(error.field or ""), code])
+
+
+def _err_from_2_5(error: ErrorInfo, text: str, comp: str) -> list[str]:
+    """The ERR segment from 2.5 on: ERR-1 (withdrawn in 2.7) empty; ERR-2 error location (ERL:
+    segment ^ sequence ^ field); ERR-3 HL7 error code (CWE, table 0357); ERR-4 severity E; ERR-8 the
+    user message (the text MSA-3 carried before 2.7)."""
+    location = [error.segment, "1"] + ([str(error.field)] if error.field else [])
+    code = comp.join([error.code[0], error.code[1], "HL70357"])
+    return ["ERR", "", comp.join(location), code, "E", "", "", "", text]
 
 
 def ack_code_of(ack: bytes) -> str | None:
