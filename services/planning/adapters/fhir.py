@@ -11,7 +11,8 @@ Mapping (see FHIR.md): goals → ``Goal``; each intervention → R4 ``activity.d
 end date) / R5 ``activity.plannedActivityReference`` → ``Task``; deadlines and the follow-up → ``Task``
 with ``restriction.period.end``; the meeting → ``Appointment``; the organisation with overall
 responsibility → R4 ``author`` / R5 ``custodian``; how the interventions are coordinated →
-``description``; what others do, and the person's meeting preferences → ``note``.
+``description``; what others do, and the person's meeting preferences → ``note``. Every version
+carries a generated Swedish narrative (``text``) of all of it: :mod:`services.planning.narrative`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from services.planning.domain import SipCase
+from services.planning.narrative import care_plan_text
 from services.planning.plan import PlanContent
 from shared.fhir import check_required_bindings
 from shared.identifiers import HSA_SYSTEM, parse_person_identifier
@@ -257,6 +259,16 @@ def care_plan(
     if activity:
         data["activity"] = activity
     data["contained"] = contained
+    data["text"] = care_plan_text(
+        case,
+        status=status,
+        content=content,
+        names=names,
+        role_text=ROLE_TEXT,
+        invitation_sent=sent,
+        follow_up=case.follow_up_date or (content.follow_up_date if content else None),
+        follow_up_done=bool(case.followed_up_at and case.state == "closed"),
+    )
     return _validated(data, r5, "CarePlan") if validate else data
 
 
