@@ -24,6 +24,7 @@ from fhir.resources.R4B.consent import Consent
 from services.consent.domain import CATEGORY_DISPLAY, AuditEntry, ConsentRecord
 from shared.fhir import FhirValidationError, check_required_bindings
 from shared.identifiers import HSA_SYSTEM, PERSONNUMMER_SYSTEM, parse_person_identifier
+from shared.narrative import day, el, local_time, narrative
 
 FhirVersion = Literal["4.0", "5.0"]
 
@@ -172,6 +173,65 @@ def _status(record: ConsentRecord, now: datetime | None) -> str:
     return _STATUS[record.status]
 
 
+_METHOD_TEXT = {"oral": "muntligt", "written": "skriftligt"}
+_STANCE_TEXT = {"consents": "samtycker", "objects": "motsätter sig"}
+_CHILD_VIEW_TEXT = {
+    "agrees": "barnet instämmer",
+    "disagrees": "barnet instämmer inte",
+    "no-view": "barnet har ingen åsikt",
+    "not-heard": "barnet har inte hörts",
+}
+
+
+def consent_text(record: ConsentRecord, status: str) -> dict[str, str]:
+    """A short Swedish narrative (``Consent.text``): the decision, its state, who gave it and how, for
+    which purposes, to whom, what is excluded, and when it is valid — what the resource holds."""
+    pid = parse_person_identifier(record.patient_identifier)
+    decision = "Samtycke lämnat" if record.decision == "granted" else "Samtycke nekat"
+    state = {
+        "active": "gällande",
+        "inactive": "återkallat" if record.status == "withdrawn" else "upphört",
+        "entered-in-error": "makulerat (felregistrerat)",
+    }.get(status, status)
+    valid = f"från {day(record.starts_at)}"
+    if record.ends_at is not None:
+        valid += f" till {day(record.ends_at)}"
+    lines: list[Any] = [
+        f"Person: {pid.value}",
+        el("br"),
+        f"Lämnat av: {GIVEN_BY_DISPLAY[record.given_by]}, {_METHOD_TEXT.get(record.method, record.method)}",
+        el("br"),
+        f"Giltigt {valid}",
+        el("br"),
+        f"Registrerat {local_time(record.recorded_at)} av {record.recorded_by_hsa_id}",
+    ]
+    if record.status != "active" and record.status_changed_at is not None:
+        what = "Återkallat" if record.status == "withdrawn" else "Makulerat"
+        reason = f" ({record.status_reason})" if record.status_reason else ""
+        lines += [el("br"), f"{what} {local_time(record.status_changed_at)}{reason}"]
+    parts = [
+        el("p", el("b", f"{decision} – {state}")),
+        el("p", lines),
+        el("p", el("b", "Ändamål: "), "; ".join(PURPOSE_DISPLAY.get(p, p) for p in record.purposes)),
+    ]
+    if record.recipients:
+        parts.append(el("p", el("b", "Mottagare: "), ", ".join(record.recipients)))
+    excluded = [
+        *record.excluded_organisations,
+        *(CATEGORY_DISPLAY.get(c, c) for c in record.excluded_categories),
+    ]
+    if excluded and record.decision == "granted":
+        parts.append(el("p", el("b", "Gäller inte: "), "; ".join(excluded)))
+    if record.guardians:
+        stances = [_STANCE_TEXT.get(g.stance, g.stance) for g in record.guardians]
+        parts.append(
+            el("p", el("b", "Vårdnadshavare: "), "; ".join(f"{n}: {s}" for n, s in enumerate(stances, 1)))
+        )
+    if record.child_view:
+        parts.append(el("p", el("b", "Barnets inställning: "), _CHILD_VIEW_TEXT.get(record.child_view, "")))
+    return narrative(parts)
+
+
 def consent_r4(record: ConsentRecord, now: datetime | None = None) -> dict[str, Any]:
     provision: dict[str, Any] = {
         "type": "permit" if record.decision == "granted" else "deny",
@@ -187,6 +247,7 @@ def consent_r4(record: ConsentRecord, now: datetime | None = None) -> dict[str, 
         "resourceType": "Consent",
         "id": str(record.id),
         "meta": _meta(record),
+        "text": consent_text(record, _status(record, now)),
         "extension": _extensions(record),
         "status": _status(record, now),
         "scope": {
@@ -217,6 +278,7 @@ def consent_r5(record: ConsentRecord, now: datetime | None = None) -> dict[str, 
         "resourceType": "Consent",
         "id": str(record.id),
         "meta": _meta(record),
+        "text": consent_text(record, _status(record, now)),
         "extension": _extensions(record),
         "status": _status(record, now),
         "category": _CATEGORY,

@@ -29,6 +29,7 @@ from services.notify.domain import CANCEL_REASONS, Notification
 from shared.contracts import MeetingNeeds
 from shared.fhir import check_required_bindings
 from shared.identifiers import HSA_SYSTEM
+from shared.narrative import Markup, el, local_time, narrative
 
 NOTIFICATION_SYSTEM = "urn:sip-suite:notification"
 CASE_SYSTEM = "urn:sip-suite:sip-case"
@@ -94,6 +95,49 @@ def _status(n: Notification) -> str:
     if n.status == "sending" or n.attempts > 0:
         return "in-progress"
     return "preparation"
+
+
+_STATUS_TEXT = {
+    "preparation": "Inte skickat ännu",
+    "in-progress": "Skickas",
+    "completed": "Skickat",
+    "not-done": "Inte skickat",
+}
+_CHANNEL_TEXT = {"email": "e-post", "webhook": "elektroniskt (webhook)", "sms": "sms"}
+_STOPPED_TEXT = {
+    "consent-withdrawn": "samtycket återkallades",
+    "consent-cancelled": "samtycket makulerades",
+    "superseded": "ersatt av en senare kallelse",
+    "meeting-started": "mötet hade redan börjat",
+}
+
+
+def communication_text(n: Notification, status: str, when: datetime | None) -> dict[str, str]:
+    """A short Swedish narrative (``Communication.text``): what kind of message, to whom, how, its
+    state and the message itself — no more than the resource holds (no personal data)."""
+    head = [
+        f"Mottagare: {n.recipient_hsa_id}",
+        el("br"),
+        f"Kanal: {_CHANNEL_TEXT.get(n.channel, n.channel)}",
+        el("br"),
+        f"Status: {_STATUS_TEXT.get(status, status)}",
+    ]
+    if when is not None:
+        head += [el("br"), f"Skickat: {local_time(when)}"]
+    if status == "not-done":
+        code = next((c for c, text in CANCEL_REASONS.items() if text == n.status_reason), None)
+        why = _STOPPED_TEXT.get(code or "", "leveransen misslyckades" if n.status == "failed" else "")
+        if why:
+            head += [el("br"), f"Orsak: {why}"]
+    body: list[str | Markup] = []
+    for line in n.body.splitlines():
+        body += [line, el("br")]
+    return narrative(
+        el("p", el("b", f"{_KIND_DISPLAY.get(n.kind, n.kind)} – SIP {n.case_reference}")),
+        el("p", head),
+        el("p", el("b", n.subject)),
+        el("p", body[:-1]) if body else None,
+    )
 
 
 def communication_resource(
@@ -171,6 +215,7 @@ def communication_resource(
         data["extension"].append(
             {"url": "urn:sip-suite:extension:correlation-id", "valueString": n.correlation_id}
         )
+    data["text"] = communication_text(n, data["status"], when)
     model = Communication.model_validate(data)
     check_required_bindings(model)
     return model.model_dump(mode="json", exclude_none=True)
