@@ -132,6 +132,7 @@ def build_intake(runtime: ServiceRuntime, settings: PlanningSettings) -> IntakeS
         intake_tables(metadata),
         on_event=on_event,
         default_tz=ZoneInfo(settings.intake_timezone),
+        fhir_base=f"{settings.public_base_url.rstrip('/')}/fhir",
     )
     handle_hl7 = service.handle_hl7
 

@@ -10,6 +10,9 @@ Two published notification standards are understood:
 - **Da Vinci Unsolicited Notifications** (US): ``MessageHeader.eventCoding`` from
   ``.../davinci-alerts/CodeSystem/notification-event``; ``focus`` → Encounter.
 
+An accepted MedCom message is answered with MedCom's acknowledgement message (:mod:`.medcom`), any
+other with FHIR's response message (:func:`response_bundle`).
+
 Pure: :func:`parse_message_bundle` returns events or an R4 ``OperationOutcome`` (a dict) saying why
 the message is refused. It never raises on bad input.
 """
@@ -19,8 +22,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+import uuid
 from dataclasses import dataclass
-from datetime import datetime, time, tzinfo
+from datetime import UTC, datetime, time, tzinfo
 from typing import Any
 
 from pydantic import ValidationError
@@ -30,6 +34,8 @@ from shared.fhir import JsonBodyError, load_json_bounded
 from shared.hospital import SWEDISH_SYSTEMS, EventKind, HospitalEvent, PatientIdentifier
 from shared.identifiers import HSA_SYSTEM, InvalidPersonIdentifier
 from shared.timestamps import TimeOutOfRange, check_storable
+
+from . import medcom
 
 log = logging.getLogger("sip.intake.fhir")
 
@@ -54,6 +60,10 @@ DAVINCI_EVENTS: dict[str, EventKind] = {
     # SIP.md: a transfer is a new stay; the original code stays in source_event_code
     "notification-transfer": "admitted",
 }
+
+#: where the answers' fullUrls point when the service's public base is not given
+DEFAULT_FHIR_BASE = "http://127.0.0.1:8080/fhir"
+_RESPONSE_NS = uuid.UUID("5d0f3c1e-8a3b-4c7e-b2a4-91e0c6f4d2a7")
 
 #: Encounter.hospitalization.dischargeDisposition codes that mean the patient died
 DEATH_DISPOSITIONS = {"exp", "20", "40", "41", "42"}
@@ -128,7 +138,17 @@ def warm_up() -> None:
         _warm = True
 
 
-def parse_message_bundle(raw: bytes | str, *, default_tz: tzinfo = STOCKHOLM) -> FhirOutcome:
+def parse_message_bundle(
+    raw: bytes | str,
+    *,
+    default_tz: tzinfo = STOCKHOLM,
+    now: datetime | None = None,
+    fhir_base: str = DEFAULT_FHIR_BASE,
+) -> FhirOutcome:
+    """Read one message Bundle. Accepted: a MedCom HospitalNotification is answered with MedCom's
+    acknowledgement message (:mod:`.medcom`), any other message with FHIR's response message
+    (:func:`response_bundle`); ``now`` stamps the answer, ``fhir_base`` makes its ``fullUrl``s
+    absolute. Refused: an OperationOutcome (HTTP 400/422)."""
     message_id: str | None = None
     sender = ""
     try:
@@ -151,23 +171,39 @@ def parse_message_bundle(raw: bytes | str, *, default_tz: tzinfo = STOCKHOLM) ->
             message_id=message_id,
             sender=sender,
         )
-    return FhirOutcome(200, response_bundle(doc, message_id or ""), events, message_id, sender)
+    at = now or datetime.now(UTC)
+    if medcom.is_hospital_notification(doc):
+        answer = medcom.acknowledgement(doc, code="ok", at=at, fhir_base=fhir_base)
+    else:
+        answer = response_bundle(doc, message_id or "", at=at, fhir_base=fhir_base)
+    return FhirOutcome(200, answer, events, message_id, sender)
 
 
-def response_bundle(doc: dict[str, Any], message_id: str) -> dict[str, Any]:
-    """The FHIR messaging acknowledgement (MessageHeader.response.code = ok)."""
+def response_bundle(
+    doc: dict[str, Any], message_id: str, *, at: datetime | None = None, fhir_base: str = DEFAULT_FHIR_BASE
+) -> dict[str, Any]:
+    """The FHIR messaging response (MessageHeader.response.code = ok): a message Bundle with an id and
+    a timestamp whose MessageHeader (with an id) names the request's MessageHeader.id. The ids are
+    derived from that id: the same message always gets the same answer."""
     header = _message_header(doc)
+    bundle_id = str(uuid.uuid5(_RESPONSE_NS, f"{message_id}|bundle"))
+    header_id = str(uuid.uuid5(_RESPONSE_NS, f"{message_id}|header"))
+    stamp = (at or datetime.now(UTC)).isoformat(timespec="seconds").replace("+00:00", "Z")
     return {
         "resourceType": "Bundle",
+        "id": bundle_id,
         "type": "message",
+        "timestamp": stamp,
         "entry": [
             {
+                "fullUrl": f"{fhir_base.rstrip('/')}/MessageHeader/{header_id}",
                 "resource": {
                     "resourceType": "MessageHeader",
+                    "id": header_id,
                     "eventCoding": header.get("eventCoding") or {},
-                    "source": {"endpoint": "urn:sip-suite:planning:intake"},
+                    "source": {"endpoint": medcom.OWN_ENDPOINT, "software": "sip-suite planning"},
                     "response": {"identifier": message_id, "code": "ok"},
-                }
+                },
             }
         ],
     }

@@ -25,7 +25,7 @@ from shared.clock import STOCKHOLM
 from shared.hospital import HospitalEvent
 from shared.persistence import utcnow
 
-from .fhir_messaging import parse_message_bundle
+from .fhir_messaging import DEFAULT_FHIR_BASE, parse_message_bundle
 from .hl7v2 import parse_adt
 
 log = logging.getLogger("sip.intake")
@@ -45,6 +45,8 @@ class IntakeService:
         ``conn``. Raise only for failures that should make the sender retry: an exception rolls the
         whole message back and no acknowledgement is sent.
     :param default_tz: zone for HL7/FHIR times without an offset (Europe/Stockholm).
+    :param fhir_base: the service's public FHIR base (``[public base url]/fhir``): the answers to FHIR
+        messages give their entries absolute ``fullUrl``s under it.
     """
 
     def __init__(
@@ -55,12 +57,14 @@ class IntakeService:
         on_event: OnEvent | None = None,
         default_tz: tzinfo = STOCKHOLM,
         clock: Callable[[], datetime] = utcnow,
+        fhir_base: str = DEFAULT_FHIR_BASE,
     ) -> None:
         self._engine = engine
         self._table = table
         self._on_event = on_event
         self._tz = default_tz
         self._clock = clock
+        self._fhir_base = fhir_base
 
     async def handle_hl7(self, raw: bytes) -> bytes:
         """One HL7 v2 message (MLLP framing removed) → the ACK bytes to send back."""
@@ -91,10 +95,13 @@ class IntakeService:
     async def handle_fhir(self, bundle_json: bytes) -> tuple[int, dict[str, Any]]:
         """A FHIR R4 message Bundle (``$process-message`` body) → ``(http status, response)``.
 
-        The response is a message Bundle with ``MessageHeader.response.code = ok`` when accepted,
-        an ``OperationOutcome`` (status 400/422) when refused.
+        The response is a message Bundle with ``MessageHeader.response.code = ok`` when accepted —
+        MedCom's acknowledgement message for a MedCom HospitalNotification, FHIR's response message for
+        the others — and an ``OperationOutcome`` (status 400/422) when refused.
         """
-        outcome = parse_message_bundle(bundle_json, default_tz=self._tz)
+        outcome = parse_message_bundle(
+            bundle_json, default_tz=self._tz, now=self._clock(), fhir_base=self._fhir_base
+        )
         error = None
         if not outcome.accepted:
             error = "; ".join(i.get("diagnostics", "") for i in outcome.body.get("issue", []))
