@@ -67,6 +67,10 @@ ERR_UNSUPPORTED_TYPE = ("200", "Unsupported message type")
 ERR_UNSUPPORTED_EVENT = ("201", "Unsupported event code")
 ERR_UNSUPPORTED_VERSION = ("203", "Unsupported version id")
 ERR_INTERNAL = ("207", "Application internal error")
+#: MSA-3 text message (2.3–2.6) is an ST: longer values fail strict parsers (hl7apy: 199). The
+#: tables give MSA-3 80 characters, which a few reasons pass; no receiver met enforces that, and from
+#: 2.5 the full text is in ERR-8 (TX) as well
+MSA_3_LENGTH = 199
 
 CHARSETS = {
     "UNICODE UTF-8": "utf-8",
@@ -612,14 +616,27 @@ def build_ack(
     segments = []
     if error is not None:
         text = _escape(error.text[:400], sep, enc)
-        if vt < (2, 7):  # MSA-3 text message: withdrawn in 2.7 (the ERR segment carries the text)
-            msa.append(text)
+        if vt < (2, 7):  # MSA-3 text message (ST): withdrawn in 2.7, where ERR carries the text
+            msa.append(_fit(error.text, MSA_3_LENGTH, sep, enc))
         if vt >= (2, 5):
             segments.append(sep.join(_err_from_2_5(error, text, comp)))
         else:
             segments.append(sep.join(["ERR", _err_1(error, comp, sub)]))
     lines = [sep.join(msh), sep.join(msa), *segments]
     return ("\r".join(lines) + "\r").encode(header.codec, errors="replace")
+
+
+def _fit(text: str, length: int, sep: str, enc: str) -> str:
+    """``text`` escaped and cut so that the escaped value is at most ``length`` characters (never in
+    the middle of an escape sequence); a cut text ends in "..." (ASCII: the ACK's character set may
+    have no ellipsis)."""
+    escaped = _escape(text, sep, enc)
+    if len(escaped) <= length:
+        return escaped
+    cut = text[: length - 3]
+    while len(_escape(cut, sep, enc)) > length - 3:
+        cut = cut[:-1]
+    return _escape(cut, sep, enc) + "..."
 
 
 def ack_version(version: str) -> str:

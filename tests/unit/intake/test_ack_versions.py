@@ -15,7 +15,14 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
 from hl7apy.parser import parse_message, parse_segment
 
-from services.planning.intake.hl7v2 import SUPPORTED_VERSIONS, parse_adt
+from services.planning.intake.hl7v2 import (
+    ERR_DATA_TYPE,
+    SUPPORTED_VERSIONS,
+    ErrorInfo,
+    build_ack,
+    parse_adt,
+    read_header,
+)
 from tests.support.personnummer import ADULT
 from tests.unit.intake.messages import PNR_AUTHORITY, adt_bytes, bad_check_digit, msa, segment
 
@@ -100,3 +107,22 @@ def test_a_reason_with_separators_is_escaped_and_still_valid() -> None:
         out = parse_adt(adt_bytes(version=version, visit=""))  # PV1-19 missing: AE with a reason
         assert out.ack_code == "AE"
         _strict(out.ack, version)
+
+
+@pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
+def test_a_long_reason_still_parses_strictly(version: str) -> None:
+    """MSA-3 is an ST (strict parsers refuse more than 199 characters); ERR-8 (TX) keeps 400."""
+    header = read_header(adt_bytes(version=version))
+    reason = "PID-3 " + "värdet | ^ & ~ \\ är fel; " * 30
+    ack = build_ack(header, "AE", ErrorInfo(reason, ERR_DATA_TYPE, "PID", 3))
+    segments = {s[:3]: s.split("|") for s in ack.decode("utf-8").split("\r") if s}
+    if _version(version) < (2, 7):
+        assert len(segments["MSA"][3]) <= 199 and segments["MSA"][3].endswith("...")
+    err = segments["ERR"]
+    if _version(version) >= (2, 5):
+        assert len(err[8]) > 199
+    _strict(ack, version)
+
+
+def _version(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split("."))
