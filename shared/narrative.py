@@ -16,10 +16,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from datetime import date, datetime
-from zoneinfo import ZoneInfo
+
+from shared.clock import STOCKHOLM
 
 XHTML_NS = "http://www.w3.org/1999/xhtml"
-STOCKHOLM = ZoneInfo("Europe/Stockholm")
 
 #: the elements this builder emits (a subset of what txt-1 allows)
 ELEMENTS = frozenset({"div", "p", "b", "i", "br", "ul", "li", "table", "tr", "th", "td", "h3", "span", "a"})
