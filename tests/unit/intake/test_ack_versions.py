@@ -38,9 +38,9 @@ def _cases(version: str) -> dict[str, bytes]:
     }
 
 
-def _strict(ack: bytes, version: str) -> Message:
+def _strict(ack: bytes, version: str, encoding: str = "utf-8") -> Message:
     """Parse and validate the ACK strictly with hl7apy, against the tables of ``version``."""
-    text = ack.decode("utf-8")
+    text = ack.decode(encoding)
     hl7apy_version = HL7APY_VERSION.get(version, version)
     if hl7apy_version != version:
         text = text.replace(f"|{version}", f"|{hl7apy_version}", 1)
@@ -94,12 +94,14 @@ def test_the_ack_is_strictly_valid_for_the_version_it_answers(version: str, code
     assert message.msa.msa_1.value == code
 
 
-def test_an_ack_with_a_character_set_is_valid_too() -> None:
-    for version in ("2.4", "2.5.1", "2.8"):
-        raw = adt_bytes(version=version, charset="UNICODE UTF-8")
-        out = parse_adt(raw)
-        assert out.ack_code == "AA", out.error
-        _strict(out.ack, version)
+@pytest.mark.parametrize("version", ["2.3", "2.4", "2.5.1", "2.7.1", "2.8"])
+@pytest.mark.parametrize(("charset", "encoding"), [("UNICODE UTF-8", "utf-8"), ("8859/1", "latin-1")])
+def test_an_ack_with_a_character_set_is_valid_too(version: str, charset: str, encoding: str) -> None:
+    out = parse_adt(adt_bytes(version=version, charset=charset, encoding=encoding))
+    assert out.ack_code == "AA", out.error
+    msh = segment(out.ack, "MSH")
+    assert msh is not None and msh[17] == charset  # MSH-18 echoed, the ACK in that character set
+    _strict(out.ack, version, encoding)
 
 
 def test_a_reason_with_separators_is_escaped_and_still_valid() -> None:
