@@ -23,6 +23,7 @@ from services.notify.domain import Notification
 from shared.auth import Caller, CallerDep, current_caller
 from shared.clock import Clock, SystemClock
 from shared.fhir import fhir_json, outcome_response
+from shared.fhir_rest import capability_statement
 from shared.runtime import ServiceRuntime
 
 
@@ -87,9 +88,15 @@ class NotificationDetail(NotificationSummary):
         )
 
 
-def build_router(runtime: ServiceRuntime, clock: Clock | None = None) -> APIRouter:
+def build_router(
+    runtime: ServiceRuntime,
+    clock: Clock | None = None,
+    base_url: str = "http://127.0.0.1:8082",
+    security: str = "",
+) -> APIRouter:
     router = APIRouter(tags=["notifications"])
     clock = clock or SystemClock()
+    base = base_url.rstrip("/")
 
     async def load(notification_id: UUID) -> Notification | None:
         async with runtime.engine.connect() as conn:
@@ -131,6 +138,13 @@ def build_router(runtime: ServiceRuntime, clock: Clock | None = None) -> APIRout
         if not await audited(caller, n, access.what("Notification", n.id)):
             raise HTTPException(status_code=403, detail="only its recipient, the case's owner or an operator")
         return NotificationDetail.of(n)
+
+    @router.get("/fhir/metadata", tags=["fhir"], summary="CapabilityStatement (generated from the routes)")
+    async def fhir_metadata(request: Request) -> JSONResponse:
+        statement = capability_statement(
+            request.app, name="notify", base_url=base, at=clock.now(), security=security
+        )
+        return fhir_json(statement)
 
     @router.get(
         "/fhir/Communication/{notification_id}",
