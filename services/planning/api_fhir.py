@@ -382,7 +382,7 @@ def build_router(
         "be the proposing organisation (HSA-id). The home kommun is taken from the author's area in "
         "the organisation directory. `If-None-Exist: identifier=<system>|<value>` makes the create "
         "idempotent: an existing plan with that identifier is answered with 200 and not created again.",
-        openapi_extra=access.CREATE_PLAN,
+        openapi_extra={**access.CREATE_PLAN, **fhir_route(conditional_create=True)},
     )
     async def create(request: Request) -> JSONResponse:
         caller = current_caller(request)
