@@ -11,7 +11,8 @@ from datetime import timedelta
 from uuid import UUID
 
 from shared.identifiers import PERSONNUMMER_SYSTEM
-from tests.integration.planning.test_access import (  # noqa: F401  (world: the fixture)
+from tests.integration.planning import test_access
+from tests.integration.planning.test_access import (
     CALLERS,
     HOSPITAL,
     OWNER,
@@ -20,7 +21,6 @@ from tests.integration.planning.test_access import (  # noqa: F401  (world: the 
     REPO,
     T0,
     open_case,
-    world,
 )
 from tests.support.fhir_checks import (
     Samples,
@@ -33,6 +33,7 @@ from tests.support.fhir_checks import (
 )
 from tests.support.personnummer import ADULTS
 
+world = test_access.world  # the fixture: six cases, the gate's consents, authentication on
 BASE = "http://127.0.0.1:8080"  # PlanningSettings' public_base_url default
 
 
@@ -88,7 +89,7 @@ async def test_the_capability_statement_is_walked_and_names_every_route(world):
                 "identifier": f"{reference['system']}|{reference['value']}",
             },
             "Provenance": {"target": f"CarePlan/{cs['adult']}"},
-        },  # fmt: skip
+        },
         bodies={
             "CarePlan": care_plan(ADULTS[11]),
             "CarePlan/$validate": {
@@ -96,7 +97,7 @@ async def test_the_capability_statement_is_walked_and_names_every_route(world):
                 "parameter": [{"name": "resource", "resource": care_plan(ADULTS[11])}],
             },
             "$process-message": message,
-        },  # fmt: skip
+        },
         body_headers={"$process-message": CALLERS["hospital"]},
     )
     done = await walk_capabilities(world.http, BASE, samples)
