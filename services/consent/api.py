@@ -58,6 +58,7 @@ from shared.contracts import (
 )
 from shared.fhir import FHIR_JSON, fhir_json, outcome_response
 from shared.fhir_rest import (
+    FhirError,
     SearchParam,
     check_if_match,
     fhir_route,
@@ -832,6 +833,7 @@ def build_router(
         openapi_extra={**RULES["audit"], **fhir_route(search=AUDIT_SEARCH)},
     )
     async def fhir_audit_search(request: Request) -> Response:
+        r4_only(request)
         s = parse_search(request, AUDIT_SEARCH, default_count=100, max_count=1000)
         caller = caller_of(request)
         try:
@@ -876,6 +878,7 @@ def build_router(
         openapi_extra=RULES["audit-read"],
     )
     async def fhir_audit_read(audit_id: str, request: Request) -> Response:
+        r4_only(request)
         caller = caller_of(request)
         try:
             aid = UUID(audit_id)
@@ -902,6 +905,12 @@ def build_router(
         return fhir_response(audit_event_resource(entry), "4.0")
 
     return router
+
+
+def r4_only(request: Request) -> None:
+    """AuditEvent is served as R4 only: asked for R5, 406 rather than R4 under another name."""
+    if fhir_version(request) != "4.0":
+        raise FhirError(406, "AuditEvent is served in FHIR 4.0 only", "not-supported")
 
 
 def _asked_patient(caller: Caller, patient: str | None, *, token: bool = False) -> str:

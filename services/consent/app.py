@@ -60,6 +60,7 @@ def create_app(settings: ConsentSettings | None = None, *, clock: Clock | None =
     fhir_rest.install(app, versions=api.VERSIONS)
     app.add_exception_handler(Denied, _denied)  # type: ignore[arg-type]
     app.state.runtime = runtime
+    app.state.clock = clock
     app.state.audit_writer = audit_writer
     return app
 

@@ -54,6 +54,8 @@ class Samples:
     search: dict[str, dict[str, str]]
     bodies: dict[str, Any] = field(default_factory=dict)  # "CarePlan" (create), "CarePlan/$validate", "$op"
     body_headers: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: parameters a type's search needs beside the one tried (consent: an organisation names the patient)
+    with_each: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 async def walk_capabilities(http: httpx.AsyncClient, base: str, samples: Samples) -> set[str]:
@@ -96,7 +98,7 @@ async def walk_capabilities(http: httpx.AsyncClient, base: str, samples: Samples
                     value = samples.search[rtype][p["name"]]
                     r = await http.get(
                         f"/fhir/{rtype}",
-                        params={p["name"]: value},
+                        params={**samples.with_each.get(rtype, {}), p["name"]: value},
                         headers={**h, "Prefer": "handling=strict"},
                     )
                     assert r.status_code == 200, (rtype, p["name"], r.text[:300])
