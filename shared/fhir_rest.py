@@ -59,6 +59,7 @@ RESULT_PARAMETERS = frozenset(
         "_pretty",
         "_fhirVersion",
         "_snapshot",
+        "_cursor",
     }
 )
 SUMMARY_MODES = ("true", "text", "data", "count", "false")
@@ -140,6 +141,7 @@ class Search:
     snapshot: datetime | None
     summary: str | None
     extra: list[tuple[str, str]] = field(default_factory=list)
+    cursor: str | None = None  # keyset paging: where the previous page ended (the service's own format)
 
     def get(self, name: str) -> str | None:
         return next((v for k, v in self.criteria if k == name), None)
@@ -166,7 +168,7 @@ def parse_search(
         if key in names:
             criteria.append((key, value))
         elif key in RESULT_PARAMETERS:
-            if key not in ("_offset", "_snapshot"):
+            if key not in ("_offset", "_snapshot", "_cursor"):
                 extra.append((key, value))
         else:
             ignored.append(key)
@@ -193,7 +195,10 @@ def parse_search(
             raise FhirError(400, "_snapshot: not a point in time (use the next link as given)") from None
         if snapshot.tzinfo is None:
             raise FhirError(400, "_snapshot: a point in time with its zone")
-    return Search(criteria, ignored, count, offset, total, snapshot, q.get("_summary"), extra)
+    cursor = q.get("_cursor") or None
+    if cursor is not None and len(cursor) > 200:
+        raise FhirError(400, "_cursor: use the next link as given")
+    return Search(criteria, ignored, count, offset, total, snapshot, q.get("_summary"), extra, cursor)
 
 
 def frozen(search: Search, stamps: Iterable[datetime]) -> datetime | None:
@@ -224,27 +229,32 @@ def searchset(
     page: list[dict[str, Any]],
     total: int,
     snapshot: datetime | None = None,
+    next_cursor: str | None = None,
 ) -> dict[str, Any]:
-    """A ``searchset`` Bundle of one page of the (already filtered) matches, with its links."""
+    """A ``searchset`` Bundle of one page of the (already filtered) matches, with its links.
+    ``next_cursor``: keyset paging — the next page starts after it (``_cursor``) rather than at an
+    offset, so a match written between pages with an older sort key moves nothing along."""
     base = base_url.rstrip("/")
     url = f"{base}{FHIR_PREFIX}/{path}"
     fixed = [*search.criteria, *search.extra]
     if snapshot is not None:
         fixed.append(("_snapshot", snapshot.isoformat()))
 
-    def link(relation: str, offset: int) -> dict[str, str]:
-        params = [*fixed, ("_offset", str(offset))] if offset else fixed
+    def link(relation: str, offset: int, cursor: str | None = None) -> dict[str, str]:
+        params = [*fixed, ("_offset", str(offset))] if offset else list(fixed)
+        if cursor:
+            params.append(("_cursor", cursor))
         return {"relation": relation, "url": f"{url}?{urlencode(params)}" if params else url}
 
     bundle = _bundle("searchset")
     bundle["total"] = total  # always: the matches are filtered before paging, so counting is free
-    links = [link("self", search.offset)]
+    links = [link("self", search.offset, search.cursor)]
     if search.count:
         links.append(link("first", 0))
         if search.offset > 0:
             links.append(link("previous", max(search.offset - search.count, 0)))
         if search.offset + search.count < total:
-            links.append(link("next", search.offset + search.count))
+            links.append(link("next", search.offset + search.count, next_cursor))
     bundle["link"] = links
     if page:
         bundle["entry"] = [

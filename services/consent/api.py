@@ -855,10 +855,12 @@ def build_router(
                     pid, visible_to=scope.visible_to, until=s.snapshot
                 )
                 until = s.snapshot or newest
+                after = _audit_cursor(s.cursor)
                 if s.count:
                     entries = await repo.audit_for_patient(
-                        pid, limit=s.count, offset=s.offset, visible_to=scope.visible_to, until=until
-                    )
+                        pid, limit=s.count, offset=0 if after else s.offset, visible_to=scope.visible_to,
+                        until=until, after=after,
+                    )  # fmt: skip
         verdict = scope.verdict
         if scope.visible_to is not None and not total:
             verdict = access.Verdict(False)
@@ -868,7 +870,8 @@ def build_router(
             )
         )
         snapshot = s.snapshot or newest
-        bundle = searchset(base, "AuditEvent", s, audit_events(entries), total, snapshot)
+        cursor = f"{entries[-1].recorded_at.isoformat()}~{entries[-1].id}" if entries else None
+        bundle = searchset(base, "AuditEvent", s, audit_events(entries), total, snapshot, cursor)
         return fhir_response(validated_bundle(bundle), "4.0")
 
     @router.get(
@@ -905,6 +908,20 @@ def build_router(
         return fhir_response(audit_event_resource(entry), "4.0")
 
     return router
+
+
+def _audit_cursor(cursor: str | None) -> tuple[datetime, str] | None:
+    """``<recorded_at>~<id>`` of the last entry of the page before (the next link's ``_cursor``)."""
+    if not cursor:
+        return None
+    at, _, last = cursor.partition("~")
+    try:
+        when, ident = datetime.fromisoformat(at), str(UUID(last))
+    except ValueError:
+        raise FhirError(400, "_cursor: use the next link as given") from None
+    if when.tzinfo is None:
+        raise FhirError(400, "_cursor: use the next link as given")
+    return when, ident
 
 
 def r4_only(request: Request) -> None:

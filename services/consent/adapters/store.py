@@ -481,11 +481,22 @@ class SqlConsentRepository:
         visible_to: str | None = None,
         offset: int = 0,
         until: datetime | None = None,
+        after: tuple[datetime, str] | None = None,
     ) -> list[AuditEntry]:
         """The person's audit trail, newest first. ``visible_to`` (an organisation's HSA-id) keeps
         only what that organisation may see — filtered in the query, before the limit; ``until``
-        leaves out what was recorded later (a search's pages see the trail as it was on page one)."""
+        leaves out what was recorded later (a search's pages see the trail as it was on page one);
+        ``after`` (recorded_at, id) of the last entry of the previous page: the entries after it in this
+        order (keyset paging: an entry filed late with an older time moves nothing along)."""
         query = self._audit_query(patient_identifier, outcome, visible_to, until)
+        if after is not None:
+            at, last = after
+            query = query.where(
+                sa.or_(
+                    audit_events.c.recorded_at < at,
+                    sa.and_(audit_events.c.recorded_at == at, audit_events.c.id < last),
+                )
+            )
         rows = await self.conn.execute(
             query.order_by(audit_events.c.recorded_at.desc(), audit_events.c.id.desc())
             .limit(limit)

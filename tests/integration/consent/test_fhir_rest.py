@@ -5,7 +5,7 @@ If-Match on withdrawal, bdl-8 history, _summary/_elements, formats, OperationOut
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from uuid import uuid4
 
 from tests.integration.consent import test_access
@@ -132,6 +132,34 @@ async def test_audit_event_paging_yields_every_visible_entry_once(world: World) 
         assert e["resource"]["meta"]["versionId"] == "1"
 
 
+async def test_an_entry_filed_late_between_pages_moves_no_audit_page_along(world: World) -> None:
+    """Reads in planning reach the trail by broker, with the time they happened: an entry can be filed
+    after a first page with a time before that page's end. Keyset paging: no entry twice, none lost."""
+    for _ in range(6):
+        tick(world)
+        await world.http.get(f"/fhir/Consent/{world.consent}", headers=CALLERS["covered"])
+    tick(world)
+    headers = CALLERS["operator"]
+    first = (
+        await world.http.get("/fhir/AuditEvent", params={"patient": PERSON, "_count": 2}, headers=headers)
+    ).json()
+    clock = world.http._transport.app.state.clock  # type: ignore[attr-defined]
+    now = clock.now()
+    # a read filed now, dated just after the first page's last entry (before the search began)
+    clock._now = datetime.fromisoformat(first["entry"][-1]["resource"]["recorded"]) + timedelta(
+        milliseconds=500
+    )
+    await world.http.get(f"/fhir/Consent/{world.consent}", headers=CALLERS["covered"])
+    clock._now = now + timedelta(seconds=5)
+    ids = [e["resource"]["id"] for e in first["entry"]]
+    r = first
+    while nxt := [link["url"] for link in r["link"] if link["relation"] == "next"]:
+        assert "_cursor=" in nxt[0]
+        r = (await world.http.get(nxt[0].removeprefix(BASE), headers=headers)).json()
+        ids += [e["resource"]["id"] for e in r.get("entry", [])]
+    assert len(ids) == len(set(ids)) == first["total"]
+
+
 async def test_versions_etag_304_if_match_and_bdl8_history(world: World) -> None:
     r = await world.http.get(f"/fhir/Consent/{world.consent}", headers=CALLERS["owner"])
     assert r.headers["etag"] == 'W/"1"' and r.headers["last-modified"].endswith(" GMT")
@@ -181,6 +209,11 @@ async def test_summary_elements_formats_and_errors(world: World) -> None:
     assert await walk_errors(world.http, CALLERS["operator"]) > 10
     r = await world.http.get("/fhir/AuditEvent", params={"patient": "nonsense"}, headers=CALLERS["owner"])
     assert r.status_code == 400 and is_outcome(r)
+    for cursor in ("garbage", "2026-01-01T00:00:00~x", "2026-01-01T00:00:00~" + "0" * 32):
+        r = await world.http.get(
+            "/fhir/AuditEvent", params={"patient": PERSON, "_cursor": cursor}, headers=CALLERS["operator"]
+        )
+        assert r.status_code == 400 and is_outcome(r), cursor
     r = await world.http.get("/fhir/Consent", params={"bogus": "1"},
                              headers={**CALLERS["owner"], "Prefer": "handling=strict"})  # fmt: skip
     assert r.status_code == 400 and is_outcome(r)
