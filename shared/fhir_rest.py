@@ -394,7 +394,11 @@ def _model_fields(resource_type: str, version: str) -> dict[str, Any]:
     for name, info in cls.model_fields.items():
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         if extra.get("element_property"):
-            out[info.alias or name] = extra
+            # a complex required element (CarePlan.subject) says so through pydantic, not the extra
+            out[info.alias or name] = {
+                **extra,
+                "element_required": extra.get("element_required") or info.is_required(),
+            }
     return out
 
 

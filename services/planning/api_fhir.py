@@ -7,6 +7,7 @@ OperationOutcome.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -488,7 +489,7 @@ def build_router(
     )
     async def provenance_read(provenance_id: str, request: Request) -> JSONResponse:
         plan_id, _, vid = provenance_id[:80].rpartition("-")
-        if not (vid.isdigit() and len(vid) <= 9 and int(vid) > 0):
+        if not (re.fullmatch(r"[0-9]{1,9}", vid) and int(vid) > 0):
             return outcome_response(404, f"no Provenance with id {provenance_id[:64]}", "not-found")
         row, error = await _version_row(plan_id, int(vid))
         if error:
