@@ -470,6 +470,10 @@ class FhirRestMiddleware(BaseHTTPMiddleware):
         body = b"".join(c if isinstance(c, bytes) else str(c).encode() for c in chunks)
         headers = {k: v for k, v in response.headers.items() if k not in ("content-length", "content-type")}
         media = response.headers.get("content-type", FHIR_JSON)
+        q = request.query_params
+        subsetting = "_elements" in q or q.get("_summary", "false") != "false"
+        if body.startswith(b'{"resourceType":"Bundle"') and not subsetting:  # nothing to add: no parse
+            return Response(b"" if head else body, response.status_code, headers, media_type=media)
         try:
             doc = json.loads(body)
         except ValueError:
@@ -491,7 +495,6 @@ class FhirRestMiddleware(BaseHTTPMiddleware):
             if _etag_value(tag) in {_etag_value(t) for t in inm.split(",")} or inm.strip() == "*":
                 kept = {k: v for k, v in headers.items() if k in ("etag", "last-modified")}
                 return Response(status_code=304, headers=kept)
-        q = request.query_params
         elements = [e.strip() for e in q.get("_elements", "").split(",") if e.strip()] or None
         summary = q.get("_summary")
         if request.method == "GET" and isinstance(doc, dict) and (elements or summary not in (None, "false")):
