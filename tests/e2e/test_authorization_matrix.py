@@ -317,6 +317,20 @@ PROBES: dict[tuple[str, str, str], Probe] = {
             operator=sc_notes(sc, None),
         ),
     ),
+    ("notify", "GET", "/fhir/Communication"): Probe(
+        get(
+            lambda sc: "/fhir/Communication",
+            lambda sc: {"about": f"CarePlan/{sc.adult_case}", "_count": 1000},
+        ),
+        bundle_ids,
+        lambda sc: everyone(
+            sc,
+            owner=sc_notes(sc, None),
+            participant=sc_notes(sc, PARTICIPANT),
+            hospital=sc_notes(sc, HOSPITAL),
+            operator=sc_notes(sc, None),
+        ),
+    ),
     ("notify", "GET", "/notifications/{notification_id}"): Probe(
         get(lambda sc: f"/notifications/{sc_note(sc)}"),
         verdicts={"hospital": "denied", "covered": "denied"},

@@ -9,6 +9,7 @@ from tests.integration.notify import test_access
 from tests.integration.notify.test_access import CALLERS
 from tests.support.fhir_checks import (
     Samples,
+    check_bundle,
     check_negotiation,
     every_route_advertised,
     is_outcome,
@@ -21,15 +22,50 @@ BASE = "http://127.0.0.1:8082"  # NotifySettings' fhir_base_url default
 
 
 async def test_the_capability_statement_is_walked_and_names_every_route(world) -> None:
-    _app, http, _case, made = world
-    samples = Samples(headers=CALLERS["owner"], ids={"Communication": str(made[0].id)}, search={})
-    assert await walk_capabilities(http, BASE, samples) == {"Communication:read"}
+    _app, http, case, made = world
+    samples = Samples(
+        headers=CALLERS["owner"],
+        ids={"Communication": str(made[0].id)},
+        search={"Communication": {"about": f"CarePlan/{case}"}},
+    )
+    assert await walk_capabilities(http, BASE, samples) == {
+        "Communication:read",
+        "Communication:search-type",
+        "Communication?about",
+    }
     await every_route_advertised(http)
     statement = (await http.get("/fhir/metadata")).json()
     assert (
         "OAuth" in str(statement["rest"][0]["security"])
         and statement["software"]["name"] == "sip-suite notify"
     )
+
+
+async def test_a_cases_communications_paged_as_each_caller_may_see_them(world) -> None:
+    _app, http, case, made = world
+    expected = {
+        "owner": {str(n.id) for n in made},
+        "participant": {str(n.id) for n in made if n.recipient_hsa_id == test_access.PARTICIPANT},
+        "stranger": set(),
+    }
+    assert len(expected["owner"]) >= 3
+    for who, want in expected.items():
+        ids: list[str] = []
+        r = await http.get(
+            "/fhir/Communication", params={"about": f"CarePlan/{case}", "_count": 1}, headers=CALLERS[who]
+        )
+        while True:
+            assert r.status_code == 200, r.text[:300]
+            check_bundle(r.json(), BASE)
+            assert r.json()["total"] == len(want)
+            ids += [e["resource"]["id"] for e in r.json().get("entry", [])]
+            nxt = [link["url"] for link in r.json()["link"] if link["relation"] == "next"]
+            if not nxt:
+                break
+            r = await http.get(nxt[0].removeprefix(BASE), headers=CALLERS[who])
+        assert sorted(ids) == sorted(want), who
+    r = await http.get("/fhir/Communication", headers=CALLERS["owner"])
+    assert r.status_code == 400 and is_outcome(r)
 
 
 async def test_communication_versions_formats_and_errors(world) -> None:
