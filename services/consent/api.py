@@ -25,10 +25,11 @@ from services.consent import access, handlers
 from services.consent.access import RULES, Denied
 from services.consent.adapters.fhir import (
     FhirVersion,
-    audit_bundle,
     audit_event_resource,
+    audit_events,
     consent_history,
     consent_resource,
+    validated_bundle,
 )
 from services.consent.adapters.store import AuditWriter, SqlConsentRepository, records_reader
 from services.consent.domain import (
@@ -55,7 +56,17 @@ from shared.contracts import (
     PersonId,
     RecordConsent,
 )
-from shared.fhir import FHIR_JSON, outcome_response
+from shared.fhir import FHIR_JSON, fhir_json, outcome_response
+from shared.fhir_rest import (
+    FhirError,
+    SearchParam,
+    check_if_match,
+    fhir_route,
+    frozen,
+    parse_search,
+    searchset,
+)
+from shared.fhir_rest import capability_statement as generated_statement
 from shared.identifiers import mask
 from shared.messaging import describe_error
 from shared.runtime import ServiceRuntime
@@ -318,8 +329,26 @@ def reply_of(result: Any, audit_id: UUID, at: datetime) -> ConsentDecisionReply:
     )
 
 
-def build_router(runtime: ServiceRuntime, clock: Clock, audit_writer: AuditWriter) -> APIRouter:
+VERSIONS = ("4.0", "5.0")
+CONSENT_SEARCH = (
+    SearchParam(
+        "patient", "reference", "The person: personnummer, or <system>|<value>; a person's own by default"
+    ),
+    SearchParam("status", "token", "active, inactive, rejected, entered-in-error (comma = or)"),
+)
+AUDIT_SEARCH = (
+    SearchParam(
+        "patient", "reference", "The person: personnummer, or <system>|<value>; a person's own by default"
+    ),
+)
+
+
+def build_router(
+    runtime: ServiceRuntime, clock: Clock, audit_writer: AuditWriter, base_url: str = "http://127.0.0.1:8081",
+    security: str = "",
+) -> APIRouter:  # fmt: skip
     router = APIRouter()
+    base = base_url.rstrip("/")
     records_of = records_reader(runtime.engine)
 
     def caller_of(request: Request) -> Caller:
@@ -432,12 +461,13 @@ def build_router(runtime: ServiceRuntime, clock: Clock, audit_writer: AuditWrite
             raise HTTPException(404, detail="no such consent")
         return ConsentOut.of(record, clock.now())
 
-    async def _change(consent_id: UUID, change: Any) -> ConsentOut:
+    async def _change(consent_id: UUID, change: Any, request: Request) -> ConsentOut:
         async with runtime.unit_of_work() as uow:
             repo = SqlConsentRepository(uow.conn)
             record = await repo.get(consent_id)
             if record is None:
                 raise HTTPException(404, detail="no such consent")
+            check_if_match(request, record.version)  # If-Match: W/"<version>" → 412 when it moved on
             try:
                 record, _changed = await change(repo, uow, record)
             except handlers.ConsentNotFound:
@@ -482,7 +512,7 @@ def build_router(runtime: ServiceRuntime, clock: Clock, audit_writer: AuditWrite
                 outbox=uow, clock=clock,
             )  # fmt: skip
 
-        return await _change(consent_id, change)
+        return await _change(consent_id, change, request)
 
     @router.post(
         "/consents/{consent_id}/cancel",
@@ -505,7 +535,7 @@ def build_router(runtime: ServiceRuntime, clock: Clock, audit_writer: AuditWrite
                 consent_id, by_hsa_id=by, reason=body.reason, repo=repo, outbox=uow, clock=clock
             )
 
-        return await _change(consent_id, change)
+        return await _change(consent_id, change, request)
 
     @router.get(
         "/consents",
@@ -704,6 +734,53 @@ def build_router(runtime: ServiceRuntime, clock: Clock, audit_writer: AuditWrite
                 versions = [(record.version, "created", record.recorded_at, record)]
         return versions
 
+    @router.get("/fhir/metadata", tags=["fhir"], summary="CapabilityStatement (generated from the routes)")
+    async def fhir_metadata(request: Request) -> Response:
+        return fhir_json(generated_statement(
+            request.app, name="consent", base_url=base, at=clock.now(), versions=VERSIONS, security=security,
+        ))  # fmt: skip
+
+    @router.get(
+        "/fhir/Consent",
+        tags=["fhir"],
+        summary="Search a person's consents (each filtered by the read rule before paging): patient, status",
+        openapi_extra={**RULES["search"], **fhir_route(search=CONSENT_SEARCH)},
+    )
+    async def fhir_consent_search(request: Request) -> Response:
+        s = parse_search(request, CONSENT_SEARCH)
+        version = fhir_version(request)
+        caller = caller_of(request)
+        try:
+            pid = _asked_patient(caller, s.get("patient"), token=True)
+        except ValidationError:
+            return outcome_response(400, "patient: not a valid personnummer or samordningsnummer", "invalid")
+        except HTTPException as exc:
+            return outcome_response(400, str(exc.detail), "required")
+        now = clock.now()
+        async with runtime.engine.connect() as conn:
+            repo = SqlConsentRepository(conn)
+            records = await repo.for_patient(pid)
+            requests = {r.case_id: r for r in await repo.requests_for_patient(pid)}
+        guardians = access.guardians_of(records, now) if caller.is_person else frozenset()
+        seen, verdict = access.search_consents(caller, pid, records, requests, guardians, now)
+        await audited(
+            access.read_entry(
+                caller, patient=pid, action="search", verdict=verdict, what="Consent?patient", now=now
+            )
+        )
+        statuses = set((s.get("status") or "").split(",")) - {""}
+        resources = [(r, consent_resource(r, version, now)) for r in seen]
+        matches = [
+            (r, res) for r, res in resources
+            if (not statuses or res["status"] in statuses)
+            and (s.snapshot is None or r.recorded_at <= s.snapshot)
+        ]  # fmt: skip
+        matches.sort(key=lambda m: (m[0].recorded_at, str(m[0].id)), reverse=True)
+        snapshot = frozen(s, (r.recorded_at for r, _ in matches))
+        page = [res for _, res in matches[s.offset : s.offset + s.count]]
+        bundle = searchset(base, "Consent", s, page, len(matches), snapshot)
+        return fhir_response(validated_bundle(bundle, version), version)
+
     @router.get(
         "/fhir/Consent/{consent_id}/_history",
         tags=["fhir"],
@@ -723,7 +800,7 @@ def build_router(runtime: ServiceRuntime, clock: Clock, audit_writer: AuditWrite
         versions = await _versions(cid)
         if versions is None:
             return outcome_response(404, "no Consent with that id", "not-found")
-        return fhir_response(consent_history(versions, version), version)
+        return fhir_response(consent_history(versions, version, base), version)
 
     @router.get(
         "/fhir/Consent/{consent_id}/_history/{vid}",
@@ -745,31 +822,57 @@ def build_router(runtime: ServiceRuntime, clock: Clock, audit_writer: AuditWrite
         match = [v for v in versions if str(v[0]) == vid]
         if not match:
             return outcome_response(404, "no such version of that Consent", "not-found")
-        return fhir_response(consent_resource(match[0][3], version), version, {"ETag": f'W/"{vid}"'})
+        resource = consent_resource(match[0][3], version)
+        resource["meta"]["versionId"] = vid
+        return fhir_response(resource, version, {"ETag": f'W/"{vid}"'})
 
     @router.get(
         "/fhir/AuditEvent",
         tags=["fhir"],
-        summary="Search the audit log of a person: ?patient=<personnummer> (or <system>|<value>)",
-        openapi_extra=RULES["audit"],
+        summary="Search the audit log of a person, newest first, paged (_count, next)",
+        openapi_extra={**RULES["audit"], **fhir_route(search=AUDIT_SEARCH)},
     )
-    async def fhir_audit_search(
-        request: Request,
-        patient: Annotated[
-            str | None,
-            Query(description="personnummer, or <system>|<value>; a person's own by default"),
-        ] = None,
-        count: Annotated[int, Query(alias="_count", ge=1, le=1000)] = 100,
-    ) -> Response:
+    async def fhir_audit_search(request: Request) -> Response:
+        r4_only(request)
+        s = parse_search(request, AUDIT_SEARCH, default_count=100, max_count=1000)
         caller = caller_of(request)
         try:
-            pid = _asked_patient(caller, patient, token=True)
+            pid = _asked_patient(caller, s.get("patient"), token=True)
         except ValidationError:
             return outcome_response(400, "patient: not a valid personnummer or samordningsnummer", "invalid")
         except HTTPException as exc:
             return outcome_response(400, str(exc.detail), "required")
-        entries = await _audit_search(caller, pid, limit=count, outcome=None, what="AuditEvent?patient")
-        return fhir_response(audit_bundle(entries, str(request.url)), "4.0")
+        now = clock.now()
+        entries: list[AuditEntry] = []
+        total, newest = 0, None
+        async with runtime.engine.connect() as conn:
+            repo = SqlConsentRepository(conn)
+            records = await repo.for_patient(pid)
+            requests = await repo.requests_for_patient(pid)
+            scope = access.audit_scope(caller, pid, records, requests, now)
+            if scope.verdict.permit:  # filtered in the query, before counting and paging
+                total, newest = await repo.count_audit_for_patient(
+                    pid, visible_to=scope.visible_to, until=s.snapshot
+                )
+                until = s.snapshot or newest
+                after = _audit_cursor(s.cursor)
+                if s.count:
+                    entries = await repo.audit_for_patient(
+                        pid, limit=s.count, offset=0 if after else s.offset, visible_to=scope.visible_to,
+                        until=until, after=after,
+                    )  # fmt: skip
+        verdict = scope.verdict
+        if scope.visible_to is not None and not total:
+            verdict = access.Verdict(False)
+        await audited(
+            access.read_entry(
+                caller, patient=pid, action="search", verdict=verdict, what="AuditEvent?patient", now=now
+            )
+        )
+        snapshot = s.snapshot or newest
+        cursor = f"{entries[-1].recorded_at.isoformat()}~{entries[-1].id}" if entries else None
+        bundle = searchset(base, "AuditEvent", s, audit_events(entries), total, snapshot, cursor)
+        return fhir_response(validated_bundle(bundle), "4.0")
 
     @router.get(
         "/fhir/AuditEvent/{audit_id}",
@@ -778,6 +881,7 @@ def build_router(runtime: ServiceRuntime, clock: Clock, audit_writer: AuditWrite
         openapi_extra=RULES["audit-read"],
     )
     async def fhir_audit_read(audit_id: str, request: Request) -> Response:
+        r4_only(request)
         caller = caller_of(request)
         try:
             aid = UUID(audit_id)
@@ -804,6 +908,26 @@ def build_router(runtime: ServiceRuntime, clock: Clock, audit_writer: AuditWrite
         return fhir_response(audit_event_resource(entry), "4.0")
 
     return router
+
+
+def _audit_cursor(cursor: str | None) -> tuple[datetime, str] | None:
+    """``<recorded_at>~<id>`` of the last entry of the page before (the next link's ``_cursor``)."""
+    if not cursor:
+        return None
+    at, _, last = cursor.partition("~")
+    try:
+        when, ident = datetime.fromisoformat(at), str(UUID(last))
+    except ValueError:
+        raise FhirError(400, "_cursor: use the next link as given") from None
+    if when.tzinfo is None:
+        raise FhirError(400, "_cursor: use the next link as given")
+    return when, ident
+
+
+def r4_only(request: Request) -> None:
+    """AuditEvent is served as R4 only: asked for R5, 406 rather than R4 under another name."""
+    if fhir_version(request) != "4.0":
+        raise FhirError(406, "AuditEvent is served in FHIR 4.0 only", "not-supported")
 
 
 def _asked_patient(caller: Caller, patient: str | None, *, token: bool = False) -> str:

@@ -16,8 +16,10 @@ from services.consent import api, subscribers
 from services.consent.access import Denied
 from services.consent.adapters.store import AuditWriter, metadata, upgrade_schema
 from services.consent.settings import ConsentSettings
+from shared import fhir_rest
 from shared.clock import Clock, SystemClock
 from shared.fhir import operation_outcome
+from shared.fhir_rest import security_text
 from shared.runtime import ServiceRuntime, serve
 
 SERVICE = "consent"
@@ -52,9 +54,13 @@ def create_app(settings: ConsentSettings | None = None, *, clock: Clock | None =
         lifespan=lifespan,
     )
     runtime.add_health_routes(app)
-    app.include_router(api.build_router(runtime, clock, audit_writer))
+    app.include_router(
+        api.build_router(runtime, clock, audit_writer, settings.fhir_base_url, security_text(settings))
+    )
+    fhir_rest.install(app, versions=api.VERSIONS)
     app.add_exception_handler(Denied, _denied)  # type: ignore[arg-type]
     app.state.runtime = runtime
+    app.state.clock = clock
     app.state.audit_writer = audit_writer
     return app
 

@@ -23,7 +23,12 @@ from services.notify.domain import Notification
 from shared.auth import Caller, CallerDep, current_caller
 from shared.clock import Clock, SystemClock
 from shared.fhir import fhir_json, outcome_response
+from shared.fhir_rest import SearchParam, capability_statement, fhir_route, frozen, parse_search, searchset
 from shared.runtime import ServiceRuntime
+
+COMMUNICATION_SEARCH = (
+    SearchParam("about", "reference", "The SIP case's plan: CarePlan/<case id> (Communication.about)"),
+)
 
 
 class NotificationSummary(BaseModel):
@@ -87,9 +92,15 @@ class NotificationDetail(NotificationSummary):
         )
 
 
-def build_router(runtime: ServiceRuntime, clock: Clock | None = None) -> APIRouter:
+def build_router(
+    runtime: ServiceRuntime,
+    clock: Clock | None = None,
+    base_url: str = "http://127.0.0.1:8082",
+    security: str = "",
+) -> APIRouter:
     router = APIRouter(tags=["notifications"])
     clock = clock or SystemClock()
+    base = base_url.rstrip("/")
 
     async def load(notification_id: UUID) -> Notification | None:
         async with runtime.engine.connect() as conn:
@@ -131,6 +142,50 @@ def build_router(runtime: ServiceRuntime, clock: Clock | None = None) -> APIRout
         if not await audited(caller, n, access.what("Notification", n.id)):
             raise HTTPException(status_code=403, detail="only its recipient, the case's owner or an operator")
         return NotificationDetail.of(n)
+
+    @router.get("/fhir/metadata", tags=["fhir"], summary="CapabilityStatement (generated from the routes)")
+    async def fhir_metadata(request: Request) -> JSONResponse:
+        statement = capability_statement(
+            request.app, name="notify", base_url=base, at=clock.now(), security=security
+        )
+        return fhir_json(statement)
+
+    @router.get(
+        "/fhir/Communication",
+        tags=["fhir"],
+        summary="A case's notifications as FHIR Communication: ?about=CarePlan/<case id>, paged",
+        response_class=JSONResponse,
+        openapi_extra={**access.LIST, **fhir_route(search=COMMUNICATION_SEARCH)},
+    )
+    async def fhir_communication_search(request: Request) -> JSONResponse:
+        s = parse_search(request, COMMUNICATION_SEARCH)
+        about = (s.get("about") or "").rsplit("/fhir/", 1)[-1].removeprefix("CarePlan/").split("/")[0]
+        if not about:
+            return outcome_response(
+                400, "about is required: Communication?about=CarePlan/<case id>", "required"
+            )
+        try:
+            case_id = UUID(about)
+        except ValueError:
+            return outcome_response(400, "about must be CarePlan/<case id>", "invalid")
+        caller = current_caller(request)
+        async with runtime.engine.connect() as conn:
+            found = await SqlNotificationRepository(conn).for_case(case_id)
+        # filtered before counting and paging: only what a read by id would show
+        shown = [n for n in found if access.basis(caller, n) is not None]
+        if caller is not None and shown:
+            n = shown[0]  # one record per search (IHE BALP): a case's notifications are about one person
+            record = access.access_recorded(
+                caller, n, what="Communication?about", granted=access.basis(caller, n), at=clock.now(),
+                action="search",
+            )  # fmt: skip
+            await access.record(runtime, [record])
+        if s.snapshot is not None:
+            shown = [n for n in shown if n.created_at <= s.snapshot]
+        shown.sort(key=lambda n: (n.created_at, str(n.id)), reverse=True)
+        snapshot = frozen(s, (n.created_at for n in shown))
+        page = [communication_resource(n) for n in shown[s.offset : s.offset + s.count]]
+        return fhir_json(searchset(base, "Communication", s, page, len(shown), snapshot))
 
     @router.get(
         "/fhir/Communication/{notification_id}",

@@ -14,6 +14,7 @@ from services.notify.adapters.store import metadata, notifications, upgrade_sche
 from services.notify.dispatcher import Dispatcher
 from services.notify.ports import ChannelSender, EmailSender
 from services.notify.settings import NotifySettings
+from shared import fhir_rest
 from shared.clock import Clock, SystemClock
 from shared.directory import load_directory
 from shared.metrics import status_gauge
@@ -75,7 +76,10 @@ def create_app(
         lifespan=runtime.lifespan,
     )
     runtime.add_health_routes(app)
-    app.include_router(api.build_router(runtime, clock))
+    app.include_router(
+        api.build_router(runtime, clock, settings.fhir_base_url, fhir_rest.security_text(settings))
+    )
+    fhir_rest.install(app)
     app.state.runtime = runtime
     app.state.dispatcher = dispatcher
     return app

@@ -10,6 +10,11 @@ class NotifySettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="NOTIFY_", extra="ignore")
 
     http_port: int = 8082
+    fhir_base_url: str = Field(
+        default="http://127.0.0.1:8082",
+        description="How clients reach this service's FHIR API: absolute links (fullUrl, paging) are made "
+        "from it (a name of its own: SIP_PUBLIC_BASE_URL is planning's)",
+    )
 
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 1025

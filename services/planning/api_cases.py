@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from services.planning import access, lifecycle
@@ -29,6 +29,7 @@ from shared.auth import ActingOrganisation, Caller, CallerDep
 from shared.clock import Clock
 from shared.directory import Directory, UnknownRecipient
 from shared.errors import PermanentError
+from shared.fhir_rest import check_if_match
 from shared.runtime import ServiceRuntime, UnitOfWork
 
 Actor = ActingOrganisation  # from the bearer token (X-Sip-Organisation in a sandbox)
@@ -62,6 +63,7 @@ def build_router(
         step: Callable[[UnitOfWork, SqlCaseRepository], Awaitable[SipCase]],
         case_id: UUID | None = None,
         actor: str | None = None,
+        request: Request | None = None,
     ) -> CaseDetail:
         try:
             async with runtime.unit_of_work() as uow:
@@ -69,6 +71,10 @@ def build_router(
                     existing = await SqlCaseRepository(uow.conn).get_case(case_id, for_update=True)
                     if existing is None or (actor and not is_member(Caller(actor, "", ""), existing)):
                         raise lifecycle.CaseNotFound(f"no SIP case {case_id}")
+                    if request is not None and request.headers.get("if-match"):
+                        # If-Match: W/"<CarePlan versionId>" → 412 when the plan moved on since it was read
+                        row = await SqlCaseRepository(uow.conn).plan_version(case_id)
+                        check_if_match(request, row.version if row is not None else 0)
                 case = await step(uow, SqlCaseRepository(uow.conn))
         except lifecycle.CaseNotFound as exc:
             raise HTTPException(404, detail=str(exc)) from None
@@ -101,7 +107,7 @@ def build_router(
         summary="Take a proposal up: ask consent",
         openapi_extra=access.COMMAND,
     )
-    async def accept(case_id: UUID, actor: Actor) -> CaseDetail:
+    async def accept(case_id: UUID, actor: Actor, request: Request) -> CaseDetail:
         return await run(
             lambda uow, repo: lifecycle.accept(
                 case_id,
@@ -114,6 +120,7 @@ def build_router(
             ),
             case_id=case_id,
             actor=actor,
+            request=request,
         )
 
     @router.post(
@@ -122,7 +129,7 @@ def build_router(
         summary="Refuse a proposal (reason required)",
         openapi_extra=access.COMMAND,
     )
-    async def refuse(case_id: UUID, body: Reason, actor: Actor) -> CaseDetail:
+    async def refuse(case_id: UUID, body: Reason, actor: Actor, request: Request) -> CaseDetail:
         return await run(
             lambda uow, repo: lifecycle.refuse(
                 case_id,
@@ -134,6 +141,7 @@ def build_router(
             ),
             case_id=case_id,
             actor=actor,
+            request=request,
         )
 
     @router.put(
@@ -142,13 +150,16 @@ def build_router(
         summary="The person's meeting preferences",
         openapi_extra=access.COMMAND,
     )
-    async def preferences(case_id: UUID, body: MeetingPreferences, actor: Actor) -> CaseDetail:
+    async def preferences(
+        case_id: UUID, body: MeetingPreferences, actor: Actor, request: Request
+    ) -> CaseDetail:
         return await run(
             lambda uow, repo: lifecycle.record_preferences(
                 case_id, body, repo=repo, now=clock.now(), agent_hsa_id=actor
             ),
             case_id=case_id,
             actor=actor,
+            request=request,
         )
 
     @router.post(
@@ -157,13 +168,14 @@ def build_router(
         summary="Send the invitation (prepared case)",
         openapi_extra=access.COMMAND,
     )
-    async def invite(case_id: UUID, actor: Actor) -> CaseDetail:
+    async def invite(case_id: UUID, actor: Actor, request: Request) -> CaseDetail:
         return await run(
             lambda uow, repo: lifecycle.invite(
                 case_id, repo=repo, outbox=uow, now=clock.now(), agent_hsa_id=actor, public_base_url=base
             ),
             case_id=case_id,
             actor=actor,
+            request=request,
         )
 
     @router.put(
@@ -172,7 +184,7 @@ def build_router(
         summary="Schedule (or move) the SIP meeting",
         openapi_extra=access.COMMAND,
     )
-    async def meeting(case_id: UUID, body: Meeting, actor: Actor) -> CaseDetail:
+    async def meeting(case_id: UUID, body: Meeting, actor: Actor, request: Request) -> CaseDetail:
         return await run(
             lambda uow, repo: lifecycle.schedule_meeting(
                 case_id,
@@ -185,6 +197,7 @@ def build_router(
             ),
             case_id=case_id,
             actor=actor,
+            request=request,
         )
 
     @router.put(
@@ -193,7 +206,7 @@ def build_router(
         summary="Draft the plan (a new version)",
         openapi_extra=access.COMMAND,
     )
-    async def plan(case_id: UUID, body: PlanContent, actor: Actor) -> CaseDetail:
+    async def plan(case_id: UUID, body: PlanContent, actor: Actor, request: Request) -> CaseDetail:
         return await run(
             lambda uow, repo: lifecycle.draft_plan(
                 case_id,
@@ -205,6 +218,7 @@ def build_router(
             ),
             case_id=case_id,
             actor=actor,
+            request=request,
         )
 
     @router.post(
@@ -213,7 +227,7 @@ def build_router(
         summary="Record the person's approval: the drafted version takes effect",
         openapi_extra=access.COMMAND,
     )
-    async def approve(case_id: UUID, body: ApprovalIn, actor: Actor) -> CaseDetail:
+    async def approve(case_id: UUID, body: ApprovalIn, actor: Actor, request: Request) -> CaseDetail:
         return await run(
             lambda uow, repo: lifecycle.approve(
                 case_id,
@@ -230,6 +244,7 @@ def build_router(
             ),
             case_id=case_id,
             actor=actor,
+            request=request,
         )
 
     @router.post(
@@ -238,7 +253,7 @@ def build_router(
         summary="Follow up: continue, revise or close",
         openapi_extra=access.COMMAND,
     )
-    async def follow_up(case_id: UUID, body: FollowUp, actor: Actor) -> CaseDetail:
+    async def follow_up(case_id: UUID, body: FollowUp, actor: Actor, request: Request) -> CaseDetail:
         return await run(
             lambda uow, repo: lifecycle.follow_up(
                 case_id,
@@ -253,6 +268,7 @@ def build_router(
             ),
             case_id=case_id,
             actor=actor,
+            request=request,
         )
 
     @router.post(
@@ -261,7 +277,7 @@ def build_router(
         summary="Close the SIP (reason required)",
         openapi_extra=access.COMMAND,
     )
-    async def close(case_id: UUID, body: Reason, actor: Actor) -> CaseDetail:
+    async def close(case_id: UUID, body: Reason, actor: Actor, request: Request) -> CaseDetail:
         return await run(
             lambda uow, repo: lifecycle.close(
                 case_id,
@@ -275,6 +291,7 @@ def build_router(
             ),
             case_id=case_id,
             actor=actor,
+            request=request,
         )
 
     return router

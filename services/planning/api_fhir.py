@@ -7,10 +7,11 @@ OperationOutcome.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import unquote
 from uuid import UUID
 
 from fastapi import APIRouter, Request
@@ -21,8 +22,8 @@ from services.planning import access, lifecycle
 from services.planning.access import may_read_plan
 from services.planning.adapters.fhir import (
     CASE_SYSTEM,
+    MESSAGING,
     FhirVersion,
-    capability_statement,
     care_plan,
     plan_status,
     provenance,
@@ -43,17 +44,37 @@ from shared.fhir import (
     load_json_bounded,
     outcome_response,
 )
+from shared.fhir_rest import (
+    SearchParam,
+    fhir_route,
+    frozen,
+    history_bundle,
+    negotiate,
+    parse_search,
+    searchset,
+    security_text,
+)
+from shared.fhir_rest import capability_statement as generated_statement
 from shared.identifiers import PERSONNUMMER_SYSTEM, SAMORDNINGSNUMMER_SYSTEM, InvalidPersonIdentifier
 from shared.runtime import ServiceRuntime
 
+VERSIONS = ("4.0", "5.0")
+CAREPLAN_SEARCH = (
+    SearchParam("patient", "reference", "The person: personnummer or samordningsnummer, or <system>|<value>"),
+    SearchParam("subject:identifier", "token", "The same as patient"),
+    SearchParam("status", "token", "draft, active, on-hold, revoked, completed (comma = or)"),
+    SearchParam("category", "token", "SIP"),
+    SearchParam("date", "date", "When the case was opened: ge/gt/le/lt/eq<date>, repeatable"),
+    SearchParam(
+        "identifier", "token", "The case reference (<system>|<value>) or the client's own identifier"
+    ),
+)
+PROVENANCE_SEARCH = (SearchParam("target", "reference", "CarePlan/<id>: who changed the plan, per version"),)
+
 
 def wanted_version(request: Request) -> FhirVersion:
-    accept = request.headers.get("accept", "")
-    for part in accept.split(";"):
-        key, _, value = part.strip().partition("=")
-        if key.lower() == "fhirversion" and value.strip().strip('"').startswith("5.0"):
-            return "5.0"
-    return "4.0"
+    """R4 unless the client asks for R5 (Accept ...; fhirVersion=5.0, _format, _fhirVersion)."""
+    return "5.0" if negotiate(request, VERSIONS) == "5.0" else "4.0"
 
 
 def _respond(
@@ -78,8 +99,15 @@ def validate_resource(body: bytes, version: FhirVersion) -> tuple[dict[str, Any]
         raw = load_json_bounded(body)
     except JsonBodyError as exc:
         return None, outcome_response(400, str(exc), "invalid")
+    if isinstance(raw, dict) and raw.get("resourceType") == "Parameters":  # $validate's own form
+        given = [p for p in raw.get("parameter") or [] if isinstance(p, dict) and p.get("name") == "resource"]
+        raw = given[0].get("resource") if given else None
     if not isinstance(raw, dict) or raw.get("resourceType") != "CarePlan":
-        return None, outcome_response(422, "the body must be a CarePlan resource", "invalid")
+        return None, outcome_response(
+            422,
+            "the body must be a CarePlan, or Parameters with a parameter 'resource' holding one",
+            "invalid",
+        )
     model_class = (get_fhir_model_class if version == "5.0" else get_r4b)("CarePlan")
     try:
         model = model_class.model_validate(raw)
@@ -116,15 +144,6 @@ def validate_resource(body: bytes, version: FhirVersion) -> tuple[dict[str, Any]
             422,
         )
     return model.model_dump(mode="json", exclude_none=True), None
-
-
-def _bundle(kind: str, entries: list[dict[str, Any]], base: str) -> dict[str, Any]:
-    return {
-        "resourceType": "Bundle",
-        "type": kind,
-        "total": len(entries),
-        "entry": [{"fullUrl": f"{base}/fhir/{e['resourceType']}/{e['id']}", "resource": e} for e in entries],
-    }
 
 
 def _date_range(values: list[str]) -> tuple[datetime | None, datetime | None, str | None]:
@@ -178,9 +197,12 @@ def build_router(
     def render(case: SipCase, version: int, at: datetime, fv: FhirVersion) -> dict[str, Any]:
         return care_plan(case, version=version, at=at, fhir_version=fv)
 
-    @router.get("/metadata", summary="CapabilityStatement")
-    async def metadata() -> JSONResponse:
-        return fhir_json(capability_statement(settings.public_base_url, clock.now()))
+    @router.get("/metadata", summary="CapabilityStatement (generated from the routes registered)")
+    async def metadata(request: Request) -> JSONResponse:
+        return fhir_json(generated_statement(
+            request.app, name="planning", base_url=base, at=clock.now(), versions=VERSIONS,
+            security=security_text(settings), messaging=MESSAGING,
+        ))  # fmt: skip
 
     async def _version_row(plan_id: str, vid: int | None) -> tuple[Any, JSONResponse | None]:
         try:
@@ -244,69 +266,54 @@ def build_router(
         if denied := await _access(request, case_id, f"CarePlan/{case_id}/_history"):
             return denied
         fv = wanted_version(request)
-        bundle = _bundle("history", [_from_row(r, fv) for r in rows], base)
-        for entry, r in zip(bundle["entry"], rows, strict=True):
-            entry["request"] = {"method": "POST" if r.version == 1 else "PUT", "url": f"CarePlan/{case_id}"}
-            entry["response"] = {"status": "201" if r.version == 1 else "200", "etag": f'W/"{r.version}"'}
-        return _respond(bundle, fv)
+        items = [(_from_row(r, fv), "POST" if r.version == 1 else "PUT", "201" if r.version == 1 else "200")
+                 for r in rows]  # fmt: skip
+        return _respond(history_bundle(base, items), fv)
 
     @router.get(
         "/CarePlan",
-        summary="Search plans: patient, status, category, date, identifier, _count, _offset",
-        openapi_extra=access.SEARCH_PLANS,
+        summary="Search plans: patient, status, category, date, identifier; paged (_count, next)",
+        openapi_extra={**access.SEARCH_PLANS, **fhir_route(search=CAREPLAN_SEARCH)},
     )
     async def search(request: Request) -> JSONResponse:
-        q = request.query_params
-        known = {
-            "patient",
-            "subject:identifier",
-            "status",
-            "category",
-            "date",
-            "identifier",
-            "_count",
-            "_offset",
-        }
-        unknown = sorted(set(q.keys()) - known)
-        if unknown:
-            return outcome_response(
-                400, f"unsupported search parameter(s): {', '.join(unknown)}", "not-supported"
-            )
-        patient = q.get("patient") or q.get("subject:identifier")
+        s = parse_search(request, CAREPLAN_SEARCH)
+        fv = wanted_version(request)
+
+        def empty() -> JSONResponse:
+            return _respond(searchset(base, "CarePlan", s, [], 0), fv)
+
+        patient = s.get("patient") or s.get("subject:identifier")
         if patient and "|" in patient:
             system, _, patient = patient.partition("|")
             if system not in ("", PERSONNUMMER_SYSTEM, SAMORDNINGSNUMMER_SYSTEM):
-                return _respond(_bundle("searchset", [], base), wanted_version(request))
-        reference = None
-        if q.get("identifier"):
-            system, _, value = q["identifier"].rpartition("|")
-            if system not in ("", CASE_SYSTEM):
-                return _respond(_bundle("searchset", [], base), wanted_version(request))
-            reference = value
-        category = q.get("category")
+                return empty()
+        reference = external = None
+        if s.get("identifier"):
+            ident = s.get("identifier") or ""
+            system, _, value = ident.rpartition("|")
+            if system in ("", CASE_SYSTEM):
+                reference = value
+            else:  # the client's own identifier, stored by a (conditional) create
+                external = ident
+        category = s.get("category")
         if category and category.rpartition("|")[2] != "SIP":
-            return _respond(_bundle("searchset", [], base), wanted_version(request))
-        lo, hi, error = _date_range(q.getlist("date"))
+            return empty()
+        lo, hi, error = _date_range(s.getlist("date"))
         if error:
             return outcome_response(400, error, "invalid")
-        try:
-            count = min(int(q.get("_count", "50")), 200)
-            offset = int(q.get("_offset", "0"))
-        except ValueError:
-            return outcome_response(400, "_count and _offset must be numbers", "invalid")
-        if count < 0 or offset < 0:
-            return outcome_response(400, "_count and _offset must not be negative", "invalid")
-        statuses = set(q.get("status", "").split(",")) - {""}
-        fv = wanted_version(request)
+        if s.snapshot is not None:  # a later page: what was opened after the first page stays out
+            cut = s.snapshot + timedelta(microseconds=1)
+            hi = min(hi, cut) if hi else cut
+        statuses = set((s.get("status") or "").split(",")) - {""}
         caller = current_caller(request)
         # the audit names the search's parameters, never their values
-        what = "CarePlan?" + ",".join(sorted(k for k in set(q.keys()) if not k.startswith("_")))
+        what = "CarePlan?" + ",".join(sorted({k for k, _ in s.criteria}))
         # filtered before counting and paging: only what a read by id would show (the owner's, the
         # covered participants', the person's own, a guardian's child's), so no page is short
         async with runtime.engine.connect() as conn:
             found = await SqlCaseRepository(conn).find_cases(
-                patient=patient, reference=reference, created_from=lo, created_to=hi, limit=None,
-                where=access.search_filter(caller), with_plan=True,
+                patient=patient, reference=reference, external_id=external, created_from=lo, created_to=hi,
+                limit=None, where=access.search_filter(caller), with_plan=True,
             )  # fmt: skip
         visible: list[tuple[SipCase, access.AccessBasis]] = []
         records = []
@@ -323,10 +330,11 @@ def build_router(
                 records.append(access.access_recorded(
                     caller, what=what, basis=decision.basis, allowed=False, at=now, case=c, action="search",
                 ))  # fmt: skip
+        snapshot = frozen(s, (c.opened_at for c, _ in visible))
         entries = []
         async with runtime.engine.connect() as conn:
             repo = SqlCaseRepository(conn)
-            for c, basis in visible[offset : offset + count]:
+            for c, basis in visible[s.offset : s.offset + s.count]:
                 row = await repo.plan_version(c.id)
                 if row is not None:
                     entries.append(_from_row(row, fv))
@@ -342,14 +350,7 @@ def build_router(
                 action="search",
             ))  # fmt: skip
         await access.record(runtime, records)
-        bundle = _bundle("searchset", entries, base)
-        bundle["total"] = len(visible)
-        if offset + count < len(visible):
-            params = [(k, v) for k, v in q.multi_items() if k != "_offset"] + [
-                ("_offset", str(offset + count))
-            ]
-            bundle["link"] = [{"relation": "next", "url": f"{base}/fhir/CarePlan?{urlencode(params)}"}]
-        return _respond(bundle, fv)
+        return _respond(searchset(base, "CarePlan", s, entries, len(visible), snapshot), fv)
 
     @router.post(
         "/CarePlan/$validate",
@@ -382,7 +383,7 @@ def build_router(
         "be the proposing organisation (HSA-id). The home kommun is taken from the author's area in "
         "the organisation directory. `If-None-Exist: identifier=<system>|<value>` makes the create "
         "idempotent: an existing plan with that identifier is answered with 200 and not created again.",
-        openapi_extra=access.CREATE_PLAN,
+        openapi_extra={**access.CREATE_PLAN, **fhir_route(conditional_create=True)},
     )
     async def create(request: Request) -> JSONResponse:
         caller = current_caller(request)
@@ -400,6 +401,7 @@ def build_router(
         condition = request.headers.get("if-none-exist")
         if condition:
             key, _, value = condition.partition("=")
+            value = unquote(value.strip())
             if key.strip() != "identifier" or not value:
                 return outcome_response(
                     400, "If-None-Exist supports identifier=<system>|<value> only", "not-supported"
@@ -453,11 +455,15 @@ def build_router(
 
     @router.get(
         "/Provenance",
-        summary="Who changed a plan: Provenance?target=CarePlan/{id}",
-        openapi_extra=access.READ_CASE,
+        summary="Who changed a plan: Provenance?target=CarePlan/{id}, one per version, paged",
+        openapi_extra={**access.READ_CASE, **fhir_route(search=PROVENANCE_SEARCH)},
     )
-    async def provenance_search(request: Request, target: str) -> JSONResponse:
-        plan_id = target.removeprefix("CarePlan/").split("/")[0]
+    async def provenance_search(request: Request) -> JSONResponse:
+        s = parse_search(request, PROVENANCE_SEARCH)
+        target = s.get("target")
+        if not target:
+            return outcome_response(400, "target is required: Provenance?target=CarePlan/<id>", "required")
+        plan_id = target.rsplit("/fhir/", 1)[-1].removeprefix("CarePlan/").split("/")[0]
         try:
             case_id = UUID(plan_id)
         except ValueError:
@@ -467,10 +473,33 @@ def build_router(
             return denied
         async with runtime.engine.connect() as conn:
             rows = await SqlCaseRepository(conn).plan_versions(case_id)
-        entries = [
+        if s.snapshot is not None:
+            rows = [r for r in rows if r.recorded_at <= s.snapshot]
+        snapshot = frozen(s, (r.recorded_at for r in rows))
+        page = [
             provenance(str(case_id), r.version, r.recorded_at, r.activity, r.agent_hsa_id, r.reason, fv)
-            for r in rows
+            for r in rows[s.offset : s.offset + s.count]
         ]
-        return _respond(_bundle("searchset", entries, base), fv)
+        return _respond(searchset(base, "Provenance", s, page, len(rows), snapshot), fv)
+
+    @router.get(
+        "/Provenance/{provenance_id}",
+        summary="One Provenance: who made one version of a plan ({plan id}-{version})",
+        openapi_extra=access.READ_CASE,
+    )
+    async def provenance_read(provenance_id: str, request: Request) -> JSONResponse:
+        plan_id, _, vid = provenance_id[:80].rpartition("-")
+        if not (re.fullmatch(r"[0-9]{1,9}", vid) and int(vid) > 0):
+            return outcome_response(404, f"no Provenance with id {provenance_id[:64]}", "not-found")
+        row, error = await _version_row(plan_id, int(vid))
+        if error:
+            return outcome_response(404, f"no Provenance with id {provenance_id[:64]}", "not-found")
+        if denied := await _access(request, UUID(plan_id), f"Provenance/{provenance_id[:80]}"):
+            return denied
+        fv = wanted_version(request)
+        resource = provenance(
+            str(UUID(plan_id)), row.version, row.recorded_at, row.activity, row.agent_hsa_id, row.reason, fv
+        )
+        return _respond(resource, fv)
 
     return router

@@ -19,6 +19,7 @@ from services.planning.domain import INVITATION_CLOCK_STATES, OPEN_STATES
 from services.planning.intake import IntakeService, MLLPServer, intake_tables
 from services.planning.scheduler import scheduler_job
 from services.planning.settings import PlanningSettings
+from shared import fhir_rest
 from shared.clock import Clock, SystemClock
 from shared.consent_gate import ConsentGateClient
 from shared.contracts import HospitalStayEvent
@@ -106,6 +107,7 @@ def create_app(
     app.include_router(api.build_router(runtime, settings, clock, intake, gate, directory))
     app.include_router(api_cases.build_router(runtime, settings, clock, directory))
     app.include_router(api_fhir.build_router(runtime, settings, clock, directory, gate))
+    fhir_rest.install(app, versions=api_fhir.VERSIONS)
     app.state.runtime = runtime
     app.state.mllp = mllp
     return app

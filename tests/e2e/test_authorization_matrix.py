@@ -151,6 +151,9 @@ PROBES: dict[tuple[str, str, str], Probe] = {
     ("planning", "GET", "/fhir/Provenance"): Probe(
         get(lambda sc: "/fhir/Provenance", lambda sc: {"target": f"CarePlan/{sc.adult_case}"})
     ),
+    ("planning", "GET", "/fhir/Provenance/{provenance_id}"): Probe(
+        get(lambda sc: f"/fhir/Provenance/{sc.adult_case}-1")
+    ),
     ("planning", "POST", "/fhir/CarePlan/$validate"): Probe(
         post(lambda sc: "/fhir/CarePlan/$validate", lambda sc: {"resourceType": "CarePlan"})
     ),
@@ -212,6 +215,19 @@ PROBES: dict[tuple[str, str, str], Probe] = {
     ("consent", "GET", "/consents"): Probe(
         get(lambda sc: "/consents", patient=PERSON),
         ids(),
+        lambda sc: everyone(
+            sc,
+            owner={sc.adult_consent},
+            participant={sc.adult_consent},
+            hospital={sc.adult_consent},
+            covered={sc.adult_consent},
+            operator={sc.adult_consent},
+            person={sc.adult_consent},
+        ),
+    ),
+    ("consent", "GET", "/fhir/Consent"): Probe(
+        get(lambda sc: "/fhir/Consent", patient=PERSON),
+        bundle_ids,
         lambda sc: everyone(
             sc,
             owner={sc.adult_consent},
@@ -293,6 +309,20 @@ PROBES: dict[tuple[str, str, str], Probe] = {
     ("notify", "GET", "/notifications"): Probe(
         get(lambda sc: "/notifications", lambda sc: {"case_id": sc.adult_case}),
         ids(),
+        lambda sc: everyone(
+            sc,
+            owner=sc_notes(sc, None),
+            participant=sc_notes(sc, PARTICIPANT),
+            hospital=sc_notes(sc, HOSPITAL),
+            operator=sc_notes(sc, None),
+        ),
+    ),
+    ("notify", "GET", "/fhir/Communication"): Probe(
+        get(
+            lambda sc: "/fhir/Communication",
+            lambda sc: {"about": f"CarePlan/{sc.adult_case}", "_count": 1000},
+        ),
+        bundle_ids,
         lambda sc: everyone(
             sc,
             owner=sc_notes(sc, None),

@@ -37,7 +37,9 @@ class Suite:
             PLANNING_PUBLIC_BASE_URL=self.url("planning"),
             PLANNING_MLLP_PORT=str(self.ports.get("mllp", 0)),
             CONSENT_HTTP_PORT=str(self.ports["consent"]),
+            CONSENT_FHIR_BASE_URL=self.url("consent"),
             NOTIFY_HTTP_PORT=str(self.ports["notify"]),
+            NOTIFY_FHIR_BASE_URL=self.url("notify"),
             NOTIFY_SMTP_PORT=str(self.smtp.smtp_port),
             NOTIFY_RETRY_BASE_SECONDS="0.5",
         )

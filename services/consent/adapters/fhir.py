@@ -23,6 +23,7 @@ from fhir.resources.R4B.consent import Consent
 
 from services.consent.domain import CATEGORY_DISPLAY, AuditEntry, ConsentRecord
 from shared.fhir import FhirValidationError, check_required_bindings
+from shared.fhir_rest import history_bundle
 from shared.identifiers import HSA_SYSTEM, PERSONNUMMER_SYSTEM, parse_person_identifier
 from shared.narrative import day, el, local_time, narrative
 
@@ -307,28 +308,21 @@ def consent_resource(
 
 
 def consent_history(
-    versions: list[tuple[int, str, datetime, ConsentRecord]], version: FhirVersion = "4.0"
+    versions: list[tuple[int, str, datetime, ConsentRecord]], version: FhirVersion = "4.0", base_url: str = ""
 ) -> dict[str, Any]:
-    """A ``history`` Bundle, newest version first (FHIR's order)."""
-    entries = []
-    for vid, change, changed_at, snapshot in sorted(versions, key=lambda v: v[0], reverse=True):
-        cid = str(snapshot.id)
-        entries.append(
-            {
-                "fullUrl": f"Consent/{cid}/_history/{vid}",
-                "resource": consent_resource(snapshot, version),
-                "request": {
-                    "method": "POST" if change == "created" else "PUT",
-                    "url": f"Consent/{cid}" if change != "created" else "Consent",
-                },
-                "response": {
-                    "status": "201 Created" if change == "created" else "200 OK",
-                    "lastModified": _iso(changed_at),
-                    "etag": f'W/"{vid}"',
-                },
-            }
+    """A ``history`` Bundle, newest version first (FHIR's order); bdl-8: each ``fullUrl`` is the
+    Consent's own URL, the version is in ``response.etag`` and ``meta.versionId``."""
+    items = []
+    for vid, change, _changed_at, snapshot in sorted(versions, key=lambda v: v[0], reverse=True):
+        resource = consent_resource(snapshot, version)
+        resource["meta"]["versionId"] = str(vid)
+        items.append(
+            (resource, "POST" if change == "created" else "PUT", "201" if change == "created" else "200")
         )
-    data = {"resourceType": "Bundle", "type": "history", "total": len(entries), "entry": entries}
+    return validated_bundle(history_bundle(base_url, items), version)
+
+
+def validated_bundle(data: dict[str, Any], version: FhirVersion = "4.0") -> dict[str, Any]:
     bundle_cls = BundleR5 if version == "5.0" else BundleR4
     model = bundle_cls.model_validate(data)
     check_required_bindings(model)
@@ -452,11 +446,16 @@ def access_event(entry: AuditEntry) -> dict[str, Any]:
     }
 
 
+def _with_meta(data: dict[str, Any], entry: AuditEntry) -> dict[str, Any]:
+    """An audit record is written once and never changed: always version 1."""
+    return {**data, "meta": {"versionId": "1", "lastUpdated": _iso(entry.recorded_at)}}
+
+
 def audit_event(entry: AuditEntry) -> dict[str, Any]:
     """One audit log row as an R4 AuditEvent: who (organisation) was to receive what, why, under
     which consent, and the answer; a read or search as :func:`access_event`."""
     if entry.action in _REST_SUBTYPE:
-        return access_event(entry)
+        return _with_meta(access_event(entry), entry)
     code, display, action = _AUDIT_TYPE[entry.action]
     outcome = "4" if entry.outcome == "deny" else "0"
     agents: list[dict[str, Any]] = []
@@ -541,30 +540,18 @@ def audit_event(entry: AuditEntry) -> dict[str, Any]:
     }
     if entry.purpose:
         data["purposeOfEvent"] = [{"coding": [_purpose(entry.purpose)]}]
-    return data
+    return _with_meta(data, entry)
 
 
-def audit_bundle(entries: list[AuditEntry], self_url: str) -> dict[str, Any]:
-    """A ``searchset`` Bundle of AuditEvents (newest first), validated once as a whole."""
+def audit_events(entries: list[AuditEntry]) -> list[dict[str, Any]]:
+    """AuditEvents (R4) for a search page; validated with their Bundle (:func:`validated_bundle`)."""
     resources = [audit_event(e) for e in entries]
     for r in resources:  # R4B AuditEvent does not carry these required bindings: check them here
         if r["action"] not in _AUDIT_ACTIONS:
             raise FhirValidationError("AuditEvent.action", f"code '{r['action']}' not allowed")
         if r["outcome"] not in _AUDIT_OUTCOMES:
             raise FhirValidationError("AuditEvent.outcome", f"code '{r['outcome']}' not allowed")
-    data = {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "total": len(resources),
-        "link": [{"relation": "self", "url": self_url}],
-        "entry": [
-            {"fullUrl": f"AuditEvent/{r['id']}", "resource": r, "search": {"mode": "match"}}
-            for r in resources
-        ],
-    }
-    model = BundleR4.model_validate(data)
-    check_required_bindings(model)
-    return model.model_dump(mode="json", exclude_none=True)
+    return resources
 
 
 def audit_event_resource(entry: AuditEntry) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -460,6 +460,18 @@ class SqlConsentRepository:
     async def add_audits(self, entries: list[AuditEntry]) -> None:
         await self.conn.execute(audit_events.insert(), [_audit_row(e) for e in entries])
 
+    def _audit_query(
+        self, patient_identifier: str, outcome: str | None, visible_to: str | None, until: datetime | None
+    ) -> Any:
+        query = audit_events.select().where(audit_events.c.patient_identifier == patient_identifier)
+        if outcome is not None:
+            query = query.where(audit_events.c.outcome == outcome)
+        if visible_to is not None:
+            query = query.where(audit_visible_to(visible_to))
+        if until is not None:
+            query = query.where(audit_events.c.recorded_at <= until)
+        return query
+
     async def audit_for_patient(
         self,
         patient_identifier: str,
@@ -467,18 +479,48 @@ class SqlConsentRepository:
         limit: int = 100,
         outcome: str | None = None,
         visible_to: str | None = None,
+        offset: int = 0,
+        until: datetime | None = None,
+        after: tuple[datetime, str] | None = None,
     ) -> list[AuditEntry]:
         """The person's audit trail, newest first. ``visible_to`` (an organisation's HSA-id) keeps
-        only what that organisation may see — filtered in the query, before the limit."""
-        query = audit_events.select().where(audit_events.c.patient_identifier == patient_identifier)
-        if outcome is not None:
-            query = query.where(audit_events.c.outcome == outcome)
-        if visible_to is not None:
-            query = query.where(audit_visible_to(visible_to))
+        only what that organisation may see — filtered in the query, before the limit; ``until``
+        leaves out what was recorded later (a search's pages see the trail as it was on page one);
+        ``after`` (recorded_at, id) of the last entry of the previous page: the entries after it in this
+        order (keyset paging: an entry filed late with an older time moves nothing along)."""
+        query = self._audit_query(patient_identifier, outcome, visible_to, until)
+        if after is not None:
+            at, last = after
+            query = query.where(
+                sa.or_(
+                    audit_events.c.recorded_at < at,
+                    sa.and_(audit_events.c.recorded_at == at, audit_events.c.id < last),
+                )
+            )
         rows = await self.conn.execute(
-            query.order_by(audit_events.c.recorded_at.desc(), audit_events.c.id.desc()).limit(limit)
+            query.order_by(audit_events.c.recorded_at.desc(), audit_events.c.id.desc())
+            .limit(limit)
+            .offset(offset)
         )
         return [_audit(r) for r in rows]
+
+    async def count_audit_for_patient(
+        self,
+        patient_identifier: str,
+        *,
+        outcome: str | None = None,
+        visible_to: str | None = None,
+        until: datetime | None = None,
+    ) -> tuple[int, datetime | None]:
+        """How many entries :meth:`audit_for_patient` pages through, and the newest one's time."""
+        inner = self._audit_query(patient_identifier, outcome, visible_to, until).subquery()
+        row = (await self.conn.execute(sa.select(sa.func.count(), sa.func.max(inner.c.recorded_at)))).one()
+        newest = row[1]
+        if isinstance(newest, str):  # SQLite hands an aggregate back as text
+            newest = datetime.fromisoformat(newest)
+        if newest is not None and newest.tzinfo is None:
+            newest = newest.replace(tzinfo=UTC)
+        return int(row[0]), newest
 
     async def audit_entry_visible_to(self, audit_id: UUID, hsa_id: str) -> bool:
         """Whether the organisation may see this audit entry (:func:`audit_visible_to`)."""

@@ -20,6 +20,8 @@ the person's meeting needs as data: the extension ``urn:sip-suite:extension:meet
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime
 from typing import Any
 
@@ -216,6 +218,10 @@ def communication_resource(
             {"url": "urn:sip-suite:extension:correlation-id", "valueString": n.correlation_id}
         )
     data["text"] = communication_text(n, data["status"], when)
+    if not for_delivery:
+        # a notification has no version counter: its version is its content (the ETag changes with it)
+        digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        data["meta"] = {"versionId": digest, "lastUpdated": n.updated_at.isoformat()}
     model = Communication.model_validate(data)
     check_required_bindings(model)
     return model.model_dump(mode="json", exclude_none=True)

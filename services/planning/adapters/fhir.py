@@ -146,7 +146,7 @@ def care_plan(
         "resourceType": "CarePlan",
         "id": str(case.id),
         "meta": {"versionId": str(version), "lastUpdated": _dt(at)},
-        "identifier": [{"system": CASE_SYSTEM, "value": case.reference}],
+        "identifier": _identifiers(case),
         "status": status,
         "intent": "plan",
         "category": [
@@ -272,6 +272,15 @@ def care_plan(
     return _validated(data, r5, "CarePlan") if validate else data
 
 
+def _identifiers(case: SipCase) -> list[dict[str, str]]:
+    """The case reference, and the identifier a proposing client gave (``<system>|<value>``)."""
+    out = [{"system": CASE_SYSTEM, "value": case.reference}]
+    system, sep, value = (case.external_id or "").rpartition("|")
+    if sep and system and value:
+        out.append({"system": system, "value": value})
+    return out
+
+
 def _dt(value: datetime) -> str:
     """A dateTime/instant as fhir.resources serialises it after validation (pydantic's JSON form):
     ISO 8601, microseconds kept, ``Z`` for UTC."""
@@ -372,6 +381,7 @@ def provenance(
     data: dict[str, Any] = {
         "resourceType": "Provenance",
         "id": f"{case_id}-{version}",
+        "meta": {"versionId": "1", "lastUpdated": recorded.isoformat()},  # a Provenance never changes
         "target": [{"reference": f"CarePlan/{case_id}/_history/{version}"}],
         "recorded": recorded.isoformat(),
         "activity": {
@@ -399,41 +409,14 @@ def provenance(
     return _validated(data, fhir_version == "5.0", "Provenance")
 
 
-def capability_statement(base_url: str, at: datetime) -> dict[str, Any]:
-    from fhir.resources.R4B.capabilitystatement import CapabilityStatement
-
-    data = {
-        "resourceType": "CapabilityStatement",
-        "status": "active",
-        "date": at.isoformat(),
-        "kind": "instance",
-        "software": {"name": "sip-suite planning", "version": "0.1.0"},
-        "implementation": {"description": "sip-suite planning FHIR API", "url": f"{base_url}/fhir"},
-        "fhirVersion": "4.0.1",
-        "format": ["application/fhir+json"],
-        "rest": [
-            {
-                "mode": "server",
-                "resource": [{"type": "CarePlan", "interaction": [{"code": "read"}]}],
-                "operation": [
-                    {
-                        "name": "process-message",
-                        "definition": "http://hl7.org/fhir/OperationDefinition/MessageHeader-process-message",
-                    }
-                ],
-            }
-        ],
-        "messaging": [
-            {
-                "documentation": "Hospital stay notifications: MedCom HospitalNotification and Da Vinci "
-                "notification bundles (Bundle.type = message), POST [base]/$process-message.",
-                "supportedMessage": [
-                    {"mode": "receiver", "definition": "http://medcomfhir.dk/ig/hospitalnotification/"},
-                    {"mode": "receiver", "definition": "http://hl7.org/fhir/us/davinci-alerts/"},
-                ],
-            }
+MESSAGING: list[dict[str, Any]] = [
+    {
+        "documentation": "Hospital stay notifications: MedCom HospitalNotification and Da Vinci "
+        "notification bundles (Bundle.type = message), POST [base]/$process-message.",
+        "supportedMessage": [
+            {"mode": "receiver", "definition": "http://medcomfhir.dk/ig/hospitalnotification/"},
+            {"mode": "receiver", "definition": "http://hl7.org/fhir/us/davinci-alerts/"},
         ],
     }
-    model = CapabilityStatement.model_validate(data)
-    check_required_bindings(model)
-    return model.model_dump(mode="json", exclude_none=True)
+]
+"""The messaging part of planning's CapabilityStatement (the rest is generated from its routes)."""

@@ -262,7 +262,10 @@ async def test_a_proposed_sip_from_need_to_closing(api, amqp_url):
     assert (await api.get("/fhir/CarePlan", params={"date": "ge2000-01-01", "category": "SIP"})).json()[
         "total"
     ] == 1
+    # an unknown parameter is ignored (lenient, FHIR's default) and left out of the self link; strict: 400
     r = await api.get("/fhir/CarePlan", params={"bogus": "1"})
+    assert r.status_code == 200 and "bogus" not in r.json()["link"][0]["url"]
+    r = await api.get("/fhir/CarePlan", params={"bogus": "1"}, headers={"Prefer": "handling=strict"})
     assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome"
 
 
