@@ -25,21 +25,29 @@ run: install
 
 # Every test on SQLite (the embedded default), then everything that runs a service store again with
 # each store on PostgreSQL (tests/support/dbmode.py), with three of the six fault tests.
+# Each test has its own vhost, databases, ports and processes, so the tests run on TEST_WORKERS
+# processes (pytest-xdist; a test file stays on one worker, so a module's suite is started once).
+# Tests marked `exclusive` stop what the others use (the machine's RabbitMQ): they run alone, after.
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadfile
 test: test-sqlite test-postgres
 
 test-sqlite: install
 	@scripts/ensure-infra.sh test
-	.venv/bin/python -m pytest $(PYTEST_ARGS)
+	.venv/bin/python -m pytest $(XDIST) -m "not exclusive" $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -m exclusive $(PYTEST_ARGS)
 
 FAULT := tests/fault/test_no_loss_no_duplicates.py
 PG_FAULT_TESTS := '$(FAULT)::test_kill_9_mid_stream[planning]' '$(FAULT)::test_two_planning_replicas_share_the_queues' \
 	'$(FAULT)::test_every_message_delivered_twice'
 test-postgres: install
 	@scripts/ensure-infra.sh test
-	SIP_TEST_DATABASE=postgres .venv/bin/python -m pytest tests/integration tests/e2e $(PG_FAULT_TESTS) $(PYTEST_ARGS)
+	SIP_TEST_DATABASE=postgres .venv/bin/python -m pytest $(XDIST) -m "not exclusive" tests/integration tests/e2e $(PG_FAULT_TESTS) $(PYTEST_ARGS)
 
+# The quick loop: no broker, no PostgreSQL, no processes; property tests at a tenth of their examples
+# (tests/support/examples.py; make test runs them in full).
 test-fast: install
-	.venv/bin/python -m pytest -m "not e2e and not broker and not postgres and not fault" $(PYTEST_ARGS)
+	SIP_TEST_PROFILE=fast .venv/bin/python -m pytest $(XDIST) -m "not e2e and not broker and not postgres and not fault" $(PYTEST_ARGS)
 
 # Style, formatting, the import contracts and the types ([tool.ruff], [tool.importlinter] and [tool.mypy]
 # in pyproject.toml); all from the dev dependencies `make install` puts in .venv, no network.

@@ -46,7 +46,18 @@ def _service_database_backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """On a PostgreSQL run, a test's explicit ``sqlite`` variant is left out (its ``postgres`` twin runs),
-    and so are tests marked ``sqlite_only`` (about the SQLite file itself)."""
+    and so are tests marked ``sqlite_only`` (about the SQLite file itself).
+
+    Every test under tests/e2e is marked ``e2e`` and ``broker``, and every test under tests/fault also
+    ``fault``, whether or not its module says so: `make test-fast` leaves them out by these marks, and
+    `make test` runs the fault tests alone (they stop what the others use)."""
+    for item in items:
+        parts = item.path.parts
+        if "tests" in parts and {"e2e", "fault"} & set(parts[parts.index("tests") :]):
+            item.add_marker(pytest.mark.e2e)
+            item.add_marker(pytest.mark.broker)
+        if "tests" in parts and "fault" in parts[parts.index("tests") :]:
+            item.add_marker(pytest.mark.fault)
     if not dbmode.ON_POSTGRES:
         return
     keep, drop = [], []

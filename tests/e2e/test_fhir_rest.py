@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from fhirpy import SyncFHIRClient
 
 from shared.identifiers import PERSONNUMMER_SYSTEM
@@ -37,6 +38,8 @@ from tests.e2e.authz_scenario import (
 from tests.support.fhir_checks import check_bundle, every_route_advertised, walk_errors
 from tests.support.infra import MailSink
 from tests.support.personnummer import ADULTS
+
+pytestmark = [pytest.mark.e2e, pytest.mark.broker]
 
 
 def client(sc: Scenario, service: str, headers: dict[str, str]) -> SyncFHIRClient:

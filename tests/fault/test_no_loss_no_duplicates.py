@@ -43,6 +43,7 @@ def restart_broker() -> None:
     ensure_rabbit()
 
 
+@pytest.mark.exclusive
 def test_broker_restart_mid_stream(suite: Suite):
     figures = asyncio.run(run_stream(suite, N, fault=restart_broker, label="broker restart"))
     assert figures.problems == [], figures.line("broker restart")

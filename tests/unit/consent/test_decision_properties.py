@@ -25,6 +25,7 @@ from services.consent.domain import (
     category_lineage,
 )
 from services.consent.policy import DecisionQuery, DecisionResult, decide
+from tests.support.examples import examples
 from tests.support.personnummer import ADULTS, CHILD
 
 NOW = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
@@ -34,7 +35,7 @@ GUARDIAN_IDS = (ADULTS[2], ADULTS[3], ADULTS[4])
 CASES = (UUID(int=1), UUID(int=2))
 NON_STATUTORY = (INVITATION_LOGISTICS, *CONSENT_CATEGORIES)
 
-PROPS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPS = settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def offsets(lo_days: int = -400, hi_days: int = 400) -> st.SearchStrategy[datetime]:

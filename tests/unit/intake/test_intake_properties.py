@@ -19,12 +19,13 @@ from services.planning.intake.hl7v2 import ack_code_of
 from shared.directory import load_directory
 from shared.hospital import HospitalEvent
 from shared.persistence import make_engine, sqlite_url
+from tests.support.examples import examples
 from tests.unit.intake.messages import CONFORMANCE, adt_bytes
 
 DIRECTORY = load_directory(Path(__file__).resolve().parents[3] / "config" / "directory.yaml")
 
 SETTINGS = settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 
 

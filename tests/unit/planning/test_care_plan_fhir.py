@@ -17,6 +17,7 @@ from services.planning.adapters.fhir import care_plan, provenance
 from services.planning.domain import TRANSITIONS, Participant, SipCase
 from services.planning.plan import Approval, Meeting, MeetingPreferences, PlanContent
 from shared.fhir import FhirValidationError, check_required_bindings
+from tests.support.examples import examples
 from tests.support.personnummer import ADULT, SAMORDNINGSNUMMER
 
 NOW = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
@@ -116,7 +117,7 @@ _zones = st.sampled_from([UTC, STOCKHOLM, ZoneInfo("America/St_Johns"), timezone
 _times = st.datetimes(min_value=datetime(1950, 1, 1), max_value=datetime(2200, 1, 1), timezones=_zones)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(opened=_times, due=_times, at=_times, start=_times, state=st.sampled_from(sorted(TRANSITIONS)),
        version=st.sampled_from(["4.0", "5.0"]))  # fmt: skip
 def test_any_times_render_as_validation_would(opened, due, at, start, state, version):

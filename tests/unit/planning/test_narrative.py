@@ -16,6 +16,7 @@ from services.planning.adapters.fhir import care_plan
 from services.planning.domain import TRANSITIONS
 from services.planning.narrative import STATUS_TEXT
 from services.planning.plan import MeetingPreferences, PlanContent
+from tests.support.examples import examples
 from tests.support.narrative_rules import narrative_problems, narrative_text
 from tests.unit.planning.test_care_plan_fhir import NOW, SOC, VC, full_case, shaped
 
@@ -125,7 +126,7 @@ def test_plan_texts_are_text_never_markup(text: str) -> None:
     assert "Rum <7> & hall" in words
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     texts=st.lists(st.text(min_size=1, max_size=60), min_size=3, max_size=3),
     state=st.sampled_from(STATES),

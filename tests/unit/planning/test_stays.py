@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from services.planning.stays import Stay, apply
 from shared.hospital import EVENT_KINDS, HospitalEvent
+from tests.support.examples import examples
 from tests.support.personnummer import ADULT
 
 T0 = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
@@ -163,7 +164,7 @@ def event_streams(draw):
     return out
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(event_streams())
 def test_any_order_any_repetition_never_opens_a_second_live_case_and_redelivery_changes_nothing(events):
     stay = Stay.first(events[0])
