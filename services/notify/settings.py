@@ -24,6 +24,13 @@ class NotifySettings(ServiceSettings):
     retry_base_seconds: float = Field(default=1.0, gt=0, description="First retry delay; doubles each time")
     retry_max_seconds: float = Field(default=300, gt=0, description="Longest retry delay")
     max_send_attempts: int = Field(default=10, ge=1, le=100, description="Sends before a mail is failed")
+    claim_lease_seconds: float = Field(
+        default=300.0,
+        ge=5,
+        description="How long a dispatcher's claim on a notification holds while it sends it; a claim "
+        "older than this belongs to a replica that died mid-send, and another replica sends the "
+        "notification again (same Message-ID). Keep well above send_timeout and http_timeout",
+    )
     send_concurrency: int = Field(default=8, ge=1, le=64, description="E-mails in flight at once")
 
     # ---- webhook and SMS channels (issue #6) ----
