@@ -1,0 +1,105 @@
+"""Outages of a dependency, ridden out without an operator (issue #17).
+
+Each test runs the three services as processes on the real RabbitMQ and a real SMTP server, with the
+services' stores on a PostgreSQL cluster of the test's own (``tests/support/private_pg.py``: the
+machine's shared PostgreSQL on 5432 is never stopped), and takes a dependency away in the middle of a
+stream of discharges. Afterwards: one case per accepted discharge, one invitation per participant
+(counted per Message-ID at the SMTP server), no dead letter — and nobody replayed anything.
+
+They bring their own PostgreSQL, so they are left out of the PostgreSQL run (``sqlite_only``: the
+run on SQLite runs them, with the services on the private cluster).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.infra import MailSink
+from tests.support.private_pg import PrivateCluster, pg_bin, private_cluster
+from tests.support.stream import run_stream
+from tests.support.suite import Suite, running_suite
+
+pytestmark = [
+    pytest.mark.fault,
+    pytest.mark.e2e,
+    pytest.mark.broker,
+    pytest.mark.postgres,
+    pytest.mark.sqlite_only,
+    pytest.mark.timeout(600),
+    pytest.mark.skipif(pg_bin() is None, reason="no PostgreSQL server binaries (initdb, pg_ctl)"),
+]
+
+N = int(os.environ.get("SIP_OUTAGE_DISCHARGES", "500"))
+OUTAGE_SECONDS = float(os.environ.get("SIP_OUTAGE_SECONDS", "60"))
+# the dependency backoff's cap, shortened so the services notice the database is back within seconds
+# (production: 120 s); everything else as deployed
+FAST_RECOVERY = {"SIP_DEPENDENCY_BACKOFF_MAX_SECONDS": "4", "SIP_DEPENDENCY_HOLD_MAX_SECONDS": "300"}
+
+
+@pytest.fixture
+def cluster() -> Iterator[PrivateCluster]:
+    with private_cluster() as c:
+        yield c
+
+
+def on_cluster(cluster: PrivateCluster) -> dict[str, str]:
+    return {
+        f"{s.upper()}_DATABASE_URL": cluster.create_database(f"sip_{s}")
+        for s in ("planning", "consent", "notify")
+    }
+
+
+@pytest.fixture
+def suite(amqp_url: str, tmp_path: Path, smtp: MailSink, cluster: PrivateCluster) -> Iterator[Suite]:
+    env = {"SIP_LOG_LEVEL": "INFO", "NOTIFY_DISPATCH_INTERVAL": "0.2", **FAST_RECOVERY, **on_cluster(cluster)}
+    with running_suite(amqp_url, tmp_path, smtp, extra_env=env) as s:
+        yield s
+
+
+def _readiness(suite: Suite) -> dict[str, int]:
+    out = {}
+    for name in ("planning", "consent", "notify"):
+        try:
+            out[name] = httpx.get(f"{suite.url(name)}/readyz", timeout=5).status_code
+        except httpx.HTTPError:
+            out[name] = -1
+    return out
+
+
+def test_postgres_stopped_for_a_minute_mid_stream(suite: Suite, cluster: PrivateCluster):
+    """PostgreSQL stopped (fast shutdown: every connection terminated) for 60 s while the services
+    work through ≥ 500 discharges, then started again. Nothing is dead-lettered, nothing replayed:
+    the deliveries that met the outage were held and took effect once the database was back. While
+    it is down the services say so (/readyz 503 naming the database), and they log the outage once,
+    not per message."""
+    seen: dict[str, object] = {}
+
+    def outage() -> None:
+        cluster.stop("fast")
+        time.sleep(min(10.0, OUTAGE_SECONDS / 2))
+        seen["during"] = _readiness(suite)
+        seen["planning_body"] = httpx.get(f"{suite.url('planning')}/readyz", timeout=5).json()
+        time.sleep(OUTAGE_SECONDS - min(10.0, OUTAGE_SECONDS / 2))
+        cluster.start()
+
+    figures = asyncio.run(run_stream(suite, N, fault=outage, fault_at=0.2, label="postgres down 60 s"))
+    assert figures.problems == [], figures.line("postgres down")
+    assert figures.dead_lettered == 0
+    assert seen["during"] == {"planning": 503, "consent": 503, "notify": 503}, seen
+    body = seen["planning_body"]
+    assert isinstance(body, dict) and body["ready"] is False and "database" in body["unavailable"], body
+    assert _readiness(suite) == {"planning": 200, "consent": 200, "notify": 200}
+    logs = suite.logs()
+    # one line when it went away and one when it came back, per service — not one per message
+    went = len(re.findall(r"dependency unavailable: holding work", logs))
+    back = len(re.findall(r"dependency available again", logs))
+    assert 3 <= went <= 12 and 3 <= back <= 12, (went, back)
+    assert "message dead-lettered" not in logs
