@@ -103,3 +103,114 @@ def test_postgres_stopped_for_a_minute_mid_stream(suite: Suite, cluster: Private
     back = len(re.findall(r"dependency available again", logs))
     assert 3 <= went <= 12 and 3 <= back <= 12, (went, back)
     assert "message dead-lettered" not in logs
+
+
+# ---- MLLP while the database is away ------------------------------------------------------------
+@pytest.fixture
+def intake_suite(amqp_url: str, tmp_path: Path, smtp: MailSink, cluster: PrivateCluster) -> Iterator[Suite]:
+    env = {"SIP_LOG_LEVEL": "INFO", **FAST_RECOVERY, **on_cluster(cluster)}
+    with running_suite(
+        amqp_url, tmp_path, smtp, services=("consent", "planning"), extra_ports=("mllp",), extra_env=env
+    ) as s:
+        yield s
+
+
+async def _exchange(port: int, message: bytes, timeout: float = 10.0) -> bytes | None:
+    """One message on a connection of its own: its ACK, or None when the server closed without one."""
+    from services.planning.intake.mllp import FrameDecoder, frame
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(frame(message))
+        await writer.drain()
+        decoder = FrameDecoder()
+        while True:
+            chunk = await asyncio.wait_for(reader.read(65536), timeout=timeout)
+            if not chunk:
+                return None
+            if frames := decoder.feed(chunk):
+                return frames[0]
+    finally:
+        writer.close()
+
+
+async def _resend_until_acknowledged(port: int, message: bytes, deadline: float) -> tuple[bytes, int]:
+    """What a hospital's interface engine does: resend what was not acknowledged. (ACK, tries)."""
+    tries = 0
+    while time.monotonic() < deadline:
+        tries += 1
+        try:
+            ack = await _exchange(port, message)
+        except (OSError, TimeoutError):
+            ack = None
+        if ack is not None:
+            return ack, tries
+        await asyncio.sleep(0.5)
+    raise AssertionError("never acknowledged")
+
+
+def test_mllp_never_acknowledges_what_it_could_not_store(intake_suite: Suite, cluster: PrivateCluster):
+    """While PostgreSQL is down no AA (nor any ACK) leaves the MLLP listener; a sender that resends
+    what was not acknowledged gets AA for each message once the database is back, and each message
+    takes effect once: one stored message per MSH-10, one case per discharge, a resend answered with
+    the same ACK."""
+    from tests.e2e.test_hospital_intake import hl7
+    from tests.support.personnummer import ADULTS
+    from tests.unit.intake.messages import msa
+
+    port = intake_suite.ports["mllp"]
+    run = os.urandom(3).hex()
+    messages = [
+        hl7("A03", f"OUT-{run}-{i}", ADULTS[i % len(ADULTS)], f"V-{run}-{i}", discharge="20261120093000+0100")
+        for i in range(20)
+    ]
+
+    async def scenario() -> tuple[list[bytes | None], list[tuple[bytes, int]], list[bytes | None]]:
+        # the first five are stored before the outage
+        before = [await _exchange(port, m) for m in messages[:5]]
+        cluster.stop("fast")
+        try:
+            during = [await _exchange(port, m) for m in messages]
+        finally:
+            cluster.start()
+        deadline = time.monotonic() + 120
+        after = [await _resend_until_acknowledged(port, m, deadline) for m in messages]
+        return before, after, during
+
+    before, after, during = asyncio.run(scenario())
+    assert all(a is not None and msa(a)[1] == "AA" for a in before)
+    assert during == [None] * len(messages), "an ACK left while the database was down"
+    assert [msa(a)[1] for a, _ in after] == ["AA"] * len(messages)
+    assert [a for a, _ in after[:5]] == before  # a resend of a stored message: the stored ACK
+
+    import asyncpg
+
+    async def stored() -> tuple[list[tuple[str, int]], int]:
+        conn = await asyncpg.connect(
+            host="127.0.0.1", port=cluster.port, user="postgres", database="sip_planning"
+        )
+        try:
+            rows = await conn.fetch(
+                "SELECT control_id, count(*) AS n FROM intake_messages WHERE control_id LIKE $1 GROUP BY control_id",
+                f"OUT-{run}-%",
+            )
+            cases = await conn.fetchval(
+                "SELECT count(*) FROM sip_cases WHERE episode_id LIKE $1", f"V-{run}-%"
+            )
+        finally:
+            await conn.close()
+        return [(r["control_id"], r["n"]) for r in rows], int(cases)
+
+    deadline = time.monotonic() + 60
+    while True:
+        per_message, cases = asyncio.run(stored())
+        if cases >= len(messages) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert sorted(n for _, n in per_message) == [1] * len(messages), per_message
+    assert cases == len(messages)
+    time.sleep(2)  # anything late (a second effect) would show now
+    assert asyncio.run(stored())[1] == len(messages)
+    logs = intake_suite.logs()
+    assert "MLLP handler failed" not in logs  # the outage is one line, not a traceback per message
+    assert "dependency unavailable: holding work" in logs
