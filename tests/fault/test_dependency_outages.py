@@ -214,3 +214,93 @@ def test_mllp_never_acknowledges_what_it_could_not_store(intake_suite: Suite, cl
     logs = intake_suite.logs()
     assert "MLLP handler failed" not in logs  # the outage is one line, not a traceback per message
     assert "dependency unavailable: holding work" in logs
+
+
+# ---- notify replicas --------------------------------------------------------------------------------
+REPLICA_N = int(os.environ.get("SIP_REPLICA_DISCHARGES", "300"))
+LEASE_SECONDS = "10"  # NOTIFY_CLAIM_LEASE_SECONDS: a dead replica's claims are taken over after 10 s
+
+
+@pytest.fixture
+def replica_suite(amqp_url: str, tmp_path: Path, smtp: MailSink, cluster: PrivateCluster) -> Iterator[Suite]:
+    """Every message delivered twice (each service publishes everything twice, the hospital sends
+    each discharge twice); notify on PostgreSQL with a short claim lease."""
+    env = {
+        "SIP_LOG_LEVEL": "WARNING", "NOTIFY_DISPATCH_INTERVAL": "0.2", "SIP_FAULT_DUPLICATE_PUBLISH": "true",
+        "NOTIFY_CLAIM_LEASE_SECONDS": LEASE_SECONDS, **FAST_RECOVERY, **on_cluster(cluster),
+    }  # fmt: skip
+    with running_suite(amqp_url, tmp_path, smtp, extra_env=env) as s:
+        yield s
+
+
+def _start_notify_replica(suite: Suite, instance: str) -> None:
+    from tests.support.infra import free_port
+
+    suite.start("notify", instance=instance, env={"NOTIFY_HTTP_PORT": str(free_port())})
+
+
+def _attempts(cluster: PrivateCluster) -> dict[str, int]:
+    """Message-ID → send attempts of each notification (2 or more: its claim was taken over)."""
+    import asyncpg
+
+    async def read() -> dict[str, int]:
+        conn = await asyncpg.connect(
+            host="127.0.0.1", port=cluster.port, user="postgres", database="sip_notify"
+        )
+        try:
+            rows = await conn.fetch("SELECT id, attempts FROM notifications")
+        finally:
+            await conn.close()
+        return {f"<{r['id']}@sip-suite>": int(r["attempts"]) for r in rows}
+
+    return asyncio.run(read())
+
+
+def test_notify_replicas_scaled_out_mid_stream_send_each_mail_once(replica_suite: Suite):
+    """Two notify replicas, a third started mid-stream (a scale-out or a rolling update), every
+    message delivered twice: not one mail twice. (Before leases, a starting replica put every
+    notification another replica was sending back to 'pending' and it went out again.)"""
+    _start_notify_replica(replica_suite, "notify-2")
+    figures = asyncio.run(
+        run_stream(
+            replica_suite, REPLICA_N, copies=2, fault=lambda: _start_notify_replica(replica_suite, "notify-3"),
+            fault_at=0.3, label="3 notify replicas, one started mid-stream",
+        )
+    )  # fmt: skip
+    assert figures.problems == [], figures.line("notify replicas")
+    assert figures.duplicate_deliveries == 0
+
+
+def test_notify_replica_killed_mid_stream(replica_suite: Suite, cluster: PrivateCluster):
+    """Three notify replicas, every message delivered twice, one replica kill -9'd mid-stream: every
+    invitation arrives, and a mail arrives twice only where the explicit crash rule says it may — a
+    notification the killed replica had claimed (its lease ran out and another replica sent it
+    again, with the same Message-ID). No duplicate comes from two live replicas."""
+    _start_notify_replica(replica_suite, "notify-2")
+    _start_notify_replica(replica_suite, "notify-3")
+
+    def kill() -> None:
+        # in the thick of the sending: once a fifth of the mails are out
+        deadline = time.monotonic() + 120
+        while len(list(replica_suite.smtp.directory.glob("*.eml"))) < REPLICA_N * 3 // 5:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        replica_suite.procs["notify-2"].kill9()
+
+    figures = asyncio.run(
+        run_stream(
+            replica_suite, REPLICA_N, copies=2, fault=kill, fault_at=0.0, label="notify replica kill -9"
+        )
+    )
+    assert figures.problems == [], figures.line("notify replica kill -9")
+    from tests.support.stream import count_emails
+
+    _, _, per_delivery = count_emails(replica_suite)
+    twice = {mid for (_ref, _addr, mid), n in per_delivery.items() if n > 1}
+    attempts = _attempts(cluster)
+    taken_over = {mid for mid, n in attempts.items() if n >= 2}
+    print(f"duplicate Message-IDs={len(twice)} claims taken over={len(taken_over)}")
+    assert twice <= taken_over, twice - taken_over
+    concurrency = 8  # NOTIFY_SEND_CONCURRENCY: the most claims one replica holds at once
+    assert len(taken_over) <= concurrency
