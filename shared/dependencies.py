@@ -231,7 +231,7 @@ def _classify_one(cur: BaseException) -> str | None:
 
 def _is_asyncpg_connection_error(exc: BaseException) -> bool:
     try:
-        import asyncpg
+        import asyncpg  # type: ignore[import-untyped]
     except ImportError:  # pragma: no cover
         return False
     return isinstance(

@@ -205,10 +205,11 @@ class Dispatcher:
                 )
                 return current[0] if current else "gone"
             deadline = asyncio.get_running_loop().time() + self.lease.total_seconds() * 0.8
+            failure: SendError | None
             try:
                 await self._send(n)
             except SendError as exc:
-                failure: SendError = exc
+                failure = exc
             except Exception as exc:  # an unexpected bug in a sender must not lose the mail
                 log.exception(
                     "unexpected error from a channel",
