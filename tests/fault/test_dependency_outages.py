@@ -60,7 +60,7 @@ def on_cluster(cluster: PrivateCluster) -> dict[str, str]:
 @pytest.fixture
 def suite(amqp_url: str, tmp_path: Path, smtp: MailSink, cluster: PrivateCluster) -> Iterator[Suite]:
     env = {"SIP_LOG_LEVEL": "INFO", "NOTIFY_DISPATCH_INTERVAL": "0.2", **FAST_RECOVERY, **on_cluster(cluster)}
-    with running_suite(amqp_url, tmp_path, smtp, extra_env=env) as s:
+    with running_suite(amqp_url, tmp_path, smtp, extra_env=env, extra_ports=("mllp",)) as s:
         yield s
 
 
@@ -76,7 +76,8 @@ def _readiness(suite: Suite) -> dict[str, int]:
 
 def test_postgres_stopped_for_a_minute_mid_stream(suite: Suite, cluster: PrivateCluster):
     """PostgreSQL stopped (fast shutdown: every connection terminated) for 60 s while the services
-    work through ≥ 500 discharges, then started again. Nothing is dead-lettered, nothing replayed:
+    work through ≥ 500 discharges — half published as JSON on RabbitMQ, half sent by a hospital as HL7
+    v2 A03 over MLLP, resending what was not acknowledged — then started again. Nothing is dead-lettered, nothing replayed:
     the deliveries that met the outage were held and took effect once the database was back. While
     it is down the services say so (/readyz 503 naming the database), and they log the outage once,
     not per message."""
@@ -90,7 +91,11 @@ def test_postgres_stopped_for_a_minute_mid_stream(suite: Suite, cluster: Private
         time.sleep(OUTAGE_SECONDS - min(10.0, OUTAGE_SECONDS / 2))
         cluster.start()
 
-    figures = asyncio.run(run_stream(suite, N, fault=outage, fault_at=0.2, label="postgres down 60 s"))
+    figures = asyncio.run(
+        run_stream(
+            suite, N, fault=outage, fault_at=0.2, label="postgres down 60 s", mllp_port=suite.ports["mllp"]
+        )
+    )
     assert figures.problems == [], figures.line("postgres down")
     assert figures.dead_lettered == 0
     assert seen["during"] == {"planning": 503, "consent": 503, "notify": 503}, seen
