@@ -261,6 +261,7 @@ class _State:
     reason: str = ""
     since: float = 0.0
     failures: int = 0
+    counted_at: float = 0.0  # when ``failures`` last grew
     back: asyncio.Event | None = None
 
 
@@ -299,10 +300,15 @@ class DependencyMonitor:
     def down(self, dependency: str, reason: str) -> bool:
         """``dependency`` failed; True if that is news (it was up until now)."""
         state = self._state(dependency)
-        state.failures += 1
+        now = self.clock()
+        # the backoff grows once per round of tries, not once per caller: fifty held messages
+        # failing together count as one failure
+        if state.up or state.failures == 0 or now - state.counted_at >= self.backoff(dependency) / 2:
+            state.failures += 1
+            state.counted_at = now
         if not state.up:
             return False
-        state.up, state.reason, state.since = False, reason, self.clock()
+        state.up, state.reason, state.since = False, reason, now
         state.back = None
         log.warning(
             "dependency unavailable: holding work until it is back",
@@ -399,7 +405,9 @@ class DependencyMonitor:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    self._state(dependency).failures += 1
+                    state = self._state(dependency)
+                    state.failures += 1
+                    state.counted_at = self.clock()
                     log.debug(
                         "probe failed", extra={"dependency": dependency, "error_type": type(exc).__name__}
                     )

@@ -303,7 +303,8 @@ class Dispatcher:
                 await repo.mark_failed(n.id, now, error, attempts=n.attempts)
             elif unavailable:
                 assert isinstance(exc, ChannelUnavailable)
-                delay = timedelta(seconds=self.runtime.dependencies.backoff(exc.dependency))
+                wait = min(self.runtime.dependencies.backoff(exc.dependency), self.settings.retry_max_seconds)
+                delay = timedelta(seconds=wait)
                 await repo.reschedule(n.id, now + delay, now, error, attempts=n.attempts, refund=True)
             else:
                 delay = backoff(

@@ -173,16 +173,31 @@ def test_down_and_up_change_readiness_gauge_and_log_once(caplog: pytest.LogCaptu
 
 
 def test_backoff_doubles_to_its_cap_and_resets_when_back():
-    monitor = DependencyMonitor("planning", backoff_initial=0.5, backoff_max=120.0)
+    clock = FakeClock()
+    monitor = DependencyMonitor("planning", backoff_initial=0.5, backoff_max=120.0, clock=clock)
     waits = []
     for _ in range(12):
         monitor.down("database", "x")
         waits.append(monitor.backoff("database"))
+        clock.now += waits[-1]
     assert waits[:5] == [0.5, 1.0, 2.0, 4.0, 8.0]
     assert waits[-1] == 120.0 and max(waits) == 120.0
     monitor.up("database")
     monitor.down("database", "x")
     assert monitor.backoff("database") == 0.5
+
+
+def test_many_failing_together_count_as_one_round():
+    """Thirty held messages meeting the outage at once grow the backoff once, not thirty times."""
+    clock = FakeClock()
+    monitor = DependencyMonitor("planning", backoff_initial=0.5, backoff_max=120.0, clock=clock)
+    for _ in range(30):
+        monitor.down("database", "x")
+    assert monitor.backoff("database") == 0.5
+    clock.now += 0.5
+    for _ in range(30):
+        monitor.down("database", "x")
+    assert monitor.backoff("database") == 1.0
 
 
 def test_wait_ends_when_the_dependency_is_back():
