@@ -246,6 +246,7 @@ class ServiceRuntime:
             known = lambda hsa_id: directory.get(hsa_id) is not None  # noqa: E731
         install_auth(app, self.settings, known_organisation=known)
         install_value_error_handlers(app)
+        install_dependency_handlers(app, self.dependencies)
 
         @app.get("/healthz", tags=["operations"], summary="Liveness (the dependencies are /readyz)")
         async def healthz() -> JSONResponse:
@@ -429,6 +430,32 @@ class UnitOfWork:
     async def send(self, message: Contract) -> None:
         await enqueue(self.conn, self._rt.outbox, message)
         self.enqueued += 1
+
+
+def install_dependency_handlers(app: FastAPI, dependencies: DependencyMonitor) -> None:
+    """A request that met an unavailable database (or broker) is answered 503 with ``Retry-After``
+    (an OperationOutcome under /fhir) instead of a 500: nothing is wrong with the request, the caller
+    may send it again. The outage is reported to the monitor (one log line, /readyz). Any other
+    database error stays what it was."""
+    import sqlalchemy.exc as sa_exc
+
+    from shared.fhir import outcome_response
+
+    async def unavailable(request: Any, exc: Exception) -> Response:
+        dependency = dependencies.report(exc)
+        if dependency is None:
+            raise exc
+        reason = f"the service's {dependency} is unavailable; try again later"
+        retry = str(max(1, round(dependencies.backoff(dependency))))
+        if request.url.path.startswith("/fhir"):
+            answer = outcome_response(503, reason, "transient")
+        else:
+            answer = JSONResponse({"detail": reason}, status_code=503)
+        answer.headers["Retry-After"] = retry
+        return answer
+
+    for exc_type in (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, ConnectionError):
+        app.add_exception_handler(exc_type, unavailable)
 
 
 def install_value_error_handlers(app: FastAPI) -> None:

@@ -240,3 +240,38 @@ def test_the_probe_brings_a_dependency_back_by_itself():
 
     still_down, ready, tries = asyncio.run(scenario())
     assert still_down and ready and tries >= 3
+
+
+def test_a_request_that_meets_an_unavailable_database_gets_503_not_500():
+    import httpx
+    from fastapi import FastAPI
+
+    from shared.runtime import install_dependency_handlers
+
+    monitor = DependencyMonitor("planning")
+    app = FastAPI()
+    install_dependency_handlers(app, monitor)
+
+    @app.get("/cases")
+    async def full() -> None:
+        raise _wrapped(sqlite3.OperationalError("database or disk is full"))
+
+    @app.get("/fhir/CarePlan")
+    async def refused() -> None:
+        raise ConnectionRefusedError(111, "Connect call failed")
+
+    @app.get("/bug")
+    async def bug() -> None:
+        raise _wrapped(sqlite3.OperationalError("no such table: cases"))
+
+    async def scenario() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return await client.get("/cases"), await client.get("/fhir/CarePlan"), await client.get("/bug")
+
+    full_disk, fhir, bug_ = asyncio.run(scenario())
+    assert full_disk.status_code == 503 and full_disk.headers["Retry-After"] == "1"
+    assert "database" in full_disk.json()["detail"]
+    assert fhir.status_code == 503 and fhir.json()["resourceType"] == "OperationOutcome"
+    assert bug_.status_code == 500  # not a dependency: stays an error
+    assert "database" in monitor.unavailable()
