@@ -204,7 +204,9 @@ async def consent_desk(suite: Suite, figures: Figures, stop: asyncio.Event) -> N
     async with httpx.AsyncClient(timeout=10, headers={"X-Sip-Organisation": "SE2321000016-VC001"}) as http:
         while not stop.is_set():
             try:
-                pending = (await http.get(f"{suite.url('consent')}/consent-requests")).json()
+                answer = await http.get(f"{suite.url('consent')}/consent-requests")
+                # anything but 200 (e.g. 503 while consent's database is away): ask again later
+                pending = answer.json() if answer.status_code == 200 else []
             except (httpx.HTTPError, ValueError):
                 pending = []
             todo = [p for p in pending if p["case_id"] not in done]
