@@ -222,7 +222,7 @@ def test_mllp_never_acknowledges_what_it_could_not_store(intake_suite: Suite, cl
 
 
 # ---- notify replicas --------------------------------------------------------------------------------
-REPLICA_N = int(os.environ.get("SIP_REPLICA_DISCHARGES", "300"))
+REPLICA_N = int(os.environ.get("SIP_REPLICA_DISCHARGES", "200"))
 LEASE_SECONDS = "10"  # NOTIFY_CLAIM_LEASE_SECONDS: a dead replica's claims are taken over after 10 s
 
 

@@ -54,18 +54,15 @@ def small_tmpfs(size_mb: int) -> Iterator[Path]:
 def fill(where: Path) -> Path:
     """Take every free byte of ``where``'s file system (the services' writes then fail: ENOSPC)."""
     filler = where / "filler"
-    with filler.open("wb") as f:
-        chunk = b"\0" * (1 << 20)
-        try:
-            while True:
-                f.write(chunk)
-                f.flush()
-        except OSError:
-            pass
-        with contextlib.suppress(OSError):  # the last bytes, smaller than a chunk
-            while True:
-                f.write(b"\0" * 4096)
-                f.flush()
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for size in (1 << 20, 4096, 1):
+            chunk = b"\0" * size
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, chunk)
+    finally:
+        os.close(fd)
     return filler
 
 
