@@ -24,10 +24,11 @@ The duplicate carries the same Message-ID (e-mail) or Communication id and ``X-S
 (webhook), so the receiving side can recognise it. Losing an invitation is worse than a rare
 duplicate with the same id. Any number of notify replicas may share one database: a claim is one
 conditional ``UPDATE`` (pending and due, or sending with an expired lease), so two dispatchers never
-hold the same row, and a start-up no longer releases rows other replicas are sending (only rows
-without a lease, claimed by a version from before leases). The outcome is recorded only under the
-claim that sent it (same attempt count), and while the database is away the record is retried
-within the lease instead of leaving the row to be sent again.
+hold the same row, and a start-up releases only its own claims (``claimed_by``, the replica's
+``NOTIFY_REPLICA_ID``, by default host and HTTP port: a restarted notify sends what it was sending
+at once) and rows without a lease — never rows another replica is sending. The outcome is recorded
+only under the claim that sent it (same attempt count), and while the database is away the record is
+retried within the lease instead of leaving the row to be sent again.
 
 Outages (:mod:`shared.dependencies`): a database error of the unavailable kind pauses the loop with
 the dependency backoff (one log line per change, ``/readyz`` 503); an SMTP server that refuses
@@ -49,6 +50,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import TypeVar
@@ -93,6 +95,8 @@ class Dispatcher:
         self.gate = SendGate()
         self._wake = asyncio.Event()
         self.lease = timedelta(seconds=settings.claim_lease_seconds)
+        #: who holds a claim: the same after a restart of this replica, distinct between replicas
+        self.owner = settings.replica_id or f"{socket.gethostname()}:{settings.http_port}"
         if "email" in self.channels:
             runtime.dependencies.track(SMTP)
 
@@ -138,7 +142,7 @@ class Dispatcher:
 
     async def release_in_flight(self) -> int:
         async with self.runtime.unit_of_work() as uow:
-            return await SqlNotificationRepository(uow.conn).release_in_flight(self.clock.now())
+            return await SqlNotificationRepository(uow.conn).release_in_flight(self.clock.now(), self.owner)
 
     async def dispatch_once(self) -> int:
         """Try every due notification once (up to a batch); return how many were tried.
@@ -178,7 +182,9 @@ class Dispatcher:
     async def deliver(self, notification_id: UUID) -> str | None:
         """Claim, send, record. Returns the resulting status (None if someone else had it)."""
         async with self.runtime.unit_of_work() as uow:
-            n = await SqlNotificationRepository(uow.conn).claim(notification_id, self.clock.now(), self.lease)
+            n = await SqlNotificationRepository(uow.conn).claim(
+                notification_id, self.clock.now(), self.lease, by=self.owner
+            )
         if n is None:
             return None
         return await self.send_claimed(n)

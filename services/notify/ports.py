@@ -97,7 +97,7 @@ class NotificationRepository(Protocol):
     async def for_case(self, case_id: UUID) -> list[Notification]: ...
     async def due(self, now: datetime, limit: int) -> list[Notification]: ...
     async def claim(
-        self, notification_id: UUID, now: datetime, lease: timedelta = ...
+        self, notification_id: UUID, now: datetime, lease: timedelta = ..., by: str | None = None
     ) -> Notification | None:
         """pending → sending with attempts+1, only if still pending and due, or sending under an
         expired lease (taken over); the claim holds until ``now + lease`` (None otherwise)."""
@@ -120,8 +120,8 @@ class NotificationRepository(Protocol):
     async def mark_failed(
         self, notification_id: UUID, at: datetime, error: str, *, attempts: int | None = None
     ) -> bool: ...
-    async def release_in_flight(self, now: datetime) -> int:
-        """sending without a lease → pending (due now); the crash rule. Returns how many."""
+    async def release_in_flight(self, now: datetime, owner: str | None = None) -> int:
+        """sending claimed by ``owner`` or without a lease → pending (due now); the crash rule."""
         ...
 
     async def next_due_at(self) -> datetime | None: ...

@@ -31,6 +31,13 @@ class NotifySettings(ServiceSettings):
         "older than this belongs to a replica that died mid-send, and another replica sends the "
         "notification again (same Message-ID). Keep well above send_timeout and http_timeout",
     )
+    replica_id: str = Field(
+        default="",
+        description="Names this notify replica's claims (stable across its restarts, distinct between "
+        "replicas; e.g. the pod name of a StatefulSet); empty = host name and HTTP port. A restarted "
+        "replica sends again at once what it was sending when it stopped; other replicas' claims wait "
+        "for their lease",
+    )
     send_concurrency: int = Field(default=8, ge=1, le=64, description="E-mails in flight at once")
 
     # ---- webhook and SMS channels (issue #6) ----

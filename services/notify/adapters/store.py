@@ -46,6 +46,8 @@ notifications = sa.Table(
     # while ``sending``: until when this claim holds; a claim past it was a replica that died mid-send
     # and another one takes the row over (migration 0004_i17_claim_lease, on SQLite upgrade_schema)
     sa.Column("claimed_until", UTCDateTime),
+    # which dispatcher holds the claim (NOTIFY_REPLICA_ID): restarted, it takes its own claims back at once
+    sa.Column("claimed_by", sa.String(128)),
     sa.UniqueConstraint("cause_message_id", "recipient_hsa_id", "channel", name="uq_notification_dedupe"),
     sa.Index("ix_notifications_due", "status", "next_attempt_at"),
     sa.Index("ix_notifications_case", "case_id"),
@@ -231,7 +233,7 @@ def upgrade_schema(sync_conn: sa.Connection) -> None:
     if "notifications" not in inspector.get_table_names():
         return
     have = {c["name"] for c in inspector.get_columns("notifications")}
-    for name in ("owner_hsa_id", "claimed_until"):
+    for name in ("owner_hsa_id", "claimed_until", "claimed_by"):
         if name not in have:
             ddl = notifications.c[name].type.compile(dialect=sync_conn.dialect)
             sync_conn.execute(sa.text(f'ALTER TABLE notifications ADD COLUMN "{name}" {ddl}'))
@@ -270,6 +272,7 @@ _CLAIM = (
         status="sending",
         attempts=_t.c.attempts + 1,
         claimed_until=sa.bindparam("k_until", type_=UTCDateTime),
+        claimed_by=sa.bindparam("k_by", type_=sa.String(128)),
     )
 )
 # a claim is ``sending`` with its attempt count: a replica whose lease was taken over records nothing
@@ -342,14 +345,20 @@ class SqlNotificationRepository:
         return [_from_row(r) for r in rows]
 
     async def claim(
-        self, notification_id: UUID, now: datetime, lease: timedelta = DEFAULT_LEASE
+        self, notification_id: UUID, now: datetime, lease: timedelta = DEFAULT_LEASE, by: str | None = None
     ) -> Notification | None:
         """pending → sending, only if still pending and due (a reminder is never claimed early); or a
         ``sending`` row whose lease ran out (its dispatcher died mid-send: it is sent again, with the
         same Message-ID — the at-least-once rule). The claim holds until ``now + lease``."""
         res = await self.conn.execute(
             _CLAIM,
-            {"k_id": str(notification_id), "k_now": now, "k_until": now + lease, "updated_at": now},
+            {
+                "k_id": str(notification_id),
+                "k_now": now,
+                "k_until": now + lease,
+                "k_by": by,
+                "updated_at": now,
+            },
         )
         if res.rowcount != 1:
             return None
@@ -358,7 +367,14 @@ class SqlNotificationRepository:
     async def _from_sending(self, notification_id: UUID, attempts: int | None, **values: Any) -> bool:
         stmt = _FROM_SENDING if attempts is not None else _FROM_ANY_SENDING
         res = await self.conn.execute(
-            stmt, {**values, "claimed_until": None, "k_id": str(notification_id), "k_attempts": attempts}
+            stmt,
+            {
+                **values,
+                "claimed_until": None,
+                "claimed_by": None,
+                "k_id": str(notification_id),
+                "k_attempts": attempts,
+            },
         )
         return res.rowcount == 1
 
@@ -388,7 +404,8 @@ class SqlNotificationRepository:
                 stmt.values(attempts=_t.c.attempts - 1),
                 {
                     "status": "pending", "next_attempt_at": next_attempt_at, "updated_at": at,
-                    "last_error": error, "claimed_until": None, "k_id": str(notification_id),
+                    "last_error": error, "claimed_until": None, "claimed_by": None,
+                    "k_id": str(notification_id),
                     "k_attempts": attempts,
                 },
             )  # fmt: skip
@@ -409,14 +426,20 @@ class SqlNotificationRepository:
             notification_id, attempts, status="failed", updated_at=at, last_error=error
         )
 
-    async def release_in_flight(self, now: datetime) -> int:
-        """``sending`` rows without a lease (claimed by a dispatcher from before leases) → pending.
-        Rows under a lease are left to it: another replica may be sending them right now; when the
-        lease runs out, :meth:`claim` takes them over."""
+    async def release_in_flight(self, now: datetime, owner: str | None = None) -> int:
+        """``sending`` rows this dispatcher (``owner``) claimed before it was restarted, and rows
+        without a lease (claimed by a version from before leases) → pending. Rows another replica
+        claimed are left to it: it may be sending them right now; if it died, :meth:`claim` takes
+        them over when their lease runs out."""
+        mine = (
+            sa.or_(_t.c.claimed_until.is_(None), _t.c.claimed_by == owner)
+            if owner
+            else _t.c.claimed_until.is_(None)
+        )
         res = await self.conn.execute(
             _t.update()
-            .where(_t.c.status == "sending", _t.c.claimed_until.is_(None))
-            .values(status="pending", next_attempt_at=now)
+            .where(_t.c.status == "sending", mine)
+            .values(status="pending", next_attempt_at=now, claimed_until=None, claimed_by=None)
         )
         return int(res.rowcount or 0)
 

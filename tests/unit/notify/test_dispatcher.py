@@ -136,6 +136,21 @@ async def test_crash_rule_a_claim_past_its_lease_is_taken_over_and_sent_again(ap
     assert [m.message_id for m in sender.sent] == [f"<{n.id}@sip-suite>"]
 
 
+async def test_crash_rule_a_restarted_replica_takes_its_own_claims_back_at_once(app, settings, clock, sender):
+    """Its own claims (same replica id): sent again at start-up, without waiting for the lease; another
+    replica's claim under its lease is left alone."""
+    mine, theirs = (await accept(app, settings, clock, "SE2120001-SOC0180", "SE2321000016-VC001"))[:2]
+    d = app.state.dispatcher
+    async with app.state.runtime.unit_of_work() as uow:
+        repo = SqlNotificationRepository(uow.conn)
+        assert await repo.claim(mine.id, clock.now(), timedelta(seconds=300), by=d.owner)
+        assert await repo.claim(theirs.id, clock.now(), timedelta(seconds=300), by="other-replica:8082")
+    assert await d.release_in_flight() == 1
+    await d.dispatch_once()
+    assert (await get(app, mine.id)).status == "sent"
+    assert (await get(app, theirs.id)).status == "sending"
+
+
 async def test_crash_rule_a_claim_from_before_leases_is_released_at_start(app, settings, clock, sender):
     [n] = await accept(app, settings, clock, "SE2120001-SOC0180")
     async with app.state.runtime.unit_of_work() as uow:

@@ -16,7 +16,9 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column("notifications", sa.Column("claimed_until", sa.DateTime(timezone=True), nullable=True))
+    op.add_column("notifications", sa.Column("claimed_by", sa.String(length=128), nullable=True))
 
 
 def downgrade() -> None:
+    op.drop_column("notifications", "claimed_by")
     op.drop_column("notifications", "claimed_until")
