@@ -28,6 +28,7 @@ from faststream.rabbit.message import RabbitMessage
 from pydantic import ValidationError
 
 from shared.contracts import COMMAND_EXCHANGES, EVENT_EXCHANGES
+from shared.dependencies import DependencyMonitor, describe_unavailable
 from shared.errors import PermanentError
 from shared.topology import (
     DEFAULT_RETRY_DELAY_SECONDS,
@@ -179,8 +180,18 @@ def dead_letter_middleware(
     max_attempts: int = 5,
     on_dead_letter: Callable[[str, str], Awaitable[None] | None] | None = None,
     observer: ConsumeObserver | None = None,
+    dependencies: DependencyMonitor | None = None,
+    hold_max_seconds: float = 300.0,
 ) -> type[BaseMiddleware]:
-    """Build the consume middleware for one service (``consumer`` names its dead-letter exchange)."""
+    """Build the consume middleware for one service (``consumer`` names its dead-letter exchange).
+
+    A delivery whose handler met an unavailable dependency (:mod:`shared.dependencies`: database,
+    broker, SMTP down) is neither retried against its budget nor dead-lettered: it is held
+    (unacknowledged — with the prefetch, consuming pauses) and run again each time ``dependencies``
+    says the dependency may be back, with a backoff growing to ``SIP_DEPENDENCY_BACKOFF_MAX_SECONDS``.
+    After ``hold_max_seconds`` (below the broker's consumer timeout) it is parked in the retry queue
+    with its attempt count unchanged and comes back later — still never towards the DLQ.
+    """
 
     dlx = dead_letter_exchange(consumer)
 
@@ -192,6 +203,56 @@ def dead_letter_middleware(
                 return await _handle(call_next, msg, seen)
 
     async def _handle(call_next: Any, msg: Any, seen: ConsumeObservation) -> Any:
+        if dependencies is None:
+            return await _settle(call_next, msg, seen)
+        held_since: float | None = None
+        met: set[str] = set()
+        while True:
+            try:
+                result = await call_next(msg)
+            except AckMessage:
+                seen.outcome = "acked"
+                raise
+            except RejectMessage:
+                seen.outcome = "rejected"
+                raise
+            except Exception as raw_exc:
+                found = describe_unavailable(raw_exc)
+                if found is None:
+                    for dependency in met:  # it got past the dependency to another error
+                        dependencies.up(dependency)
+                    return await _settle(_raising(raw_exc), msg, seen)
+                dependency, reason = found
+                met.add(dependency)
+                dependencies.down(dependency, reason)
+                loop = asyncio.get_running_loop()
+                held_since = loop.time() if held_since is None else held_since
+                if loop.time() - held_since >= hold_max_seconds:
+                    return await _park_held(msg, seen, raw_exc, dependency)
+                await dependencies.wait(dependency)
+                continue
+            for dependency in met:
+                dependencies.up(dependency)
+            seen.outcome = "ok"
+            return result
+
+    async def _park_held(msg: Any, seen: ConsumeObservation, exc: BaseException, dependency: str) -> Any:
+        """Held long enough: into the retry queue with the attempt count it came with (no budget spent)."""
+        routing_key = original_routing_key(msg)
+        sub = subscription_for_queue(f"{consumer}.{routing_key}")
+        seen.error = exc
+        seen.outcome = "held"
+        log.info(
+            "message held while a dependency is unavailable; parked in the retry queue",
+            extra={"routing_key": routing_key, "message_id": msg.message_id, "dependency": dependency},
+        )
+        if sub is None:  # no retry queue (request/reply): back to its queue
+            raise RejectMessage(requeue=True) from None
+        prior = _int((msg.raw_message.headers or {}).get(PRIOR_ATTEMPTS_HEADER, 0))
+        await _park_for_retry(broker_ref(), msg, sub.retry_queue_name, routing_key, prior)
+        raise AckMessage() from None
+
+    async def _settle(call_next: Any, msg: Any, seen: ConsumeObservation) -> Any:
         try:
             result = await call_next(msg)
             seen.outcome = "ok"
@@ -268,6 +329,12 @@ def dead_letter_middleware(
                     await res
             raise AckMessage() from None
 
+    async def _raise(exc: BaseException) -> Any:
+        raise exc
+
+    def _raising(exc: BaseException) -> Callable[[Any], Awaitable[Any]]:
+        return lambda _msg: _raise(exc)
+
     DeadLetterMiddleware.__name__ = f"DeadLetterMiddleware[{consumer}]"
     return DeadLetterMiddleware
 
@@ -280,6 +347,8 @@ def make_broker(
     max_attempts: int = 5,
     graceful_timeout: float = 15.0,
     observer: ConsumeObserver | None = None,
+    dependencies: DependencyMonitor | None = None,
+    hold_max_seconds: float = 300.0,
 ) -> RabbitBroker:
     """The one way a service builds its broker. Nothing connects until ``broker.start()``."""
     holder: dict[str, RabbitBroker] = {}
@@ -294,7 +363,12 @@ def make_broker(
         graceful_timeout=graceful_timeout,
         middlewares=(
             dead_letter_middleware(
-                service, lambda: holder["b"], max_attempts=max_attempts, observer=observer
+                service,
+                lambda: holder["b"],
+                max_attempts=max_attempts,
+                observer=observer,
+                dependencies=dependencies,
+                hold_max_seconds=hold_max_seconds,
             ),
         ),
         logger=logging.getLogger(f"sip.{service}.broker"),

@@ -11,7 +11,9 @@ Messaging (filled in by the consume middleware and the outbox relay):
 - ``sip_message_handler_duration_seconds{queue}`` — histogram of handling time per delivery;
 - ``sip_dead_letters_total{queue, error_type}``;
 - ``sip_messages_published_total{routing_key}`` / ``sip_publish_failures_total{routing_key}``;
-- ``sip_outbox_backlog`` — unpublished outbox rows, counted at scrape time.
+- ``sip_outbox_backlog`` — unpublished outbox rows, counted at scrape time;
+- ``sip_dependency_up{dependency}`` — 0 while the database, broker or SMTP server is found
+  unavailable and work waits for it (:mod:`shared.dependencies`), else 1.
 
 Service gauges are read from the database at scrape time, one query per collector
 (:meth:`ServiceMetrics.add_db_collector`); :func:`case_gauges` and :func:`status_gauge` build the
@@ -87,9 +89,19 @@ class ServiceMetrics:
             "sip_metrics_collect_errors", "Scrape-time database collectors that failed", ["collector"],
             registry=r,
         )  # fmt: skip
+        self.dependency_up = Gauge(
+            "sip_dependency_up",
+            "1 while the dependency (database, broker, smtp) works, 0 while it is found unavailable "
+            "and work waits for it",
+            ["dependency"],
+            registry=r,
+        )
         info = Gauge("sip_service_info", "This service", ["service"], registry=r)
         info.labels(service=service).set(1)
         self._collectors: list[tuple[DbCollector, dict[str, Gauge]]] = []
+
+    def dependency_changed(self, dependency: str, up: bool) -> None:
+        self.dependency_up.labels(dependency=dependency).set(1 if up else 0)
 
     # ---- messaging ----------------------------------------------------------------------------
     def observe_consumed(self, queue: str, outcome: str, seconds: float) -> None:

@@ -30,6 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from shared.contracts import Contract
+from shared.dependencies import BROKER, DATABASE, DependencyMonitor
 from shared.tracing import outbox_traceparent
 
 log = logging.getLogger("sip.outbox")
@@ -286,8 +287,12 @@ class OutboxRelay:
         poll_interval: float = 1.0,
         batch: int = 200,
         claim_seconds: float = 30.0,
+        dependencies: DependencyMonitor | None = None,
     ) -> None:
         self._claim_seconds = claim_seconds
+        #: a database or broker outage is reported here (one log line per change, readiness) and
+        #: waited out with its backoff instead of a traceback per pass
+        self.dependencies = dependencies
         self._engine = engine
         self._outbox = outbox
         self._publish = publish
@@ -321,10 +326,16 @@ class OutboxRelay:
             self._wake.clear()
             try:
                 more = await self.drain_once()
-            except Exception:  # the relay must outlive broker/database hiccups
-                log.exception("outbox relay pass failed; will retry")
+            except Exception as exc:  # the relay must outlive broker/database hiccups
                 more = False
-                await asyncio.sleep(self._poll)
+                dependency = self.dependencies.report(exc) if self.dependencies else None
+                if dependency is None:
+                    log.exception("outbox relay pass failed; will retry")
+                    await asyncio.sleep(self._poll)
+                elif not self._stopping:
+                    await self._wait_for(dependency)
+                else:
+                    return  # stopping with the dependency away: the rows wait for the next start
             if self._stopping and not more:
                 return
             if more:
@@ -356,6 +367,8 @@ class OutboxRelay:
                     },
                 )
             ).all()
+        if self.dependencies is not None:
+            self.dependencies.up(DATABASE)
         if not claimed:
             return False
         rows = sorted(claimed, key=lambda r: r.id)  # RETURNING has no order: publish in outbox order
@@ -374,12 +387,20 @@ class OutboxRelay:
                 )
             except Exception as exc:
                 error = type(exc).__name__
-                log.warning(
-                    "outbox publish failed; kept for retry",
-                    extra={"message_id": row.message_id, "routing_key": row.routing_key, "error_type": error},
-                )
+                unavailable = self.dependencies.report(exc) if self.dependencies else None
+                if unavailable is None:
+                    log.warning(
+                        "outbox publish failed; kept for retry",
+                        extra={
+                            "message_id": row.message_id,
+                            "routing_key": row.routing_key,
+                            "error_type": error,
+                        },
+                    )
                 break  # keep order; try again on the next pass
             done.append(row.id)
+            if self.dependencies is not None and not self.dependencies.is_up(BROKER):
+                self.dependencies.up(BROKER)
         async with self._engine.begin() as conn:
             if done:
                 await conn.execute(sql.published, {"relay_ids": done, "relay_now": utcnow()})
@@ -389,9 +410,28 @@ class OutboxRelay:
             if rest:
                 await conn.execute(sql.release, {"relay_ids": rest, "relay_error": error})
         if error:
-            await asyncio.sleep(self._poll)
+            if self.dependencies is not None and not self.dependencies.is_up(BROKER):
+                await self._wait_for(BROKER)
+            else:
+                await asyncio.sleep(self._poll)
             return False
         return len(rows) == self._batch
+
+    async def _wait_for(self, dependency: str) -> None:
+        """The dependency's backoff, cut short by a stop or by the dependency coming back."""
+        assert self.dependencies is not None
+        waiting = asyncio.ensure_future(self.dependencies.wait(dependency))
+        stopping = asyncio.ensure_future(self._stopped())
+        try:
+            await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waiting, stopping):
+                task.cancel()
+
+    async def _stopped(self) -> None:
+        while not self._stopping:
+            await self._wake.wait()
+            self._wake.clear()
 
     def _statements(self) -> _RelayStatements:
         if self._sql is None:

@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shared.auth import install_auth
 from shared.contracts import Contract
+from shared.dependencies import BROKER, DATABASE, DependencyMonitor
 from shared.directory import load_directory
 from shared.messaging import (
     ConsumeObservation,
@@ -76,6 +77,8 @@ class ServiceRuntime:
     relay: OutboxRelay = field(init=False)
     metrics: ServiceMetrics = field(init=False)
     tracing: Tracing = field(init=False)
+    #: database / broker / SMTP availability: readiness, ``sip_dependency_up``, the consumers' hold
+    dependencies: DependencyMonitor = field(init=False)
     background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     broker_started: bool = False
@@ -84,6 +87,12 @@ class ServiceRuntime:
         self.outbox = outbox_table(self.metadata)
         self.inbox = inbox_table(self.metadata)
         self.metrics = ServiceMetrics(self.service)
+        self.dependencies = DependencyMonitor(
+            self.service,
+            backoff_initial=self.settings.dependency_backoff_initial_seconds,
+            backoff_max=self.settings.dependency_backoff_max_seconds,
+            on_change=self.metrics.dependency_changed,
+        )
         self.tracing = Tracing(
             self.service,
             exporter=self.settings.otel_exporter,
@@ -95,12 +104,25 @@ class ServiceRuntime:
             prefetch=self.settings.prefetch,
             max_attempts=self.settings.max_attempts,
             observer=_ConsumeObserver(self.metrics, self.tracing),
+            dependencies=self.dependencies,
+            hold_max_seconds=self.settings.dependency_hold_max_seconds,
         )
         self.engine = make_engine(
             self.settings.sqlalchemy_url(self.service), sqlite_driver=self.settings.sqlite_driver
         )
-        self.relay = OutboxRelay(self.engine, self.outbox, self._publish)
+        self.relay = OutboxRelay(self.engine, self.outbox, self._publish, dependencies=self.dependencies)
+        self.dependencies.add_probe(DATABASE, self._probe_database)
+        self.dependencies.add_probe(BROKER, self._probe_broker)
         self._document_publications()
+
+    async def _probe_database(self) -> None:
+        """A transaction (on SQLite it takes the write lock: BEGIN IMMEDIATE) with one statement."""
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
+    async def _probe_broker(self) -> None:
+        if not await self.broker.ping(timeout=2.0):
+            raise ConnectionError("broker did not answer")
 
     def _document_publications(self) -> None:
         """Describe what this service publishes (via its outbox) in its AsyncAPI document."""
@@ -177,6 +199,7 @@ class ServiceRuntime:
         await self.broker.stop()  # stops consumers first; graceful_timeout for in-flight work
         await self.relay.stop()
         self.broker_started = False
+        await self.dependencies.close()
         await self.engine.dispose()
         self.tracing.flush()  # export the spans still pending
 
@@ -223,21 +246,35 @@ class ServiceRuntime:
             known = lambda hsa_id: directory.get(hsa_id) is not None  # noqa: E731
         install_auth(app, self.settings, known_organisation=known)
         install_value_error_handlers(app)
+        install_dependency_handlers(app, self.dependencies)
 
-        @app.get("/healthz", tags=["operations"], summary="Liveness and dependencies")
+        @app.get("/healthz", tags=["operations"], summary="Liveness (the dependencies are /readyz)")
         async def healthz() -> JSONResponse:
+            """200 while the process serves: a database or broker outage is ridden out (see /readyz),
+            and restarting the process would not bring the dependency back."""
             checks = await self.readiness()
-            ok = bool(checks.get("broker")) and bool(checks.get("database"))
+            ok = bool(checks.get("broker")) and bool(checks.get("database")) and self.dependencies.ready
             body = {"service": self.service, "status": "ok" if ok else "degraded", **checks}
-            return JSONResponse(body, status_code=200 if ok else 503)
+            if not self.dependencies.ready:
+                body["unavailable"] = self.dependencies.unavailable()
+            return JSONResponse(body, status_code=200)
 
-        @app.get("/readyz", tags=["operations"], summary="Ready to take traffic")
+        @app.get(
+            "/readyz",
+            tags=["operations"],
+            summary="Ready to take traffic",
+            responses={503: {"description": "A dependency is unavailable (named, with the reason)"}},
+        )
         async def readyz() -> JSONResponse:
+            """503 while the database or broker does not answer, or while work is held because a
+            dependency (database, broker, SMTP) was found unavailable; ``unavailable`` says which,
+            why and for how long."""
             checks = await self.readiness()
-            ok = bool(checks.get("broker")) and bool(checks.get("database"))
-            return JSONResponse(
-                {"service": self.service, "ready": ok, **checks}, status_code=200 if ok else 503
-            )
+            ok = bool(checks.get("broker")) and bool(checks.get("database")) and self.dependencies.ready
+            body = {"service": self.service, "ready": ok, **checks}
+            if not self.dependencies.ready:
+                body["unavailable"] = self.dependencies.unavailable()
+            return JSONResponse(body, status_code=200 if ok else 503)
 
     def add_observability(self, app: FastAPI) -> None:
         """``GET /metrics`` and the HTTP tracing middleware (called by :meth:`add_health_routes`)."""
@@ -393,6 +430,32 @@ class UnitOfWork:
     async def send(self, message: Contract) -> None:
         await enqueue(self.conn, self._rt.outbox, message)
         self.enqueued += 1
+
+
+def install_dependency_handlers(app: FastAPI, dependencies: DependencyMonitor) -> None:
+    """A request that met an unavailable database (or broker) is answered 503 with ``Retry-After``
+    (an OperationOutcome under /fhir) instead of a 500: nothing is wrong with the request, the caller
+    may send it again. The outage is reported to the monitor (one log line, /readyz). Any other
+    database error stays what it was."""
+    import sqlalchemy.exc as sa_exc
+
+    from shared.fhir import outcome_response
+
+    async def unavailable(request: Any, exc: Exception) -> Response:
+        dependency = dependencies.report(exc)
+        if dependency is None:
+            raise exc
+        reason = f"the service's {dependency} is unavailable; try again later"
+        retry = str(max(1, round(dependencies.backoff(dependency))))
+        if request.url.path.startswith("/fhir"):
+            answer = outcome_response(503, reason, "transient")
+        else:
+            answer = JSONResponse({"detail": reason}, status_code=503)
+        answer.headers["Retry-After"] = retry
+        return answer
+
+    for exc_type in (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, ConnectionError):
+        app.add_exception_handler(exc_type, unavailable)
 
 
 def install_value_error_handlers(app: FastAPI) -> None:

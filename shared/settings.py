@@ -39,6 +39,24 @@ class ServiceSettings(BaseSettings):
         gt=0,
         description="How long a failed message waits in its retry queue (the same for the whole suite)",
     )
+    dependency_backoff_initial_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        description="A dependency (database, broker, SMTP) found unavailable is tried again after this "
+        "long, then twice as long each time, up to dependency_backoff_max_seconds",
+    )
+    dependency_backoff_max_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="The longest wait between tries of an unavailable dependency (the backoff's cap)",
+    )
+    dependency_hold_max_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long a message that met an unavailable dependency is held unacknowledged "
+        "before it is parked in its retry queue (its retry budget untouched; keep below the broker's "
+        "consumer_timeout)",
+    )
     directory_path: str = Field(default="config/directory.yaml", description="Organisation directory file")
     fault_duplicate_publish: bool = Field(
         default=False,

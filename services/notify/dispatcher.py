@@ -17,12 +17,24 @@ One notification at a time goes through three steps, each its own transaction:
 
 Crash rule (explicit, tested): a notification still in ``sending`` when the dispatcher starts was
 being sent when the process died — between steps 1 and 3 we cannot know whether the server got the
-mail. It is put back to ``pending`` and sent again: **delivery is at-least-once** on every channel.
+mail. Each claim carries a lease (``claimed_until``, ``NOTIFY_CLAIM_LEASE_SECONDS``): a row still
+``sending`` after its lease ran out belonged to a dispatcher that died mid-send, and any dispatcher
+claims it again and sends it again: **delivery is at-least-once** on every channel.
 The duplicate carries the same Message-ID (e-mail) or Communication id and ``X-Sip-Delivery-Id``
 (webhook), so the receiving side can recognise it. Losing an invitation is worse than a rare
-duplicate with the same id. This start-up release assumes one dispatcher per database (one notify
-replica), as SQLite implies; several replicas on PostgreSQL would need a lease on ``sending``
-instead (not done).
+duplicate with the same id. Any number of notify replicas may share one database: a claim is one
+conditional ``UPDATE`` (pending and due, or sending with an expired lease), so two dispatchers never
+hold the same row, and a start-up releases only its own claims (``claimed_by``, the replica's
+``NOTIFY_REPLICA_ID``, by default host and HTTP port: a restarted notify sends what it was sending
+at once) and rows without a lease — never rows another replica is sending. The outcome is recorded
+only under the claim that sent it (same attempt count), and while the database is away the record is
+retried within the lease instead of leaving the row to be sent again.
+
+Outages (:mod:`shared.dependencies`): a database error of the unavailable kind pauses the loop with
+the dependency backoff (one log line per change, ``/readyz`` 503); an SMTP server that refuses
+connections or does not answer (:class:`~services.notify.ports.ChannelUnavailable`) marks ``smtp``
+unavailable and puts the mail back without counting the attempt, due again after the backoff —
+a mail server down for an hour fails no invitation.
 
 Cancel rule (issue #4, explicit, tested): a withdrawal cancels ``pending`` and ``sending`` rows and
 wins every race. A row cancelled before its claim cannot be claimed (the claim is conditional); a
@@ -38,7 +50,10 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Mapping
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import timedelta
+from typing import TypeVar
 from uuid import UUID
 
 from services.notify.adapters.fhir import communication_resource
@@ -47,6 +62,7 @@ from services.notify.domain import Notification, after_failure, backoff
 from services.notify.gate import SendGate
 from services.notify.ports import (
     ChannelSender,
+    ChannelUnavailable,
     Delivery,
     PermanentSendError,
     SendError,
@@ -55,11 +71,13 @@ from services.notify.ports import (
 from services.notify.settings import NotifySettings
 from shared.clock import Clock
 from shared.contracts import InvitationSent
+from shared.dependencies import DATABASE, SMTP
 from shared.runtime import ServiceRuntime
 
 log = logging.getLogger("sip.notify.dispatcher")
 
 BATCH = 50
+T = TypeVar("T")
 
 
 class Dispatcher:
@@ -76,6 +94,11 @@ class Dispatcher:
         self.settings = settings
         self.gate = SendGate()
         self._wake = asyncio.Event()
+        self.lease = timedelta(seconds=settings.claim_lease_seconds)
+        #: who holds a claim: the same after a restart of this replica, distinct between replicas
+        self.owner = settings.replica_id or f"{socket.gethostname()}:{settings.http_port}"
+        if "email" in self.channels:
+            runtime.dependencies.track(SMTP)
 
     def wake(self) -> None:
         self._wake.set()
@@ -87,9 +110,13 @@ class Dispatcher:
             try:
                 released = await self.release_in_flight()
                 break
-            except Exception:
-                log.exception("could not release in-flight notifications; will retry")
-                await asyncio.sleep(self.settings.dispatch_interval)
+            except Exception as exc:
+                dependency = self.runtime.dependencies.report(exc)
+                if dependency is None:
+                    log.exception("could not release in-flight notifications; will retry")
+                    await asyncio.sleep(self.settings.dispatch_interval)
+                else:
+                    await self.runtime.dependencies.wait(dependency)
         if released:
             log.warning(
                 "notifications found in 'sending' at start-up will be sent again (same Message-ID)",
@@ -101,8 +128,12 @@ class Dispatcher:
             self._wake.clear()
             try:
                 sent_any = await self.dispatch_once()
-            except Exception:  # the loop must outlive database hiccups
-                log.exception("dispatch pass failed; will retry")
+            except Exception as exc:  # the loop must outlive database hiccups
+                dependency = self.runtime.dependencies.report(exc)
+                if dependency is None:
+                    log.exception("dispatch pass failed; will retry")
+                else:  # one log line per outage (the monitor's); wait with its backoff
+                    await self.runtime.dependencies.wait(dependency)
                 sent_any = 0
             if sent_any >= BATCH:
                 continue
@@ -111,7 +142,7 @@ class Dispatcher:
 
     async def release_in_flight(self) -> int:
         async with self.runtime.unit_of_work() as uow:
-            return await SqlNotificationRepository(uow.conn).release_in_flight(self.clock.now())
+            return await SqlNotificationRepository(uow.conn).release_in_flight(self.clock.now(), self.owner)
 
     async def dispatch_once(self) -> int:
         """Try every due notification once (up to a batch); return how many were tried.
@@ -123,6 +154,7 @@ class Dispatcher:
         now = self.clock.now()
         async with self.runtime.engine.connect() as conn:
             due = await SqlNotificationRepository(conn).due(now, BATCH)
+        self.runtime.dependencies.up(DATABASE)
         late = [
             n.id
             for n in due
@@ -150,7 +182,9 @@ class Dispatcher:
     async def deliver(self, notification_id: UUID) -> str | None:
         """Claim, send, record. Returns the resulting status (None if someone else had it)."""
         async with self.runtime.unit_of_work() as uow:
-            n = await SqlNotificationRepository(uow.conn).claim(notification_id, self.clock.now())
+            n = await SqlNotificationRepository(uow.conn).claim(
+                notification_id, self.clock.now(), self.lease, by=self.owner
+            )
         if n is None:
             return None
         return await self.send_claimed(n)
@@ -176,19 +210,38 @@ class Dispatcher:
                     },
                 )
                 return current[0] if current else "gone"
+            deadline = asyncio.get_running_loop().time() + self.lease.total_seconds() * 0.8
+            failure: SendError | None
             try:
                 await self._send(n)
             except SendError as exc:
-                return await self._record_failure(n, exc)
+                failure = exc
             except Exception as exc:  # an unexpected bug in a sender must not lose the mail
                 log.exception(
                     "unexpected error from a channel",
                     extra={"notification_id": str(n.id), "channel": n.channel},
                 )
-                return await self._record_failure(
-                    n, TransientSendError(f"unexpected error ({type(exc).__name__})")
-                )
-            return await self._record_sent(n)
+                failure = TransientSendError(f"unexpected error ({type(exc).__name__})")
+            else:
+                failure = None
+            if failure is not None:
+                return await self._recording(deadline, lambda: self._record_failure(n, failure))
+            if n.channel == "email":
+                self.runtime.dependencies.up(SMTP)
+            return await self._recording(deadline, lambda: self._record_sent(n))
+
+    async def _recording(self, deadline: float, record: Callable[[], Awaitable[T]]) -> T:
+        """Record an outcome; while the database is unavailable, try again (with the dependency
+        backoff) until shortly before the claim's lease ends — a mail that went out is recorded
+        ``sent`` rather than left to be claimed and sent again after the lease."""
+        while True:
+            try:
+                return await record()
+            except Exception as exc:
+                dependency = self.runtime.dependencies.report(exc)
+                if dependency is None or asyncio.get_running_loop().time() >= deadline:
+                    raise
+                await self.runtime.dependencies.wait(dependency)
 
     async def _send(self, n: Notification) -> None:
         channel = self.channels.get(n.channel)
@@ -202,7 +255,7 @@ class Dispatcher:
     async def _record_sent(self, n: Notification) -> str:
         now = self.clock.now()
         async with self.runtime.unit_of_work() as uow:
-            marked = await SqlNotificationRepository(uow.conn).mark_sent(n.id, now)
+            marked = await SqlNotificationRepository(uow.conn).mark_sent(n.id, now, attempts=n.attempts)
             if marked and n.kind == "invitation":
                 await uow.send(
                     InvitationSent(
@@ -214,7 +267,7 @@ class Dispatcher:
                         correlation_id=n.correlation_id,
                     )
                 )
-        if not marked:  # only possible with a second notify process (the gate is per process)
+        if not marked:  # its lease ran out and another dispatcher took it over, or a cancel won
             log.warning(
                 "notification sent but no longer 'sending' when recorded",
                 extra={"notification_id": str(n.id), "case_id": str(n.case_id)},
@@ -241,19 +294,31 @@ class Dispatcher:
             max_attempts=self.settings.max_send_attempts,
             permanent=isinstance(exc, PermanentSendError),
         )
+        unavailable = isinstance(exc, ChannelUnavailable)
+        if unavailable:
+            # the channel is away, not the mail: not an attempt of its own, due again after the
+            # dependency backoff (the next one that goes through marks the channel back)
+            assert isinstance(exc, ChannelUnavailable)
+            self.runtime.dependencies.down(exc.dependency, error)
+            status = "pending"
         async with self.runtime.unit_of_work() as uow:
             repo = SqlNotificationRepository(uow.conn)
             if status == "failed":
                 if n.attempts >= self.settings.max_send_attempts and not isinstance(exc, PermanentSendError):
                     error = f"gave up after {n.attempts} attempts: {error}"
-                await repo.mark_failed(n.id, now, error)
+                await repo.mark_failed(n.id, now, error, attempts=n.attempts)
+            elif unavailable:
+                assert isinstance(exc, ChannelUnavailable)
+                wait = min(self.runtime.dependencies.backoff(exc.dependency), self.settings.retry_max_seconds)
+                delay = timedelta(seconds=wait)
+                await repo.reschedule(n.id, now + delay, now, error, attempts=n.attempts, refund=True)
             else:
                 delay = backoff(
                     n.attempts,
                     base_seconds=self.settings.retry_base_seconds,
                     max_seconds=self.settings.retry_max_seconds,
                 )
-                await repo.reschedule(n.id, now + delay, now, error)
+                await repo.reschedule(n.id, now + delay, now, error, attempts=n.attempts)
         extra = {
             "notification_id": str(n.id),
             "recipient_hsa_id": n.recipient_hsa_id,
@@ -264,6 +329,6 @@ class Dispatcher:
         }
         if status == "failed":
             log.error("notification failed", extra=extra)
-        else:
+        elif not unavailable:  # an unavailable channel is logged once per outage (shared.dependencies)
             log.warning("send failed, will retry", extra=extra)
         return status

@@ -13,10 +13,12 @@ One readers–writer lock per SIP case, in the notify process:
 So no notification of a case is handed to a channel after the withdrawal committed, and one whose
 send was in progress is recorded truthfully as ``sent`` (it was delivered before the withdrawal).
 
-The gate lives in memory: it covers one notify process, the deployment the dispatcher already
-assumes (one dispatcher per database, see :mod:`services.notify.dispatcher`). Several notify replicas
-on PostgreSQL would need the same rule in the database (``SELECT … FOR SHARE`` on the row across the
-send, which the cancel's ``UPDATE`` then waits for) — not done.
+The gate lives in memory: it covers one notify process. Several notify replicas may share a
+database (the dispatcher's claims carry a lease, see :mod:`services.notify.dispatcher`), but the gate
+does not span them: a send that passed its check on one replica can still go out while another
+replica commits the withdrawal. Closing that would take the same rule in the database (on
+PostgreSQL ``SELECT … FOR SHARE`` on the row across the send and its recording, which the cancel's
+``SELECT … FOR UPDATE`` then waits for) — not done.
 """
 
 from __future__ import annotations

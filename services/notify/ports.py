@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any, Protocol
 from uuid import UUID
@@ -18,6 +18,17 @@ class SendError(Exception):
 
 class TransientSendError(SendError):
     """Try again later: connection refused/reset, timeout, 4xx reply."""
+
+
+class ChannelUnavailable(TransientSendError):
+    """The channel itself is away (the SMTP server refuses connections, does not answer in time, or
+    hangs up): nothing is wrong with this notification. The attempt is not counted against it — a mail
+    server down for hours makes no invitation ``failed`` — and the service shows the outage
+    (``dependency`` in /readyz and ``sip_dependency_up``) until a send goes through again."""
+
+    def __init__(self, message: str, dependency: str = "smtp") -> None:
+        super().__init__(message)
+        self.dependency = dependency
 
 
 class PermanentSendError(SendError):
@@ -85,17 +96,32 @@ class NotificationRepository(Protocol):
     async def get(self, notification_id: UUID) -> Notification | None: ...
     async def for_case(self, case_id: UUID) -> list[Notification]: ...
     async def due(self, now: datetime, limit: int) -> list[Notification]: ...
-    async def claim(self, notification_id: UUID, now: datetime) -> Notification | None:
-        """pending → sending with attempts+1, only if still pending (None otherwise)."""
+    async def claim(
+        self, notification_id: UUID, now: datetime, lease: timedelta = ..., by: str | None = None
+    ) -> Notification | None:
+        """pending → sending with attempts+1, only if still pending and due, or sending under an
+        expired lease (taken over); the claim holds until ``now + lease`` (None otherwise)."""
         ...
 
-    async def mark_sent(self, notification_id: UUID, sent_at: datetime) -> bool: ...
-    async def reschedule(
-        self, notification_id: UUID, next_attempt_at: datetime, at: datetime, error: str
+    async def mark_sent(
+        self, notification_id: UUID, sent_at: datetime, *, attempts: int | None = None
     ) -> bool: ...
-    async def mark_failed(self, notification_id: UUID, at: datetime, error: str) -> bool: ...
-    async def release_in_flight(self, now: datetime) -> int:
-        """sending → pending (due now); the crash rule. Returns how many."""
+
+    async def reschedule(
+        self,
+        notification_id: UUID,
+        next_attempt_at: datetime,
+        at: datetime,
+        error: str,
+        *,
+        attempts: int | None = None,
+        refund: bool = False,
+    ) -> bool: ...
+    async def mark_failed(
+        self, notification_id: UUID, at: datetime, error: str, *, attempts: int | None = None
+    ) -> bool: ...
+    async def release_in_flight(self, now: datetime, owner: str | None = None) -> int:
+        """sending claimed by ``owner`` or without a lease → pending (due now); the crash rule."""
         ...
 
     async def next_due_at(self) -> datetime | None: ...

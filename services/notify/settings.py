@@ -29,6 +29,20 @@ class NotifySettings(ServiceSettings):
     retry_base_seconds: float = Field(default=1.0, gt=0, description="First retry delay; doubles each time")
     retry_max_seconds: float = Field(default=300, gt=0, description="Longest retry delay")
     max_send_attempts: int = Field(default=10, ge=1, le=100, description="Sends before a mail is failed")
+    claim_lease_seconds: float = Field(
+        default=300.0,
+        ge=5,
+        description="How long a dispatcher's claim on a notification holds while it sends it; a claim "
+        "older than this belongs to a replica that died mid-send, and another replica sends the "
+        "notification again (same Message-ID). Keep well above send_timeout and http_timeout",
+    )
+    replica_id: str = Field(
+        default="",
+        description="Names this notify replica's claims (stable across its restarts, distinct between "
+        "replicas; e.g. the pod name of a StatefulSet); empty = host name and HTTP port. A restarted "
+        "replica sends again at once what it was sending when it stopped; other replicas' claims wait "
+        "for their lease",
+    )
     send_concurrency: int = Field(default=8, ge=1, le=64, description="E-mails in flight at once")
 
     # ---- webhook and SMS channels (issue #6) ----

@@ -244,9 +244,14 @@ def build_router(
             body = await request.body()
             try:
                 status, answer = await intake.handle_fhir(body)
-            except Exception:
-                log.exception("FHIR message could not be stored")
-                return outcome_response(503, "the message could not be stored; send it again", "transient")
+            except Exception as exc:
+                # a database outage: logged once per outage (shared.dependencies), not per message
+                if runtime.dependencies.report(exc) is None:
+                    log.exception("FHIR message could not be stored")
+                refused = outcome_response(503, "the message could not be stored; send it again", "transient")
+                refused.headers["Retry-After"] = str(max(1, round(runtime.dependencies.backoff("database"))))
+                return refused
+            runtime.dependencies.up("database")
             runtime.relay.wake()
             return fhir_json(answer, status)
 

@@ -23,6 +23,7 @@ from shared import fhir_rest
 from shared.clock import Clock, SystemClock
 from shared.consent_gate import ConsentGateClient
 from shared.contracts import HospitalStayEvent
+from shared.dependencies import DATABASE, DependencyUnavailable, describe_unavailable
 from shared.directory import Directory, load_directory
 from shared.hospital import HospitalEvent
 from shared.metrics import case_gauges
@@ -139,7 +140,19 @@ def build_intake(runtime: ServiceRuntime, settings: PlanningSettings) -> IntakeS
     handle_hl7 = service.handle_hl7
 
     async def handle_and_wake(raw: bytes) -> bytes:
-        ack = await handle_hl7(raw)
+        """Store, then wake the relay. A message that could not be stored gets no ACK at all — the
+        MLLP server closes the connection and the sender resends (never an AA for what is not
+        stored); a database outage is reported to the dependency monitor (/readyz 503, one log
+        line per outage) and raised as :class:`DependencyUnavailable` (no traceback per message)."""
+        try:
+            ack = await handle_hl7(raw)
+        except Exception as exc:
+            found = describe_unavailable(exc)
+            if found is None:
+                raise
+            runtime.dependencies.down(*found)
+            raise DependencyUnavailable(*found) from None
+        runtime.dependencies.up(DATABASE)
         runtime.relay.wake()
         return ack
 

@@ -95,8 +95,13 @@ async def run_scheduler(runtime: ServiceRuntime, clock: Clock, interval: float, 
             await escalate_due(runtime.engine, runtime.outbox, clock, batch=batch, wake=runtime.relay.wake)
         except asyncio.CancelledError:
             raise
-        except Exception:  # the scheduler must outlive database hiccups; the next pass retries
-            log.exception("deadline scan failed; will retry")
+        except Exception as exc:  # the scheduler must outlive database hiccups; the next pass retries
+            dependency = runtime.dependencies.report(exc)
+            if dependency is None:
+                log.exception("deadline scan failed; will retry")
+            else:  # an outage: logged once by the monitor, waited out with its backoff
+                await runtime.dependencies.wait(dependency)
+                continue
         await asyncio.sleep(interval)
 
 

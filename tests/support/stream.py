@@ -47,6 +47,8 @@ class Figures:
     dead_lettered: int = 0
     seconds: float = 0.0
     invited_lag: float = 0.0  # seconds from the last mail to the last case recorded as invited
+    mllp_accepted: int = 0  # of the discharges sent as HL7 v2 over MLLP, those acknowledged AA
+    mllp_resends: int = 0  # messages the MLLP sender sent again (no ACK: closed or timed out)
     problems: list[str] = field(default_factory=list)
 
     def line(self, label: str) -> str:
@@ -56,6 +58,7 @@ class Figures:
             f"emails={self.emails_received} unique_invitations={self.unique_invitations} "
             f"duplicate_deliveries(same Message-ID)={self.duplicate_deliveries} "
             f"dead_lettered={self.dead_lettered} seconds={self.seconds:.1f} invited_lag={self.invited_lag:.1f}"
+            f" mllp_accepted={self.mllp_accepted} mllp_resends={self.mllp_resends}"
         )
 
 
@@ -141,6 +144,58 @@ async def publish_all(
     figures.accepted = len({e.message_id for e in events})
 
 
+async def send_mllp(port: int, events: list[DischargeNotified], figures: Figures) -> None:
+    """A hospital's interface engine: each discharge as an HL7 v2 A03 over MLLP (MSH-10 = the episode),
+    one at a time on one connection; what is not acknowledged (no ACK, connection closed) is sent
+    again on a new connection until an ACK comes. "Accepted" means AA."""
+    from services.planning.intake.mllp import FrameDecoder, frame
+    from tests.unit.intake.messages import adt_bytes, msa
+
+    def hl7(e: DischargeNotified) -> bytes:
+        pid3 = f"{e.patient.identifier}^^^SKV&1.2.752.129.2.1.3.1&ISO^PN"
+        raw = adt_bytes(
+            "A03", control_id=e.episode_id, pid3=pid3, visit=e.episode_id, kommun="0180",
+            discharge=e.ready_for_discharge_at.strftime("%Y%m%d%H%M%S+0000"),
+            evn_recorded=e.ready_for_discharge_at.strftime("%Y%m%d%H%M%S+0000"),
+        )  # fmt: skip
+        # the hospital (MSH-4) and primary care unit (PD1) of the JSON discharges, both in the directory
+        raw = raw.replace(b"SU^1.2.752.129.2.1.4.1^ISO", b"SE2321000016-SJH01")
+        return raw.replace(b"SE2321000131-E000000000111", b"SE2321000016-VC001")
+
+    todo = list(events)
+    conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+    decoder = FrameDecoder()
+    while todo:
+        try:
+            if conn is None:
+                conn = await asyncio.open_connection("127.0.0.1", port)
+                decoder = FrameDecoder()
+            reader, writer = conn
+            writer.write(frame(hl7(todo[0])))
+            await writer.drain()
+            acks: list[bytes] = []
+            while not acks:
+                chunk = await asyncio.wait_for(reader.read(65536), timeout=30)
+                if not chunk:
+                    raise ConnectionError("closed without an ACK")
+                acks = decoder.feed(chunk)
+            code = msa(acks[0])[1]
+            if code != "AA":
+                figures.problems.append(f"MLLP answered {code} for {todo[0].episode_id}")
+            else:
+                figures.mllp_accepted += 1
+            todo.pop(0)
+        except (OSError, ConnectionError, TimeoutError):
+            figures.mllp_resends += 1
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn[1].close()
+            conn = None
+            await asyncio.sleep(0.5)
+    if conn is not None:
+        conn[1].close()
+
+
 async def consent_desk(suite: Suite, figures: Figures, stop: asyncio.Event) -> None:
     """Grant consent for every case that asks, once per case (deterministic message_id)."""
     done: set[str] = set()
@@ -149,7 +204,9 @@ async def consent_desk(suite: Suite, figures: Figures, stop: asyncio.Event) -> N
     async with httpx.AsyncClient(timeout=10, headers={"X-Sip-Organisation": "SE2321000016-VC001"}) as http:
         while not stop.is_set():
             try:
-                pending = (await http.get(f"{suite.url('consent')}/consent-requests")).json()
+                answer = await http.get(f"{suite.url('consent')}/consent-requests")
+                # anything but 200 (e.g. 503 while consent's database is away): ask again later
+                pending = answer.json() if answer.status_code == 200 else []
             except (httpx.HTTPError, ValueError):
                 pending = []
             todo = [p for p in pending if p["case_id"] not in done]
@@ -243,9 +300,16 @@ async def run_stream(
     copies: int = 1,
     timeout: float = 900.0,
     label: str = "stream",
+    mllp_port: int | None = None,
 ) -> Figures:
+    """``mllp_port``: every second discharge goes as HL7 v2 A03 over MLLP instead of JSON on RabbitMQ."""
     run = uuid4().hex[:6]
     events = make_discharges(n, run)
+    over_mllp = events[1::2] if mllp_port else []
+    if over_mllp:
+        events_json = events[0::2]
+    else:
+        events_json = events
     for e in events:
         _EPISODE_PNR[e.episode_id] = e.patient.identifier
     figures = Figures()
@@ -260,7 +324,12 @@ async def run_stream(
         if fault and fault_task is None and confirmed >= n * copies * fault_at:
             fault_task = asyncio.ensure_future(loop.run_in_executor(None, fault))
 
-    await publish_all(suite.amqp_url, events, figures, copies=copies, on_progress=progress)
+    hospital = asyncio.ensure_future(send_mllp(mllp_port, over_mllp, figures)) if over_mllp else None
+    await publish_all(suite.amqp_url, events_json, figures, copies=copies, on_progress=progress)
+    if hospital is not None:
+        await hospital
+        figures.sent += len(over_mllp)
+        figures.accepted += figures.mllp_accepted
     if fault_task is not None:
         await fault_task
     expected_invitations = n * PARTICIPANTS_PER_CASE

@@ -5,7 +5,9 @@ shutdown); see :class:`SmtpEmailSender` for when a connection is dropped and whe
 again on a fresh one.
 
 Classification (what retrying can fix):
-- connection refused/reset, server disconnected, timeouts, 4xx replies → :class:`TransientSendError`;
+- connection refused/reset, server disconnected, timeouts → :class:`ChannelUnavailable` (a transient
+  error that is not counted against the mail: the server is away, see :mod:`shared.dependencies`);
+- 4xx replies → :class:`TransientSendError`;
 - 5xx replies (including refused recipients and failed authentication), a server without a
   required feature (:class:`aiosmtplib.SMTPNotSupported`, e.g. SMTPUTF8) → :class:`PermanentSendError`.
   (STARTTLS required but not offered comes from aiosmtplib as a plain ``SMTPException`` and so
@@ -40,6 +42,7 @@ import aiosmtplib
 
 from services.notify.ports import (
     CalendarAttachment,
+    ChannelUnavailable,
     Delivery,
     EmailSender,
     OutgoingEmail,
@@ -214,9 +217,9 @@ def classify(exc: BaseException) -> SendError:
     if isinstance(exc, aiosmtplib.SMTPNotSupported):
         return PermanentSendError(f"mail server does not support a required feature: {scrub(str(exc))}")
     if isinstance(exc, aiosmtplib.SMTPTimeoutError | asyncio.TimeoutError | TimeoutError):
-        return TransientSendError("timed out talking to the mail server")
+        return ChannelUnavailable("timed out talking to the mail server")
     if isinstance(exc, aiosmtplib.SMTPConnectError | aiosmtplib.SMTPServerDisconnected | OSError):
-        return TransientSendError(f"cannot reach the mail server ({type(exc).__name__})")
+        return ChannelUnavailable(f"cannot reach the mail server ({type(exc).__name__})")
     if isinstance(exc, ssl.SSLError):
         return TransientSendError(f"TLS failure talking to the mail server ({type(exc).__name__})")
     return TransientSendError(f"unexpected mail error ({type(exc).__name__}): {scrub(str(exc))}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -15,6 +15,9 @@ from shared.contracts import MeetingNeeds
 from shared.persistence import UTCDateTime
 
 metadata = sa.MetaData()
+
+#: how long a claim holds when the dispatcher does not say (NOTIFY_CLAIM_LEASE_SECONDS)
+DEFAULT_LEASE = timedelta(seconds=300)
 
 notifications = sa.Table(
     "notifications",
@@ -40,6 +43,11 @@ notifications = sa.Table(
     # the unit that owns the case (may read all its notifications); added by migration 0002, on SQLite
     # by :func:`upgrade_schema`
     sa.Column("owner_hsa_id", sa.String(64)),
+    # while ``sending``: until when this claim holds; a claim past it was a replica that died mid-send
+    # and another one takes the row over (migration 0004_i17_claim_lease, on SQLite upgrade_schema)
+    sa.Column("claimed_until", UTCDateTime),
+    # which dispatcher holds the claim (NOTIFY_REPLICA_ID): restarted, it takes its own claims back at once
+    sa.Column("claimed_by", sa.String(128)),
     sa.UniqueConstraint("cause_message_id", "recipient_hsa_id", "channel", name="uq_notification_dedupe"),
     sa.Index("ix_notifications_due", "status", "next_attempt_at"),
     sa.Index("ix_notifications_case", "case_id"),
@@ -225,7 +233,7 @@ def upgrade_schema(sync_conn: sa.Connection) -> None:
     if "notifications" not in inspector.get_table_names():
         return
     have = {c["name"] for c in inspector.get_columns("notifications")}
-    for name in ("owner_hsa_id",):
+    for name in ("owner_hsa_id", "claimed_until", "claimed_by"):
         if name not in have:
             ddl = notifications.c[name].type.compile(dialect=sync_conn.dialect)
             sync_conn.execute(sa.text(f'ALTER TABLE notifications ADD COLUMN "{name}" {ddl}'))
@@ -247,16 +255,31 @@ _INSERT_DETAILS = _d.insert()
 _INSERT_CONSENT = _k.insert()
 _INSERT_REMINDER = _r.insert()
 _INSERT_NEEDS = _n.insert()
+# Claimable: pending and due, or sending under a lease that has run out (its replica died mid-send, or
+# a row from before leases). One conditional UPDATE: on SQLite under the write lock, on PostgreSQL the
+# second of two concurrent claims waits for the first and then finds the row no longer claimable.
+_CLAIMABLE = sa.or_(
+    sa.and_(_t.c.status == "pending", _t.c.next_attempt_at <= sa.bindparam("k_now")),
+    sa.and_(
+        _t.c.status == "sending",
+        sa.or_(_t.c.claimed_until.is_(None), _t.c.claimed_until < sa.bindparam("k_now")),
+    ),
+)
 _CLAIM = (
     _t.update()
-    .where(
-        _t.c.id == sa.bindparam("k_id"),
-        _t.c.status == "pending",
-        _t.c.next_attempt_at <= sa.bindparam("k_now"),
+    .where(_t.c.id == sa.bindparam("k_id"), _CLAIMABLE)
+    .values(
+        status="sending",
+        attempts=_t.c.attempts + 1,
+        claimed_until=sa.bindparam("k_until", type_=UTCDateTime),
+        claimed_by=sa.bindparam("k_by", type_=sa.String(128)),
     )
-    .values(status="sending", attempts=_t.c.attempts + 1)
 )
-_FROM_SENDING = _t.update().where(_t.c.id == sa.bindparam("k_id"), _t.c.status == "sending")
+# a claim is ``sending`` with its attempt count: a replica whose lease was taken over records nothing
+_FROM_SENDING = _t.update().where(
+    _t.c.id == sa.bindparam("k_id"), _t.c.status == "sending", _t.c.attempts == sa.bindparam("k_attempts")
+)
+_FROM_ANY_SENDING = _t.update().where(_t.c.id == sa.bindparam("k_id"), _t.c.status == "sending")
 _STATUS = sa.select(_t.c.status, _t.c.attempts).where(_t.c.id == sa.bindparam("k_id"))
 
 
@@ -309,47 +332,114 @@ class SqlNotificationRepository:
         return [_from_row(r) for r in rows]
 
     async def due(self, now: datetime, limit: int) -> list[Notification]:
+        """Pending and due, or ``sending`` under a lease that ran out (taken over, see :meth:`claim`)."""
+        expired = sa.and_(
+            _t.c.status == "sending", sa.or_(_t.c.claimed_until.is_(None), _t.c.claimed_until < now)
+        )
         rows = await self.conn.execute(
             _select()
-            .where(_t.c.status == "pending", _t.c.next_attempt_at <= now)
+            .where(sa.or_(sa.and_(_t.c.status == "pending", _t.c.next_attempt_at <= now), expired))
             .order_by(_t.c.next_attempt_at, _t.c.created_at)
             .limit(limit)
         )
         return [_from_row(r) for r in rows]
 
-    async def claim(self, notification_id: UUID, now: datetime) -> Notification | None:
-        """pending → sending, only if still pending and due (a reminder is never claimed early)."""
-        res = await self.conn.execute(_CLAIM, {"k_id": str(notification_id), "k_now": now, "updated_at": now})
+    async def claim(
+        self, notification_id: UUID, now: datetime, lease: timedelta = DEFAULT_LEASE, by: str | None = None
+    ) -> Notification | None:
+        """pending → sending, only if still pending and due (a reminder is never claimed early); or a
+        ``sending`` row whose lease ran out (its dispatcher died mid-send: it is sent again, with the
+        same Message-ID — the at-least-once rule). The claim holds until ``now + lease``."""
+        res = await self.conn.execute(
+            _CLAIM,
+            {
+                "k_id": str(notification_id),
+                "k_now": now,
+                "k_until": now + lease,
+                "k_by": by,
+                "updated_at": now,
+            },
+        )
         if res.rowcount != 1:
             return None
         return await self.get(notification_id)
 
-    async def _from_sending(self, notification_id: UUID, **values: Any) -> bool:
-        res = await self.conn.execute(_FROM_SENDING, {**values, "k_id": str(notification_id)})
+    async def _from_sending(self, notification_id: UUID, attempts: int | None, **values: Any) -> bool:
+        stmt = _FROM_SENDING if attempts is not None else _FROM_ANY_SENDING
+        res = await self.conn.execute(
+            stmt,
+            {
+                **values,
+                "claimed_until": None,
+                "claimed_by": None,
+                "k_id": str(notification_id),
+                "k_attempts": attempts,
+            },
+        )
         return res.rowcount == 1
 
-    async def mark_sent(self, notification_id: UUID, sent_at: datetime) -> bool:
+    async def mark_sent(
+        self, notification_id: UUID, sent_at: datetime, *, attempts: int | None = None
+    ) -> bool:
+        """sending → sent; with ``attempts``, only under that claim (not one taken over since)."""
         return await self._from_sending(
-            notification_id, status="sent", sent_at=sent_at, updated_at=sent_at, last_error=None
+            notification_id, attempts, status="sent", sent_at=sent_at, updated_at=sent_at, last_error=None
         )
 
     async def reschedule(
-        self, notification_id: UUID, next_attempt_at: datetime, at: datetime, error: str
+        self,
+        notification_id: UUID,
+        next_attempt_at: datetime,
+        at: datetime,
+        error: str,
+        *,
+        attempts: int | None = None,
+        refund: bool = False,
     ) -> bool:
+        """sending → pending at ``next_attempt_at``. ``refund``: the attempt does not count (the channel
+        itself was unavailable — nothing is wrong with this notification)."""
+        if refund:
+            stmt = _FROM_SENDING if attempts is not None else _FROM_ANY_SENDING
+            res = await self.conn.execute(
+                stmt.values(attempts=_t.c.attempts - 1),
+                {
+                    "status": "pending", "next_attempt_at": next_attempt_at, "updated_at": at,
+                    "last_error": error, "claimed_until": None, "claimed_by": None,
+                    "k_id": str(notification_id),
+                    "k_attempts": attempts,
+                },
+            )  # fmt: skip
+            return res.rowcount == 1
         return await self._from_sending(
             notification_id,
+            attempts,
             status="pending",
             next_attempt_at=next_attempt_at,
             updated_at=at,
             last_error=error,
         )
 
-    async def mark_failed(self, notification_id: UUID, at: datetime, error: str) -> bool:
-        return await self._from_sending(notification_id, status="failed", updated_at=at, last_error=error)
+    async def mark_failed(
+        self, notification_id: UUID, at: datetime, error: str, *, attempts: int | None = None
+    ) -> bool:
+        return await self._from_sending(
+            notification_id, attempts, status="failed", updated_at=at, last_error=error
+        )
 
-    async def release_in_flight(self, now: datetime) -> int:
+    async def release_in_flight(self, now: datetime, owner: str | None = None) -> int:
+        """``sending`` rows this dispatcher (``owner``) claimed before it was restarted, and rows
+        without a lease (claimed by a version from before leases) → pending. Rows another replica
+        claimed are left to it: it may be sending them right now; if it died, :meth:`claim` takes
+        them over when their lease runs out."""
+        mine = (
+            sa.or_(_t.c.claimed_until.is_(None), _t.c.claimed_by == owner)
+            if owner
+            else _t.c.claimed_until.is_(None)
+        )
         res = await self.conn.execute(
-            _t.update().where(_t.c.status == "sending").values(status="pending", next_attempt_at=now)
+            _t.update()
+            .where(_t.c.status == "sending", mine)
+            .values(status="pending", next_attempt_at=now, claimed_until=None, claimed_by=None)
         )
         return int(res.rowcount or 0)
 

@@ -4,7 +4,10 @@ For every complete frame the handler is awaited and its return value (the ACK) i
 framed — so the ACK leaves only after the handler has stored the message. Frames on one connection
 are handled in order. Frames may be split over TCP reads or share one; bytes before a start block are
 discarded; a frame larger than ``max_frame`` is refused (the connection is closed). If the handler
-raises, no ACK is sent and the connection is closed so the sender resends.
+raises, no ACK is sent and the connection is closed so the sender resends — so while the database is
+unavailable no message is acknowledged, and a sender that resends what was not acknowledged has each
+message stored (and taking effect) once when it is back: the intake keeps MSH-10 per sender and answers
+a resend with the stored acknowledgement.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+from shared.dependencies import DependencyUnavailable
 
 log = logging.getLogger("sip.intake.mllp")
 
@@ -151,6 +156,9 @@ class MLLPServer:
                 for payload in frames:
                     try:
                         ack = await self._handler(payload)
+                    except DependencyUnavailable:  # logged once per outage by whoever raised it
+                        log.debug("message not stored (a dependency is unavailable); closing without ACK")
+                        return
                     except Exception:
                         log.exception("MLLP handler failed; closing without ACK so the sender resends")
                         return

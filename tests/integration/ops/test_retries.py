@@ -91,3 +91,83 @@ async def test_persistent_failure_ends_in_the_dlq_with_reason_and_count(amqp_url
         assert calls == 4
     finally:
         await broker.stop()
+
+
+def _disk_full():
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    return OperationalError("INSERT INTO inbox …", {}, sqlite3.OperationalError("database or disk is full"))
+
+
+async def _dlq_depth(amqp_url) -> int:
+    conn = await aio_pika.connect(amqp_url)
+    async with conn:
+        ch = await conn.channel()
+        dlq = await ch.declare_queue(SUB.dlq_name, passive=True)
+        return dlq.declaration_result.message_count or 0
+
+
+@pytest.mark.parametrize("hold_max", [300.0, 0.3], ids=["held", "held-then-parked"])
+async def test_a_dependency_outage_is_held_not_dead_lettered(amqp_url, hold_max):
+    """A message that meets a full disk twenty times (far past SIP_MAX_ATTEMPTS = 2) is neither retried
+    against its budget nor dead-lettered: it is held and run again until the disk has room, then takes
+    effect once. Held past the hold maximum, it waits in the retry queue with its attempt count as it
+    was, and still ends well. The monitor shows the outage meanwhile and the recovery after."""
+    from shared.dependencies import DependencyMonitor
+
+    monitor = DependencyMonitor("consent", backoff_initial=0.02, backoff_max=0.1)
+    calls = 0
+    done = asyncio.Event()
+    seen_down = False
+
+    async def disk_full_for_a_while(msg: RecordConsent) -> None:
+        nonlocal calls, seen_down
+        calls += 1
+        seen_down = seen_down or not monitor.ready
+        if calls <= 20:
+            raise _disk_full()
+        done.set()
+
+    broker = make_broker(
+        service="consent", amqp_url=amqp_url, max_attempts=2, dependencies=monitor, hold_max_seconds=hold_max
+    )
+    broker.subscriber(work_queue(SUB), contract_exchange(RecordConsent))(disk_full_for_a_while)
+    await broker.connect()
+    await declare_topology(broker, retry_delay_seconds=0.5)
+    await broker.start()
+    try:
+        await _publish(broker, "held-1")
+        await asyncio.wait_for(done.wait(), timeout=30)
+        await asyncio.sleep(1.0)
+        assert calls == 21  # effect once, after the outage
+        assert seen_down and monitor.ready
+        assert await _dlq_depth(amqp_url) == 0
+    finally:
+        await broker.stop()
+
+
+async def test_an_error_about_the_message_still_goes_to_the_dlq_with_a_monitor(amqp_url):
+    from shared.dependencies import DependencyMonitor
+
+    monitor = DependencyMonitor("consent", backoff_initial=0.02, backoff_max=0.1)
+
+    async def broken(msg: RecordConsent) -> None:
+        raise KeyError("no such thing")
+
+    broker = make_broker(service="consent", amqp_url=amqp_url, max_attempts=2, dependencies=monitor)
+    broker.subscriber(work_queue(SUB), contract_exchange(RecordConsent))(broken)
+    await broker.connect()
+    await declare_topology(broker, retry_delay_seconds=0.3)
+    await broker.start()
+    try:
+        await _publish(broker, "bad-1")
+        for _ in range(100):
+            if await _dlq_depth(amqp_url):
+                break
+            await asyncio.sleep(0.1)
+        assert await _dlq_depth(amqp_url) == 1
+        assert monitor.ready  # not a dependency: the service stays ready
+    finally:
+        await broker.stop()

@@ -117,18 +117,87 @@ async def test_claim_happens_once(app, settings, clock, sender):
     assert sender.sent == []
 
 
-async def test_crash_rule_sending_at_start_is_sent_again(app, settings, clock, sender):
-    """A row left in 'sending' (crash between send and record) is released and sent again."""
+async def test_crash_rule_a_claim_past_its_lease_is_taken_over_and_sent_again(app, settings, clock, sender):
+    """A row left in 'sending' by a dispatcher that died mid-send is claimed again once its lease ran
+    out — by this or any other replica — and sent again with the same Message-ID. Before that, no
+    other dispatcher touches it (it may be sending right now), not even one that just started."""
     [n] = await accept(app, settings, clock, "SE2120001-SOC0180")
     async with app.state.runtime.unit_of_work() as uow:
-        await SqlNotificationRepository(uow.conn).claim(n.id, clock.now())
+        assert await SqlNotificationRepository(uow.conn).claim(n.id, clock.now(), timedelta(seconds=60))
     d = app.state.dispatcher
-    assert await d.dispatch_once() == 0  # 'sending' is not picked up during normal running
+    assert await d.dispatch_once() == 0  # under its lease: not picked up
+    assert await d.release_in_flight() == 0  # a replica starting does not release a leased claim
+    clock.advance(timedelta(seconds=59))
+    assert await d.dispatch_once() == 0
+    clock.advance(timedelta(seconds=2))
+    assert await d.dispatch_once() == 1
+    s = await get(app, n.id)
+    assert (s.status, s.attempts) == ("sent", 2)
+    assert [m.message_id for m in sender.sent] == [f"<{n.id}@sip-suite>"]
+
+
+async def test_crash_rule_a_restarted_replica_takes_its_own_claims_back_at_once(app, settings, clock, sender):
+    """Its own claims (same replica id): sent again at start-up, without waiting for the lease; another
+    replica's claim under its lease is left alone."""
+    mine, theirs = (await accept(app, settings, clock, "SE2120001-SOC0180", "SE2321000016-VC001"))[:2]
+    d = app.state.dispatcher
+    async with app.state.runtime.unit_of_work() as uow:
+        repo = SqlNotificationRepository(uow.conn)
+        assert await repo.claim(mine.id, clock.now(), timedelta(seconds=300), by=d.owner)
+        assert await repo.claim(theirs.id, clock.now(), timedelta(seconds=300), by="other-replica:8082")
+    assert await d.release_in_flight() == 1
+    await d.dispatch_once()
+    assert (await get(app, mine.id)).status == "sent"
+    assert (await get(app, theirs.id)).status == "sending"
+
+
+async def test_crash_rule_a_claim_from_before_leases_is_released_at_start(app, settings, clock, sender):
+    [n] = await accept(app, settings, clock, "SE2120001-SOC0180")
+    async with app.state.runtime.unit_of_work() as uow:
+        await uow.conn.execute(
+            notifications.update().values(status="sending", attempts=1, claimed_until=None)
+        )
+    d = app.state.dispatcher
     assert await d.release_in_flight() == 1
     await d.dispatch_once()
     s = await get(app, n.id)
     assert (s.status, s.attempts) == ("sent", 2)
-    assert [m.message_id for m in sender.sent] == [f"<{n.id}@sip-suite>"]
+
+
+async def test_a_taken_over_claim_records_nothing(app, settings, clock, sender):
+    """The first dispatcher's late outcome does not overwrite the claim that took the row over."""
+    [n] = await accept(app, settings, clock, "SE2120001-SOC0180")
+    async with app.state.runtime.unit_of_work() as uow:
+        first = await SqlNotificationRepository(uow.conn).claim(n.id, clock.now(), timedelta(seconds=1))
+    clock.advance(timedelta(seconds=5))
+    async with app.state.runtime.unit_of_work() as uow:
+        second = await SqlNotificationRepository(uow.conn).claim(n.id, clock.now(), timedelta(seconds=60))
+    assert first is not None and second is not None and second.attempts == first.attempts + 1
+    async with app.state.runtime.unit_of_work() as uow:
+        repo = SqlNotificationRepository(uow.conn)
+        assert not await repo.mark_failed(n.id, clock.now(), "late", attempts=first.attempts)
+        assert await repo.mark_sent(n.id, clock.now(), attempts=second.attempts)
+
+
+async def test_smtp_unavailable_spends_no_attempt_and_marks_the_dependency(app, settings, clock, sender):
+    """A mail server that refuses connections: the mail goes back without an attempt counted (down
+    for hours, it fails no invitation), notify is not ready and says why; the next send that goes
+    through brings it back."""
+    from services.notify.ports import ChannelUnavailable
+
+    [n] = await accept(app, settings, clock, "SE2120001-SOC0180")
+    runtime = app.state.runtime
+    for _ in range(settings.max_send_attempts + 3):
+        sender.errors = [ChannelUnavailable("cannot reach the mail server (SMTPConnectError)")]
+        assert await app.state.dispatcher.deliver(n.id) == "pending"
+        clock.advance(timedelta(seconds=settings.retry_max_seconds + 1000))
+    s = await get(app, n.id)
+    assert (s.status, s.attempts) == ("pending", 0)
+    assert not runtime.dependencies.ready
+    assert "mail server" in runtime.dependencies.unavailable()["smtp"]["reason"]
+    assert await app.state.dispatcher.deliver(n.id) == "sent"
+    assert runtime.dependencies.ready
+    assert (await get(app, n.id)).attempts == 1
 
 
 async def test_every_channel_of_an_organisation_is_dispatched(app, settings, clock, sender, webhook, sms):

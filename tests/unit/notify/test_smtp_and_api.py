@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from services.notify.adapters.smtp import build_message, classify, flatten, scrub
-from services.notify.ports import OutgoingEmail, PermanentSendError, TransientSendError
+from services.notify.ports import ChannelUnavailable, OutgoingEmail, PermanentSendError, TransientSendError
 from tests.unit.notify.test_dispatcher import accept
 
 
@@ -24,11 +24,11 @@ from tests.unit.notify.test_dispatcher import accept
          TransientSendError),
         (aiosmtplib.SMTPRecipientsRefused([aiosmtplib.SMTPRecipientRefused(550, "gone", "a@b")]),
          PermanentSendError),
-        (aiosmtplib.SMTPConnectError("refused"), TransientSendError),
-        (aiosmtplib.SMTPServerDisconnected("gone"), TransientSendError),
-        (aiosmtplib.SMTPTimeoutError("slow"), TransientSendError),
-        (ConnectionRefusedError(111, "refused"), TransientSendError),
-        (TimeoutError(), TransientSendError),
+        (aiosmtplib.SMTPConnectError("refused"), ChannelUnavailable),
+        (aiosmtplib.SMTPServerDisconnected("gone"), ChannelUnavailable),
+        (aiosmtplib.SMTPTimeoutError("slow"), ChannelUnavailable),
+        (ConnectionRefusedError(111, "refused"), ChannelUnavailable),
+        (TimeoutError(), ChannelUnavailable),
         (aiosmtplib.SMTPNotSupported("STARTTLS extension not supported"), PermanentSendError),
     ],
 )  # fmt: skip

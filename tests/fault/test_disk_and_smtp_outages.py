@@ -1,0 +1,133 @@
+"""More outages ridden out without an operator (issue #17): the SQLite data directory's disk full, and
+the SMTP server away for longer than notify's whole retry budget.
+
+The three services run as processes on the real RabbitMQ with a real SMTP server; a stream of
+discharges goes through them with the fault in the middle; afterwards one case per accepted
+discharge, one invitation per participant (per Message-ID at the SMTP server), no dead letter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.infra import MailSink
+from tests.support.stream import run_stream
+from tests.support.suite import running_suite
+
+pytestmark = [pytest.mark.fault, pytest.mark.e2e, pytest.mark.broker, pytest.mark.timeout(600)]
+
+FAST_RECOVERY = {"SIP_DEPENDENCY_BACKOFF_MAX_SECONDS": "4"}
+
+
+# ---- the SQLite disk full --------------------------------------------------------------------------
+DISK_N = int(os.environ.get("SIP_DISK_FULL_DISCHARGES", "500"))
+DISK_FULL_SECONDS = float(os.environ.get("SIP_DISK_FULL_SECONDS", "60"))
+
+
+@contextlib.contextmanager
+def small_tmpfs(size_mb: int) -> Iterator[Path]:
+    """A file system of ``size_mb`` of its own (tmpfs; mounting needs root)."""
+    where = Path(tempfile.mkdtemp(prefix="sip-disk-"))
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0755", "tmpfs", str(where)],
+                       capture_output=True, check=False)  # fmt: skip
+    if r.returncode != 0:
+        where.rmdir()
+        pytest.skip(f"cannot mount a small tmpfs here: {r.stderr.decode(errors='replace').strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True, check=False)
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def fill(where: Path) -> Path:
+    """Take every free byte of ``where``'s file system (the services' writes then fail: ENOSPC)."""
+    filler = where / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for size in (1 << 20, 4096, 1):
+            chunk = b"\0" * size
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, chunk)
+    finally:
+        os.close(fd)
+    return filler
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_sqlite_disk_full_for_a_minute_mid_stream(amqp_url: str, tmp_path: Path, smtp: MailSink):
+    """The services' data directory (their SQLite files) on a small file system of its own, filled to
+    the last byte for 60 s while ≥ 500 discharges go through, then freed: the deliveries that could
+    not be written were held, nothing was dead-lettered, and every discharge has its case and every
+    participant its invitation once the disk has room — with no operator."""
+    with small_tmpfs(256) as data:
+        env = {"SIP_LOG_LEVEL": "INFO", "NOTIFY_DISPATCH_INTERVAL": "0.2", "SIP_DATA_DIR": str(data),
+               **FAST_RECOVERY}  # fmt: skip
+        with running_suite(amqp_url, tmp_path, smtp, extra_env=env) as suite:
+            seen: dict[str, int] = {}
+
+            def disk_full() -> None:
+                filler = fill(data)
+                time.sleep(min(10.0, DISK_FULL_SECONDS / 2))
+                seen["planning_ready"] = httpx.get(f"{suite.url('planning')}/readyz", timeout=5).status_code
+                time.sleep(DISK_FULL_SECONDS - min(10.0, DISK_FULL_SECONDS / 2))
+                filler.unlink()
+
+            figures = asyncio.run(
+                run_stream(suite, DISK_N, fault=disk_full, fault_at=0.2, label="disk full 60 s")
+            )
+            logs = suite.logs()
+        assert figures.problems == [], figures.line("disk full")
+        assert figures.dead_lettered == 0
+        assert "message dead-lettered" not in logs
+        assert "dependency unavailable: holding work" in logs and "disk is full" in logs
+        assert seen["planning_ready"] == 503
+
+
+# ---- SMTP away for longer than the retry budget -----------------------------------------------------
+SMTP_N = int(os.environ.get("SIP_SMTP_OUTAGE_DISCHARGES", "300"))
+SMTP_OUTAGE_SECONDS = float(os.environ.get("SIP_SMTP_OUTAGE_SECONDS", "45"))
+# notify's retry budget shrunk so that the outage outlasts it many times over: 3 attempts, 0.5 s then
+# at most 2 s apart — about 3 s in all. (Production: 10 attempts up to 300 s apart, some 8 minutes;
+# a 5-minute outage is the same fault at a scale the test suite can wait for.)
+SHORT_RETRY_BUDGET = {"NOTIFY_MAX_SEND_ATTEMPTS": "3", "NOTIFY_RETRY_BASE_SECONDS": "0.5",
+                      "NOTIFY_RETRY_MAX_SECONDS": "2"}  # fmt: skip
+
+
+def test_smtp_down_far_longer_than_the_retry_budget(amqp_url: str, tmp_path: Path, smtp: MailSink):
+    """The SMTP server stopped for 45 s — fifteen times notify's whole retry budget here — in the
+    middle of the stream: no invitation is given up ('failed'), each arrives once when the server is
+    back, notify says smtp is unavailable meanwhile and logs it once, not per mail."""
+    env = {"SIP_LOG_LEVEL": "INFO", "NOTIFY_DISPATCH_INTERVAL": "0.2", **FAST_RECOVERY, **SHORT_RETRY_BUDGET}
+    with running_suite(amqp_url, tmp_path, smtp, extra_env=env) as suite:
+        seen: dict[str, object] = {}
+
+        def smtp_down() -> None:
+            smtp.proc.stop()
+            time.sleep(min(10.0, SMTP_OUTAGE_SECONDS / 2))
+            seen["notify"] = httpx.get(f"{suite.url('notify')}/readyz", timeout=5).json()
+            time.sleep(SMTP_OUTAGE_SECONDS - min(10.0, SMTP_OUTAGE_SECONDS / 2))
+            smtp.proc.start()
+
+        figures = asyncio.run(run_stream(suite, SMTP_N, fault=smtp_down, fault_at=0.3, label="SMTP down"))
+        failed = httpx.get(f"{suite.url('notify')}/metrics", timeout=10).text
+        logs = suite.logs()
+    assert figures.problems == [], figures.line("SMTP down")
+    notify = seen["notify"]
+    assert isinstance(notify, dict) and notify["ready"] is False and "smtp" in notify["unavailable"], notify
+    assert 'status="failed"' not in failed
+    assert 1 <= logs.count("dependency unavailable: holding work") <= 6
+    assert "send failed, will retry" not in logs  # an unavailable server is not logged per mail
