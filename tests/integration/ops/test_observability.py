@@ -108,7 +108,9 @@ async def runtime(amqp_url: str, tmp_path: Path):
     async def on_record(msg: RecordConsent) -> None:
         if msg.recorded_by_hsa_id == "SE-FLAKY" and msg.correlation_id not in failed_once:
             failed_once.add(str(msg.correlation_id))
-            raise ConnectionError("database went away")  # transient: retried
+            # transient and about neither the message nor a dependency: retried (a ConnectionError would
+            # mean a dependency is away: held without spending an attempt, see shared/dependencies.py)
+            raise RuntimeError("a transient fault in the handler")
         async with rt.unit_of_work() as uow:
             if await uow.first_time(sub.queue_name, str(msg.message_id)):
                 await uow.send(
