@@ -358,6 +358,22 @@ def build_router(
         """Committed before the answer leaves (group commit; never only in memory)."""
         await audit_writer.write_all(list(entries))
 
+    async def consents_seen_by(caller: Caller, pid: str, now: datetime) -> list[ConsentRecord]:
+        """The person's consents the caller may see (filtered before any page), the search audited:
+        the one search behind ``GET /consents`` and ``GET /fhir/Consent``."""
+        async with runtime.engine.connect() as conn:
+            repo = SqlConsentRepository(conn)
+            records = await repo.for_patient(pid)
+            requests = {r.case_id: r for r in await repo.requests_for_patient(pid)}
+        guardians = access.guardians_of(records, now) if caller.is_person else frozenset()
+        seen, verdict = access.search_consents(caller, pid, records, requests, guardians, now)
+        await audited(
+            access.read_entry(
+                caller, patient=pid, action="search", verdict=verdict, what="Consent?patient", now=now
+            )
+        )
+        return seen
+
     async def _case_request(repo: SqlConsentRepository, case_id: UUID | None) -> ConsentRequest | None:
         return await repo.get_request(case_id) if case_id is not None else None
 
@@ -551,17 +567,7 @@ def build_router(
         caller = caller_of(request)
         pid = _asked_patient(caller, patient)
         now = clock.now()
-        async with runtime.engine.connect() as conn:
-            repo = SqlConsentRepository(conn)
-            records = await repo.for_patient(pid)
-            requests = {r.case_id: r for r in await repo.requests_for_patient(pid)}
-        guardians = access.guardians_of(records, now) if caller.is_person else frozenset()
-        seen, verdict = access.search_consents(caller, pid, records, requests, guardians, now)
-        await audited(
-            access.read_entry(
-                caller, patient=pid, action="search", verdict=verdict, what="Consent?patient", now=now
-            )
-        )
+        seen = await consents_seen_by(caller, pid, now)
         return [ConsentOut.of(r, now) for r in seen]
 
     @router.get(
@@ -757,17 +763,7 @@ def build_router(
         except HTTPException as exc:
             return outcome_response(400, str(exc.detail), "required")
         now = clock.now()
-        async with runtime.engine.connect() as conn:
-            repo = SqlConsentRepository(conn)
-            records = await repo.for_patient(pid)
-            requests = {r.case_id: r for r in await repo.requests_for_patient(pid)}
-        guardians = access.guardians_of(records, now) if caller.is_person else frozenset()
-        seen, verdict = access.search_consents(caller, pid, records, requests, guardians, now)
-        await audited(
-            access.read_entry(
-                caller, patient=pid, action="search", verdict=verdict, what="Consent?patient", now=now
-            )
-        )
+        seen = await consents_seen_by(caller, pid, now)
         statuses = set((s.get("status") or "").split(",")) - {""}
         resources = [(r, consent_resource(r, version, now)) for r in seen]
         matches = [
