@@ -5,18 +5,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from uuid import uuid4
 from zoneinfo import ZoneInfo
 
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.planning import api, api_cases, api_fhir, subscribers
+from services.planning import api, api_cases, api_fhir, handlers, messages, subscribers
 from services.planning.adapters.store import cases, metadata, upgrade_schema
 from services.planning.domain import INVITATION_CLOCK_STATES, OPEN_STATES
-from services.planning.intake import IntakeService, MLLPServer, intake_tables
+from services.planning.intake import IntakeService, MLLPServer, intake_tables, parse_adt, parse_message_bundle
+from services.planning.intake.store import message_views_table
 from services.planning.scheduler import scheduler_job
 from services.planning.settings import PlanningSettings
 from shared import fhir_rest
@@ -27,7 +27,7 @@ from shared.dependencies import DATABASE, DependencyUnavailable, describe_unavai
 from shared.directory import Directory, load_directory
 from shared.hospital import HospitalEvent
 from shared.metrics import case_gauges
-from shared.persistence import enqueue
+from shared.persistence import enqueue, utcnow
 from shared.runtime import ServiceRuntime, serve
 
 SERVICE = "planning"
@@ -59,7 +59,7 @@ def create_app(
     runtime.metrics.add_db_collector(
         case_gauges(cases, open_states=OPEN_STATES, clock_states=INVITATION_CLOCK_STATES)
     )
-    subscribers.register(runtime, settings, directory, clock)
+    handle_stay_message = subscribers.register(runtime, settings, directory, clock)
     runtime.background.append(scheduler_job(runtime, clock, settings.deadline_check_interval))
     intake = build_intake(runtime, settings)
     mllp = (
@@ -109,7 +109,18 @@ def create_app(
     app.include_router(api_cases.build_router(runtime, settings, clock, directory))
     app.include_router(api_fhir.build_router(runtime, settings, clock, directory, gate))
     fhir_rest.install(app, versions=api_fhir.VERSIONS)
+    app.include_router(
+        messages.build_router(
+            runtime,
+            clock,
+            intake_tables(metadata),
+            message_views_table(metadata),
+            reparser(settings),
+            handlers.discharge_event,
+        )
+    )
     app.state.runtime = runtime
+    app.state.handle_stay_message = handle_stay_message
     app.state.mllp = mllp
     return app
 
@@ -127,8 +138,9 @@ def build_intake(runtime: ServiceRuntime, settings: PlanningSettings) -> IntakeS
     """HL7 v2 / FHIR intake: each accepted message is stored with its acknowledgement and, in the same
     transaction, one ``hospital.stay-event.v1`` per event in the outbox; the ACK goes out after commit."""
 
-    async def on_event(conn: AsyncConnection, event: HospitalEvent) -> None:
-        await enqueue(conn, runtime.outbox, HospitalStayEvent(event=event, correlation_id=str(uuid4())))
+    async def on_event(conn: AsyncConnection, event: HospitalEvent, correlation_id: str) -> None:
+        # the message's correlation id: its effect is written back to its row in the message store
+        await enqueue(conn, runtime.outbox, HospitalStayEvent(event=event, correlation_id=correlation_id))
 
     service = IntakeService(
         runtime.engine,
@@ -136,6 +148,7 @@ def build_intake(runtime: ServiceRuntime, settings: PlanningSettings) -> IntakeS
         on_event=on_event,
         default_tz=ZoneInfo(settings.intake_timezone),
         fhir_base=f"{settings.public_base_url.rstrip('/')}/fhir",
+        pass_correlation=True,
     )
     handle_hl7 = service.handle_hl7
 
@@ -158,6 +171,24 @@ def build_intake(runtime: ServiceRuntime, settings: PlanningSettings) -> IntakeS
 
     service.handle_hl7 = handle_and_wake  # type: ignore[method-assign]
     return service
+
+
+def reparser(settings: PlanningSettings) -> messages.Reparse:
+    """Parse a refused message again for a replay (the parser or the sender's data may be fixed)."""
+    tz = ZoneInfo(settings.intake_timezone)
+    base = f"{settings.public_base_url.rstrip('/')}/fhir"
+
+    def reparse(source: str, raw: bytes) -> tuple[bool, Sequence[HospitalEvent], str | None]:
+        if source == "hl7v2":
+            hl7 = parse_adt(raw, default_tz=tz)
+            return hl7.ack_code == "AA", hl7.events, hl7.error.text if hl7.error else None
+        fhir = parse_message_bundle(raw, default_tz=tz, now=utcnow(), fhir_base=base)
+        reason = (
+            None if fhir.accepted else "; ".join(i.get("diagnostics", "") for i in fhir.body.get("issue", []))
+        )
+        return fhir.accepted, fhir.events, reason
+
+    return reparse
 
 
 def main() -> None:

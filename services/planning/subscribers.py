@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from services.planning import handlers
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.planning import handlers, messages
 from services.planning.adapters.deadline_store import SqlDeadlines
-from services.planning.adapters.store import SqlCaseRepository
+from services.planning.adapters.store import SqlCaseRepository, metadata
 from services.planning.deadlines import DeadlinePolicy
+from services.planning.domain import SipCase
+from services.planning.intake import intake_tables
 from services.planning.settings import PlanningSettings
 from shared.clock import Clock
 from shared.contracts import (
@@ -18,11 +25,18 @@ from shared.contracts import (
     InvitationSent,
 )
 from shared.directory import Directory
+from shared.errors import PermanentError
+from shared.hospital import HospitalEvent
 from shared.runtime import ServiceRuntime
 from shared.topology import contract_exchange, subscription, work_queue
 
+StayMessageHandler = Callable[[HospitalStayEvent], Awaitable[None]]
 
-def register(runtime: ServiceRuntime, settings: PlanningSettings, directory: Directory, clock: Clock) -> None:
+
+def register(
+    runtime: ServiceRuntime, settings: PlanningSettings, directory: Directory, clock: Clock
+) -> StayMessageHandler:
+    """Subscribe the handlers; returns the stay-event handler (what the broker calls for each one)."""
     broker = runtime.broker
     discharge = subscription("planning", DischargeNotified)
     stay_event = subscription("planning", HospitalStayEvent)
@@ -32,29 +46,78 @@ def register(runtime: ServiceRuntime, settings: PlanningSettings, directory: Dir
     withdrawn = subscription("planning", ConsentWithdrawn)
     breached = subscription("planning", DeadlineBreached)
     policy = DeadlinePolicy.from_settings(settings)
+    store = intake_tables(metadata)
 
     @broker.subscriber(
         work_queue(discharge), contract_exchange(DischargeNotified), title=discharge.queue_name
     )
     async def on_discharge(msg: DischargeNotified) -> None:
-        async with runtime.unit_of_work() as uow:
-            if await uow.first_time(discharge.queue_name, str(msg.message_id)):
-                await handlers.handle_discharge(
-                    msg, repo=SqlCaseRepository(uow.conn), outbox=uow, directory=directory, clock=clock,
-                    deadlines=SqlDeadlines(uow.conn), policy=policy,
-                )  # fmt: skip
+        row: int | None = None
+        try:
+            async with runtime.unit_of_work() as uow:
+                if await uow.first_time(discharge.queue_name, str(msg.message_id)):
+                    row = await messages.store_amqp(uow.conn, store, msg, clock.now())
+                    repo = SqlCaseRepository(uow.conn)
+                    case = await handlers.handle_discharge(
+                        msg, repo=repo, outbox=uow, directory=directory, clock=clock,
+                        deadlines=SqlDeadlines(uow.conn), policy=policy,
+                    )  # fmt: skip
+                    ev = handlers.discharge_event(msg)
+                    await _effect(uow.conn, repo, ev, case, message_id=row)
+        except PermanentError as exc:
+            await _dead_lettered(exc, message_id=None, amqp=msg)
+            raise
 
     @broker.subscriber(
         work_queue(stay_event), contract_exchange(HospitalStayEvent), title=stay_event.queue_name
     )
     async def on_stay_event(msg: HospitalStayEvent) -> None:
-        async with runtime.unit_of_work() as uow:
-            if await uow.first_time(stay_event.queue_name, str(msg.message_id)):
-                await handlers.handle_stay_event(
-                    msg.event, repo=SqlCaseRepository(uow.conn), outbox=uow, directory=directory,
-                    clock=clock, deadlines=SqlDeadlines(uow.conn), policy=policy,
-                    assume_sip_needed=settings.intake_assume_sip_needed, correlation_id=msg.correlation_id,
-                )  # fmt: skip
+        await handle_stay_message(msg)
+
+    async def handle_stay_message(msg: HospitalStayEvent) -> None:
+        """One stay event of a stored message; its effect (or dead letter) written back to the store."""
+        try:
+            async with runtime.unit_of_work() as uow:
+                if await uow.first_time(stay_event.queue_name, str(msg.message_id)):
+                    repo = SqlCaseRepository(uow.conn)
+                    case = await handlers.handle_stay_event(
+                        msg.event, repo=repo, outbox=uow, directory=directory, clock=clock,
+                        deadlines=SqlDeadlines(uow.conn), policy=policy,
+                        assume_sip_needed=settings.intake_assume_sip_needed,
+                        correlation_id=msg.correlation_id,
+                    )  # fmt: skip
+                    await _effect(uow.conn, repo, msg.event, case, correlation_id=msg.correlation_id)
+        except PermanentError as exc:
+            await _dead_lettered(exc, message_id=msg.correlation_id, amqp=None)
+            raise
+
+    async def _effect(
+        conn: AsyncConnection, repo: SqlCaseRepository, ev: HospitalEvent, case: SipCase | None, **where: Any
+    ) -> None:
+        stay = await repo.get_stay(ev.hospital_id or "", ev.stay_id)
+        effect = {
+            "hospital_id": ev.hospital_id, "stay_id": ev.stay_id,
+            "case_id": str(case.id) if case is not None else (stay.case_id if stay else None),
+            "note": stay.note if stay else None,
+        }  # fmt: skip
+        await messages.mark(
+            conn, store, status="effected" if case is not None else "accepted", effect=effect, **where
+        )
+
+    async def _dead_lettered(
+        exc: Exception, *, message_id: str | None, amqp: DischargeNotified | None
+    ) -> None:
+        """The event was refused for good (dead-lettered with the reason): say so in the store."""
+        async with runtime.engine.begin() as conn:
+            if amqp is not None:
+                row = await messages.store_amqp(conn, store, amqp, clock.now())
+                await messages.mark(
+                    conn, store, message_id=row, status="dead-lettered", reason=str(exc)[:500]
+                )
+            else:
+                await messages.mark(
+                    conn, store, correlation_id=message_id, status="dead-lettered", reason=str(exc)[:500]
+                )
 
     @broker.subscriber(work_queue(granted), contract_exchange(ConsentGranted), title=granted.queue_name)
     async def on_consent_granted(msg: ConsentGranted) -> None:
@@ -101,3 +164,5 @@ def register(runtime: ServiceRuntime, settings: PlanningSettings, directory: Dir
                     msg, repo=SqlCaseRepository(uow.conn), clock=clock, outbox=uow,
                     public_base_url=settings.public_base_url,
                 )  # fmt: skip
+
+    return handle_stay_message

@@ -285,6 +285,22 @@ def upgrade_schema(sync_conn: sa.Connection) -> None:
         if name not in have:
             ddl = cases.c[name].type.compile(dialect=sync_conn.dialect)
             sync_conn.execute(sa.text(f'ALTER TABLE sip_cases ADD COLUMN "{name}" {ddl}'))
+    intake = metadata.tables.get("intake_messages")
+    if intake is None or "intake_messages" not in inspector.get_table_names():
+        return
+    have = {c["name"] for c in inspector.get_columns("intake_messages")}
+    for name in ("status", "status_reason", "correlation_id", "patient_identifier", "effect", "replay_of"):
+        if name not in have:  # the message store (migration 0003)
+            ddl = intake.c[name].type.compile(dialect=sync_conn.dialect)
+            default = " NOT NULL DEFAULT 'accepted'" if name == "status" else ""
+            sync_conn.execute(sa.text(f'ALTER TABLE intake_messages ADD COLUMN "{name}" {ddl}{default}'))
+    if "status" not in have:
+        sync_conn.execute(sa.text(
+            "UPDATE intake_messages SET status = 'refused', status_reason = error "
+            "WHERE outcome NOT IN ('AA', 'ok')"
+        ))  # fmt: skip
+    for index in intake.indexes:
+        index.create(sync_conn, checkfirst=True)
 
 
 def related_to(*, hsa_id: str | None = None, person_id: str | None = None) -> Any:

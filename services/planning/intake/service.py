@@ -16,6 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime, tzinfo
 from typing import Any
+from uuid import uuid4
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -30,7 +31,8 @@ from .hl7v2 import parse_adt
 
 log = logging.getLogger("sip.intake")
 
-OnEvent = Callable[[AsyncConnection, HospitalEvent], Awaitable[None]]
+OnEvent = Callable[..., Awaitable[None]]
+"""``async (conn, event)`` — or ``async (conn, event, correlation_id)`` with ``pass_correlation``."""
 ACCEPTED = ("AA", "ok")
 
 
@@ -58,6 +60,7 @@ class IntakeService:
         default_tz: tzinfo = STOCKHOLM,
         clock: Callable[[], datetime] = utcnow,
         fhir_base: str = DEFAULT_FHIR_BASE,
+        pass_correlation: bool = False,
     ) -> None:
         self._engine = engine
         self._table = table
@@ -65,6 +68,7 @@ class IntakeService:
         self._tz = default_tz
         self._clock = clock
         self._fhir_base = fhir_base
+        self._pass_correlation = pass_correlation
 
     async def handle_hl7(self, raw: bytes) -> bytes:
         """One HL7 v2 message (MLLP framing removed) → the ACK bytes to send back."""
@@ -162,6 +166,7 @@ class IntakeService:
                     if accepted:
                         events = tuple([await self._link(conn, source, ev) for ev in events])
                     first = events[0] if events else None
+                    correlation_id = str(uuid4())
                     await conn.execute(
                         t.insert().values(
                             source=source,
@@ -179,11 +184,18 @@ class IntakeService:
                             hospital_id=(first.hospital_id or "")[:200] if first else None,
                             stay_id=first.stay_id[:200] if first else None,
                             primary_kind=first.kind if first else None,
+                            status="accepted" if accepted else "refused",
+                            status_reason=None if accepted else error,
+                            correlation_id=correlation_id,
+                            patient_identifier=first.patient.value if first else None,
                         )
                     )
                     if accepted and self._on_event is not None:
                         for ev in events:
-                            await self._on_event(conn, ev)
+                            if self._pass_correlation:
+                                await self._on_event(conn, ev, correlation_id)
+                            else:
+                                await self._on_event(conn, ev)
                 return response, http_status
             except IntegrityError:
                 if attempt == 2 or control_id is None:

@@ -40,6 +40,54 @@ def intake_tables(metadata: sa.MetaData) -> sa.Table:
         sa.Column("hospital_id", sa.String(200)),
         sa.Column("stay_id", sa.String(200)),
         sa.Column("primary_kind", sa.String(40)),
+        # ---- the message store (migration 0003): searchable by operators ----
+        # accepted | refused | effected | dead-lettered
+        sa.Column("status", sa.String(16), nullable=False, server_default="accepted"),
+        sa.Column("status_reason", sa.Text),
+        sa.Column("correlation_id", sa.String(64)),
+        # the person (12 digits when Swedish): searchable by operators (audited), never logged
+        sa.Column("patient_identifier", sa.String(64)),
+        sa.Column("effect", sa.Text),  # JSON: {"hospital_id", "stay_id", "case_id", "note"}
+        sa.Column("replay_of", sa.Integer),  # the original message's id, for a replay
         sa.UniqueConstraint("source", "sender", "control_id", name="uq_intake_messages_control_id"),
         sa.Index("ix_intake_messages_stay", "source", "hospital_id", "stay_id", "primary_kind"),
+        *message_store_indexes(),
+    )
+
+
+#: (name, columns) of the message store's indexes; searches page newest first by id (keyset)
+MESSAGE_STORE_INDEXES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("ix_intake_messages_received", ("received_at", "id")),
+    ("ix_intake_messages_sender", ("sender", "id")),
+    ("ix_intake_messages_type", ("message_type", "id")),
+    ("ix_intake_messages_status", ("status", "id")),
+    ("ix_intake_messages_control", ("control_id",)),
+    ("ix_intake_messages_correlation", ("correlation_id",)),
+    ("ix_intake_messages_patient", ("patient_identifier", "id")),
+    ("ix_intake_messages_replay_of", ("replay_of",)),
+)
+
+
+def message_store_indexes() -> list[sa.Index]:
+    return [sa.Index(name, *cols) for name, cols in MESSAGE_STORE_INDEXES]
+
+
+VIEWS = "message_views"
+
+
+def message_views_table(metadata: sa.MetaData) -> sa.Table:
+    """Every operator's view of a stored message's raw content and every patient search of the store
+    (besides the consent.access-recorded.v1 that goes to the person's audit trail)."""
+    if VIEWS in metadata.tables:
+        return metadata.tables[VIEWS]
+    return sa.Table(
+        VIEWS,
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("kind", sa.String(16), nullable=False),  # raw | patient-search
+        sa.Column("message_id", sa.Integer),
+        sa.Column("viewer_hsa_id", sa.String(200)),
+        sa.Column("viewer_subject", sa.String(128)),
+        sa.Column("viewed_at", UTCDateTime, nullable=False),
+        sa.Index("ix_message_views_message", "message_id"),
     )
