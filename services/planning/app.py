@@ -122,6 +122,7 @@ def create_app(
     app.state.runtime = runtime
     app.state.handle_stay_message = handle_stay_message
     app.state.mllp = mllp
+    app.state.intake = intake
     return app
 
 
