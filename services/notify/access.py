@@ -37,6 +37,13 @@ LIST = rule(
     allowed=("operator",),
     filtered=("owner", "participant"),
 )
+DELIVERIES = rule(
+    "Outbound deliveries of every channel (no address, no text, no person): the operator all; an "
+    "organisation those of the cases it owns and those it received (filtered before the limit); a "
+    "person 403. Not recorded (no personal data)",
+    allowed=("operator",),
+    filtered=("owner", "participant"),
+)
 READ = rule(
     "One notification: its recipient, the case's owning unit, the operator; anyone else 403 "
     "(an OperationOutcome on /fhir). Recorded in the person's audit trail, permitted or not",

@@ -10,6 +10,7 @@ them ever shows personal data of the patient — there is none in notify.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -19,7 +20,7 @@ from pydantic import BaseModel, Field
 from services.notify import access
 from services.notify.adapters.fhir import communication_resource
 from services.notify.adapters.store import SqlNotificationRepository
-from services.notify.domain import Notification
+from services.notify.domain import ChannelKind, Notification, Status
 from shared.auth import Caller, CallerDep, current_caller
 from shared.clock import Clock, SystemClock
 from shared.fhir import fhir_json, outcome_response
@@ -131,6 +132,32 @@ def build_router(
             )  # fmt: skip
             await access.record(runtime, [record])
         return [NotificationSummary.of(n) for n in shown]
+
+    @router.get(
+        "/deliveries", response_model=list[NotificationSummary], openapi_extra=access.DELIVERIES,
+        summary="Outbound deliveries (mail, webhook, SMS) across cases, newest first",
+    )  # fmt: skip
+    async def list_deliveries(
+        caller: CallerDep,
+        since: Annotated[datetime | None, Query(description="Created at or after")] = None,
+        until: Annotated[datetime | None, Query(description="Created before")] = None,
+        recipient: Annotated[str | None, Query(max_length=64, description="Recipient HSA-id")] = None,
+        channel: Annotated[ChannelKind | None, Query()] = None,
+        status: Annotated[Status | None, Query()] = None,
+        case_id: UUID | None = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    ) -> list[NotificationSummary]:
+        seen_by = None
+        if caller is not None and not caller.operator:
+            if caller.hsa_id is None:
+                raise HTTPException(status_code=403, detail="deliveries are for organisations and operators")
+            seen_by = caller.hsa_id
+        async with runtime.engine.connect() as conn:
+            found = await SqlNotificationRepository(conn).deliveries(
+                since=since, until=until, recipient=recipient, channel=channel, status=status,
+                case_id=case_id, seen_by=seen_by, limit=limit,
+            )  # fmt: skip
+        return [NotificationSummary.of(n) for n in found]
 
     @router.get(
         "/notifications/{notification_id}", response_model=NotificationDetail, openapi_extra=access.READ

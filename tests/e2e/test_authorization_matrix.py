@@ -163,6 +163,18 @@ PROBES: dict[tuple[str, str, str], Probe] = {
     ("planning", "POST", "/fhir/$process-message"): Probe(
         post(lambda sc: "/fhir/$process-message", lambda sc: {"resourceType": "Bundle", "type": "message"})
     ),
+    # ---- planning: the message store (operators only; the discharge notices arrived over AMQP) ----
+    ("planning", "GET", "/messages"): Probe(get(lambda sc: "/messages")),
+    ("planning", "POST", "/messages/search"): Probe(
+        post(lambda sc: "/messages/search", lambda sc: {"patient": PERSON})
+    ),
+    ("planning", "GET", "/messages/{message_id}"): Probe(get(lambda sc: f"/messages/{sc_message(sc)}")),
+    ("planning", "GET", "/messages/{message_id}/raw"): Probe(
+        get(lambda sc: f"/messages/{sc_message(sc)}/raw")
+    ),
+    ("planning", "POST", "/messages/{message_id}/replay"): Probe(
+        post(lambda sc: f"/messages/{sc_message(sc)}/replay", lambda sc: {}), phase=1
+    ),
     # ---- planning: commands (on the adult's invited case: most steps are refused by its state) ----
     ("planning", "POST", CASE + "/accept"): Probe(
         post(lambda sc: f"/cases/{sc.adult_case}/accept", lambda sc: {}), phase=1
@@ -317,6 +329,17 @@ PROBES: dict[tuple[str, str, str], Probe] = {
             operator=sc_notes(sc, None),
         ),
     ),
+    ("notify", "GET", "/deliveries"): Probe(
+        get(lambda sc: "/deliveries", lambda sc: {"case_id": sc.adult_case, "limit": 500}),
+        ids(),
+        lambda sc: everyone(
+            sc,
+            owner=sc_notes(sc, None),
+            participant=sc_notes(sc, PARTICIPANT),
+            hospital=sc_notes(sc, HOSPITAL),
+            operator=sc_notes(sc, None),
+        ),
+    ),
     ("notify", "GET", "/fhir/Communication"): Probe(
         get(
             lambda sc: "/fhir/Communication",
@@ -350,6 +373,15 @@ def sc_notes(sc: Scenario, recipient: str | None) -> set[str]:
 def sc_note(sc: Scenario) -> str:
     """The participant's (kommun's) invitation about the adult's case."""
     return next(iter(sorted(sc_notes(sc, PARTICIPANT))))
+
+
+def sc_message(sc: Scenario) -> int:
+    """A stored inbound message (the newest: an effected discharge notice — a replay changes nothing)."""
+    found = getattr(sc, "_message", None)
+    if found is None:
+        page = sc.client("planning", org_headers(OPERATOR, operator=True)).get("/messages").json()
+        found = sc._message = page["items"][0]["id"]  # type: ignore[attr-defined]
+    return int(found)
 
 
 def sc_audit(sc: Scenario) -> str:

@@ -51,6 +51,9 @@ notifications = sa.Table(
     sa.UniqueConstraint("cause_message_id", "recipient_hsa_id", "channel", name="uq_notification_dedupe"),
     sa.Index("ix_notifications_due", "status", "next_attempt_at"),
     sa.Index("ix_notifications_case", "case_id"),
+    # GET /deliveries: newest first, by recipient (migration 0005_deliveries)
+    sa.Index("ix_notifications_created", "created_at", "id"),
+    sa.Index("ix_notifications_recipient", "recipient_hsa_id", "created_at"),
 )
 
 # Added by issue #6 as a table of its own (not new columns): ``create_all`` adds a missing table to
@@ -237,6 +240,8 @@ def upgrade_schema(sync_conn: sa.Connection) -> None:
         if name not in have:
             ddl = notifications.c[name].type.compile(dialect=sync_conn.dialect)
             sync_conn.execute(sa.text(f'ALTER TABLE notifications ADD COLUMN "{name}" {ddl}'))
+    for index in notifications.indexes:
+        index.create(sync_conn, checkfirst=True)
 
 
 def _code_of(reason: str | None) -> str:
@@ -329,6 +334,29 @@ class SqlNotificationRepository:
             .where(_t.c.case_id == str(case_id))
             .order_by(_t.c.created_at, _t.c.recipient_hsa_id, _t.c.channel)
         )
+        return [_from_row(r) for r in rows]
+
+    async def deliveries(
+        self, *, since: datetime | None = None, until: datetime | None = None, recipient: str | None = None,
+        channel: str | None = None, status: str | None = None, case_id: UUID | None = None,
+        seen_by: str | None = None, limit: int = 100,
+    ) -> list[Notification]:  # fmt: skip
+        """Every channel's deliveries, newest first; ``seen_by``: only those an organisation owns or
+        received (filtered before the limit)."""
+        q = _select()
+        for col, value in (
+            (_t.c.recipient_hsa_id, recipient), (_t.c.channel, channel), (_t.c.status, status),
+            (_t.c.case_id, str(case_id) if case_id else None),
+        ):  # fmt: skip
+            if value is not None:
+                q = q.where(col == value)
+        if since is not None:
+            q = q.where(_t.c.created_at >= since)
+        if until is not None:
+            q = q.where(_t.c.created_at < until)
+        if seen_by is not None:
+            q = q.where(sa.or_(_t.c.owner_hsa_id == seen_by, _t.c.recipient_hsa_id == seen_by))
+        rows = await self.conn.execute(q.order_by(_t.c.created_at.desc(), _t.c.id.desc()).limit(limit))
         return [_from_row(r) for r in rows]
 
     async def due(self, now: datetime, limit: int) -> list[Notification]:
