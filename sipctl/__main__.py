@@ -373,6 +373,18 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_messages(args: argparse.Namespace) -> int:
+    from shared.auth import mint_token
+    from sipctl import messages
+
+    def dev_operator() -> dict[str, str]:
+        org = _env("SIPCTL_ORGANISATION", "SE2321000016-VC001")
+        token = mint_token(dev_secret(), org, subject="sipctl", ttl=600, operator=True)
+        return {"Authorization": f"Bearer {token}", "X-Sip-Organisation": org}
+
+    return messages.run(args, urls()["planning"], messages.operator_headers(dev_operator))
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         prog="sipctl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -408,6 +420,9 @@ def main(argv: list[str] | None = None) -> None:
     dl.add_argument("--id", action="append", help="replay only this message_id (repeatable)")
     dl.add_argument("--limit", type=int, default=100)
     dl.set_defaults(fn=cmd_dead_letters)
+    from sipctl import messages
+
+    messages.add_parser(sub, cmd_messages)
     t = sub.add_parser("declare-topology", help="declare the suite's whole topology (operator)")
     t.set_defaults(fn=cmd_declare_topology)
     tk = sub.add_parser("token", help="print a development token (organisation, operator or person)")

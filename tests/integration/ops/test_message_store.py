@@ -297,3 +297,58 @@ async def test_replay_after_a_fix_effects_exactly_once_and_an_effected_one_chang
         r = await fixed.http.post(f"/messages/{e1['id']}/replay", headers=OPS)
         assert r.json()["replayed"] is False and await fixed.outbox_max() == mark
         assert await fixed.count("sip_cases") == 2
+
+
+async def test_sipctl_messages_search_show_replay_over_http(planning, capsys, monkeypatch):
+    """sipctl against the planning API served over a real socket (uvicorn), with an operator's token."""
+    import argparse
+    import asyncio
+    import socket
+
+    import uvicorn
+
+    from sipctl import messages as cli
+
+    await seed(planning)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(planning.app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.05)
+    base = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("SIPCTL_TOKEN", OPS["Authorization"].removeprefix("Bearer "))
+
+    def sipctl(*argv: str) -> tuple[int, str]:
+        sub = argparse.ArgumentParser().add_subparsers()
+        cli.add_parser(sub, lambda a: 0)
+        args = sub.choices["messages"].parse_args(list(argv))
+        rc = cli.run(args, base, cli.operator_headers(lambda: {}))
+        return rc, capsys.readouterr().out
+
+    try:
+        rc, out = await asyncio.to_thread(sipctl, "search", "--status", "effected")
+        assert rc == 0 and "ctl=B3" in out and "ctl=A3" in out and "ctl=A1" not in out
+        assert PNR_A not in out and PNR_B not in out
+        rc, out = await asyncio.to_thread(sipctl, "search", "--patient", PNR_A, "--json")
+        assert rc == 0 and [json.loads(x)["control_id"] for x in out.splitlines()] == ["A3", "A1"]
+        a3 = (await planning.messages(control_id="A3"))[0]
+        rc, out = await asyncio.to_thread(sipctl, "show", str(a3["id"]))
+        assert rc == 0 and json.loads(out)["effect"]["case_id"] == a3["case_id"]
+        rc, out = await asyncio.to_thread(sipctl, "show", str(a3["id"]), "--raw")
+        assert rc == 0 and out.startswith("MSH|") and "PV1|" in out
+        rc, out = await asyncio.to_thread(sipctl, "replay", str(a3["id"]))
+        assert rc == 0 and out.startswith("not replayed: already effected")
+        monkeypatch.setenv("SIPCTL_TOKEN", NOT_OPERATORS["unit"]["Authorization"].removeprefix("Bearer "))
+        rc, _ = await asyncio.to_thread(sipctl, "search")
+        assert rc == 1
+    finally:
+        server.should_exit = True
+        await task
+    # the patient search and the raw view went to the audit trail
+    async with planning.rt.engine.connect() as conn:
+        kinds = sorted((await conn.execute(sa.text("SELECT kind FROM message_views"))).scalars())
+    assert kinds == ["patient-search", "raw"]
