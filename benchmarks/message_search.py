@@ -57,6 +57,7 @@ RAW = (
     b"PID|||PERSON^^^SKV&1.2.752.129.2.1.3.1&ISO^PN||Andersson^Anna\rPV1||I|||||||||||||||||V1\r"
 )
 LIMIT = 100
+NEWEST = "newest (no filter)"
 
 
 def person(n: int) -> str:
@@ -199,7 +200,7 @@ def kinds(n: int) -> dict[str, Callable[[random.Random], dict[str, Any]]]:
         return sample[rnd.randrange(1, len(sample) + 1)]
 
     return {
-        "newest (no filter)": lambda rnd: {},
+        NEWEST: lambda rnd: {},
         "time window (1 h)": lambda rnd: (lambda t: {"since": t, "until": t + timedelta(hours=1)})(at(rnd)),
         "sender": lambda rnd: {"sender": rnd.choice(SENDERS)},
         "sender + day": lambda rnd: (
@@ -219,10 +220,16 @@ def kinds(n: int) -> dict[str, Callable[[random.Random], dict[str, Any]]]:
     }
 
 
-def plan_uses_index(dialect: str, plan: str) -> bool:
-    """The query plan reads through an index (no full scan of the table)."""
+def plan_uses_index(dialect: str, plan: str, *, filtered: bool = True) -> bool:
+    """The query plan reads through an index (no full scan of the table). On SQLite the newest page
+    without a filter walks the table's own b-tree (rowid = id) backwards, in order, and stops at the
+    limit: a bare ``SCAN`` without a temporary b-tree for the ORDER BY."""
     if dialect == "sqlite":
+        if "TEMP B-TREE" in plan and "SCAN intake_messages" in plan:
+            return False
         scans = [line for line in plan.splitlines() if "SCAN" in line and "intake_messages" in line]
+        if not filtered:
+            return True
         return all("INDEX" in line or "PRIMARY KEY" in line for line in scans)
     return "Index" in plan and "Seq Scan" not in plan
 
@@ -272,7 +279,7 @@ async def measure(url: str, n: int, repeat: int, seed: int = 7) -> list[Timing]:
                         p99_ms=pct(times, 99),
                         max_ms=max(times),
                         found=statistics.mean(counts),
-                        index=plan_uses_index(conn.dialect.name, plan),
+                        index=plan_uses_index(conn.dialect.name, plan, filtered=name != NEWEST),
                         plan=plan,
                     )
                 )
