@@ -59,8 +59,10 @@ def intake_tables(metadata: sa.MetaData) -> sa.Table:
 MESSAGE_STORE_INDEXES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ix_intake_messages_received", ("received_at", "id")),
     ("ix_intake_messages_sender", ("sender", "id")),
+    ("ix_intake_messages_sender_time", ("sender", "received_at")),
     ("ix_intake_messages_type", ("message_type", "id")),
     ("ix_intake_messages_status", ("status", "id")),
+    ("ix_intake_messages_status_time", ("status", "received_at")),
     ("ix_intake_messages_control", ("control_id",)),
     ("ix_intake_messages_correlation", ("correlation_id",)),
     ("ix_intake_messages_patient", ("patient_identifier", "id")),

@@ -13,8 +13,10 @@ from alembic import op
 MESSAGE_STORE_INDEXES = (
     ("ix_intake_messages_received", ("received_at", "id")),
     ("ix_intake_messages_sender", ("sender", "id")),
+    ("ix_intake_messages_sender_time", ("sender", "received_at")),
     ("ix_intake_messages_type", ("message_type", "id")),
     ("ix_intake_messages_status", ("status", "id")),
+    ("ix_intake_messages_status_time", ("status", "received_at")),
     ("ix_intake_messages_control", ("control_id",)),
     ("ix_intake_messages_correlation", ("correlation_id",)),
     ("ix_intake_messages_patient", ("patient_identifier", "id")),
