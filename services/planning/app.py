@@ -59,7 +59,7 @@ def create_app(
     runtime.metrics.add_db_collector(
         case_gauges(cases, open_states=OPEN_STATES, clock_states=INVITATION_CLOCK_STATES)
     )
-    handle_stay_message = subscribers.register(runtime, settings, directory, clock)
+    message_handlers = subscribers.register(runtime, settings, directory, clock)
     runtime.background.append(scheduler_job(runtime, clock, settings.deadline_check_interval))
     intake = build_intake(runtime, settings)
     mllp = (
@@ -120,7 +120,8 @@ def create_app(
         )
     )
     app.state.runtime = runtime
-    app.state.handle_stay_message = handle_stay_message
+    app.state.handle_stay_message = message_handlers.stay_event
+    app.state.handle_discharge_message = message_handlers.discharge
     app.state.mllp = mllp
     app.state.intake = intake
     return app

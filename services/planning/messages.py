@@ -199,8 +199,16 @@ async def mark(
 
 
 async def store_amqp(conn: AsyncConnection, t: sa.Table, msg: DischargeNotified, at: datetime) -> int:
-    """The AMQP JSON discharge notice as a stored inbound message; its row id."""
+    """The AMQP JSON discharge notice as a stored inbound message; its row id. The same notice again
+    (replayed from its dead-letter queue after a fix) finds its row."""
     raw = msg.model_dump_json().encode()
+    found = await conn.scalar(
+        sa.select(t.c.id).where(
+            t.c.source == AMQP, t.c.sender == msg.hospital_hsa_id[:512], t.c.control_id == str(msg.message_id)
+        )
+    )
+    if found is not None:
+        return int(found)
     result = await conn.execute(
         t.insert().values(
             source=AMQP,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -30,13 +31,19 @@ from shared.hospital import HospitalEvent
 from shared.runtime import ServiceRuntime
 from shared.topology import contract_exchange, subscription, work_queue
 
-StayMessageHandler = Callable[[HospitalStayEvent], Awaitable[None]]
+
+@dataclass(frozen=True)
+class MessageHandlers:
+    """What the broker calls per stay event and per AMQP discharge notice (for tests and tools)."""
+
+    stay_event: Callable[[HospitalStayEvent], Awaitable[None]]
+    discharge: Callable[[DischargeNotified], Awaitable[None]]
 
 
 def register(
     runtime: ServiceRuntime, settings: PlanningSettings, directory: Directory, clock: Clock
-) -> StayMessageHandler:
-    """Subscribe the handlers; returns the stay-event handler (what the broker calls for each one)."""
+) -> MessageHandlers:
+    """Subscribe the handlers; returns the message store's two (what the broker calls per message)."""
     broker = runtime.broker
     discharge = subscription("planning", DischargeNotified)
     stay_event = subscription("planning", HospitalStayEvent)
@@ -52,6 +59,10 @@ def register(
         work_queue(discharge), contract_exchange(DischargeNotified), title=discharge.queue_name
     )
     async def on_discharge(msg: DischargeNotified) -> None:
+        await handle_discharge_message(msg)
+
+    async def handle_discharge_message(msg: DischargeNotified) -> None:
+        """The AMQP discharge notice, stored in the message store with its effect (or dead letter)."""
         row: int | None = None
         try:
             async with runtime.unit_of_work() as uow:
@@ -165,4 +176,4 @@ def register(
                     public_base_url=settings.public_base_url,
                 )  # fmt: skip
 
-    return handle_stay_message
+    return MessageHandlers(stay_event=handle_stay_message, discharge=handle_discharge_message)

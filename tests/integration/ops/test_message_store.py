@@ -12,7 +12,7 @@ tests/integration/planning/test_deadlines_broker.py and tests/e2e).
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -352,3 +352,39 @@ async def test_sipctl_messages_search_show_replay_over_http(planning, capsys, mo
     async with planning.rt.engine.connect() as conn:
         kinds = sorted((await conn.execute(sa.text("SELECT kind FROM message_views"))).scalars())
     assert kinds == ["patient-search", "raw"]
+
+
+async def test_an_amqp_discharge_notice_is_stored_dead_lettered_then_effected_once(tmp_path):
+    """The AMQP JSON path: the notice is a stored message; refused for a unit missing from the directory
+    (dead-lettered), redelivered from its dead-letter queue after the fix it finds its row and effects
+    it once; a replay afterwards changes nothing."""
+    from shared.contracts import DischargeNotified
+
+    notice = DischargeNotified(
+        episode_id="AMQP-1", hospital_hsa_id=HOSPITAL, correlation_id="corr-amqp-1",
+        patient={"identifier": PNR_A, "kommun_code": "0180", "primary_care_unit_hsa_id": UNIT},
+        ready_for_discharge_at=datetime(2026, 12, 4, 2, 10, tzinfo=UTC), needs_kommun_support=True,
+        needs_region_support=True,
+    )  # fmt: skip
+    async with Planning(tmp_path, directory_file(tmp_path, without=UNIT)) as broken:
+        with pytest.raises(PermanentError):
+            await broken.app.state.handle_discharge_message(notice)
+        [row] = await broken.messages(type="hospital.discharge.v1")
+        assert row["source"] == "amqp" and row["control_id"] == str(notice.message_id)
+        assert row["status"] == "dead-lettered" and UNIT in row["reason"] and row["sender"] == HOSPITAL
+        assert await broken.count("sip_cases") == 0
+    async with Planning(tmp_path, directory_file(tmp_path)) as fixed:
+        await fixed.app.state.handle_discharge_message(notice)  # `sipctl dead-letters replay`
+        [row] = await fixed.messages(correlation_id="corr-amqp-1")
+        assert row["status"] == "effected" and row["case_id"] and await fixed.count("sip_cases") == 1
+        r = await fixed.http.post("/messages/search", json={"patient": PNR_A}, headers=OPS)
+        assert [m["id"] for m in r.json()["items"]] == [row["id"]]
+        raw = await fixed.http.get(f"/messages/{row['id']}/raw", headers=OPS)
+        assert (
+            raw.headers["content-type"].startswith("application/json")
+            and raw.json()["episode_id"] == "AMQP-1"
+        )
+        mark = await fixed.outbox_max()
+        replay = (await fixed.http.post(f"/messages/{row['id']}/replay", headers=OPS)).json()
+        assert replay["replayed"] is False and await fixed.outbox_max() == mark
+        assert await fixed.count("sip_cases") == 1
