@@ -29,7 +29,7 @@ from typing import Annotated, Any, Literal
 from uuid import uuid4
 
 import sqlalchemy as sa
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, HTTPException, Path, Query, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -49,6 +49,8 @@ log = logging.getLogger("sip.planning.messages")
 Status = Literal["accepted", "refused", "effected", "dead-lettered"]
 STATUSES: tuple[str, ...] = ("accepted", "refused", "effected", "dead-lettered")
 AMQP = "amqp"
+MAX_ID = 2_147_483_647  # the id column is a 32-bit integer on PostgreSQL
+MessageId = Annotated[int, Path(ge=1, le=MAX_ID, description="The stored message's id")]
 
 LIST_MESSAGES = rule(
     "The message store (time, sender, type, control and correlation id, status, effect; no content, no "
@@ -166,7 +168,7 @@ def search_query(
 def _cursor(value: str | None) -> int | None:
     if value is None or value == "":
         return None
-    if not value.isdigit() or len(value) > 18:
+    if not value.isdigit() or len(value) > 10 or int(value) > MAX_ID:
         raise HTTPException(400, detail="cursor: pass the next_cursor of the previous page")
     return int(value)
 
@@ -319,7 +321,7 @@ def build_router(
         "/messages/{message_id}", response_model=MessageDetail, tags=["messages"],
         summary="One stored message: metadata, effect and lineage", openapi_extra=READ_MESSAGE,
     )  # fmt: skip
-    async def get_message(message_id: int, caller: CallerDep) -> MessageDetail:
+    async def get_message(message_id: MessageId, caller: CallerDep) -> MessageDetail:
         operator_only(caller)
         cols = list_columns(t)
         async with runtime.engine.connect() as conn:
@@ -345,7 +347,7 @@ def build_router(
         response_class=Response, responses={200: {"content": {"application/octet-stream": {}}}},
         openapi_extra=READ_RAW,
     )  # fmt: skip
-    async def raw_message(message_id: int, caller: CallerDep) -> Response:
+    async def raw_message(message_id: MessageId, caller: CallerDep) -> Response:
         operator_only(caller)
         async with runtime.engine.connect() as conn:
             row = await one(conn, message_id)
@@ -359,7 +361,7 @@ def build_router(
         "/messages/{message_id}/replay", response_model=ReplayOut, tags=["messages"],
         summary="Replay a stored inbound message (idempotent)", openapi_extra=REPLAY,
     )  # fmt: skip
-    async def replay(message_id: int, caller: CallerDep) -> ReplayOut:
+    async def replay(message_id: MessageId, caller: CallerDep) -> ReplayOut:
         operator_only(caller)
         async with runtime.unit_of_work() as uow:
             conn = uow.conn

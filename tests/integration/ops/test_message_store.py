@@ -189,6 +189,9 @@ async def test_search_by_each_field_newest_first_without_content_or_person(plann
     assert (await planning.http.get("/messages", params={"status": "nope"}, headers=OPS)).status_code == 422
     assert (await planning.http.get("/messages", params={"cursor": "x;1"}, headers=OPS)).status_code == 400
     assert (await planning.http.get("/messages/999999", headers=OPS)).status_code == 404
+    assert (await planning.http.get("/messages/99999999999", headers=OPS)).status_code == 422
+    too_far = {"cursor": "9999999999"}  # past the 32-bit id column: a clear 400, not a database error
+    assert (await planning.http.get("/messages", params=too_far, headers=OPS)).status_code == 400
 
 
 async def test_patient_search_and_raw_view_are_audited(planning):
