@@ -74,7 +74,7 @@ def test_each_service_database_is_created():
 def test_dockerfile_is_slim_non_root_and_locked():
     text = (REPO / "Dockerfile").read_text()
     assert "python:3.11-slim" in text
-    assert re.search(r"^USER sip$", text, re.M)
+    assert re.search(r"^USER 10001:10001$", text, re.M)  # numeric (hadolint DL3066), not root
     assert "uv sync --frozen --no-dev" in text
 
 
