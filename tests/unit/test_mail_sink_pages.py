@@ -150,6 +150,11 @@ def test_an_invitation_is_listed_and_shown_with_its_time_place_and_summary_escap
     assert json.loads((sink.directory / "000001.json").read_text())["to"] == ["vc-norr@region.example"]
     for missing in ("/messages/9", "/messages/9.eml", "/messages/x", "/messages/1/../../etc"):
         assert get(sink, missing)[0] == 404, missing
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    post = urllib.request.Request(f"http://127.0.0.1:{sink.http_port}/messages/1", data=b"x", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(post, timeout=10)
+    assert refused.value.code == 405
 
 
 def test_a_restarted_sink_still_lists_and_shows_what_arrived(sink):
