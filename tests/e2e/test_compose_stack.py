@@ -33,6 +33,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from shared.directory import load_directory
 from tests.support.compose import Project, project_from_example
 from tests.support.compose_pg import password_cluster, run_entrypoint, run_initdb_scripts
 from tests.support.compose_rabbit import private_rabbit
@@ -131,6 +132,7 @@ def test_the_compose_stack_from_env_example_comes_up_and_takes_a_discharge(tmp_p
     assert r.returncode == 0, r.stderr
     planning_pw = rabbit_env["RABBITMQ_PLANNING_PASSWORD"]
 
+    t0 = time.monotonic()
     with private_rabbit(rendered, login=("planning", planning_pw, "sip")) as rabbit, password_cluster() as pg:
         hosts.add("rabbitmq:5672", rabbit.port)
         hosts.add("postgres:5432", pg.port)
@@ -191,6 +193,7 @@ def test_the_compose_stack_from_env_example_comes_up_and_takes_a_discharge(tmp_p
                 procs.append(proc)
             for proc in started:
                 proc.wait_healthy(90)
+            print(f"services healthy after {time.monotonic() - t0:.1f}s")
             for name in SERVICES:
                 ready = _wait(lambda n=name: httpx.get(f"{urls[n]}/readyz", timeout=5).status_code == 200, 60)
                 assert ready, f"{name} /readyz"
@@ -238,12 +241,21 @@ def test_the_compose_stack_from_env_example_comes_up_and_takes_a_discharge(tmp_p
                 headers=vc, timeout=10,
             )  # fmt: skip
             assert given.status_code == 201, given.text
-            invitations = mails.wait_for(3, timeout=60)  # the hospital, the kommun, the primary care unit
-            recipients = {a.addr_spec for m in invitations for a in m["To"].addresses}
-            assert "fast-vardkontakt@vc-sodermalm.example" in recipients, recipients
+            directory = load_directory(REPO / "config" / "directory.yaml")
+            expected = {
+                ch.address
+                for p in case[0]["participants"]
+                for ch in directory.get(p["hsa_id"]).channels  # type: ignore[union-attr]
+                if ch.type == "email"
+            }
+            assert "fast-vardkontakt@vc-sodermalm.example" in expected, expected
+            invitations = mails.wait_for(len(expected), timeout=60)
+            recipients = sorted(a.addr_spec for m in invitations for a in m["To"].addresses)
+            assert recipients == sorted(expected), recipients
             for m in invitations:
                 text = f"{m['Subject']}\n{m.get_body(preferencelist=('plain',)).get_content()}"
                 assert case[0]["reference"] in text and pnr not in text and pnr[2:] not in text
+            print(f"invitations at the mail sink after {time.monotonic() - t0:.1f}s")
             listed = httpx.get(f"http://127.0.0.1:{hosts.ports['mail_http']}/messages", timeout=10).json()
             assert len(listed) >= 1
             # nothing personal in any log
