@@ -4,7 +4,7 @@ Each container's environment is computed from docker-compose.yml and .env.exampl
 CHANGE_ME values filled (tests/support/compose.py: interpolation, env_file, merges, profiles — the
 dev profile that .env.example enables). Then, on this machine:
 
-- the broker: a private RabbitMQ node importing the definitions deploy/rabbitmq/entrypoint.sh renders
+- the broker: a private RabbitMQ node (tests/support/private_rabbit.py) importing the definitions deploy/rabbitmq/entrypoint.sh renders
   from the rabbitmq container's environment (vhost sip, the least-privilege service users, no guest);
 - the database: a private PostgreSQL cluster (passwords required) with deploy/postgres/entrypoint.sh's
   checks passing and deploy/postgres/initdb/ run with the postgres container's environment;
@@ -30,16 +30,17 @@ import sys
 import time
 from pathlib import Path
 
+import aio_pika
 import httpx
 import pytest
 
 from shared.directory import load_directory
 from tests.support.compose import Project, project_from_example
 from tests.support.compose_pg import password_cluster, run_entrypoint, run_initdb_scripts
-from tests.support.compose_rabbit import private_rabbit
 from tests.support.infra import REPO, MailSink, Proc, free_port
 from tests.support.personnummer import ADULTS
 from tests.support.private_pg import pg_bin
+from tests.support.private_rabbit import private_rabbit
 
 pytestmark = [
     pytest.mark.e2e,
@@ -133,7 +134,13 @@ def test_the_compose_stack_from_env_example_comes_up_and_takes_a_discharge(tmp_p
     planning_pw = rabbit_env["RABBITMQ_PLANNING_PASSWORD"]
 
     t0 = time.monotonic()
-    with private_rabbit(rendered, login=("planning", planning_pw, "sip")) as rabbit, password_cluster() as pg:
+    # a private node (tests/support/private_rabbit.py) that imports the rendered file at boot, as the
+    # container's rabbitmq.conf has it (load_definitions); ready = booted with the definitions loaded
+    boot = {"load_definitions": str(rendered)}
+    with private_rabbit(boot) as rabbit, password_cluster() as pg:
+        asyncio.run(_login(rabbit.port, "planning", planning_pw, "sip"))  # a definitions' user, no guest
+        with pytest.raises(aio_pika.exceptions.ProbableAuthenticationError):
+            asyncio.run(_login(rabbit.port, "guest", "guest", "sip"))
         hosts.add("rabbitmq:5672", rabbit.port)
         hosts.add("postgres:5432", pg.port)
         hosts.add("issuer:9000", hosts.ports["issuer"])
@@ -268,6 +275,11 @@ def test_the_compose_stack_from_env_example_comes_up_and_takes_a_discharge(tmp_p
         finally:
             for p in reversed(procs):
                 p.stop()
+
+
+async def _login(port: int, user: str, password: str, vhost: str) -> None:
+    conn = await aio_pika.connect(f"amqp://{user}:{password}@127.0.0.1:{port}/{vhost}", timeout=10)
+    await conn.close()
 
 
 def _wait(fn, timeout: float):  # type: ignore[no-untyped-def]
