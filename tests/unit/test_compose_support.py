@@ -140,3 +140,20 @@ def test_the_repository_compose_file_with_env_example(tmp_path: Path) -> None:
     )
     assert planning["SIP_LOG_FORMAT"] == "json"
     assert "CHANGE_ME" not in "".join(planning.values())
+    for service in ("planning", "consent", "notify"):
+        env = p.environment(service)
+        password = fill[f"POSTGRES_{service.upper()}_PASSWORD"]
+        assert (
+            env[f"{service.upper()}_DATABASE_URL"]
+            == f"postgresql://{service}:{password}@postgres:5432/{service}"
+        )
+        assert env["SIP_JWT_ISSUERS_FILE"] == "/app/config/issuers.dev.yaml"
+        assert env["SIP_AUTH_REQUIRED"] == "true"
+    # the dev profile (COMPOSE_PROFILES=dev in .env.example): issuer and mail sink, notify sends there
+    assert {"issuer", "mailsink"} <= set(p.active_services())
+    assert not {"prometheus", "grafana", "alertmanager"} & set(p.active_services())
+    notify = p.environment("notify")
+    assert (notify["NOTIFY_SMTP_HOST"], notify["NOTIFY_SMTP_PORT"]) == ("mailsink", "1025")
+    assert notify["NOTIFY_CASE_URL_TEMPLATE"] == "http://localhost:8080/cases/{case_id}"
+    postgres = p.environment("postgres")
+    assert postgres["POSTGRES_PASSWORD"] == fill["POSTGRES_PASSWORD"] and "SIP_AMQP_URL" not in postgres
