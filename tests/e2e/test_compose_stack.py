@@ -46,6 +46,7 @@ pytestmark = [
     pytest.mark.e2e,
     pytest.mark.broker,
     pytest.mark.postgres,
+    pytest.mark.sqlite_only,  # its databases are its own cluster's whatever SIP_TEST_DATABASE says: once
     pytest.mark.timeout(600),
     pytest.mark.skipif(pg_bin() is None, reason="no PostgreSQL server binaries (initdb, pg_ctl)"),
 ]
