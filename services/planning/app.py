@@ -17,6 +17,8 @@ from services.planning import api, api_cases, api_fhir, subscribers
 from services.planning.adapters.store import cases, metadata, upgrade_schema
 from services.planning.domain import INVITATION_CLOCK_STATES, OPEN_STATES
 from services.planning.intake import IntakeService, MLLPServer, intake_tables
+from services.planning.intake.service import ACCEPTED as INTAKE_ACCEPTED
+from services.planning.monitoring import intake_gauges
 from services.planning.scheduler import scheduler_job
 from services.planning.settings import PlanningSettings
 from shared import fhir_rest
@@ -57,7 +59,10 @@ def create_app(
 
     runtime.prepare_database = prepare_database  # type: ignore[method-assign]
     runtime.metrics.add_db_collector(
-        case_gauges(cases, open_states=OPEN_STATES, clock_states=INVITATION_CLOCK_STATES)
+        case_gauges(cases, open_states=OPEN_STATES, clock_states=INVITATION_CLOCK_STATES, now=clock.now)
+    )
+    runtime.metrics.add_db_collector(
+        intake_gauges(intake_tables(metadata), directory, accepted=INTAKE_ACCEPTED, now=clock.now)
     )
     subscribers.register(runtime, settings, directory, clock)
     runtime.background.append(scheduler_job(runtime, clock, settings.deadline_check_interval))
