@@ -80,6 +80,9 @@ BATCH = 50
 T = TypeVar("T")
 
 
+DELIVERY_OUTCOMES = ("sent", "retry", "failed", "unavailable")
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -106,6 +109,9 @@ class Dispatcher:
             "Deliveries tried over a channel, by channel and outcome (sent, retry, failed, unavailable)",
             ["channel", "outcome"],
         )
+        for channel in self.channels:  # from 0, so the first failure is an increase an alert sees
+            for outcome in DELIVERY_OUTCOMES:
+                self.attempts.labels(channel=channel, outcome=outcome)
 
     def wake(self) -> None:
         self._wake.set()
