@@ -39,5 +39,28 @@ fetch() {  # fetch <debian package> <binary>
     echo "ensure-promtool: $binary from $(basename "$deb") in $TOOLS/bin" >&2
 }
 
+# Debian's alertmanager reads its default notification template from /usr/share/prometheus/alertmanager
+# (upstream embeds it); for the tests' private Alertmanager a copy of the binary reads it from a
+# path of the same length, a link to the unpacked package's directory — nothing is written to /usr.
+alertmanager_for_tests() {
+    local unpacked="$TOOLS/pkg/prometheus-alertmanager" share="/tmp/.sip-suite-alertmanager-share"
+    [ -x "$unpacked/usr/bin/prometheus-alertmanager" ] || return 0
+    [ -x "$TOOLS/bin/prometheus-alertmanager" ] && return 0
+    ln -sfn "$unpacked/usr/share/prometheus/alertmanager" "$share"
+    python3 - "$unpacked/usr/bin/prometheus-alertmanager" "$TOOLS/bin/prometheus-alertmanager" "$share" <<'PY'
+import os, sys
+src, dst, share = sys.argv[1:]
+data = open(src, "rb").read()
+old = b"/usr/share/prometheus/alertmanager"
+assert len(share.encode()) == len(old)
+open(dst, "wb").write(data.replace(old, share.encode()))
+os.chmod(dst, 0o755)
+PY
+}
+
 fetch prometheus promtool
-fetch prometheus-alertmanager amtool || echo "ensure-promtool: amtool unavailable (optional)" >&2
+if fetch prometheus-alertmanager amtool; then
+    alertmanager_for_tests
+else
+    echo "ensure-promtool: amtool unavailable (optional)" >&2
+fi
