@@ -18,11 +18,27 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.directory import Directory
-from shared.metrics import DbCollector, GaugeSpec, Rows
+from shared.metrics import DbCollector, GaugeSpec, Rows, ServiceMetrics
 
 LAST_ACCEPTED = "sip_intake_last_accepted_timestamp_seconds"
 EXPECTED_GAP = "sip_intake_expected_gap_seconds"
 UNLISTED = "unlisted"
+
+
+def intake_counter(metrics: ServiceMetrics, directory: Directory) -> Callable[[str, str | None, str], None]:
+    """The ``observe`` callback of the intake service: counts each recorded message."""
+    listed = {org.hsa_id for org in directory.organisations}
+    counter = metrics.counter(
+        "sip_intake_messages",
+        "Hospital messages recorded, by sender HSA-id, source and outcome (ACK code, or duplicate)",
+        ["sender", "source", "outcome"],
+    )
+
+    def observe(source: str, hospital_id: str | None, outcome: str) -> None:
+        sender = hospital_id if hospital_id in listed else UNLISTED
+        counter.labels(sender=sender, source=source, outcome=str(outcome)[:16]).inc()
+
+    return observe
 
 
 def intake_gauges(

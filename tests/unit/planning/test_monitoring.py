@@ -158,3 +158,43 @@ async def test_invitation_due_cases_count_the_running_clocks_due_within_each_win
     assert got[("sip_planning_invitation_due_cases", (("within_hours", "4"),))] == 2
     assert got[("sip_planning_invitation_due_cases", (("within_hours", "24"),))] == 3
     assert got[("sip_planning_deadline_breached_cases", (("state", "consent_pending"),))] == 1
+
+
+async def test_the_intake_counts_each_recorded_message_by_sender_source_and_outcome(tmp_path: Path):
+    from services.planning.intake import IntakeService
+    from services.planning.monitoring import intake_counter
+    from shared.persistence import make_engine, sqlite_url
+    from tests.unit.intake.messages import adt_bytes
+
+    md = sa.MetaData()
+    table = intake_tables(md)
+    engine = make_engine(sqlite_url(tmp_path / "intake.db"))
+    async with engine.begin() as conn:
+        await conn.run_sync(md.create_all)
+    seen: list[tuple[str, str | None, str]] = []
+    service = IntakeService(engine, table, observe=lambda *args: seen.append(args))
+    await service.handle_hl7(adt_bytes(control_id="C1"))
+    await service.handle_hl7(adt_bytes(control_id="C1"))  # the resend: answered from the store
+    await service.handle_hl7(b"MSH|^~\\&|garbage")
+    async with engine.connect() as conn:
+        hospital = (
+            await conn.execute(sa.select(table.c.hospital_id).where(table.c.control_id == "C1"))
+        ).scalar()
+    await engine.dispose()
+    assert hospital
+    assert seen[:2] == [("hl7v2", hospital, "AA"), ("hl7v2", hospital, "duplicate")]
+    assert seen[2][0] == "hl7v2" and seen[2][2] in {"AE", "AR"}
+
+    # the counter: a listed sender by its HSA-id, anything else as "unlisted"
+    rt = runtime(tmp_path, "planning", sa.MetaData())
+    observe = intake_counter(rt.metrics, directory())
+    observe("hl7v2", HOSPITAL, "AA")
+    observe("hl7v2", HOSPITAL, "AA")
+    observe("fhir", "SE-SOMEONE-ELSE", "ok")
+    observe("hl7v2", None, "AR")
+    got = samples(rt.metrics.render().decode())
+    await rt.engine.dispose()
+    name = "sip_intake_messages_total"
+    assert got[(name, (("outcome", "AA"), ("sender", HOSPITAL), ("source", "hl7v2")))] == 2
+    assert got[(name, (("outcome", "ok"), ("sender", UNLISTED), ("source", "fhir")))] == 1
+    assert got[(name, (("outcome", "AR"), ("sender", UNLISTED), ("source", "hl7v2")))] == 1
