@@ -45,8 +45,9 @@ fetch() {  # fetch <debian package> <binary>
 alertmanager_for_tests() {
     local unpacked="$TOOLS/pkg/prometheus-alertmanager" share="/tmp/.sip-suite-alertmanager-share"
     [ -x "$unpacked/usr/bin/prometheus-alertmanager" ] || return 0
+    # (again each time: another checkout may have pointed the link at its own copy, since removed)
+    [ -e "$share" ] || ln -sfn "$unpacked/usr/share/prometheus/alertmanager" "$share"
     [ -x "$TOOLS/bin/prometheus-alertmanager" ] && return 0
-    ln -sfn "$unpacked/usr/share/prometheus/alertmanager" "$share"
     python3 - "$unpacked/usr/bin/prometheus-alertmanager" "$TOOLS/bin/prometheus-alertmanager" "$share" <<'PY'
 import os, sys
 src, dst, share = sys.argv[1:]
