@@ -19,7 +19,8 @@ Messaging (filled in by the consume middleware and the outbox relay):
 - ``sip_message_queue_wait_seconds{queue}`` — histogram of the time a message waited between its
   publish (the AMQP timestamp) and its first delivery to the handler, and
   ``sip_message_queue_last_wait_seconds{queue}`` — that wait for the last message consumed: the age
-  the head of the queue had when it was taken.
+  the head of the queue had when it was taken (the AMQP timestamp has whole seconds: ±1 s; a message
+  published without one is not observed).
 
 HTTP (:class:`HttpMetricsMiddleware`): ``sip_http_requests_total{method, route, status}`` and
 ``sip_http_request_duration_seconds{method, route}`` — ``route`` is the route TEMPLATE
