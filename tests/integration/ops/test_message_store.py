@@ -391,3 +391,31 @@ async def test_an_amqp_discharge_notice_is_stored_dead_lettered_then_effected_on
         replay = (await fixed.http.post(f"/messages/{row['id']}/replay", headers=OPS)).json()
         assert replay["replayed"] is False and await fixed.outbox_max() == mark
         assert await fixed.count("sip_cases") == 1
+
+
+async def test_fhir_messages_are_in_the_store_accepted_or_refused_with_the_reason(planning):
+    from tests.unit.intake.messages import bad_check_digit
+    from tests.unit.intake.test_fhir_messaging import _swedish_bundle
+
+    hospital = org(HOSPITAL)
+    ok = await planning.http.post("/fhir/$process-message", json=_swedish_bundle(PNR_A), headers=hospital)
+    assert ok.status_code == 200, ok.text
+    bad = _swedish_bundle(bad_check_digit(PNR_B))
+    for entry in bad["entry"]:
+        if entry["resource"]["resourceType"] == "MessageHeader":
+            entry["resource"]["id"] = "refused-header-1"  # another control id than the accepted one
+    refused = await planning.http.post("/fhir/$process-message", json=bad, headers=hospital)
+    assert refused.status_code == 422
+    await planning.deliver()
+    stored = await planning.messages()
+    assert [m["source"] for m in stored] == ["fhir", "fhir"]
+    assert (
+        stored[0]["status"] == "refused"
+        and stored[0]["reason"]
+        and stored[0]["control_id"] == "refused-header-1"
+    )
+    assert stored[1]["status"] != "refused" and stored[1]["outcome"] == "ok" and stored[1]["message_type"]
+    r = await planning.http.post("/messages/search", json={"patient": PNR_A}, headers=OPS)
+    assert [m["id"] for m in r.json()["items"]] == [stored[1]["id"]]
+    raw = await planning.http.get(f"/messages/{stored[1]['id']}/raw", headers=OPS)
+    assert raw.headers["content-type"].startswith("application/fhir+json") and raw.json()["type"] == "message"
