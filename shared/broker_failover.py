@@ -29,25 +29,11 @@ from aio_pika.robust_connection import RobustConnection
 from faststream.rabbit import RabbitBroker
 from yarl import URL
 
+from shared.broker_urls import amqp_urls, without_password
+
 log = logging.getLogger("sip.messaging.failover")
 
-
-def amqp_urls(value: str) -> list[str]:
-    """The broker addresses in ``value`` (comma separated; blanks around them ignored)."""
-    urls = [u.strip() for u in (value or "").split(",") if u.strip()]
-    if not urls:
-        raise ValueError("no broker address: give an amqp:// URL, or several separated by commas")
-    for url in urls:
-        scheme = URL(url).scheme
-        if scheme not in ("amqp", "amqps"):
-            raise ValueError(f"broker address {_safe(url)!r} is not an amqp:// or amqps:// URL")
-    return urls
-
-
-def _safe(url: str | URL) -> str:
-    """The URL without its password (for logs and errors)."""
-    u = URL(str(url))
-    return str(u.with_password(None)) if u.password else str(u)
+__all__ = ["FailoverConnection", "FailoverRabbitBroker", "amqp_urls", "connect_failover"]
 
 
 class FailoverConnection(RobustConnection):
@@ -85,12 +71,12 @@ class FailoverConnection(RobustConnection):
             return
         self._failover_index = (self._failover_index + 1) % len(self._failover_urls)
         self.url = self._failover_urls[self._failover_index]
-        log.debug("trying the next broker address", extra={"broker": _safe(self.url)})
+        log.debug("trying the next broker address", extra={"broker": without_password(self.url)})
 
     @property
     def current_url(self) -> str:
         """The address this connection uses now (or tries next), without its password."""
-        return _safe(self.url)
+        return without_password(self.url)
 
 
 def failover_connection_class(urls: list[str] | tuple[str, ...]) -> type[FailoverConnection]:
@@ -112,8 +98,10 @@ async def connect_failover(urls: str | list[str], **kwargs: Any) -> AbstractRobu
             )
             return connection
         except (OSError, ConnectionError, aio_pika.exceptions.AMQPError, TimeoutError) as exc:
-            errors.append(f"{_safe(url)}: {type(exc).__name__}: {exc}")
-            log.warning("broker address does not answer, trying the next", extra={"broker": _safe(url)})
+            errors.append(f"{without_password(url)}: {type(exc).__name__}: {exc}")
+            log.warning(
+                "broker address does not answer, trying the next", extra={"broker": without_password(url)}
+            )
     raise ConnectionError("no broker address answered: " + "; ".join(errors))
 
 
@@ -137,8 +125,10 @@ class FailoverRabbitBroker(RabbitBroker):
             try:
                 return await super()._connect()
             except (OSError, ConnectionError, aio_pika.exceptions.AMQPError, TimeoutError) as exc:
-                errors.append(f"{_safe(url)}: {type(exc).__name__}: {exc}")
-                log.warning("broker address does not answer, trying the next", extra={"broker": _safe(url)})
+                errors.append(f"{without_password(url)}: {type(exc).__name__}: {exc}")
+                log.warning(
+                    "broker address does not answer, trying the next", extra={"broker": without_password(url)}
+                )
             finally:
                 self._connection_kwargs = {**kwargs, "url": self.broker_urls[0]}
         raise ConnectionError("no broker address answered: " + "; ".join(errors))

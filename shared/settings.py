@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource
 
-from shared.broker_failover import amqp_urls
+from shared.broker_urls import amqp_urls
 
 
 class ServiceSettings(BaseSettings):
