@@ -49,3 +49,26 @@ def test_the_connection_class_knows_every_address_and_the_broker_starts_on_the_f
     assert cls.URLS == (URL("amqp://u:p@mq-0/"), URL("amqp://u:p@mq-1/"))
     broker = FailoverRabbitBroker("amqp://u:p@mq-0:5672/,amqp://u:p@mq-1:5672/")
     assert broker.broker_urls == ["amqp://u:p@mq-0:5672/", "amqp://u:p@mq-1:5672/"]
+
+
+def test_each_new_connection_attempt_takes_the_next_address_in_turn():
+    """aio-pika clears ``transport`` at the start of every (re)connection attempt: the first attempt
+    keeps the address the connection was made with, each later one moves on, round the list."""
+    import asyncio
+
+    urls = ["amqp://u:p@mq-0:5672/sip", "amqp://u:p@mq-1:5672/sip", "amqp://u:p@mq-2:5672/sip"]
+
+    async def run() -> list[str]:
+        conn = failover_connection_class(urls)(URL(urls[1]))
+        seen = []
+        for _attempt in range(4):
+            conn.transport = None  # what RobustConnection does before each attempt
+            seen.append(conn.current_url)
+        return seen
+
+    assert asyncio.run(run()) == [
+        "amqp://u@mq-1:5672/sip",
+        "amqp://u@mq-2:5672/sip",
+        "amqp://u@mq-0:5672/sip",
+        "amqp://u@mq-1:5672/sip",
+    ]
