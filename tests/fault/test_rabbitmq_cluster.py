@@ -31,7 +31,7 @@ N = int(os.environ.get("SIP_CLUSTER_DISCHARGES", "1000"))
 NODE_DOWN_SECONDS = float(os.environ.get("SIP_CLUSTER_NODE_DOWN_SECONDS", "15"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def cluster() -> Iterator[PrivateRabbitCluster]:
     with private_rabbit_cluster(3) as c:
         yield c
@@ -51,7 +51,9 @@ def queues(cluster: PrivateRabbitCluster) -> dict[str, tuple[str, list[str]]]:
     return {q["name"]: (q["type"], sorted(q.get("members") or [])) for q in json.loads(out.stdout)}
 
 
-def test_suite_topology_is_replicated_on_the_three_nodes(cluster: PrivateRabbitCluster, suite: Suite):
+def check_topology_replicated(cluster: PrivateRabbitCluster) -> None:
+    """Every work, retry and dead-letter queue the services declared is a quorum queue with a member
+    on each of the three nodes."""
     found = queues(cluster)
     nodes = sorted(n.name for n in cluster.nodes)
     names = {n for s in SUBSCRIPTIONS for n in (s.queue_name, s.dlq_name, s.retry_queue_name)}
@@ -65,6 +67,8 @@ def test_suite_topology_is_replicated_on_the_three_nodes(cluster: PrivateRabbitC
 
 
 def test_one_node_stopped_and_restarted_mid_stream(cluster: PrivateRabbitCluster, suite: Suite):
+    """(One test, so the cluster and the suite are started once.)"""
+    check_topology_replicated(cluster)
     first = cluster.nodes[0]  # every service connected to the first address
 
     def stop_and_restart_node() -> None:
