@@ -6,7 +6,7 @@ BOOTSTRAP := .venv-bootstrap
 UV := $(shell command -v uv 2>/dev/null || echo $(BOOTSTRAP)/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-sqlite test-postgres test-fast lint format docs clean
+.PHONY: install tools run test test-sqlite test-postgres test-fast lint format docs clean
 
 $(BOOTSTRAP)/bin/uv:
 	@python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -18,6 +18,11 @@ $(BOOTSTRAP)/bin/uv:
 	@touch $@
 
 install: .venv/.installed
+
+# promtool / amtool for the alert-rule tests (tests/unit/ops/test_alert_rules.py): from PATH, else the
+# Debian packages unpacked into .venv-tools/ (scripts/ensure-promtool.sh; no root, nothing system-wide)
+tools:
+	@scripts/ensure-promtool.sh || echo "make tools: promtool unavailable; the alert-rule tests will say so" >&2
 
 run: install
 	@scripts/ensure-infra.sh run
@@ -32,7 +37,7 @@ TEST_WORKERS ?= 2
 XDIST := -n $(TEST_WORKERS) --dist loadfile
 test: test-sqlite test-postgres
 
-test-sqlite: install
+test-sqlite: install tools
 	@scripts/ensure-infra.sh test
 	.venv/bin/python -m pytest $(XDIST) -m "not exclusive" $(PYTEST_ARGS)
 	.venv/bin/python -m pytest -m exclusive $(PYTEST_ARGS) || [ $$? -eq 5 ]  # 5: none collected (none left)
@@ -46,7 +51,7 @@ test-postgres: install
 
 # The quick loop: no broker, no PostgreSQL, no processes; property tests at a tenth of their examples
 # (tests/support/examples.py; make test runs them in full).
-test-fast: install
+test-fast: install tools
 	SIP_TEST_PROFILE=fast .venv/bin/python -m pytest $(XDIST) -m "not e2e and not broker and not postgres and not fault" $(PYTEST_ARGS)
 
 # Style, formatting, the import contracts and the types ([tool.ruff], [tool.importlinter] and [tool.mypy]

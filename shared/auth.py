@@ -20,10 +20,12 @@ expired, and names who calls. Trust comes from configuration, never from the tok
         discovery_url: https://eid.kommun.example/   # .well-known/openid-configuration is added
 
   An entry gives exactly one of ``public_key_pem``, ``jwks_uri`` or ``discovery_url`` (https, or http
-  on the loopback only). A JWKS is fetched on first use and cached (``jwks_cache_seconds``, default
-  300); a token whose ``kid`` is not in the cached set refetches it — key rotation — at most once per
-  ``jwks_refresh_cooldown_seconds`` (default 10), so unknown kids cannot make the suite hammer the
-  issuer. A discovery document must name the entry's issuer (``issuer``); its ``jwks_uri`` is used.
+  on the loopback only; ``insecure_http: true`` allows http anywhere — development only, e.g. the
+  compose dev profile's issuer container). A JWKS is fetched on first use and cached
+  (``jwks_cache_seconds``, default 300); a token whose ``kid`` is not in the cached set refetches it
+  — key rotation — at most once per ``jwks_refresh_cooldown_seconds`` (default 10), so unknown kids
+  cannot make the suite hammer the issuer. A discovery document must name the entry's issuer
+  (``issuer``); its ``jwks_uri`` is used.
   Tokens of a JWKS issuer carry ``kid``. A key that is not in the issuer's set is refused (401).
 
 - ``SIP_JWT_HS256_SECRET`` — one shared HMAC secret (development and tests only); its tokens may be
@@ -119,13 +121,18 @@ KEY_SOURCES = ("public_key_pem", "jwks_uri", "discovery_url")
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 
 
-def _check_key_url(issuer: str, name: str, url: str) -> None:
+def _check_key_url(issuer: str, name: str, url: str, *, insecure_http: bool = False) -> None:
+    """https, or http on the loopback; http anywhere only with the entry's ``insecure_http: true``
+    (development only: the compose dev profile's issuer container, devtools/dev_issuer.py)."""
     from urllib.parse import urlparse
 
     parsed = urlparse(url)
     loopback = parsed.hostname in ("127.0.0.1", "localhost", "::1")
-    if parsed.scheme != "https" and not (parsed.scheme == "http" and loopback):
-        raise ValueError(f"issuer {issuer}: {name} must be an https:// URL (http only on the loopback)")
+    if parsed.scheme != "https" and not (parsed.scheme == "http" and (loopback or insecure_http)):
+        raise ValueError(
+            f"issuer {issuer}: {name} must be an https:// URL (http only on the loopback, or with"
+            " insecure_http: true for development)"
+        )
 
 
 def check_issuers(issuers: dict[str, dict[str, Any]]) -> None:
@@ -140,8 +147,12 @@ def check_issuers(issuers: dict[str, dict[str, Any]]) -> None:
             raise ValueError(
                 f"issuer {issuer}: give exactly one of {', '.join(KEY_SOURCES)} (given: {given})"
             )
+        if entry.get("insecure_http") not in (None, True, False):
+            raise ValueError(f"issuer {issuer}: insecure_http is true or false")
         if given[0] != "public_key_pem":
-            _check_key_url(issuer, given[0], str(entry[given[0]]))
+            _check_key_url(
+                issuer, given[0], str(entry[given[0]]), insecure_http=bool(entry.get("insecure_http"))
+            )
 
 
 class _IssuerKeys:
@@ -168,7 +179,9 @@ class _IssuerKeys:
             raise TokenRejected("the token's issuer publishes no usable keys")
         jwks_uri = str(doc["jwks_uri"])
         try:
-            _check_key_url(self.issuer, "jwks_uri", jwks_uri)
+            _check_key_url(
+                self.issuer, "jwks_uri", jwks_uri, insecure_http=bool(self.entry.get("insecure_http"))
+            )
         except ValueError:
             raise TokenRejected("the token's issuer publishes no usable keys") from None
         return jwks_uri

@@ -7,8 +7,10 @@ municipality and listed primary-care unit; so does this.
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -49,6 +51,39 @@ class Serves(BaseModel):
     )
 
 
+class IntakeExpectation(BaseModel):
+    """How often a sender's messages usually come: the longest usual gap between two accepted
+    messages, in working hours and off hours. Longer silence than that raises the alert
+    ``IntakeSenderSilent`` (deploy/prometheus/alerts.yml). Fields left out come from
+    ``intake_defaults``; ``monitored: false`` leaves the sender out."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    monitored: bool | None = None
+    working_hours_gap_minutes: float | None = Field(default=None, gt=0)
+    off_hours_gap_minutes: float | None = Field(default=None, gt=0)
+
+
+class IntakeDefaults(BaseModel):
+    """What applies to every hospital (and to each organisation with ``intake:``) unless it says
+    otherwise. Working hours are weekdays (Monday 1 … Sunday 7) between ``working_hours_start`` and
+    ``working_hours_end`` in ``timezone``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    working_hours_gap_minutes: float = Field(default=60, gt=0)
+    off_hours_gap_minutes: float = Field(default=360, gt=0)
+    working_hours_start: int = Field(default=7, ge=0, le=23)
+    working_hours_end: int = Field(default=18, ge=1, le=24)
+    working_days: tuple[int, ...] = (1, 2, 3, 4, 5)
+    timezone: str = "Europe/Stockholm"
+
+    def is_working_hours(self, at: datetime) -> bool:
+        local = at.astimezone(ZoneInfo(self.timezone))
+        return (
+            local.isoweekday() in self.working_days
+            and self.working_hours_start <= local.hour < self.working_hours_end
+        )
+
+
 class Organisation(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     # the same HSA-id shape the message contracts accept; what the directory says is rendered into
@@ -58,6 +93,8 @@ class Organisation(BaseModel):
     kind: OrgKind
     serves: Serves = Serves()
     channels: tuple[Channel, ...] = ()
+    #: how often its messages usually come (hospitals: ``intake_defaults`` unless given)
+    intake: IntakeExpectation | None = None
 
 
 class UnknownRecipient(PermanentError):
@@ -67,6 +104,7 @@ class UnknownRecipient(PermanentError):
 class Directory(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     organisations: tuple[Organisation, ...]
+    intake_defaults: IntakeDefaults = IntakeDefaults()
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Directory:
@@ -82,6 +120,29 @@ class Directory(BaseModel):
             if org.hsa_id == hsa_id:
                 return org
         return None
+
+    def expected_intake_gaps(self, at: datetime) -> dict[str, float]:
+        """HSA-id → the longest usual gap (seconds) between two accepted messages from that sender at
+        time ``at`` (working hours or off hours): every hospital, and every organisation with an
+        ``intake:`` entry, unless ``monitored: false``."""
+        d = self.intake_defaults
+        working = d.is_working_hours(at)
+        gaps: dict[str, float] = {}
+        for org in self.organisations:
+            i = org.intake
+            monitored = i.monitored if i is not None and i.monitored is not None else None
+            if monitored is None:  # an ``intake:`` entry says it sends; hospitals send by default
+                monitored = i is not None or org.kind == "hospital"
+            if not monitored:
+                continue
+            if working:
+                minutes = i.working_hours_gap_minutes if i and i.working_hours_gap_minutes else None
+                minutes = minutes or d.working_hours_gap_minutes
+            else:
+                minutes = i.off_hours_gap_minutes if i and i.off_hours_gap_minutes else None
+                minutes = minutes or d.off_hours_gap_minutes
+            gaps[org.hsa_id] = minutes * 60.0
+        return gaps
 
     def social_services_for(self, kommun_code: str) -> Organisation:
         for org in self.organisations:

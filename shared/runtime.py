@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ from shared.messaging import (
     publish_raw,
     total_attempts,
 )
-from shared.metrics import CONTENT_TYPE, ServiceMetrics
+from shared.metrics import CONTENT_TYPE, HttpMetricsMiddleware, ServiceMetrics
 from shared.migrations import has_migrations, upgrade_to_head
 from shared.persistence import (
     OutboxRelay,
@@ -247,6 +248,8 @@ class ServiceRuntime:
         install_auth(app, self.settings, known_organisation=known)
         install_value_error_handlers(app)
         install_dependency_handlers(app, self.dependencies)
+        # outermost: requests the bearer-token check refuses are counted too, under their route
+        app.add_middleware(HttpMetricsMiddleware, metrics=self.metrics, routes=lambda: app.router.routes)
 
         @app.get("/healthz", tags=["operations"], summary="Liveness (the dependencies are /readyz)")
         async def healthz() -> JSONResponse:
@@ -360,6 +363,10 @@ class _ConsumeObserver:
         seen = ConsumeObservation()
         started = time.perf_counter()
         headers = msg.raw_message.headers or {}
+        if total_attempts(msg) <= 1:  # a retry's wait includes its deliberate delay: not a queue wait
+            published = _published_at(msg)
+            if published is not None:
+                self.metrics.observe_queue_wait(queue, (datetime.now(UTC) - published).total_seconds())
         with self.tracing.consume_span(
             queue=queue,
             routing_key=original_routing_key(msg),
@@ -382,6 +389,14 @@ class _ConsumeObserver:
                     self.metrics.dead_letters.labels(queue=queue, error_type=type(seen.error).__name__).inc()
                 if error is not None:
                     set_error(span, error)
+
+
+def _published_at(msg: RabbitMessage) -> datetime | None:
+    """The AMQP ``timestamp`` property (set by every publish of the suite), as an aware UTC time."""
+    stamp = getattr(msg.raw_message, "timestamp", None)
+    if not isinstance(stamp, datetime):
+        return None
+    return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
 
 
 def _correlation_id(msg: RabbitMessage) -> str | None:

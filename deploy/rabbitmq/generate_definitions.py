@@ -43,6 +43,15 @@ alternations of names, anchored; RabbitMQ searches, so the anchors matter):
   work queues (it consumes them) and retry queues (creating a queue with a dead-letter exchange needs
   read on it) + consent's decide queue. Not a DLQ (the operator reads those with ``sipctl
   dead-letters``) and no other service's queue: it cannot consume, get or purge them.
+
+RabbitMQ 4.x (compose runs 4.1; the tests run 3.10): since 4.0 every quorum queue has a delivery
+limit of 20 by default and dead-letters (or, without a dead-letter exchange, drops) a message
+returned more often. The work queues declare ``x-delivery-limit`` themselves (shared.topology,
+the same on both); the retry queues and DLQs declare none, so on 4.x a DLQ message that the operator
+looked at 20 times (a get and a requeue each) would be dropped. The policy ``sip-explicit-delivery-
+limit`` gives them an explicit, large limit (:data:`PARKED_DELIVERY_LIMIT`) on both series: a policy,
+not a queue argument, so the queues the services declare still match the definitions exactly
+(``apply-to: queues``: 3.10 knows no ``quorum_queues``).
 """
 
 from __future__ import annotations
@@ -75,6 +84,21 @@ ADMIN_USER = "@ADMIN_USER@"
 HASHING = "rabbit_password_hashing_sha256"
 DEFAULT_EXCHANGE = "amq.default"  # the name RabbitMQ checks permissions on for the "" exchange
 DECIDE_QUEUE = f"consent.{ConsentDecisionRequested.routing_key}"  # declared by consent only
+PARKED_DELIVERY_LIMIT = 1_000_000  # retry queues and DLQs: effectively none, on 3.10 and 4.x alike
+PARKED_QUEUES = r"^[a-z0-9.-]+\.(?:retry|dlq)$"
+
+
+def policies() -> list[dict]:
+    return [
+        {
+            "vhost": VHOST,
+            "name": "sip-explicit-delivery-limit",
+            "pattern": PARKED_QUEUES,
+            "apply-to": "queues",
+            "definition": {"delivery-limit": PARKED_DELIVERY_LIMIT},
+            "priority": 0,
+        }
+    ]
 
 
 def password_placeholder(user: str) -> str:
@@ -160,7 +184,7 @@ def definitions(retry_delay_seconds: float = DEFAULT_RETRY_DELAY_SECONDS) -> dic
         "topic_permissions": [],
         "parameters": [],
         "global_parameters": [],
-        "policies": [],
+        "policies": policies(),
         "exchanges": [
             {
                 "name": name,

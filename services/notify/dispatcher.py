@@ -80,6 +80,9 @@ BATCH = 50
 T = TypeVar("T")
 
 
+DELIVERY_OUTCOMES = ("sent", "retry", "failed", "unavailable")
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -99,6 +102,16 @@ class Dispatcher:
         self.owner = settings.replica_id or f"{socket.gethostname()}:{settings.http_port}"
         if "email" in self.channels:
             runtime.dependencies.track(SMTP)
+        #: each send over a channel: outcome sent | retry (will be tried again) | failed (given up) |
+        #: unavailable (the channel itself is away; not an attempt of the notification's own)
+        self.attempts = runtime.metrics.counter(
+            "sip_notify_delivery_attempts",
+            "Deliveries tried over a channel, by channel and outcome (sent, retry, failed, unavailable)",
+            ["channel", "outcome"],
+        )
+        for channel in self.channels:  # from 0, so the first failure is an increase an alert sees
+            for outcome in DELIVERY_OUTCOMES:
+                self.attempts.labels(channel=channel, outcome=outcome)
 
     def wake(self) -> None:
         self._wake.set()
@@ -225,7 +238,14 @@ class Dispatcher:
             else:
                 failure = None
             if failure is not None:
-                return await self._recording(deadline, lambda: self._record_failure(n, failure))
+                status = await self._recording(deadline, lambda: self._record_failure(n, failure))
+                outcome = (
+                    "unavailable" if isinstance(failure, ChannelUnavailable)
+                    else "failed" if status == "failed" else "retry"
+                )  # fmt: skip
+                self.attempts.labels(channel=n.channel, outcome=outcome).inc()
+                return status
+            self.attempts.labels(channel=n.channel, outcome="sent").inc()
             if n.channel == "email":
                 self.runtime.dependencies.up(SMTP)
             return await self._recording(deadline, lambda: self._record_sent(n))

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
@@ -79,3 +81,10 @@ class NotifySettings(ServiceSettings):
         pattern=r"^https?://\S+$",
         description="Where the owning unit reads a case, in escalations ({case_id} is replaced)",
     )
+
+    @field_validator("smtp_username", "smtp_password", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: Any) -> Any:
+        """``NOTIFY_SMTP_USERNAME=`` (as in .env.example, which compose passes on) means no AUTH, not
+        a login with an empty name, which a relay without AUTH refuses."""
+        return None if isinstance(v, str) and not v.strip() else v

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from uuid import uuid4
 from zoneinfo import ZoneInfo
@@ -17,6 +17,8 @@ from services.planning import api, api_cases, api_fhir, subscribers
 from services.planning.adapters.store import cases, metadata, upgrade_schema
 from services.planning.domain import INVITATION_CLOCK_STATES, OPEN_STATES
 from services.planning.intake import IntakeService, MLLPServer, intake_tables
+from services.planning.intake.service import ACCEPTED as INTAKE_ACCEPTED
+from services.planning.monitoring import intake_counter, intake_gauges
 from services.planning.scheduler import scheduler_job
 from services.planning.settings import PlanningSettings
 from shared import fhir_rest
@@ -57,11 +59,14 @@ def create_app(
 
     runtime.prepare_database = prepare_database  # type: ignore[method-assign]
     runtime.metrics.add_db_collector(
-        case_gauges(cases, open_states=OPEN_STATES, clock_states=INVITATION_CLOCK_STATES)
+        case_gauges(cases, open_states=OPEN_STATES, clock_states=INVITATION_CLOCK_STATES, now=clock.now)
+    )
+    runtime.metrics.add_db_collector(
+        intake_gauges(intake_tables(metadata), directory, accepted=INTAKE_ACCEPTED, now=clock.now)
     )
     subscribers.register(runtime, settings, directory, clock)
     runtime.background.append(scheduler_job(runtime, clock, settings.deadline_check_interval))
-    intake = build_intake(runtime, settings)
+    intake = build_intake(runtime, settings, observe=intake_counter(runtime.metrics, directory))
     mllp = (
         MLLPServer(
             intake.handle_hl7,
@@ -123,7 +128,11 @@ def server_tls(settings: PlanningSettings) -> ssl.SSLContext | None:
     return ctx
 
 
-def build_intake(runtime: ServiceRuntime, settings: PlanningSettings) -> IntakeService:
+def build_intake(
+    runtime: ServiceRuntime,
+    settings: PlanningSettings,
+    observe: Callable[[str, str | None, str], None] | None = None,
+) -> IntakeService:
     """HL7 v2 / FHIR intake: each accepted message is stored with its acknowledgement and, in the same
     transaction, one ``hospital.stay-event.v1`` per event in the outbox; the ACK goes out after commit."""
 
@@ -136,6 +145,7 @@ def build_intake(runtime: ServiceRuntime, settings: PlanningSettings) -> IntakeS
         on_event=on_event,
         default_tz=ZoneInfo(settings.intake_timezone),
         fhir_base=f"{settings.public_base_url.rstrip('/')}/fhir",
+        observe=observe,
     )
     handle_hl7 = service.handle_hl7
 

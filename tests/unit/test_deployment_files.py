@@ -59,22 +59,69 @@ def test_compose_holds_no_secrets():
             if any(w in key for w in ("PASS", "USER", "SECRET", "TOKEN")):
                 assert str(value).startswith("${"), (name, key)
             for user, pw in re.findall(r"://([^:/@]+):([^@/]+)@", str(value)):
-                # a service's broker user is its own name (public, from deploy/rabbitmq/definitions.json)
-                assert user.startswith("${") or (key == "SIP_AMQP_URL" and user == name), (name, key)
+                # a service's broker user and database role are its own name (public: the definitions,
+                # deploy/postgres/initdb/10-service-roles.sh)
+                own = key in ("SIP_AMQP_URL", f"{name.upper()}_DATABASE_URL") and user == name
+                assert user.startswith("${") or own, (name, key)
                 assert pw.startswith("${"), (name, key)
     assert "guest" not in text
 
 
-def test_each_service_database_is_created():
-    sql = (REPO / "deploy" / "postgres-init.sql").read_text()
+def test_each_service_connects_as_its_own_database_role_made_by_the_init_script():
+    c = compose()["services"]
+    pg = c["postgres"]
+    assert pg["entrypoint"] == ["sh", "/etc/sip-postgres/entrypoint.sh"]
+    assert pg["command"] == ["docker-entrypoint.sh", "postgres"]  # the image's own, after ours
+    assert "./deploy/postgres/initdb:/docker-entrypoint-initdb.d:ro" in pg["volumes"]
+    assert "./deploy/postgres/entrypoint.sh:/etc/sip-postgres/entrypoint.sh:ro" in pg["volumes"]
+    assert not (REPO / "deploy" / "postgres-init.sql").exists()
+    script = (REPO / "deploy" / "postgres" / "initdb" / "10-service-roles.sh").read_text()
+    assert "for service in planning consent notify" in script
+    assert "REVOKE ALL ON DATABASE" in script and "NOSUPERUSER" in script
     for name in SERVICES:
-        assert f"CREATE DATABASE {name};" in sql
+        var = f"POSTGRES_{name.upper()}_PASSWORD"
+        assert pg["environment"][var] == f"${{{var}:?set {var} in .env}}"
+        url = c[name]["environment"][f"{name.upper()}_DATABASE_URL"]
+        assert url == f"postgresql://{name}:${{{var}}}@postgres:5432/{name}"
+
+
+def test_images_are_overridable_for_digest_pinning_and_rabbitmq_is_4x():
+    c = compose()["services"]
+    for service, var in (("rabbitmq", "SIP_RABBITMQ_IMAGE"), ("postgres", "SIP_POSTGRES_IMAGE"),
+                         ("prometheus", "SIP_PROMETHEUS_IMAGE"), ("alertmanager", "SIP_ALERTMANAGER_IMAGE"),
+                         ("grafana", "SIP_GRAFANA_IMAGE"), ("planning", "SIP_IMAGE")):  # fmt: skip
+        image = c[service]["image"]
+        assert re.fullmatch(rf"\$\{{{var}:-[a-z0-9./-]+:[A-Za-z0-9._-]+\}}", image), (service, image)
+        assert not image.endswith(":latest}") or service == "planning", image  # pinned by tag at least
+    assert c["rabbitmq"]["image"] == "${SIP_RABBITMQ_IMAGE:-rabbitmq:4.1-management}"
+
+
+def test_profiles_dev_and_monitoring():
+    c = compose()["services"]
+    assert {n for n, s in c.items() if not s.get("profiles")} == {"rabbitmq", "postgres", *SERVICES}
+    assert c["issuer"]["profiles"] == c["mailsink"]["profiles"] == ["dev"]
+    assert c["issuer"]["command"][:3] == ["python", "-m", "devtools.dev_issuer"]
+    assert c["mailsink"]["command"][:3] == ["python", "-m", "devtools.mailsink"]
+    for name in ("prometheus", "alertmanager", "grafana"):
+        assert c[name]["profiles"] == ["monitoring"]
+    mounts = [v.split(":")[0] for n in ("prometheus", "alertmanager", "grafana") for v in c[n]["volumes"]]
+    for path in ("./deploy/prometheus/prometheus.yml", "./deploy/prometheus/alerts.yml",
+                 "./deploy/alertmanager/alertmanager.yml", "./deploy/grafana/provisioning",
+                 "./deploy/grafana/dashboards"):  # fmt: skip
+        assert path in mounts, path
+    env = _env_example()
+    assert env["COMPOSE_PROFILES"] == "dev"
+    issuers = yaml.safe_load((REPO / "config" / "issuers.dev.yaml").read_text())
+    assert env["SIP_JWT_ISSUERS_FILE"] == "/app/config/issuers.dev.yaml"
+    assert "./config/issuers.dev.yaml:/app/config/issuers.dev.yaml:ro" in c["planning"]["volumes"]
+    assert c["issuer"]["environment"]["SIP_DEV_ISSUER_URL"] == "http://issuer:9000"
+    assert set(issuers) == {"http://issuer:9000/org", "http://issuer:9000/eid"}
 
 
 def test_dockerfile_is_slim_non_root_and_locked():
     text = (REPO / "Dockerfile").read_text()
     assert "python:3.11-slim" in text
-    assert re.search(r"^USER sip$", text, re.M)
+    assert re.search(r"^USER 10001:10001$", text, re.M)  # numeric (hadolint DL3066), not root
     assert "uv sync --frozen --no-dev" in text
 
 
@@ -92,6 +139,7 @@ def test_env_example_lists_every_setting():
         assert required in keys
     for service in SERVICES:
         assert re.search(rf"^RABBITMQ_{service.upper()}_PASSWORD=CHANGE_ME$", text, re.M)
+        assert re.search(rf"^POSTGRES_{service.upper()}_PASSWORD=CHANGE_ME$", text, re.M)
 
 
 # ---- RabbitMQ: deploy/rabbitmq -------------------------------------------------------------------
@@ -147,7 +195,19 @@ def test_definitions_are_generated_from_the_topology_and_hold_no_password():
     assert len(queues) == 3 * len(SUBSCRIPTIONS)
     for q in queues.values():
         assert q["vhost"] == "sip" and q["durable"] and q["arguments"]["x-queue-type"] == "quorum"
-    assert d["policies"] == []
+    # RabbitMQ 4.x gives every quorum queue a default delivery limit of 20 (and drops what exceeds it
+    # in a queue without a dead-letter exchange): the work queues declare theirs (the topology), the
+    # retry queues and DLQs get an explicit, large one from a policy — valid on 3.10 as on 4.x
+    [policy] = d["policies"]
+    assert policy["vhost"] == "sip" and policy["apply-to"] == "queues"  # 3.10 knows no quorum_queues
+    limit = policy["definition"]["delivery-limit"]
+    assert isinstance(limit, int) and limit >= 100_000
+    assert set(policy["definition"]) == {"delivery-limit"}
+    for q in queues.values():
+        covered = re.search(policy["pattern"], q["name"]) is not None
+        declares = "x-delivery-limit" in q["arguments"]
+        assert covered != declares, q["name"]  # every queue has an explicit limit, from exactly one place
+        assert covered == q["name"].endswith((".retry", ".dlq")), q["name"]
 
 
 class _RecordingBroker:
@@ -365,7 +425,7 @@ def test_containers_are_not_pointed_at_their_own_loopback():
     case_url = _container_env("notify", env)["NOTIFY_CASE_URL_TEMPLATE"]
     assert case_url == env["SIP_PUBLIC_BASE_URL"] + "/cases/{case_id}"
     notify = compose()["services"]["notify"]
-    assert _container_env("notify", env)["NOTIFY_SMTP_HOST"] == "host.docker.internal"
+    assert _container_env("notify", env)["NOTIFY_SMTP_HOST"] == "mailsink"  # the dev profile's sink
     assert "host.docker.internal:host-gateway" in notify["extra_hosts"]
     assert _container_env("notify", {})["NOTIFY_SMTP_HOST"] == "host.docker.internal"  # default
 

@@ -47,6 +47,8 @@ class IntakeService:
     :param default_tz: zone for HL7/FHIR times without an offset (Europe/Stockholm).
     :param fhir_base: the service's public FHIR base (``[public base url]/fhir``): the answers to FHIR
         messages give their entries absolute ``fullUrl``s under it.
+    :param observe: ``(source, hospital_id, outcome)`` after each message is recorded (``outcome`` its
+        ACK code / FHIR outcome, ``duplicate`` for a resend answered from the store) — the metrics.
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class IntakeService:
         default_tz: tzinfo = STOCKHOLM,
         clock: Callable[[], datetime] = utcnow,
         fhir_base: str = DEFAULT_FHIR_BASE,
+        observe: Callable[[str, str | None, str], None] | None = None,
     ) -> None:
         self._engine = engine
         self._table = table
@@ -65,6 +68,7 @@ class IntakeService:
         self._tz = default_tz
         self._clock = clock
         self._fhir_base = fhir_base
+        self._observe = observe or (lambda source, hospital_id, outcome: None)
 
     async def handle_hl7(self, raw: bytes) -> bytes:
         """One HL7 v2 message (MLLP framing removed) → the ACK bytes to send back."""
@@ -157,6 +161,7 @@ class IntakeService:
                                     "the stored acknowledgement",
                                     extra={"source": source, "control_id": control_id},
                                 )
+                            self._observe(source, events[0].hospital_id if events else None, "duplicate")
                             return bytes(row.response_body), row.http_status
                     accepted = outcome in ACCEPTED
                     if accepted:
@@ -184,6 +189,7 @@ class IntakeService:
                     if accepted and self._on_event is not None:
                         for ev in events:
                             await self._on_event(conn, ev)
+                self._observe(source, first.hospital_id if first else None, outcome)
                 return response, http_status
             except IntegrityError:
                 if attempt == 2 or control_id is None:
