@@ -36,6 +36,7 @@ import httpx
 from faststream.rabbit import RabbitBroker
 from pydantic import ValidationError
 
+from shared.broker_failover import connect_failover
 from shared.contracts import ConsentDecisionReply, ConsentDecisionRequested, ConsentPurpose
 from shared.topology import contract_exchange
 
@@ -65,7 +66,7 @@ class PipelinedRpc:
             return self._exchange
         async with self._lock:
             if self._exchange is None:
-                self._connection = await aio_pika.connect_robust(self._url)
+                self._connection = await connect_failover(self._url)
                 self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
                 reply = await self._channel.get_queue(DIRECT_REPLY_TO, ensure=False)
                 await reply.consume(self._on_reply, no_ack=True)

@@ -27,6 +27,7 @@ from faststream.rabbit import Channel, RabbitBroker
 from faststream.rabbit.message import RabbitMessage
 from pydantic import ValidationError
 
+from shared.broker_failover import FailoverRabbitBroker
 from shared.contracts import COMMAND_EXCHANGES, EVENT_EXCHANGES
 from shared.dependencies import DependencyMonitor, describe_unavailable
 from shared.errors import PermanentError
@@ -350,9 +351,12 @@ def make_broker(
     dependencies: DependencyMonitor | None = None,
     hold_max_seconds: float = 300.0,
 ) -> RabbitBroker:
-    """The one way a service builds its broker. Nothing connects until ``broker.start()``."""
+    """The one way a service builds its broker. Nothing connects until ``broker.start()``.
+
+    ``amqp_url`` may name several nodes of a cluster, comma separated (:mod:`shared.broker_failover`):
+    the broker connects to the first that answers and reconnects to the next when its node goes."""
     holder: dict[str, RabbitBroker] = {}
-    broker = RabbitBroker(
+    broker = FailoverRabbitBroker(
         amqp_url,
         default_channel=Channel(
             prefetch_count=prefetch,
@@ -428,7 +432,7 @@ async def declare_topology_at(
     amqp_url: str, retry_delay_seconds: float = DEFAULT_RETRY_DELAY_SECONDS
 ) -> None:
     """Connect as ``amqp_url``'s user, declare the whole topology (:func:`declare_topology`), close."""
-    broker = RabbitBroker(amqp_url, logger=logging.getLogger("sip.topology"))
+    broker = FailoverRabbitBroker(amqp_url, logger=logging.getLogger("sip.topology"))
     await broker.connect()
     try:
         await declare_topology(broker, retry_delay_seconds)

@@ -11,11 +11,13 @@ from typing import Any
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource
 
+from shared.broker_urls import amqp_urls
+
 
 class ServiceSettings(BaseSettings):
     amqp_url: str = Field(
         default="amqp://guest:guest@127.0.0.1:5672/",
-        description="RabbitMQ URL (amqps:// for TLS)",
+        description="RabbitMQ URL (amqps:// for TLS); a cluster's nodes as several URLs, comma separated",
     )
     database_url: str = Field(
         default="",
@@ -96,6 +98,7 @@ class ServiceSettings(BaseSettings):
     def _no_placeholder(cls, v: str) -> str:
         if "CHANGE_ME" in v:
             raise ValueError("amqp_url still holds a placeholder")
+        amqp_urls(v)  # each address an amqp:// or amqps:// URL
         return v
 
     @field_validator("sqlite_driver")

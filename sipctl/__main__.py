@@ -197,7 +197,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 async def _publish(event: DischargeNotified) -> None:
     import aio_pika
 
-    conn = await aio_pika.connect(amqp_url())
+    from shared.broker_failover import connect_failover
+
+    conn = await connect_failover(amqp_url())
     async with conn:
         ch = await conn.channel(publisher_confirms=True, on_return_raises=True)
         ex = await ch.declare_exchange(event.exchange, aio_pika.ExchangeType.TOPIC, durable=True)

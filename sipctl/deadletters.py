@@ -14,6 +14,7 @@ from typing import Any
 import aio_pika
 import aiormq
 
+from shared.broker_failover import connect_failover
 from shared.messaging import REASON_HEADER
 from shared.topology import SUBSCRIPTIONS
 
@@ -61,7 +62,7 @@ def dlq_names(queue: str | None = None) -> list[str]:
 
 async def list_dead_letters(amqp_url: str, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
     out: list[DeadLetter] = []
-    conn = await aio_pika.connect(amqp_url)
+    conn = await connect_failover(amqp_url)
     async with conn:
         for name in dlq_names(queue):
             ch = await conn.channel()
@@ -98,7 +99,7 @@ async def replay(amqp_url: str, queue: str, message_ids: set[str] | None) -> int
     """Replay the named messages (all when ``message_ids`` is None). Returns how many."""
     name = dlq_names(queue)[0]
     replayed = 0
-    conn = await aio_pika.connect(amqp_url)
+    conn = await connect_failover(amqp_url)
     async with conn:
         ch = await conn.channel(publisher_confirms=True, on_return_raises=True)
         q = await ch.declare_queue(name, passive=True)

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.infra import MailSink, ensure_rabbit, free_port
+from tests.support.infra import MailSink, free_port
+from tests.support.private_rabbit import private_rabbit
 from tests.support.stream import run_stream
 from tests.support.suite import Suite, running_suite
 
@@ -36,16 +36,20 @@ def suite(amqp_url: str, tmp_path: Path, smtp: MailSink, request: pytest.Fixture
         yield s
 
 
-def restart_broker() -> None:
-    subprocess.run(["rabbitmqctl", "-q", "stop_app"], check=True, timeout=120)
-    time.sleep(3)
-    subprocess.run(["rabbitmqctl", "-q", "start_app"], check=True, timeout=120)
-    ensure_rabbit()
+def test_broker_restart_mid_stream(tmp_path: Path, smtp: MailSink):
+    """The broker's application stopped and started again (``stop_app`` / ``start_app``) mid-stream —
+    on a RabbitMQ node of the test's own (tests/support/private_rabbit.py), so the machine's broker,
+    which the other tests use, is never stopped and the test needs no ``exclusive`` pass."""
+    env = {"SIP_LOG_LEVEL": "WARNING", "NOTIFY_DISPATCH_INTERVAL": "0.2"}
+    with private_rabbit() as node, running_suite(node.url(), tmp_path, smtp, extra_env=env) as suite:
 
+        def restart_broker() -> None:
+            node.ctl("stop_app")
+            time.sleep(3)
+            node.ctl("start_app")
+            node.wait_ready()
 
-@pytest.mark.exclusive
-def test_broker_restart_mid_stream(suite: Suite):
-    figures = asyncio.run(run_stream(suite, N, fault=restart_broker, label="broker restart"))
+        figures = asyncio.run(run_stream(suite, N, fault=restart_broker, label="broker restart"))
     assert figures.problems == [], figures.line("broker restart")
 
 

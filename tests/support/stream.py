@@ -25,6 +25,7 @@ from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 import aio_pika
 import httpx
 
+from shared.broker_urls import amqp_urls
 from shared.contracts import DischargeNotified, RecordConsent
 from shared.topology import SUBSCRIPTIONS
 from tests.support.personnummer import ADULTS
@@ -82,10 +83,21 @@ def make_discharges(n: int, run: str) -> list[DischargeNotified]:
     ]
 
 
+async def connect_any(amqp_url: str, timeout: float = 5) -> aio_pika.abc.AbstractConnection:
+    """A plain connection to the first of the (comma-separated) broker addresses that answers."""
+    error: BaseException = ConnectionError("no broker address")
+    for url in amqp_urls(amqp_url):
+        try:
+            return await aio_pika.connect(url, timeout=timeout)
+        except Exception as exc:
+            error = exc
+    raise error
+
+
 async def _connect(url: str) -> aio_pika.abc.AbstractConnection:
     while True:
         try:
-            return await aio_pika.connect(url, timeout=5)
+            return await connect_any(url, timeout=5)
         except Exception:
             await asyncio.sleep(0.5)
 
@@ -213,7 +225,7 @@ async def consent_desk(suite: Suite, figures: Figures, stop: asyncio.Event) -> N
             if todo:
                 # the consent desk knows the person: here, the case's personnummer from planning
                 try:
-                    conn = await aio_pika.connect(suite.amqp_url, timeout=5)
+                    conn = await connect_any(suite.amqp_url, timeout=5)
                     async with conn:
                         ch = await conn.channel(publisher_confirms=True, on_return_raises=True)
                         ex = await ch.get_exchange("consent.commands")
@@ -264,7 +276,7 @@ def count_emails(suite: Suite) -> tuple[int, Counter[tuple[str, str]], Counter[t
 
 async def dead_letter_count(amqp_url: str) -> int:
     total = 0
-    conn = await aio_pika.connect(amqp_url)
+    conn = await connect_any(amqp_url)
     async with conn:
         for sub in SUBSCRIPTIONS:
             ch = await conn.channel()
