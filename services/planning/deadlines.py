@@ -2,7 +2,8 @@
 
 Kinds (:data:`DeadlineKind`) and what ``start`` means for each:
 
-- ``admission-notice``: start = the admission; due ``start + 24 h`` — always 24 clock hours (LUS);
+- ``admission-notice``: start = the admission; due ``start + 24 h`` — always 24 clock hours (LUS; the
+  rule is :func:`services.planning.rules.admission_notice_due`);
 - ``invitation``: start = the exact ready-for-discharge timestamp; due ``invitation_days`` days later
   (LUS: 3; ``PLANNING_INVITATION_DEADLINE_DAYS``);
 - ``meeting``: start = when the invitation was sent; due ``meeting_days`` days later (a regional
@@ -42,6 +43,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal, get_args
 from zoneinfo import ZoneInfo
 
+from services.planning.rules import admission_notice_due
 from shared.clock import STOCKHOLM
 
 if TYPE_CHECKING:
@@ -50,8 +52,6 @@ if TYPE_CHECKING:
 DeadlineKind = Literal["admission-notice", "invitation", "meeting", "follow-up", "consent-expiry"]
 DEADLINE_KINDS: tuple[str, ...] = get_args(DeadlineKind)
 DayCounting = Literal["calendar", "working"]
-
-ADMISSION_NOTICE_HOURS = 24
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ def due_at(kind: DeadlineKind | str, start: datetime, policy: DeadlinePolicy | A
     if start.tzinfo is None:
         raise ValueError("deadlines are counted from aware datetimes only")
     if kind == "admission-notice":
-        return start.astimezone(UTC) + timedelta(hours=ADMISSION_NOTICE_HOURS)
+        return admission_notice_due(start)
     days = {
         "invitation": policy.invitation_days,
         "meeting": policy.meeting_days,
@@ -133,8 +133,3 @@ def due_at(kind: DeadlineKind | str, start: datetime, policy: DeadlinePolicy | A
     if days is None:
         raise ValueError(f"unknown deadline kind {kind!r}")
     return add_days(start, days, policy.day_counting, policy.timezone)
-
-
-def admission_notice_late(admitted_at: datetime, received_at: datetime) -> bool:
-    """LUS: the admission notice must reach kommun and primary care within 24 h of the admission."""
-    return received_at > due_at("admission-notice", admitted_at, DeadlinePolicy())

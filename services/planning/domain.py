@@ -262,11 +262,6 @@ class SipCase:
         return tuple(p.hsa_id for p in self.participants)
 
 
-def sip_needed(needs_kommun_support: bool, needs_region_support: bool) -> bool:
-    """The duty arises when the person needs help from both the municipality and the region."""
-    return needs_kommun_support and needs_region_support
-
-
 def invitation_deadline(ready_for_discharge_at: datetime, days: int = 3) -> datetime:
     """LUS: the SIP invitation within ``days`` (calendar) days of the ready-for-discharge notice."""
     if ready_for_discharge_at.tzinfo is None:

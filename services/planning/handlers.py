@@ -22,10 +22,18 @@ from services.planning.domain import (
     invitees,
     new_case_id,
     new_reference,
-    sip_needed,
 )
 from services.planning.plan import meeting_needs
 from services.planning.ports import CaseRepository, Deadlines, Outbox
+from services.planning.rules import (
+    ASSUME_SIP_NEEDED,
+    READMISSION,
+    SUSPEND_ON_READMISSION,
+    is_child,
+    readmission_looks_for_case,
+    readmission_resumes,
+    sip_needed,
+)
 from services.planning.stays import Stay
 from shared.clock import Clock
 from shared.contracts import (
@@ -115,7 +123,7 @@ async def handle_stay_event(
     directory: Directory,
     clock: Clock,
     deadline_days: int = 3,
-    assume_sip_needed: bool = True,
+    assume_sip_needed: bool = ASSUME_SIP_NEEDED,
     correlation_id: str | None = None,
     deadlines: Deadlines | None = None,
     policy: DeadlinePolicy | None = None,
@@ -140,11 +148,10 @@ async def handle_stay_event(
         )
     stay, effect = stays.apply(stay, ev)
     case: SipCase | None = None
-    if ev.kind == "admitted" and effect == "none" and stay.case_id is None and stay.swedish:
+    if readmission_looks_for_case(stay, ev.kind, effect):
         stay, case = await _suspend_on_readmission(stay, repo=repo, now=now, deadlines=deadlines)
-    if stay.case_opened_by == READMISSION and ev.kind in ("ready-for-discharge", "discharged"):
-        if effect not in ("ignored", "none") or ev.kind == "discharged":
-            effect = "resume"  # out of hospital again: the SIP goes on where it was
+    if readmission_resumes(stay, ev.kind, effect):
+        effect = "resume"  # out of hospital again: the SIP goes on where it was
     if effect == "open-case":
         stay, case = await _open_case(
             stay, ev, repo=repo, outbox=outbox, directory=directory, now=now, policy=policy,
@@ -172,21 +179,12 @@ async def handle_stay_event(
     return case
 
 
-READMISSION = "readmission"
-#: a SIP under way when the person is admitted again is suspended until they are ready to leave
-SUSPEND_ON_READMISSION = frozenset(
-    {"consent_pending", "preparing", "invitation_requested", "invited", "meeting_scheduled", "plan_drafted",
-     "established", "follow_up_due"}
-)  # fmt: skip
-
-
 async def _suspend_on_readmission(
     stay: Stay, *, repo: CaseRepository, now: datetime, deadlines: Deadlines | None
 ) -> tuple[Stay, SipCase | None]:
     """The person is admitted again while their SIP is under way: the SIP is suspended (its clocks
-    stand still) and this stay carries it, so the discharge from this stay resumes it."""
-    if stay.patient_kind == "other":
-        return stay, None
+    stand still) and this stay carries it, so the discharge from this stay resumes it (the rules:
+    :mod:`services.planning.rules`)."""
     found = await repo.find_cases(patient=stay.patient_value, states=set(SUSPEND_ON_READMISSION), limit=1)
     if not found:
         return stay, None
@@ -212,9 +210,7 @@ async def _open_case(
     correlation_id: str | None,
     deadlines: Deadlines | None = None,
 ) -> tuple[Stay, SipCase | None]:
-    kommun_help = assume_sip_needed if ev.needs_kommun_support is None else ev.needs_kommun_support
-    region_help = assume_sip_needed if ev.needs_region_support is None else ev.needs_region_support
-    if not sip_needed(kommun_help, region_help):
+    if not sip_needed(ev.needs_kommun_support, ev.needs_region_support, assume=assume_sip_needed):
         return dataclasses.replace(stay, note=NO_SIP_NEEDED), None
     if not stay.swedish:
         return dataclasses.replace(stay, note=NO_SWEDISH_ID), None
@@ -229,7 +225,7 @@ async def _open_case(
         hospital_hsa_id=stay.hospital_id,
         episode_id=stay.stay_id,
         patient_identifier=stay.patient_value,
-        is_child=parse_person_identifier(stay.patient_value).age_on(now.date()) < 18,
+        is_child=is_child(stay.patient_value, now.date()),
         kommun_code=stay.kommun_code or "",
         owner_hsa_id=owner,
         participants=participants,

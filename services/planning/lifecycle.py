@@ -32,11 +32,11 @@ from services.planning.plan import (
     PlanContent,
 )
 from services.planning.ports import CaseRepository, Deadlines, Outbox
+from services.planning.rules import is_child
 from shared.clock import STOCKHOLM
 from shared.contracts import ConsentRequested, PersonId
 from shared.directory import Directory
 from shared.errors import PermanentError
-from shared.identifiers import parse_person_identifier
 
 
 class CaseNotFound(PermanentError):
@@ -93,7 +93,7 @@ async def propose(
         hospital_hsa_id="",
         episode_id="",
         patient_identifier=p.patient_identifier,
-        is_child=parse_person_identifier(p.patient_identifier).age_on(now.date()) < 18,
+        is_child=is_child(p.patient_identifier, now.date()),
         kommun_code=p.kommun_code,
         owner_hsa_id=owner,
         participants=participants,

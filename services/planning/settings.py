@@ -5,6 +5,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from services.planning.rules import ASSUME_SIP_NEEDED
 from shared.settings import ServiceSettings
 
 
@@ -34,7 +35,7 @@ class PlanningSettings(ServiceSettings):
         default="Europe/Stockholm", description="Zone of HL7/FHIR times sent without an offset"
     )
     intake_assume_sip_needed: bool = Field(
-        default=True,
+        default=ASSUME_SIP_NEEDED,
         description="HL7 ADT and FHIR notifications do not say whether the person needs help from both "
         "kommun and region. True: hospitals send this hub only the LUS notices of patients who do, so "
         "ready-for-discharge (or discharge) opens a SIP case. False: such stays are only recorded. "

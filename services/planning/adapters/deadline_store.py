@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.planning.adapters.store import cases, metadata
 from services.planning.deadlines import DEADLINE_KINDS, DeadlinePolicy, due_at
 from services.planning.domain import INVITATION_CLOCK_STATES, OPEN_STATES, SipCase
+from services.planning.rules import admission_notice_due, admission_notice_late
 from shared.persistence import UTCDateTime, utcnow
 
 PENDING, MET, BREACHED, CANCELLED = "pending", "met", "breached", "cancelled"
@@ -482,9 +483,10 @@ async def note_admission_notice(
     """An admission notice arrived (``received_at``) for an admission at ``admitted_at``.
 
     Remembered for the stay (the first arrival counts; a correction updates the admission time); the
-    24 h rule is judged for the stay's case now when ``case`` is given (an open case), else when the
-    case opens (:func:`on_case_opened`). A late notice becomes a pending deadline already past due,
-    so the scheduler's next pass escalates it (with ``met_at`` = the arrival).
+    24 h rule (:func:`services.planning.rules.admission_notice_late`) is judged for the stay's case now
+    when ``case`` is given (an open case), else when the case opens (:func:`on_case_opened`). A late
+    notice becomes a pending deadline already past due, so the scheduler's next pass escalates it
+    (with ``met_at`` = the arrival).
     """
     n = admission_notices
     key = (n.c.hospital_id == hospital_id, n.c.stay_id == stay_id)
@@ -508,13 +510,13 @@ async def _judge_admission_notice(
 ) -> Deadline | None:
     if await _latest(conn, case.id, "admission-notice") is not None:
         return None  # judged once per case
-    due = due_at("admission-notice", admitted_at, DeadlinePolicy())
+    due = admission_notice_due(admitted_at)
     deadline = await schedule(
         conn, case.id, "admission-notice", due, case.owner_hsa_id, started_at=admitted_at,
         case_reference=case.reference, correlation_id=case.correlation_id, at=at,
     )  # fmt: skip
     d = case_deadlines
-    if received_at <= due:
+    if not admission_notice_late(admitted_at, received_at):
         await conn.execute(d.update().where(d.c.id == deadline.id).values(status=MET, met_at=received_at))
     else:  # late: left pending past due, the scheduler escalates it
         await conn.execute(d.update().where(d.c.id == deadline.id).values(met_at=received_at))

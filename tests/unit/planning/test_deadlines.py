@@ -11,7 +11,6 @@ from services.planning.deadlines import (
     STOCKHOLM,
     DeadlinePolicy,
     add_days,
-    admission_notice_late,
     due_at,
     is_working_day,
 )
@@ -125,12 +124,6 @@ def test_naive_times_and_unknown_kinds_are_refused():
         due_at("invitation", datetime(2026, 4, 2, 15), CALENDAR)
     with pytest.raises(ValueError, match="unknown deadline kind"):
         due_at("lunch", se(2026, 4, 2, 15), CALENDAR)
-
-
-def test_admission_notice_late_only_after_24_clock_hours():
-    admitted = se(2026, 3, 28, 12)
-    assert not admission_notice_late(admitted, se(2026, 3, 29, 13))  # exactly 24 h (DST night)
-    assert admission_notice_late(admitted, se(2026, 3, 29, 13, 0, 1))
 
 
 def test_deadline_breached_contract_carries_no_personal_data():

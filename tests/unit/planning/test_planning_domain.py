@@ -12,7 +12,6 @@ from services.planning.domain import (
     invitation_deadline,
     invitees,
     new_reference,
-    sip_needed,
 )
 from shared.errors import PermanentError
 
@@ -120,14 +119,6 @@ def test_a_suspended_case_resumes_only_where_it_was_with_a_new_deadline():
     r = c.resume(later, 3)
     assert r.state == "invitation_requested" and r.suspended_from is None
     assert r.ready_for_discharge_at == later and r.invitation_due_at == later + timedelta(days=3)
-
-
-@pytest.mark.parametrize(
-    ("kommun", "region", "expected"),
-    [(True, True, True), (True, False, False), (False, True, False), (False, False, False)],
-)
-def test_sip_needed_only_when_both_kommun_and_region(kommun, region, expected):
-    assert sip_needed(kommun, region) is expected
 
 
 def test_invitation_deadline_is_three_days_from_the_exact_ready_timestamp():
