@@ -9,7 +9,6 @@ from typing import Any
 from uuid import UUID
 
 from services.planning import stays
-from services.planning.adapters.fhir import care_plan
 from services.planning.deadlines import DeadlinePolicy, due_at
 from services.planning.domain import (
     FINAL_STATES,
@@ -466,16 +465,17 @@ async def _new_plan_version(
 ) -> int:  # fmt: skip
     """Every change to the plan is a new version (with its Provenance); earlier versions are kept.
 
-    ``validate=False`` stores the CarePlan without the fhir.resources round trip (the same resource,
-    see :func:`~services.planning.adapters.fhir.care_plan`): only for system transitions whose content
-    is derived from case fields validated where they entered. Every path where a user's or another
-    system's content first enters the plan (the coordinators' commands, a FHIR create) validates.
+    ``validate=False`` stores the CarePlan without the fhir.resources round trip (the same resource; the
+    repository renders it, see :meth:`~services.planning.ports.CaseRepository.add_plan_version`): only
+    for system transitions whose content is derived from case fields validated where they entered.
+    Every path where a user's or another system's content first enters the plan (the coordinators'
+    commands, a FHIR create) validates.
     ``version``: the next version when the caller has just read it (the case row is locked).
     """
     if version is None:
         version = await repo.next_plan_version(case.id)
     await repo.add_plan_version(
-        case.id, version, care_plan(case, version=version, at=at, validate=validate), at, snapshot=case,
-        activity="CREATE" if version == 1 else "UPDATE", agent_hsa_id=agent_hsa_id, reason=reason,
+        case, version, at, validate=validate, activity="CREATE" if version == 1 else "UPDATE",
+        agent_hsa_id=agent_hsa_id, reason=reason,
     )  # fmt: skip
     return version

@@ -23,10 +23,12 @@ class CaseRepository(Protocol):
     ) -> list[SipCase]: ...  # fmt: skip
     async def next_plan_version(self, case_id: UUID) -> int: ...
     async def add_plan_version(
-        self, case_id: UUID, version: int, resource: dict[str, Any], at: datetime, *,
-        snapshot: SipCase | None = None, activity: str = "UPDATE", agent_hsa_id: str | None = None,
-        reason: str | None = None,
-    ) -> None: ...  # fmt: skip
+        self, case: SipCase, version: int, at: datetime, *, validate: bool = True, activity: str = "UPDATE",
+        agent_hsa_id: str | None = None, reason: str | None = None,
+    ) -> None:  # fmt: skip
+        """Keep ``case`` as plan ``version``: its CarePlan (rendered by the adapter; ``validate=False``
+        skips the fhir.resources round trip), the case snapshot and the Provenance."""
+
     async def latest_plan(self, case_id: UUID) -> dict[str, Any] | None: ...
     async def record_invitation(
         self, case_id: UUID, recipient: str, channel: str, sent_at: datetime

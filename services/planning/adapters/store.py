@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.planning.adapters.fhir import care_plan
 from services.planning.domain import OPEN_STATES, Participant, SipCase
 from services.planning.plan import STORED, Approval, Meeting, MeetingPreferences, PlanContent
 from services.planning.stays import Cancellation, Stay
@@ -386,10 +387,13 @@ class SqlCaseRepository:
         return int(current or 0) + 1
 
     async def add_plan_version(
-        self, case_id: UUID, version: int, resource: dict[str, Any], at: datetime, *,
-        snapshot: SipCase | None = None, activity: str = "UPDATE", agent_hsa_id: str | None = None,
-        reason: str | None = None,
+        self, case: SipCase, version: int, at: datetime, *, validate: bool = True, activity: str = "UPDATE",
+        agent_hsa_id: str | None = None, reason: str | None = None,
     ) -> None:  # fmt: skip
+        """The case as plan ``version``: its CarePlan (:func:`~services.planning.adapters.fhir.care_plan`;
+        ``validate=False`` skips the fhir.resources round trip), its snapshot and the Provenance."""
+        case_id = case.id
+        resource = care_plan(case, version=version, at=at, validate=validate)
         await self.conn.execute(
             _INSERT_PLAN,
             {
@@ -397,7 +401,7 @@ class SqlCaseRepository:
                 "version": version,
                 "resource": json.dumps(resource),
                 "recorded_at": at,
-                "snapshot": case_snapshot(snapshot) if snapshot is not None else "{}",
+                "snapshot": case_snapshot(case),
                 "activity": activity,
                 "agent_hsa_id": agent_hsa_id,
                 "reason": reason,
