@@ -21,15 +21,17 @@ from services.notify.domain import (
     cancel_reason_code,
     reminder_cause_key,
     reminder_due_at,
+    replaces_earlier_invitation,
     withdrawal_cause_key,
 )
-from services.notify.ics import CalendarParty, invitation_ics
+from services.notify.ics import CalendarParty, invitation_ics, next_sequence
 from services.notify.ports import NotificationRepository
 from services.notify.templates import (
     STOCKHOLM,
     ClosedReason,
     Meeting,
     RenderedEmail,
+    Sender,
     UnsafeText,
     deadline_of,
     render_case_closed,
@@ -231,6 +233,14 @@ def _organizer(cmd: SendInvitation, orgs: list[Organisation], directory: Directo
     return next((o for o in orgs if o.kind == "primary_care_unit"), orgs[0])
 
 
+def sender_of(org: Organisation) -> Sender:
+    """Who asks, as an invitation names it: the owning unit and its functional contact (if any)."""
+    c = org.contact
+    if c is None:
+        return Sender(unit=org.name)
+    return Sender(unit=org.name, contact=c.name, phone=c.phone, email=c.email)
+
+
 def _emails(org: Organisation) -> list[str]:
     return [c.address for c in org.channels if isinstance(c, EmailChannel)]
 
@@ -241,6 +251,7 @@ def _calendar(
     organizer: Organisation,
     orgs: list[Organisation],
     options: InvitationOptions,
+    sequence: int,
 ) -> str:
     own = _emails(organizer)
     attendees = tuple(CalendarParty(o.name, o.hsa_id, _emails(o)[0]) for o in orgs if _emails(o))
@@ -252,6 +263,7 @@ def _calendar(
         attendees=attendees,
         plan_url=cmd.plan_url,
         issued_at=cmd.occurred_at,
+        sequence=sequence,
         language=cmd.language,
         interpreter_language=cmd.interpreter_language,
         meeting_needs=cmd.meeting_needs,
@@ -279,6 +291,12 @@ async def accept_invitation(
 
     With a meeting time it also schedules the reminders (:func:`schedule_reminders`).
 
+    The text names the owning unit and its functional contact (:func:`sender_of`). An organisation
+    invited before in this case by another command gets the *updated* invitation ("Ändrad kallelse",
+    :func:`~services.notify.domain.replaces_earlier_invitation`); the calendar keeps the case's ``UID``
+    with a ``SEQUENCE`` above every calendar of the case issued before
+    (:func:`~services.notify.ics.next_sequence`).
+
     An unknown recipient or organizer, or a text that would carry personal or health data, refuses
     the whole command (PermanentError → DLQ with the reason), before anything is stored. Returns the
     new invitations, then the new reminders.
@@ -287,17 +305,27 @@ async def accept_invitation(
     meeting = _meeting(cmd)
     orgs = _recipients(cmd, directory)
     organizer = _organizer(cmd, orgs, directory)
+    cause = str(cmd.message_id)
+    await repo.serialize(cmd.consent_id, cmd.case_id)
+    found = await repo.for_case(cmd.case_id)
     try:
-        text = render_invitation(
-            case_reference=cmd.case_reference,
-            invitation_due_at=cmd.invitation_due_at,
-            plan_url=cmd.plan_url,
-            language=cmd.language,
-            meeting=meeting,
-            interpreter_language=cmd.interpreter_language,
-            meeting_needs=cmd.meeting_needs,
+        texts = {
+            replaces: render_invitation(
+                case_reference=cmd.case_reference,
+                plan_url=cmd.plan_url,
+                language=cmd.language,
+                meeting=meeting,
+                interpreter_language=cmd.interpreter_language,
+                meeting_needs=cmd.meeting_needs,
+                sender=sender_of(organizer),
+                replaces_earlier=replaces,
+            )
+            for replaces in (False, True)
+        }
+        sequence = next_sequence(
+            cmd.occurred_at, (n.ics for n in found if n.ics and n.cause_message_id != cause)
         )
-        ics = _calendar(cmd, meeting, organizer, orgs, options) if meeting is not None else None
+        ics = _calendar(cmd, meeting, organizer, orgs, options, sequence) if meeting is not None else None
         reminder = (
             render_reminder(
                 case_reference=cmd.case_reference,
@@ -313,19 +341,20 @@ async def accept_invitation(
     except UnsafeText as exc:
         raise InvitationRefused(str(exc)) from None
 
-    planned = [
-        _notification(
-            cmd, text, recipient=org.hsa_id, channel=r.channel, address=r.address, status=r.status,
-            last_error=r.last_error, clock=clock, sender_hsa_id=organizer.hsa_id,
-            body=text.sms if r.short_text else None,
-            ics=ics if r.channel == "email" and r.status == "pending" else None,
-        )
-        for org in orgs
-        for r in routes(org)
-    ]  # fmt: skip
+    planned: list[Notification] = []
+    for org in orgs:
+        text = texts[replaces_earlier_invitation(found, cause_message_id=cause, recipient_hsa_id=org.hsa_id)]
+        planned += [
+            _notification(
+                cmd, text, recipient=org.hsa_id, channel=r.channel, address=r.address, status=r.status,
+                last_error=r.last_error, clock=clock, sender_hsa_id=organizer.hsa_id,
+                body=text.sms if r.short_text else None,
+                ics=ics if r.channel == "email" and r.status == "pending" else None,
+            )
+            for r in routes(org)
+        ]  # fmt: skip
     # an invitation under a consent that no longer holds (it came after the withdrawal, e.g. from
     # another queue) is recorded cancelled, never sent; its recipients are told like the others
-    await repo.serialize(cmd.consent_id, cmd.case_id)
     withdrawn = await repo.withdrawal(cmd.consent_id)
     if withdrawn is not None:
         planned = [_stopped(n, withdrawn) for n in planned]

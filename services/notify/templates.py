@@ -396,68 +396,183 @@ def _lines(*parts: str | None) -> str:
 
 
 # ---- the kinds ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sender:
+    """Who asks: the owning unit that calls the meeting, and its functional contact when the directory
+    names one (a function such as "SIP-samordnare, …", never a person)."""
+
+    unit: str
+    contact: str | None = None
+    phone: str | None = None
+    email: str | None = None
+
+
+def _contact_line(sender: Sender | None, ref: str, language: str) -> str | None:
+    """Whom to ask and how: the contact's name, phone and e-mail as far as they are known, else the
+    unit alone; None without a sender. Never a placeholder for what is missing."""
+    if sender is None:
+        return None
+    sv = language == "sv"
+    reach = [p for p in (sender.phone, sender.email) if p]
+    if sender.contact:
+        who = sender.contact
+        if sender.phone and sender.email:
+            who += (
+                f", telefon {sender.phone} eller e-post {sender.email}"
+                if sv
+                else (f", phone {sender.phone} or e-mail {sender.email}")
+            )
+        elif reach:
+            how = ("telefon " if sv else "phone ") if sender.phone else ("e-post " if sv else "e-mail ")
+            who += f", {how}{reach[0]}"
+    else:
+        who = sender.unit
+    if sv:
+        return f"Frågor om kallelsen? Kontakta {who}. Ange ärendereferensen {ref}."
+    return f"Questions about this invitation? Contact {who}. Give the case reference {ref}."
+
+
+def _contact_sms(sender: Sender | None, language: str) -> str:
+    if sender is None or not (sender.phone or sender.email):
+        return ""
+    return f" {'Frågor' if language == 'sv' else 'Questions'}: {sender.phone or sender.email}."
+
+
 def render_invitation(
     *,
     case_reference: str,
-    invitation_due_at: datetime,
     plan_url: str,
     language: str = "sv",
     meeting: Meeting | None = None,
     interpreter_language: str | None = None,
     meeting_needs: MeetingNeeds | None = None,
+    sender: Sender | None = None,
+    replaces_earlier: bool = False,
 ) -> RenderedEmail:
-    """The invitation (kallelse). Without a meeting time the text says the time will follow. The
-    person's needs, when recorded, follow as the "Inför mötet" block."""
+    """The invitation (kallelse), read as its recipient reads it: who asks and how to reach them
+    (``sender``: the owning unit and its functional contact), what the reader is asked to do and by
+    when (come to the meeting at its time, answer the calendar invitation before it). Without a
+    meeting time the text says the time will follow. The person's needs, when recorded, follow as the
+    "Inför mötet" block.
+
+    ``replaces_earlier``: the recipient was invited before in this case (the rule is
+    :func:`services.notify.domain.replaces_earlier_invitation`); subject and text say this invitation
+    replaces the earlier one. The deadline for *sending* the invitation is the coordinator's and is
+    never shown here."""
     lang = _language(language)
     ref = _reference(case_reference)
     url = _url(plan_url, "plan_url")
-    due = local_due(invitation_due_at)
     block = needs_block(meeting_needs, interpreter_language, lang)
     needs = f"{block}\n\n" if block else ""
     sms_needs = needs_sms(meeting_needs, interpreter_language, lang)
+    contact = _contact_line(sender, ref, lang)
+    contact_text = f"{contact}\n\n" if contact else ""
+    sms_contact = _contact_sms(sender, lang)
     if lang == "sv":
-        subject = f"Kallelse till SIP-planering – {ref}"
+        subject = f"{'Ändrad kallelse' if replaces_earlier else 'Kallelse'} till SIP-planering – {ref}"
+        who = f"{sender.unit} kallar er verksamhet" if sender else "Er verksamhet kallas"
+        intro = (
+            f"{who} till ett möte om en samordnad individuell plan (SIP) för en person "
+            "som behöver stöd från flera verksamheter.\n\n"
+        )
+        if replaces_earlier:
+            intro = (
+                f"Kallelsen är ändrad. Den ersätter kallelsen ni fick tidigare i ärende {ref}: "
+                "det är tiden och platsen nedan som gäller.\n\n" + intro
+            )
         if meeting is not None:
             when = _lines(*_meeting_lines(meeting, lang))
+            ask = (
+                "Det här ombeds ni göra:\n"
+                f"- Kom till SIP-mötet {format_meeting_time(meeting, lang)}, med någon som kan "
+                "företräda er verksamhet.\n"
+                "- Svara i den bifogade kalenderinbjudan om ni kommer, innan mötet börjar.\n\n"
+            )
             calendar = "En kalenderinbjudan är bifogad. Svara i kalendern om ni kommer.\n\n"
+            if replaces_earlier:
+                calendar = (
+                    "En kalenderinbjudan är bifogad. Den uppdaterar mötet i er kalender i stället "
+                    "för att lägga till ett nytt. Svara i kalendern om ni kommer.\n\n"
+                )
             sms_when = f"Möte {_sms_meeting(meeting, lang)}."
         else:
             when = "Tid: inte bestämd ännu. Ni får en ny kallelse när tiden är bestämd."
+            ask = (
+                "Det här ombeds ni göra:\n"
+                "- Ingenting ännu: planera för att delta. Ni får en ny kallelse med tid och plats.\n\n"
+            )
             calendar = "Ingen kalenderinbjudan är bifogad eftersom mötestiden inte är bestämd.\n\n"
             sms_when = "Mötestid ej bestämd."
         body = (
             "Hej,\n\n"
-            "Er verksamhet kallas att delta i arbetet med en samordnad individuell plan (SIP).\n\n"
+            f"{intro}"
             f"Ärende: {ref}\n"
-            f"Tidsfrist: {_format_sv(due)}\n"
             f"{when}\n\n"
+            f"{ask}"
             f"{needs}"
             f"{calendar}"
+            f"{contact_text}"
             f"{_READ_HERE[lang]}\n{url}\n\n" + _FOOTER[lang]
         )
-        sms = f"Kallelse till SIP, ärende {ref}. {sms_when}{sms_needs} Läs: {url}"
+        first = (
+            "Ändrad kallelse till SIP (ersätter den tidigare)" if replaces_earlier else "Kallelse till SIP"
+        )
+        sms = f"{first}, ärende {ref}. {sms_when}{sms_needs}{sms_contact} Läs: {url}"
     else:
-        subject = f"Invitation to SIP planning – {ref}"
+        subject = f"{'Updated invitation' if replaces_earlier else 'Invitation'} to SIP planning – {ref}"
+        who = f"{sender.unit} invites your organisation" if sender else "Your organisation is invited"
+        intro = (
+            f"{who} to a meeting about a coordinated individual plan "
+            "(samordnad individuell plan, SIP) for a person who needs support from several "
+            "organisations.\n\n"
+        )
+        if replaces_earlier:
+            intro = (
+                f"This invitation has changed. It replaces the invitation you received earlier for case "
+                f"{ref}: the time and place below are the ones that apply.\n\n" + intro
+            )
         if meeting is not None:
             when = _lines(*_meeting_lines(meeting, lang))
+            ask = (
+                "What you are asked to do:\n"
+                f"- Come to the SIP meeting on {format_meeting_time(meeting, lang)}, with someone who "
+                "can speak for your organisation.\n"
+                "- Reply to the attached calendar invitation whether you will come, before the "
+                "meeting starts.\n\n"
+            )
             calendar = "A calendar invitation is attached. Please reply in your calendar.\n\n"
+            if replaces_earlier:
+                calendar = (
+                    "A calendar invitation is attached. It updates the meeting in your calendar "
+                    "instead of adding a new one. Please reply in your calendar.\n\n"
+                )
             sms_when = f"Meeting {_sms_meeting(meeting, lang)}."
         else:
             when = "Time: not set yet. You will get a new invitation once the time is set."
+            ask = (
+                "What you are asked to do:\n"
+                "- Nothing yet: plan to take part. You will get a new invitation with the time and "
+                "place.\n\n"
+            )
             calendar = "No calendar invitation is attached because the meeting time is not set yet.\n\n"
             sms_when = "Meeting time not set yet."
         body = (
             "Hello,\n\n"
-            "Your organisation is invited to take part in drawing up a coordinated individual plan "
-            "(samordnad individuell plan, SIP).\n\n"
+            f"{intro}"
             f"Case reference: {ref}\n"
-            f"Deadline: {_format_en(due)}\n"
             f"{when}\n\n"
+            f"{ask}"
             f"{needs}"
             f"{calendar}"
+            f"{contact_text}"
             f"{_READ_HERE[lang]}\n{url}\n\n" + _FOOTER[lang]
         )
-        sms = f"Invitation to SIP, case {ref}. {sms_when}{sms_needs} Read: {url}"
+        first = (
+            "Updated invitation to SIP (replaces the earlier one)"
+            if replaces_earlier
+            else "Invitation to SIP"
+        )
+        sms = f"{first}, case {ref}. {sms_when}{sms_needs}{sms_contact} Read: {url}"
     return _finish(subject, body, sms)
 
 
