@@ -24,7 +24,15 @@ from services.notify.domain import (
     replaces_earlier_invitation,
     withdrawal_cause_key,
 )
-from services.notify.ics import CalendarParty, invitation_ics, next_sequence
+from services.notify.ics import (
+    CalendarParty,
+    calendar_event,
+    calendar_method,
+    cancellation_ics,
+    invitation_ics,
+    next_sequence,
+    sequence_for,
+)
 from services.notify.ports import NotificationRepository
 from services.notify.templates import (
     STOCKHOLM,
@@ -534,7 +542,9 @@ def follow_up_due_at(day: Any) -> datetime:
     return datetime.combine(day, time.min, tzinfo=STOCKHOLM)
 
 
-def _notice_text(notice: CaseNotice, language: str, options: InvitationOptions) -> RenderedEmail:
+def _notice_text(
+    notice: CaseNotice, language: str, options: InvitationOptions, *, cancelled_meeting: Meeting | None = None
+) -> RenderedEmail:
     if notice.kind == "plan-established":
         if not notice.plan_url:
             raise NoticeRefused("plan_url: required for plan-established")
@@ -562,6 +572,7 @@ def _notice_text(notice: CaseNotice, language: str, options: InvitationOptions) 
         reason=closed_reason(notice.reason_code),
         language=language,
         plan_url=notice.plan_url,
+        cancelled_meeting=cancelled_meeting,
     )
 
 
@@ -595,7 +606,9 @@ async def handle_case_notice(
       withdrawn or cancelled they are recorded ``cancelled`` with the reason, and a later withdrawal
       cancels them while unsent, like invitations;
     - ``case-closed`` is an ending notice (:data:`~services.notify.domain.NOTICE_KINDS`): sent even
-      after a withdrawal, never cancelled by one; it also cancels the case's pending meeting reminders.
+      after a withdrawal, never cancelled by one; it also cancels the case's pending meeting reminders,
+      and to an organisation sent a calendar invitation for a meeting that has not begun it says the
+      meeting is cancelled and carries the ``METHOD:CANCEL`` calendar (:func:`calendar_cancellation`).
 
     The text is Swedish unless the recipient was earlier written to in English for this case.
     """
@@ -637,6 +650,17 @@ async def handle_case_notice(
         language = next((n.language for n in reversed(prior) if n.recipient_hsa_id == org.hsa_id), "sv")
         language = language if language in texts else "sv"
         text = texts[language]
+        cancellation = (
+            calendar_cancellation(found, org.hsa_id, now=now, language=language)
+            if notice.kind == "case-closed"
+            else None
+        )  # the meeting of a closed case is not held: its calendar event is cancelled
+        if cancellation is not None:
+            try:
+                text = _notice_text(notice, language, options, cancelled_meeting=cancellation.meeting)
+            except UnsafeText as exc:
+                raise NoticeRefused(str(exc)) from None
+        cancel_ics = cancellation.ics if cancellation is not None else None
         for r in routes(org):
             key = DedupeKey(str(notice.message_id), org.hsa_id, r.channel)
             planned.append(
@@ -648,6 +672,7 @@ async def handle_case_notice(
                     attempts=0, next_attempt_at=now, created_at=now, updated_at=now, last_error=r.last_error,
                     kind=notice.kind, plan_url=notice.plan_url, sender_hsa_id=notice.owner_hsa_id,
                     consent_id=notice.consent_id, owner_hsa_id=notice.owner_hsa_id,
+                    ics=cancel_ics if r.channel == "email" and r.status == "pending" else None,
                     meeting_needs=(
                         _needs(notice.meeting_needs, notice.interpreter_language)
                         if notice.kind in NEEDS_KINDS else None
@@ -710,7 +735,9 @@ async def stop_for_withdrawal(
        what failed stays failed;
     3. every participant organisation — each recipient of a notification of the case — gets one
        notice per channel kind that the SIP is paused (template ``consent-withdrawn``): the case
-       reference and the time only, no health data, no personnummer, no link. The dedupe key's
+       reference and the time only, no health data, no personnummer, no link; an organisation sent a
+       calendar invitation for a meeting that has not begun is told it is cancelled, and its e-mail
+       carries the ``METHOD:CANCEL`` calendar (:func:`calendar_cancellation`). The dedupe key's
        cause is derived from (consent, case), so it is once per (withdrawal, recipient, channel)
        however often the withdrawal is delivered.
 
@@ -755,6 +782,43 @@ def _previous_routes(ns: list[Notification]) -> list[Route]:
     return list(seen.values()) or [Route("email", None, status="failed", last_error=NO_CHANNEL)]
 
 
+@dataclass(frozen=True)
+class CalendarCancellation:
+    """The meeting an organisation has in its calendar and that is not held, and the ``METHOD:CANCEL``
+    calendar that removes it."""
+
+    meeting: Meeting
+    ics: str
+
+
+def calendar_cancellation(
+    found: list[Notification], recipient_hsa_id: str, *, now: datetime, language: str
+) -> CalendarCancellation | None:
+    """The cancellation of the meeting ``recipient_hsa_id`` was sent a calendar invitation for in this
+    case (``found``: all its notifications), or None: nothing was sent to it with a calendar, the
+    meeting has already begun, or a cancellation of it was already sent or is on its way. The
+    cancellation keeps the event's ``UID`` with a ``SEQUENCE`` above every calendar of the case, and
+    ``STATUS:CANCELLED``, so calendars remove the event."""
+    events = [
+        (calendar_event(n.ics), n.ics)
+        for n in found
+        if n.ics and n.recipient_hsa_id == recipient_hsa_id and n.status not in ("cancelled", "failed")
+        and (n.status == "sent" or calendar_method(n.ics) == "CANCEL")
+    ]  # fmt: skip
+    sent = [(ev, ics) for ev, ics in events if ev is not None]
+    if not sent:
+        return None
+    last, ics = max(sent, key=lambda p: p[0].sequence)
+    if last.method != "REQUEST" or last.start is None or last.start <= now:
+        return None
+    case = [ev for n in found if n.ics and (ev := calendar_event(n.ics)) is not None]
+    sequence = max([sequence_for(now), *(ev.sequence + 1 for ev in case)])
+    return CalendarCancellation(
+        meeting=Meeting(start=last.start, end=last.end),
+        ics=cancellation_ics(ics, issued_at=now, sequence=sequence, language=language),
+    )
+
+
 async def tell_participants(
     case_id: UUID,
     withdrawn: Withdrawal,
@@ -766,7 +830,8 @@ async def tell_participants(
 ) -> list[Notification]:
     """One ``consent-withdrawn`` notice per participant organisation of the case and channel kind
     (only those not planned before); returns the new ones."""
-    prior = _prior(await repo.for_case(case_id))
+    found = await repo.for_case(case_id)
+    prior = _prior(found)
     if not prior:
         return []
     reference = prior[-1].case_reference
@@ -781,15 +846,20 @@ async def tell_participants(
         language = ns[-1].language if ns[-1].language in ("sv", "en") else "sv"
         org = directory.get(hsa_id)
         error: str | None = None
+        cancellation: CalendarCancellation | None = None
         try:
+            cancellation = calendar_cancellation(found, hsa_id, now=now, language=language)
             text = render_consent_withdrawn(
                 case_reference=reference,
                 withdrawn_at=withdrawn.effective_at,
                 language=language,
                 cause="cancellation" if withdrawn.cause == "cancellation" else "withdrawal",
+                cancelled_meeting=cancellation.meeting if cancellation else None,
             )
         except UnsafeText as exc:  # never keeps the cancellation from committing
             text, error = RenderedEmail(subject=f"SIP {case_id}", body=""), NOTICE_UNSAFE.format(exc)
+            cancellation = None
+        cancel_ics = cancellation.ics if cancellation is not None else None
         for r in routes(org) if org is not None else _previous_routes(ns):
             key = DedupeKey(cause, hsa_id, r.channel)
             n = Notification(
@@ -800,6 +870,7 @@ async def tell_participants(
                 status="failed" if error else r.status, attempts=0, next_attempt_at=now, created_at=now,
                 updated_at=now, last_error=error or r.last_error, kind="consent-withdrawn",
                 owner_hsa_id=owner,
+                ics=cancel_ics if r.channel == "email" and r.status == "pending" else None,
             )  # fmt: skip
             if await repo.add(n):
                 created.append(n)

@@ -758,17 +758,39 @@ def render_deadline_escalation(
     return _finish(subject, body, sms)
 
 
+def _cancelled_meeting(meeting: Meeting | None, language: str) -> tuple[str, str]:
+    """The paragraph (and the SMS words) saying that the meeting the recipient was invited to is not
+    held and that the attached cancellation removes it from their calendar ('' without one)."""
+    if meeting is None:
+        return "", ""
+    when = format_meeting_time(meeting, language)
+    if language == "sv":
+        return (
+            f"SIP-mötet {when} är inställt. En avbokning är bifogad, så att mötet tas bort ur er "
+            "kalender.\n\n",
+            f" Mötet {_short(meeting.start, language)} är inställt.",
+        )
+    return (
+        f"The SIP meeting on {when} is cancelled. A cancellation is attached so that the meeting is "
+        "removed from your calendar.\n\n",
+        f" The meeting {_short(meeting.start, language)} is cancelled.",
+    )
+
+
 def render_consent_withdrawn(
     *,
     case_reference: str,
     withdrawn_at: datetime,
     language: str = "sv",
     cause: WithdrawalCause = "withdrawal",
+    cancelled_meeting: Meeting | None = None,
 ) -> RenderedEmail:
     """The person withdrew consent (or it was cancelled as wrongly registered, ``cause``): sharing
-    stops now. No link, no health data."""
+    stops now. No link, no health data. ``cancelled_meeting``: the meeting the recipient was invited
+    to, which is not held; the mail carries its cancellation (``METHOD:CANCEL``)."""
     lang = _language(language)
     ref = _reference(case_reference)
+    cancelled, sms_cancelled = _cancelled_meeting(cancelled_meeting, lang)
     if cause not in ("withdrawal", "cancellation"):
         raise ValueError(f"unknown cause: {cause!r}")
     if lang == "sv":
@@ -787,10 +809,10 @@ def render_consent_withdrawn(
             "Det betyder från och med nu:\n"
             "- Dela inga uppgifter om personen med de andra deltagarna i ärendet.\n"
             "- Planerade SIP-möten hålls inte förrän det finns ett nytt samtycke.\n"
-            "- Personens rätt till vård och stöd påverkas inte.\n\n" + _FOOTER[lang]
+            "- Personens rätt till vård och stöd påverkas inte.\n\n" + cancelled + _FOOTER[lang]
         )
         state = "återkallat" if cause == "withdrawal" else "makulerat"
-        sms = f"SIP {ref} är pausad: samtycket är {state}. Dela inga uppgifter om personen."
+        sms = f"SIP {ref} är pausad: samtycket är {state}. Dela inga uppgifter om personen.{sms_cancelled}"
     else:
         if cause == "withdrawal":
             subject = f"SIP paused: consent withdrawn – {ref}"
@@ -806,10 +828,10 @@ def render_consent_withdrawn(
             "From now on:\n"
             "- Do not share anything about the person with the other participants in the case.\n"
             "- Planned SIP meetings are not held unless there is a new consent.\n"
-            "- The person's right to care and support is not affected.\n\n" + _FOOTER[lang]
+            "- The person's right to care and support is not affected.\n\n" + cancelled + _FOOTER[lang]
         )
         state = "withdrawn" if cause == "withdrawal" else "cancelled"
-        sms = f"SIP {ref} is paused: consent {state}. Do not share anything about the person."
+        sms = f"SIP {ref} is paused: consent {state}. Do not share anything about the person.{sms_cancelled}"
     return _finish(subject, body, sms)
 
 
@@ -834,10 +856,14 @@ def render_case_closed(
     reason: ClosedReason,
     language: str = "sv",
     plan_url: str | None = None,
+    cancelled_meeting: Meeting | None = None,
 ) -> RenderedEmail:
-    """The SIP is closed (avslut). The reason is a code from a fixed set, never free text."""
+    """The SIP is closed (avslut). The reason is a code from a fixed set, never free text.
+    ``cancelled_meeting``: a meeting the recipient was invited to that is now not held; the mail
+    carries its cancellation (``METHOD:CANCEL``)."""
     lang = _language(language)
     ref = _reference(case_reference)
+    cancelled, sms_cancelled = _cancelled_meeting(cancelled_meeting, lang)
     url = _url(plan_url, "plan_url") if plan_url else None
     if reason not in _CLOSED_SV:
         raise ValueError(f"unknown reason: {reason!r}")
@@ -848,9 +874,9 @@ def render_case_closed(
             "Hej,\n\n"
             f"Den samordnade individuella planen i ärende {ref} avslutades {_format(closed_at, lang)}.\n"
             f"Orsak: {_CLOSED_SV[reason]}.\n\n"
-            "Er verksamhet behöver inte göra något mer inom denna SIP.\n\n" + read + _FOOTER[lang]
+            "Er verksamhet behöver inte göra något mer inom denna SIP.\n\n" + cancelled + read + _FOOTER[lang]
         )
-        sms = f"SIP {ref} är avslutad." + (f" Läs: {url}" if url else "")
+        sms = f"SIP {ref} är avslutad.{sms_cancelled}" + (f" Läs: {url}" if url else "")
     else:
         subject = f"SIP closed – {ref}"
         read = f"{_READ_HERE[lang]}\n{url}\n\n" if url else ""
@@ -858,9 +884,9 @@ def render_case_closed(
             "Hello,\n\n"
             f"The coordinated individual plan in case {ref} was closed on {_format(closed_at, lang)}.\n"
             f"Reason: {_CLOSED_EN[reason]}.\n\n"
-            "Your organisation has nothing more to do in this SIP.\n\n" + read + _FOOTER[lang]
+            "Your organisation has nothing more to do in this SIP.\n\n" + cancelled + read + _FOOTER[lang]
         )
-        sms = f"SIP {ref} is closed." + (f" Read: {url}" if url else "")
+        sms = f"SIP {ref} is closed.{sms_cancelled}" + (f" Read: {url}" if url else "")
     return _finish(subject, body, sms)
 
 
