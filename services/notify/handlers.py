@@ -342,6 +342,7 @@ async def accept_invitation(
                 language=cmd.language,
                 interpreter_language=cmd.interpreter_language,
                 meeting_needs=cmd.meeting_needs,
+                sender=sender_of(organizer),
             )
             if meeting is not None
             else None

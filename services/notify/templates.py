@@ -407,29 +407,33 @@ class Sender:
     email: str | None = None
 
 
+def _who(sender: Sender, language: str) -> str:
+    """The contact (else the unit) with its phone and e-mail as far as they are known: never a
+    placeholder for what is missing."""
+    sv = language == "sv"
+    who = sender.contact or sender.unit
+    if sender.phone and sender.email:
+        return who + (
+            f", telefon {sender.phone} eller e-post {sender.email}"
+            if sv
+            else f", phone {sender.phone} or e-mail {sender.email}"
+        )
+    if sender.phone:
+        return who + (f", telefon {sender.phone}" if sv else f", phone {sender.phone}")
+    if sender.email:
+        return who + (f", e-post {sender.email}" if sv else f", e-mail {sender.email}")
+    return who
+
+
 def _contact_line(sender: Sender | None, ref: str, language: str) -> str | None:
-    """Whom to ask and how: the contact's name, phone and e-mail as far as they are known, else the
-    unit alone; None without a sender. Never a placeholder for what is missing."""
+    """Whom to ask and how (None without a sender)."""
     if sender is None:
         return None
-    sv = language == "sv"
-    reach = [p for p in (sender.phone, sender.email) if p]
-    if sender.contact:
-        who = sender.contact
-        if sender.phone and sender.email:
-            who += (
-                f", telefon {sender.phone} eller e-post {sender.email}"
-                if sv
-                else (f", phone {sender.phone} or e-mail {sender.email}")
-            )
-        elif reach:
-            how = ("telefon " if sv else "phone ") if sender.phone else ("e-post " if sv else "e-mail ")
-            who += f", {how}{reach[0]}"
-    else:
-        who = sender.unit
-    if sv:
-        return f"Frågor om kallelsen? Kontakta {who}. Ange ärendereferensen {ref}."
-    return f"Questions about this invitation? Contact {who}. Give the case reference {ref}."
+    if language == "sv":
+        return f"Frågor om kallelsen? Kontakta {_who(sender, language)}. Ange ärendereferensen {ref}."
+    return (
+        f"Questions about this invitation? Contact {_who(sender, language)}. Give the case reference {ref}."
+    )
 
 
 def _contact_sms(sender: Sender | None, language: str) -> str:
@@ -584,8 +588,10 @@ def render_reminder(
     language: str = "sv",
     interpreter_language: str | None = None,
     meeting_needs: MeetingNeeds | None = None,
+    sender: Sender | None = None,
 ) -> RenderedEmail:
-    """A reminder before the meeting, with the person's needs ("Inför mötet")."""
+    """A reminder before the meeting, with the person's needs ("Inför mötet"); whom to tell when the
+    reader cannot come (``sender``: the owning unit and its contact)."""
     lang = _language(language)
     ref = _reference(case_reference)
     url = _url(plan_url, "plan_url")
@@ -598,7 +604,8 @@ def render_reminder(
             "Hej,\n\n"
             "Det här är en påminnelse om SIP-mötet som er verksamhet är kallad till.\n\n"
             f"Ärende: {ref}\n{details}\n\n"
-            "Kan ni inte komma? Hör av er till den som kallade, så snart som möjligt.\n\n"
+            f"Kan ni inte komma? Hör av er till {_who(sender, lang) if sender else 'den som kallade'}, "
+            "så snart som möjligt.\n\n"
             f"{_READ_HERE[lang]}\n{url}\n\n" + _FOOTER[lang]
         )
         sms = f"Påminnelse: SIP-möte {_sms_meeting(meeting, lang)}, ärende {ref}.{sms_needs}"
@@ -608,7 +615,7 @@ def render_reminder(
             "Hello,\n\n"
             "This is a reminder of the SIP meeting your organisation is invited to.\n\n"
             f"Case reference: {ref}\n{details}\n\n"
-            "Cannot come? Tell the organiser as soon as possible.\n\n"
+            f"Cannot come? Tell {_who(sender, lang) if sender else 'the organiser'} as soon as possible.\n\n"
             f"{_READ_HERE[lang]}\n{url}\n\n" + _FOOTER[lang]
         )
         sms = f"Reminder: SIP meeting {_sms_meeting(meeting, lang)}, case {ref}.{sms_needs}"

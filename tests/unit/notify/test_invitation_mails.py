@@ -168,6 +168,18 @@ async def test_an_owning_unit_without_a_contact_is_named_gracefully(app, setting
     assert "None" not in mail.body
 
 
+async def test_the_reminder_says_whom_to_tell_when_the_reader_cannot_come(app, settings, clock, sender):
+    await accept(app, settings, clock, invite(SOC))
+    await sent(app, sender)
+    clock.advance(MEETING - timedelta(hours=23) - clock.now())  # the reminder is due 24 h before
+    reminder = (await sent(app, sender))[SOC_MAIL]
+    assert reminder.subject.startswith("Påminnelse: SIP-möte")
+    assert (
+        "Kan ni inte komma? Hör av er till SIP-samordnare, Vårdcentralen Södermalm, telefon 08-465 004 30 "
+        "eller e-post sip-samordnare@vc-sodermalm.example, så snart som möjligt."
+    ) in reminder.body
+
+
 # ---- what the reader is asked to do, and by when --------------------------------------------------
 async def test_the_reader_is_asked_to_come_and_to_answer_before_the_meeting(app, settings, clock, sender):
     await accept(app, settings, clock, invite(SOC))
