@@ -19,7 +19,9 @@ PNR_ANY = re.compile(r"(?<!\d)(?:\d{2})?\d{6}[-+]?\d{4}(?!\d)")
 
 @pytest.mark.parametrize("language", ["sv", "en"])
 def test_invitation_names_the_case_and_where_to_read_it(language):
-    mail = render_invitation(case_reference=REF, meeting=Meeting(start=WINTER), plan_url=URL, language=language)
+    mail = render_invitation(
+        case_reference=REF, meeting=Meeting(start=WINTER), plan_url=URL, language=language
+    )
     assert REF in mail.subject
     assert REF in mail.body
     assert URL in mail.body
