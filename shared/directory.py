@@ -2,7 +2,8 @@
 
 A YAML (or JSON) file lists organisations with their HSA-id, kind, whom they serve (kommun codes, or
 patients listed with them) and contact channels. Real systems route by the person's home
-municipality and listed primary-care unit; so does this.
+municipality and listed primary-care unit; so does this. An organisation may name its functional
+contact (``contact:``), which the invitations it sends as the owning unit give to their readers.
 """
 
 from __future__ import annotations
@@ -40,6 +41,17 @@ class SmsChannel(BaseModel):
 
 
 Channel = EmailChannel | WebhookChannel | SmsChannel
+
+
+class Contact(BaseModel):
+    """The organisation's functional contact for SIP questions: a function (never a person), and how to
+    reach it. Recipients of its invitations are told to get in touch here."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    #: the function, e.g. "SIP-samordnare, Vårdcentralen Södermalm" (one line)
+    name: str = Field(min_length=1, max_length=120, pattern=r"^[^\x00-\x1f]+$")
+    phone: str | None = Field(default=None, pattern=r"^\+?[0-9][0-9 \-]{4,24}$")
+    email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=254)
 
 
 class Serves(BaseModel):
@@ -95,6 +107,8 @@ class Organisation(BaseModel):
     channels: tuple[Channel, ...] = ()
     #: how often its messages usually come (hospitals: ``intake_defaults`` unless given)
     intake: IntakeExpectation | None = None
+    #: its functional contact, named in the invitations it sends as the owning unit (optional)
+    contact: Contact | None = None
 
 
 class UnknownRecipient(PermanentError):

@@ -32,6 +32,7 @@ The cancel-vs-dispatch rule (issue #4): **the cancel wins every race it can stil
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -177,6 +178,24 @@ def withdrawal_cause_key(consent_id: UUID, case_id: UUID) -> str:
     once per (withdrawal, recipient, channel).
     """
     return str(uuid5(_NAMESPACE, f"consent-withdrawn|{consent_id}|{case_id}"))
+
+
+def replaces_earlier_invitation(
+    found: Iterable[Notification], *, cause_message_id: str, recipient_hsa_id: str
+) -> bool:
+    """Whether an invitation (the command ``cause_message_id``) to ``recipient_hsa_id`` replaces an
+    earlier one: the case holds an invitation to that organisation from another command which it got
+    or will get (not ``cancelled``, not ``failed``). The one rule for an *updated* invitation: its
+    subject and text say so ("Ändrad kallelse", :func:`services.notify.templates.render_invitation`);
+    its calendar keeps the case's ``UID`` with a higher ``SEQUENCE`` (:mod:`services.notify.ics`).
+    An organisation new to the case gets an ordinary invitation, whatever others got before."""
+    return any(
+        n.kind == "invitation"
+        and n.recipient_hsa_id == recipient_hsa_id
+        and n.cause_message_id != cause_message_id
+        and n.status not in ("cancelled", "failed")
+        for n in found
+    )
 
 
 def reminder_cause_key(invitation_message_id: str) -> str:

@@ -21,15 +21,25 @@ from services.notify.domain import (
     cancel_reason_code,
     reminder_cause_key,
     reminder_due_at,
+    replaces_earlier_invitation,
     withdrawal_cause_key,
 )
-from services.notify.ics import CalendarParty, invitation_ics
+from services.notify.ics import (
+    CalendarParty,
+    calendar_event,
+    calendar_method,
+    cancellation_ics,
+    invitation_ics,
+    next_sequence,
+    sequence_for,
+)
 from services.notify.ports import NotificationRepository
 from services.notify.templates import (
     STOCKHOLM,
     ClosedReason,
     Meeting,
     RenderedEmail,
+    Sender,
     UnsafeText,
     deadline_of,
     render_case_closed,
@@ -231,6 +241,14 @@ def _organizer(cmd: SendInvitation, orgs: list[Organisation], directory: Directo
     return next((o for o in orgs if o.kind == "primary_care_unit"), orgs[0])
 
 
+def sender_of(org: Organisation) -> Sender:
+    """Who asks, as an invitation names it: the owning unit and its functional contact (if any)."""
+    c = org.contact
+    if c is None:
+        return Sender(unit=org.name)
+    return Sender(unit=org.name, contact=c.name, phone=c.phone, email=c.email)
+
+
 def _emails(org: Organisation) -> list[str]:
     return [c.address for c in org.channels if isinstance(c, EmailChannel)]
 
@@ -241,6 +259,7 @@ def _calendar(
     organizer: Organisation,
     orgs: list[Organisation],
     options: InvitationOptions,
+    sequence: int,
 ) -> str:
     own = _emails(organizer)
     attendees = tuple(CalendarParty(o.name, o.hsa_id, _emails(o)[0]) for o in orgs if _emails(o))
@@ -252,6 +271,7 @@ def _calendar(
         attendees=attendees,
         plan_url=cmd.plan_url,
         issued_at=cmd.occurred_at,
+        sequence=sequence,
         language=cmd.language,
         interpreter_language=cmd.interpreter_language,
         meeting_needs=cmd.meeting_needs,
@@ -279,6 +299,12 @@ async def accept_invitation(
 
     With a meeting time it also schedules the reminders (:func:`schedule_reminders`).
 
+    The text names the owning unit and its functional contact (:func:`sender_of`). An organisation
+    invited before in this case by another command gets the *updated* invitation ("Ändrad kallelse",
+    :func:`~services.notify.domain.replaces_earlier_invitation`); the calendar keeps the case's ``UID``
+    with a ``SEQUENCE`` above every calendar of the case issued before
+    (:func:`~services.notify.ics.next_sequence`).
+
     An unknown recipient or organizer, or a text that would carry personal or health data, refuses
     the whole command (PermanentError → DLQ with the reason), before anything is stored. Returns the
     new invitations, then the new reminders.
@@ -287,17 +313,27 @@ async def accept_invitation(
     meeting = _meeting(cmd)
     orgs = _recipients(cmd, directory)
     organizer = _organizer(cmd, orgs, directory)
+    cause = str(cmd.message_id)
+    await repo.serialize(cmd.consent_id, cmd.case_id)
+    found = await repo.for_case(cmd.case_id)
     try:
-        text = render_invitation(
-            case_reference=cmd.case_reference,
-            invitation_due_at=cmd.invitation_due_at,
-            plan_url=cmd.plan_url,
-            language=cmd.language,
-            meeting=meeting,
-            interpreter_language=cmd.interpreter_language,
-            meeting_needs=cmd.meeting_needs,
+        texts = {
+            replaces: render_invitation(
+                case_reference=cmd.case_reference,
+                plan_url=cmd.plan_url,
+                language=cmd.language,
+                meeting=meeting,
+                interpreter_language=cmd.interpreter_language,
+                meeting_needs=cmd.meeting_needs,
+                sender=sender_of(organizer),
+                replaces_earlier=replaces,
+            )
+            for replaces in (False, True)
+        }
+        sequence = next_sequence(
+            cmd.occurred_at, (n.ics for n in found if n.ics and n.cause_message_id != cause)
         )
-        ics = _calendar(cmd, meeting, organizer, orgs, options) if meeting is not None else None
+        ics = _calendar(cmd, meeting, organizer, orgs, options, sequence) if meeting is not None else None
         reminder = (
             render_reminder(
                 case_reference=cmd.case_reference,
@@ -306,6 +342,7 @@ async def accept_invitation(
                 language=cmd.language,
                 interpreter_language=cmd.interpreter_language,
                 meeting_needs=cmd.meeting_needs,
+                sender=sender_of(organizer),
             )
             if meeting is not None
             else None
@@ -313,19 +350,20 @@ async def accept_invitation(
     except UnsafeText as exc:
         raise InvitationRefused(str(exc)) from None
 
-    planned = [
-        _notification(
-            cmd, text, recipient=org.hsa_id, channel=r.channel, address=r.address, status=r.status,
-            last_error=r.last_error, clock=clock, sender_hsa_id=organizer.hsa_id,
-            body=text.sms if r.short_text else None,
-            ics=ics if r.channel == "email" and r.status == "pending" else None,
-        )
-        for org in orgs
-        for r in routes(org)
-    ]  # fmt: skip
+    planned: list[Notification] = []
+    for org in orgs:
+        text = texts[replaces_earlier_invitation(found, cause_message_id=cause, recipient_hsa_id=org.hsa_id)]
+        planned += [
+            _notification(
+                cmd, text, recipient=org.hsa_id, channel=r.channel, address=r.address, status=r.status,
+                last_error=r.last_error, clock=clock, sender_hsa_id=organizer.hsa_id,
+                body=text.sms if r.short_text else None,
+                ics=ics if r.channel == "email" and r.status == "pending" else None,
+            )
+            for r in routes(org)
+        ]  # fmt: skip
     # an invitation under a consent that no longer holds (it came after the withdrawal, e.g. from
     # another queue) is recorded cancelled, never sent; its recipients are told like the others
-    await repo.serialize(cmd.consent_id, cmd.case_id)
     withdrawn = await repo.withdrawal(cmd.consent_id)
     if withdrawn is not None:
         planned = [_stopped(n, withdrawn) for n in planned]
@@ -505,7 +543,9 @@ def follow_up_due_at(day: Any) -> datetime:
     return datetime.combine(day, time.min, tzinfo=STOCKHOLM)
 
 
-def _notice_text(notice: CaseNotice, language: str, options: InvitationOptions) -> RenderedEmail:
+def _notice_text(
+    notice: CaseNotice, language: str, options: InvitationOptions, *, cancelled_meeting: Meeting | None = None
+) -> RenderedEmail:
     if notice.kind == "plan-established":
         if not notice.plan_url:
             raise NoticeRefused("plan_url: required for plan-established")
@@ -533,6 +573,7 @@ def _notice_text(notice: CaseNotice, language: str, options: InvitationOptions) 
         reason=closed_reason(notice.reason_code),
         language=language,
         plan_url=notice.plan_url,
+        cancelled_meeting=cancelled_meeting,
     )
 
 
@@ -566,7 +607,9 @@ async def handle_case_notice(
       withdrawn or cancelled they are recorded ``cancelled`` with the reason, and a later withdrawal
       cancels them while unsent, like invitations;
     - ``case-closed`` is an ending notice (:data:`~services.notify.domain.NOTICE_KINDS`): sent even
-      after a withdrawal, never cancelled by one; it also cancels the case's pending meeting reminders.
+      after a withdrawal, never cancelled by one; it also cancels the case's pending meeting reminders,
+      and to an organisation sent a calendar invitation for a meeting that has not begun it says the
+      meeting is cancelled and carries the ``METHOD:CANCEL`` calendar (:func:`calendar_cancellation`).
 
     The text is Swedish unless the recipient was earlier written to in English for this case.
     """
@@ -608,6 +651,17 @@ async def handle_case_notice(
         language = next((n.language for n in reversed(prior) if n.recipient_hsa_id == org.hsa_id), "sv")
         language = language if language in texts else "sv"
         text = texts[language]
+        cancellation = (
+            calendar_cancellation(found, org.hsa_id, now=now, language=language)
+            if notice.kind == "case-closed"
+            else None
+        )  # the meeting of a closed case is not held: its calendar event is cancelled
+        if cancellation is not None:
+            try:
+                text = _notice_text(notice, language, options, cancelled_meeting=cancellation.meeting)
+            except UnsafeText as exc:
+                raise NoticeRefused(str(exc)) from None
+        cancel_ics = cancellation.ics if cancellation is not None else None
         for r in routes(org):
             key = DedupeKey(str(notice.message_id), org.hsa_id, r.channel)
             planned.append(
@@ -619,6 +673,7 @@ async def handle_case_notice(
                     attempts=0, next_attempt_at=now, created_at=now, updated_at=now, last_error=r.last_error,
                     kind=notice.kind, plan_url=notice.plan_url, sender_hsa_id=notice.owner_hsa_id,
                     consent_id=notice.consent_id, owner_hsa_id=notice.owner_hsa_id,
+                    ics=cancel_ics if r.channel == "email" and r.status == "pending" else None,
                     meeting_needs=(
                         _needs(notice.meeting_needs, notice.interpreter_language)
                         if notice.kind in NEEDS_KINDS else None
@@ -681,7 +736,9 @@ async def stop_for_withdrawal(
        what failed stays failed;
     3. every participant organisation — each recipient of a notification of the case — gets one
        notice per channel kind that the SIP is paused (template ``consent-withdrawn``): the case
-       reference and the time only, no health data, no personnummer, no link. The dedupe key's
+       reference and the time only, no health data, no personnummer, no link; an organisation sent a
+       calendar invitation for a meeting that has not begun is told it is cancelled, and its e-mail
+       carries the ``METHOD:CANCEL`` calendar (:func:`calendar_cancellation`). The dedupe key's
        cause is derived from (consent, case), so it is once per (withdrawal, recipient, channel)
        however often the withdrawal is delivered.
 
@@ -726,6 +783,43 @@ def _previous_routes(ns: list[Notification]) -> list[Route]:
     return list(seen.values()) or [Route("email", None, status="failed", last_error=NO_CHANNEL)]
 
 
+@dataclass(frozen=True)
+class CalendarCancellation:
+    """The meeting an organisation has in its calendar and that is not held, and the ``METHOD:CANCEL``
+    calendar that removes it."""
+
+    meeting: Meeting
+    ics: str
+
+
+def calendar_cancellation(
+    found: list[Notification], recipient_hsa_id: str, *, now: datetime, language: str
+) -> CalendarCancellation | None:
+    """The cancellation of the meeting ``recipient_hsa_id`` was sent a calendar invitation for in this
+    case (``found``: all its notifications), or None: nothing was sent to it with a calendar, the
+    meeting has already begun, or a cancellation of it was already sent or is on its way. The
+    cancellation keeps the event's ``UID`` with a ``SEQUENCE`` above every calendar of the case, and
+    ``STATUS:CANCELLED``, so calendars remove the event."""
+    events = [
+        (calendar_event(n.ics), n.ics)
+        for n in found
+        if n.ics and n.recipient_hsa_id == recipient_hsa_id and n.status not in ("cancelled", "failed")
+        and (n.status == "sent" or calendar_method(n.ics) == "CANCEL")
+    ]  # fmt: skip
+    sent = [(ev, ics) for ev, ics in events if ev is not None]
+    if not sent:
+        return None
+    last, ics = max(sent, key=lambda p: p[0].sequence)
+    if last.method != "REQUEST" or last.start is None or last.start <= now:
+        return None
+    case = [ev for n in found if n.ics and (ev := calendar_event(n.ics)) is not None]
+    sequence = max([sequence_for(now), *(ev.sequence + 1 for ev in case)])
+    return CalendarCancellation(
+        meeting=Meeting(start=last.start, end=last.end),
+        ics=cancellation_ics(ics, issued_at=now, sequence=sequence, language=language),
+    )
+
+
 async def tell_participants(
     case_id: UUID,
     withdrawn: Withdrawal,
@@ -737,7 +831,8 @@ async def tell_participants(
 ) -> list[Notification]:
     """One ``consent-withdrawn`` notice per participant organisation of the case and channel kind
     (only those not planned before); returns the new ones."""
-    prior = _prior(await repo.for_case(case_id))
+    found = await repo.for_case(case_id)
+    prior = _prior(found)
     if not prior:
         return []
     reference = prior[-1].case_reference
@@ -752,15 +847,20 @@ async def tell_participants(
         language = ns[-1].language if ns[-1].language in ("sv", "en") else "sv"
         org = directory.get(hsa_id)
         error: str | None = None
+        cancellation: CalendarCancellation | None = None
         try:
+            cancellation = calendar_cancellation(found, hsa_id, now=now, language=language)
             text = render_consent_withdrawn(
                 case_reference=reference,
                 withdrawn_at=withdrawn.effective_at,
                 language=language,
                 cause="cancellation" if withdrawn.cause == "cancellation" else "withdrawal",
+                cancelled_meeting=cancellation.meeting if cancellation else None,
             )
         except UnsafeText as exc:  # never keeps the cancellation from committing
             text, error = RenderedEmail(subject=f"SIP {case_id}", body=""), NOTICE_UNSAFE.format(exc)
+            cancellation = None
+        cancel_ics = cancellation.ics if cancellation is not None else None
         for r in routes(org) if org is not None else _previous_routes(ns):
             key = DedupeKey(cause, hsa_id, r.channel)
             n = Notification(
@@ -771,6 +871,7 @@ async def tell_participants(
                 status="failed" if error else r.status, attempts=0, next_attempt_at=now, created_at=now,
                 updated_at=now, last_error=error or r.last_error, kind="consent-withdrawn",
                 owner_hsa_id=owner,
+                ics=cancel_ics if r.channel == "email" and r.status == "pending" else None,
             )  # fmt: skip
             if await repo.add(n):
                 created.append(n)

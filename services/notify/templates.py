@@ -396,68 +396,187 @@ def _lines(*parts: str | None) -> str:
 
 
 # ---- the kinds ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sender:
+    """Who asks: the owning unit that calls the meeting, and its functional contact when the directory
+    names one (a function such as "SIP-samordnare, …", never a person)."""
+
+    unit: str
+    contact: str | None = None
+    phone: str | None = None
+    email: str | None = None
+
+
+def _who(sender: Sender, language: str) -> str:
+    """The contact (else the unit) with its phone and e-mail as far as they are known: never a
+    placeholder for what is missing."""
+    sv = language == "sv"
+    who = sender.contact or sender.unit
+    if sender.phone and sender.email:
+        return who + (
+            f", telefon {sender.phone} eller e-post {sender.email}"
+            if sv
+            else f", phone {sender.phone} or e-mail {sender.email}"
+        )
+    if sender.phone:
+        return who + (f", telefon {sender.phone}" if sv else f", phone {sender.phone}")
+    if sender.email:
+        return who + (f", e-post {sender.email}" if sv else f", e-mail {sender.email}")
+    return who
+
+
+def _contact_line(sender: Sender | None, ref: str, language: str) -> str | None:
+    """Whom to ask and how (None without a sender)."""
+    if sender is None:
+        return None
+    if language == "sv":
+        return f"Frågor om kallelsen? Kontakta {_who(sender, language)}. Ange ärendereferensen {ref}."
+    return (
+        f"Questions about this invitation? Contact {_who(sender, language)}. Give the case reference {ref}."
+    )
+
+
+def _contact_sms(sender: Sender | None, language: str) -> str:
+    if sender is None or not (sender.phone or sender.email):
+        return ""
+    return f" {'Frågor' if language == 'sv' else 'Questions'}: {sender.phone or sender.email}."
+
+
 def render_invitation(
     *,
     case_reference: str,
-    invitation_due_at: datetime,
     plan_url: str,
     language: str = "sv",
     meeting: Meeting | None = None,
     interpreter_language: str | None = None,
     meeting_needs: MeetingNeeds | None = None,
+    sender: Sender | None = None,
+    replaces_earlier: bool = False,
 ) -> RenderedEmail:
-    """The invitation (kallelse). Without a meeting time the text says the time will follow. The
-    person's needs, when recorded, follow as the "Inför mötet" block."""
+    """The invitation (kallelse), read as its recipient reads it: who asks and how to reach them
+    (``sender``: the owning unit and its functional contact), what the reader is asked to do and by
+    when (come to the meeting at its time, answer the calendar invitation before it). Without a
+    meeting time the text says the time will follow. The person's needs, when recorded, follow as the
+    "Inför mötet" block.
+
+    ``replaces_earlier``: the recipient was invited before in this case (the rule is
+    :func:`services.notify.domain.replaces_earlier_invitation`); subject and text say this invitation
+    replaces the earlier one. The deadline for *sending* the invitation is the coordinator's and is
+    never shown here."""
     lang = _language(language)
     ref = _reference(case_reference)
     url = _url(plan_url, "plan_url")
-    due = local_due(invitation_due_at)
     block = needs_block(meeting_needs, interpreter_language, lang)
     needs = f"{block}\n\n" if block else ""
     sms_needs = needs_sms(meeting_needs, interpreter_language, lang)
+    contact = _contact_line(sender, ref, lang)
+    contact_text = f"{contact}\n\n" if contact else ""
+    sms_contact = _contact_sms(sender, lang)
     if lang == "sv":
-        subject = f"Kallelse till SIP-planering – {ref}"
+        subject = f"{'Ändrad kallelse' if replaces_earlier else 'Kallelse'} till SIP-planering – {ref}"
+        who = f"{sender.unit} kallar er verksamhet" if sender else "Er verksamhet kallas"
+        intro = (
+            f"{who} till ett möte om en samordnad individuell plan (SIP) för en person "
+            "som behöver stöd från flera verksamheter.\n\n"
+        )
+        if replaces_earlier:
+            intro = (
+                f"Kallelsen är ändrad. Den ersätter kallelsen ni fick tidigare i ärende {ref}: "
+                "det är tiden och platsen nedan som gäller.\n\n" + intro
+            )
         if meeting is not None:
             when = _lines(*_meeting_lines(meeting, lang))
+            ask = (
+                "Det här ombeds ni göra:\n"
+                f"- Kom till SIP-mötet {format_meeting_time(meeting, lang)}, med någon som kan "
+                "företräda er verksamhet.\n"
+                "- Svara i den bifogade kalenderinbjudan om ni kommer, innan mötet börjar.\n\n"
+            )
             calendar = "En kalenderinbjudan är bifogad. Svara i kalendern om ni kommer.\n\n"
+            if replaces_earlier:
+                calendar = (
+                    "En kalenderinbjudan är bifogad. Den uppdaterar mötet i er kalender i stället "
+                    "för att lägga till ett nytt. Svara i kalendern om ni kommer.\n\n"
+                )
             sms_when = f"Möte {_sms_meeting(meeting, lang)}."
         else:
             when = "Tid: inte bestämd ännu. Ni får en ny kallelse när tiden är bestämd."
+            ask = (
+                "Det här ombeds ni göra:\n"
+                "- Ingenting ännu: planera för att delta. Ni får en ny kallelse med tid och plats.\n\n"
+            )
             calendar = "Ingen kalenderinbjudan är bifogad eftersom mötestiden inte är bestämd.\n\n"
             sms_when = "Mötestid ej bestämd."
         body = (
             "Hej,\n\n"
-            "Er verksamhet kallas att delta i arbetet med en samordnad individuell plan (SIP).\n\n"
+            f"{intro}"
             f"Ärende: {ref}\n"
-            f"Tidsfrist: {_format_sv(due)}\n"
             f"{when}\n\n"
+            f"{ask}"
             f"{needs}"
             f"{calendar}"
+            f"{contact_text}"
             f"{_READ_HERE[lang]}\n{url}\n\n" + _FOOTER[lang]
         )
-        sms = f"Kallelse till SIP, ärende {ref}. {sms_when}{sms_needs} Läs: {url}"
+        first = (
+            "Ändrad kallelse till SIP (ersätter den tidigare)" if replaces_earlier else "Kallelse till SIP"
+        )
+        sms = f"{first}, ärende {ref}. {sms_when}{sms_needs}{sms_contact} Läs: {url}"
     else:
-        subject = f"Invitation to SIP planning – {ref}"
+        subject = f"{'Updated invitation' if replaces_earlier else 'Invitation'} to SIP planning – {ref}"
+        who = f"{sender.unit} invites your organisation" if sender else "Your organisation is invited"
+        intro = (
+            f"{who} to a meeting about a coordinated individual plan "
+            "(samordnad individuell plan, SIP) for a person who needs support from several "
+            "organisations.\n\n"
+        )
+        if replaces_earlier:
+            intro = (
+                f"This invitation has changed. It replaces the invitation you received earlier for case "
+                f"{ref}: the time and place below are the ones that apply.\n\n" + intro
+            )
         if meeting is not None:
             when = _lines(*_meeting_lines(meeting, lang))
+            ask = (
+                "What you are asked to do:\n"
+                f"- Come to the SIP meeting on {format_meeting_time(meeting, lang)}, with someone who "
+                "can speak for your organisation.\n"
+                "- Reply to the attached calendar invitation whether you will come, before the "
+                "meeting starts.\n\n"
+            )
             calendar = "A calendar invitation is attached. Please reply in your calendar.\n\n"
+            if replaces_earlier:
+                calendar = (
+                    "A calendar invitation is attached. It updates the meeting in your calendar "
+                    "instead of adding a new one. Please reply in your calendar.\n\n"
+                )
             sms_when = f"Meeting {_sms_meeting(meeting, lang)}."
         else:
             when = "Time: not set yet. You will get a new invitation once the time is set."
+            ask = (
+                "What you are asked to do:\n"
+                "- Nothing yet: plan to take part. You will get a new invitation with the time and "
+                "place.\n\n"
+            )
             calendar = "No calendar invitation is attached because the meeting time is not set yet.\n\n"
             sms_when = "Meeting time not set yet."
         body = (
             "Hello,\n\n"
-            "Your organisation is invited to take part in drawing up a coordinated individual plan "
-            "(samordnad individuell plan, SIP).\n\n"
+            f"{intro}"
             f"Case reference: {ref}\n"
-            f"Deadline: {_format_en(due)}\n"
             f"{when}\n\n"
+            f"{ask}"
             f"{needs}"
             f"{calendar}"
+            f"{contact_text}"
             f"{_READ_HERE[lang]}\n{url}\n\n" + _FOOTER[lang]
         )
-        sms = f"Invitation to SIP, case {ref}. {sms_when}{sms_needs} Read: {url}"
+        first = (
+            "Updated invitation to SIP (replaces the earlier one)"
+            if replaces_earlier
+            else "Invitation to SIP"
+        )
+        sms = f"{first}, case {ref}. {sms_when}{sms_needs}{sms_contact} Read: {url}"
     return _finish(subject, body, sms)
 
 
@@ -469,8 +588,10 @@ def render_reminder(
     language: str = "sv",
     interpreter_language: str | None = None,
     meeting_needs: MeetingNeeds | None = None,
+    sender: Sender | None = None,
 ) -> RenderedEmail:
-    """A reminder before the meeting, with the person's needs ("Inför mötet")."""
+    """A reminder before the meeting, with the person's needs ("Inför mötet"); whom to tell when the
+    reader cannot come (``sender``: the owning unit and its contact)."""
     lang = _language(language)
     ref = _reference(case_reference)
     url = _url(plan_url, "plan_url")
@@ -483,7 +604,8 @@ def render_reminder(
             "Hej,\n\n"
             "Det här är en påminnelse om SIP-mötet som er verksamhet är kallad till.\n\n"
             f"Ärende: {ref}\n{details}\n\n"
-            "Kan ni inte komma? Hör av er till den som kallade, så snart som möjligt.\n\n"
+            f"Kan ni inte komma? Hör av er till {_who(sender, lang) if sender else 'den som kallade'}, "
+            "så snart som möjligt.\n\n"
             f"{_READ_HERE[lang]}\n{url}\n\n" + _FOOTER[lang]
         )
         sms = f"Påminnelse: SIP-möte {_sms_meeting(meeting, lang)}, ärende {ref}.{sms_needs}"
@@ -493,7 +615,7 @@ def render_reminder(
             "Hello,\n\n"
             "This is a reminder of the SIP meeting your organisation is invited to.\n\n"
             f"Case reference: {ref}\n{details}\n\n"
-            "Cannot come? Tell the organiser as soon as possible.\n\n"
+            f"Cannot come? Tell {_who(sender, lang) if sender else 'the organiser'} as soon as possible.\n\n"
             f"{_READ_HERE[lang]}\n{url}\n\n" + _FOOTER[lang]
         )
         sms = f"Reminder: SIP meeting {_sms_meeting(meeting, lang)}, case {ref}.{sms_needs}"
@@ -643,17 +765,39 @@ def render_deadline_escalation(
     return _finish(subject, body, sms)
 
 
+def _cancelled_meeting(meeting: Meeting | None, language: str) -> tuple[str, str]:
+    """The paragraph (and the SMS words) saying that the meeting the recipient was invited to is not
+    held and that the attached cancellation removes it from their calendar ('' without one)."""
+    if meeting is None:
+        return "", ""
+    when = format_meeting_time(meeting, language)
+    if language == "sv":
+        return (
+            f"SIP-mötet {when} är inställt. En avbokning är bifogad, så att mötet tas bort ur er "
+            "kalender.\n\n",
+            f" Mötet {_short(meeting.start, language)} är inställt.",
+        )
+    return (
+        f"The SIP meeting on {when} is cancelled. A cancellation is attached so that the meeting is "
+        "removed from your calendar.\n\n",
+        f" The meeting {_short(meeting.start, language)} is cancelled.",
+    )
+
+
 def render_consent_withdrawn(
     *,
     case_reference: str,
     withdrawn_at: datetime,
     language: str = "sv",
     cause: WithdrawalCause = "withdrawal",
+    cancelled_meeting: Meeting | None = None,
 ) -> RenderedEmail:
     """The person withdrew consent (or it was cancelled as wrongly registered, ``cause``): sharing
-    stops now. No link, no health data."""
+    stops now. No link, no health data. ``cancelled_meeting``: the meeting the recipient was invited
+    to, which is not held; the mail carries its cancellation (``METHOD:CANCEL``)."""
     lang = _language(language)
     ref = _reference(case_reference)
+    cancelled, sms_cancelled = _cancelled_meeting(cancelled_meeting, lang)
     if cause not in ("withdrawal", "cancellation"):
         raise ValueError(f"unknown cause: {cause!r}")
     if lang == "sv":
@@ -672,10 +816,10 @@ def render_consent_withdrawn(
             "Det betyder från och med nu:\n"
             "- Dela inga uppgifter om personen med de andra deltagarna i ärendet.\n"
             "- Planerade SIP-möten hålls inte förrän det finns ett nytt samtycke.\n"
-            "- Personens rätt till vård och stöd påverkas inte.\n\n" + _FOOTER[lang]
+            "- Personens rätt till vård och stöd påverkas inte.\n\n" + cancelled + _FOOTER[lang]
         )
         state = "återkallat" if cause == "withdrawal" else "makulerat"
-        sms = f"SIP {ref} är pausad: samtycket är {state}. Dela inga uppgifter om personen."
+        sms = f"SIP {ref} är pausad: samtycket är {state}. Dela inga uppgifter om personen.{sms_cancelled}"
     else:
         if cause == "withdrawal":
             subject = f"SIP paused: consent withdrawn – {ref}"
@@ -691,10 +835,10 @@ def render_consent_withdrawn(
             "From now on:\n"
             "- Do not share anything about the person with the other participants in the case.\n"
             "- Planned SIP meetings are not held unless there is a new consent.\n"
-            "- The person's right to care and support is not affected.\n\n" + _FOOTER[lang]
+            "- The person's right to care and support is not affected.\n\n" + cancelled + _FOOTER[lang]
         )
         state = "withdrawn" if cause == "withdrawal" else "cancelled"
-        sms = f"SIP {ref} is paused: consent {state}. Do not share anything about the person."
+        sms = f"SIP {ref} is paused: consent {state}. Do not share anything about the person.{sms_cancelled}"
     return _finish(subject, body, sms)
 
 
@@ -719,10 +863,14 @@ def render_case_closed(
     reason: ClosedReason,
     language: str = "sv",
     plan_url: str | None = None,
+    cancelled_meeting: Meeting | None = None,
 ) -> RenderedEmail:
-    """The SIP is closed (avslut). The reason is a code from a fixed set, never free text."""
+    """The SIP is closed (avslut). The reason is a code from a fixed set, never free text.
+    ``cancelled_meeting``: a meeting the recipient was invited to that is now not held; the mail
+    carries its cancellation (``METHOD:CANCEL``)."""
     lang = _language(language)
     ref = _reference(case_reference)
+    cancelled, sms_cancelled = _cancelled_meeting(cancelled_meeting, lang)
     url = _url(plan_url, "plan_url") if plan_url else None
     if reason not in _CLOSED_SV:
         raise ValueError(f"unknown reason: {reason!r}")
@@ -733,9 +881,9 @@ def render_case_closed(
             "Hej,\n\n"
             f"Den samordnade individuella planen i ärende {ref} avslutades {_format(closed_at, lang)}.\n"
             f"Orsak: {_CLOSED_SV[reason]}.\n\n"
-            "Er verksamhet behöver inte göra något mer inom denna SIP.\n\n" + read + _FOOTER[lang]
+            "Er verksamhet behöver inte göra något mer inom denna SIP.\n\n" + cancelled + read + _FOOTER[lang]
         )
-        sms = f"SIP {ref} är avslutad." + (f" Läs: {url}" if url else "")
+        sms = f"SIP {ref} är avslutad.{sms_cancelled}" + (f" Läs: {url}" if url else "")
     else:
         subject = f"SIP closed – {ref}"
         read = f"{_READ_HERE[lang]}\n{url}\n\n" if url else ""
@@ -743,9 +891,9 @@ def render_case_closed(
             "Hello,\n\n"
             f"The coordinated individual plan in case {ref} was closed on {_format(closed_at, lang)}.\n"
             f"Reason: {_CLOSED_EN[reason]}.\n\n"
-            "Your organisation has nothing more to do in this SIP.\n\n" + read + _FOOTER[lang]
+            "Your organisation has nothing more to do in this SIP.\n\n" + cancelled + read + _FOOTER[lang]
         )
-        sms = f"SIP {ref} is closed." + (f" Read: {url}" if url else "")
+        sms = f"SIP {ref} is closed.{sms_cancelled}" + (f" Read: {url}" if url else "")
     return _finish(subject, body, sms)
 
 

@@ -121,7 +121,8 @@ def test_the_needs_reach_every_mail_at_the_sink(suite: Suite) -> None:
     r = planning.put(f"/cases/{cid}/meeting", json={"start": start.isoformat(), "end": (start + timedelta(hours=1)).isoformat(),
                                                     "location": "Vårdcentralen Södermalm, rum 3"})  # fmt: skip
     assert r.status_code == 200, r.text
-    updated = with_subject(suite.smtp, "Kallelse till SIP-planering", 3, calendar=True)
+    # the meeting time set afterwards: the same recipients get the updated invitation with the calendar
+    updated = with_subject(suite.smtp, "Ändrad kallelse till SIP-planering", 3, calendar=True)
 
     r = planning.put(f"/cases/{cid}/plan", json=plan(n=2))
     assert r.status_code == 200, r.text

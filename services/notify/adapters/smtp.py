@@ -40,6 +40,7 @@ from typing import Any, cast
 
 import aiosmtplib
 
+from services.notify.ics import calendar_method
 from services.notify.ports import (
     CalendarAttachment,
     ChannelUnavailable,
@@ -467,6 +468,6 @@ class EmailChannelSender:
                 subject=n.subject,
                 body=n.body,
                 language=n.language,
-                calendar=CalendarAttachment(n.ics) if n.ics else None,
+                calendar=CalendarAttachment(n.ics, method=calendar_method(n.ics)) if n.ics else None,
             )
         )

@@ -134,7 +134,7 @@ async def withdrawal_recorded(app: Any, consent_id: UUID) -> Any:
 
 def kind_of(mail: Any) -> str:
     subject = str(mail["Subject"])
-    if subject.startswith("Kallelse till SIP-planering"):
+    if subject.startswith(("Kallelse till SIP-planering", "Ändrad kallelse till SIP-planering")):
         return "invitation"
     if subject.startswith("SIP pausad: samtycket är återkallat"):
         return "consent-withdrawn"

@@ -36,7 +36,7 @@ MEETING = Meeting(
 )
 
 SAFE: dict[str, dict[str, Any]] = {
-    "invitation": dict(case_reference=REF, invitation_due_at=T, plan_url=URL, meeting=MEETING,
+    "invitation": dict(case_reference=REF, plan_url=URL, meeting=MEETING,
                        interpreter_language="ar"),
     "reminder": dict(case_reference=REF, meeting=MEETING, plan_url=URL, interpreter_language="so"),
     "plan-established": dict(case_reference=REF, plan_url=URL),

@@ -73,8 +73,8 @@ HEADINGS = ("Inför mötet", "Before the meeting")
 
 # every kind a participant acts on, with its other fields
 ACTED_ON: dict[str, tuple[str, dict[str, Any]]] = {
-    "invitation": ("invitation", dict(case_reference=REF, invitation_due_at=T, plan_url=URL, meeting=MEETING)),
-    "invitation-without-time": ("invitation", dict(case_reference=REF, invitation_due_at=T, plan_url=URL)),
+    "invitation": ("invitation", dict(case_reference=REF, plan_url=URL, meeting=MEETING)),
+    "invitation-without-time": ("invitation", dict(case_reference=REF, plan_url=URL)),
     "reminder": ("reminder", dict(case_reference=REF, meeting=MEETING, plan_url=URL)),
     "plan-established": ("plan-established", dict(case_reference=REF, plan_url=URL)),
     "follow-up-due": ("follow-up-due", dict(case_reference=REF, follow_up_due_at=T, plan_url=URL)),
