@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,11 +78,21 @@ def test_one_discharge_is_one_trace_across_the_three_services(suite: Suite) -> N
         ("notify", "create notify.invitation-sent.v1"),
         ("planning", last),
     ]
-    # each service exports its spans within a second of their end; wait for the last hop of each
-    wait_until(
-        lambda: set(expected) <= {(s["service"], s["name"]) for s in in_trace(suite, trace_id)},
-        what="the whole trace in the span files",
-    )
+    hops = [
+        (expected[1], expected[2]),
+        (expected[3], expected[4]),
+        (expected[5], expected[6]),
+        (expected[7], expected[8]),
+    ]
+
+    def whole_trace() -> bool:
+        """Every expected span there, and as many consumer spans as writes for each hop: each service
+        exports its spans within a second of their end, so the three InvitationSent consumers (one per
+        participant) may land in planning's span file after the first one has."""
+        seen = Counter((s["service"], s["name"]) for s in in_trace(suite, trace_id))
+        return set(expected) <= set(seen) and all(seen[c] >= seen[p] for p, c in hops)
+
+    wait_until(whole_trace, what="the whole trace in the span files")
     spans = in_trace(suite, trace_id)
     assert {s["service"] for s in spans} == set(SERVICES)
     by_name: dict[tuple[str, str], list[dict]] = {}
@@ -93,12 +104,7 @@ def test_one_discharge_is_one_trace_across_the_three_services(suite: Suite) -> N
 
     # each consumer span is the child of the outbox write that caused it, across processes (one
     # InvitationSent per participant: the three are consumed in any order, each under its own write)
-    for producer_key, consumer_key in [
-        (expected[1], expected[2]),
-        (expected[3], expected[4]),
-        (expected[5], expected[6]),
-        (expected[7], expected[8]),
-    ]:
+    for producer_key, consumer_key in hops:
         producers, consumers = by_name[producer_key], by_name[consumer_key]
         assert sorted(c["parent_span_id"] for c in consumers) == sorted(p["span_id"] for p in producers)
         assert {c["kind"] for c in consumers} == {"CONSUMER"}
