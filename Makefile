@@ -31,10 +31,11 @@ run: install
 # Every test on SQLite (the embedded default), then everything that runs a service store again with
 # each store on PostgreSQL (tests/support/dbmode.py), with three of the six fault tests.
 # Each test has its own vhost, databases, ports and processes, so the tests run on TEST_WORKERS
-# processes (pytest-xdist; a test file stays on one worker, so a module's suite is started once).
+# processes (pytest-xdist with work stealing: the longest tests are handed out first, tests/conftest.py,
+# and a worker that runs out takes half of the other's pending tests).
 # Tests marked `exclusive` stop what the others use (the machine's RabbitMQ): they run alone, after.
 TEST_WORKERS ?= 2
-XDIST := -n $(TEST_WORKERS) --dist loadfile
+XDIST := -n $(TEST_WORKERS) --dist worksteal
 test: test-sqlite test-postgres
 
 test-sqlite: install tools

@@ -44,6 +44,20 @@ def _service_database_backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
         dbmode.drop_databases()
 
 
+def _weight(item: pytest.Item) -> int:
+    if item.get_closest_marker("fault"):
+        return 3
+    if item.get_closest_marker("e2e"):
+        return 2
+    if (
+        item.get_closest_marker("broker")
+        or item.get_closest_marker("postgres")
+        or item.get_closest_marker("slow")
+    ):
+        return 1
+    return 0
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """On a PostgreSQL run, a test's explicit ``sqlite`` variant is left out (its ``postgres`` twin runs),
     and so are tests marked ``sqlite_only`` (about the SQLite file itself).
@@ -58,6 +72,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.broker)
         if "tests" in parts and "fault" in parts[parts.index("tests") :]:
             item.add_marker(pytest.mark.fault)
+    # The longest tests first (the fault streams, then the suites of processes, then what needs the
+    # broker or PostgreSQL): `make test` hands tests to its workers with work stealing, so a worker that
+    # runs out takes the other's pending tests, and the run ends with short tests, not one long stream
+    # on one worker while the other idles. A stable sort: within a weight, the collection order.
+    items.sort(key=_weight, reverse=True)
     if not dbmode.ON_POSTGRES:
         return
     keep, drop = [], []
