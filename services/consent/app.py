@@ -54,9 +54,11 @@ def create_app(settings: ConsentSettings | None = None, *, clock: Clock | None =
         lifespan=lifespan,
     )
     runtime.add_health_routes(app)
-    app.include_router(
-        api.build_router(runtime, clock, audit_writer, settings.fhir_base_url, security_text(settings))
+    app.state.consent_api = api.ConsentApi(
+        runtime, clock, audit_writer, settings.fhir_base_url, security_text(settings)
     )
+    for router in api.ROUTERS:
+        app.include_router(router)
     fhir_rest.install(app, versions=api.VERSIONS)
     app.add_exception_handler(Denied, _denied)  # type: ignore[arg-type]
     app.state.runtime = runtime
