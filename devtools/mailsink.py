@@ -25,6 +25,7 @@ import email.policy
 import hashlib
 import html
 import json
+import os
 import re
 import signal
 from datetime import UTC, date, datetime
@@ -107,7 +108,11 @@ class _Store:
         n = self.offset + 1
         envelope = {"from": mail_from, "to": rcpt_tos, "received": datetime.now(UTC).isoformat()}
         self.path(n).with_suffix(".json").write_text(json.dumps(envelope))
-        self.path(n).write_bytes(data)  # last: a listed .eml always has its envelope
+        # last, and whole: written beside it and renamed into place, so a listed .eml always has its
+        # envelope and a reader polling the directory never sees a half-written message
+        partial = self.path(n).with_suffix(".eml.part")
+        partial.write_bytes(data)
+        os.replace(partial, self.path(n))
         self.items.append(self._summary(n, envelope, data))
         self.offset = n
 

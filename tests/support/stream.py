@@ -267,6 +267,10 @@ _MAIL_HEADERS: dict[str, tuple[int, int, tuple[str, tuple[str, ...], str]]] = {}
 _HEADER_PARSER = email.parser.BytesHeaderParser(policy=email.policy.default)
 
 
+class _Incomplete(Exception):
+    pass
+
+
 def _mail_headers(path: Path) -> tuple[str, tuple[str, ...], str]:
     st = path.stat()
     key = str(path)
@@ -274,6 +278,8 @@ def _mail_headers(path: Path) -> tuple[str, tuple[str, ...], str]:
     if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
         return hit[2]
     msg = _HEADER_PARSER.parsebytes(path.read_bytes())
+    if msg["To"] is None or msg["Subject"] is None:
+        raise _Incomplete(path)  # not whole yet (a sink writing in place): counted on a later poll
     ref = str(msg["Subject"]).rsplit(" ", 1)[-1]
     addrs = tuple(a.addr_spec for a in msg["To"].addresses)
     parsed = (ref, addrs, str(msg["Message-ID"]))
@@ -287,7 +293,10 @@ def count_emails(suite: Suite) -> tuple[int, Counter[tuple[str, str]], Counter[t
     per_delivery: Counter[tuple[str, str, str]] = Counter()
     raw = 0
     for path in suite.smtp.directory.glob("*.eml"):
-        ref, addrs, mid = _mail_headers(path)
+        try:
+            ref, addrs, mid = _mail_headers(path)
+        except _Incomplete:
+            continue
         raw += 1
         for addr in addrs:
             per_delivery[(ref, addr, mid)] += 1
