@@ -134,7 +134,10 @@ def test_a_consumer_moves_to_the_next_node_when_its_node_goes(amqp_url: str):
                 await a.close()  # the node goes away
                 await wait_for(lambda: b.connections >= 1 and conn.connected.is_set())
                 assert conn.current_url.endswith(f":{b.port}{urlsplit(amqp_url).path}")
-                # the same connection, channel and consumer, now through the other node
+                # the same connection, channel and consumer, now through the other node: the robust
+                # channel is reopened (and its consumer restored) just after the connection, so wait
+                # for it as an application would before publishing again
+                await asyncio.wait_for(ch.ready(), timeout=10)  # type: ignore[attr-defined]
                 await ch.default_exchange.publish(aio_pika.Message(b"after"), routing_key=queue.name)
                 await wait_for(lambda: received == [b"before", b"after"])
             finally:
