@@ -29,7 +29,7 @@ from aio_pika.robust_connection import RobustConnection
 from faststream.rabbit import RabbitBroker
 from yarl import URL
 
-from shared.broker_urls import amqp_urls, without_password
+from shared.broker_urls import amqp_urls, connect_options, without_password
 
 log = logging.getLogger("sip.messaging.failover")
 
@@ -75,8 +75,8 @@ class FailoverConnection(RobustConnection):
 
     @property
     def current_url(self) -> str:
-        """The address this connection uses now (or tries next), without its password."""
-        return without_password(self.url)
+        """The address this connection uses now (or tries next), without its password and options."""
+        return without_password(self.url.with_query(None))
 
 
 def failover_connection_class(urls: list[str] | tuple[str, ...]) -> type[FailoverConnection]:
@@ -87,8 +87,10 @@ def failover_connection_class(urls: list[str] | tuple[str, ...]) -> type[Failove
 async def connect_failover(urls: str | list[str], **kwargs: Any) -> AbstractRobustConnection:
     """A robust connection to the first address of ``urls`` that answers (tried in order), which
     reconnects to the next address whenever its node goes away. ``kwargs`` as for
-    ``aio_pika.connect_robust`` (``timeout``, ``reconnect_interval``, …)."""
-    found = amqp_urls(urls) if isinstance(urls, str) else list(urls)
+    ``aio_pika.connect_robust`` (``reconnect_interval``, …); the connect timeout and heartbeat come
+    from the addresses (:func:`shared.broker_urls.connect_options`)."""
+    found, timeout = connect_options(amqp_urls(urls) if isinstance(urls, str) else list(urls))
+    kwargs.setdefault("timeout", timeout)
     cls = failover_connection_class(found)
     errors: list[str] = []
     for url in found:
@@ -112,7 +114,10 @@ class FailoverRabbitBroker(RabbitBroker):
     the robust connection, which aio-pika restores on whichever node it reconnects to."""
 
     def __init__(self, url: str | list[str], **kwargs: Any) -> None:
-        self.broker_urls = amqp_urls(url) if isinstance(url, str) else list(url)
+        found = amqp_urls(url) if isinstance(url, str) else list(url)
+        self.broker_urls, timeout = connect_options(found)
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = timeout  # every attempt, reconnects included (aio-pika keeps it)
         super().__init__(self.broker_urls[0], **kwargs)
 
     async def _connect(self) -> RobustConnection:

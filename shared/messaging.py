@@ -21,22 +21,25 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import aio_pika
 from faststream import BaseMiddleware
 from faststream.exceptions import AckMessage, RejectMessage
-from faststream.rabbit import Channel, RabbitBroker
+from faststream.rabbit import Channel, RabbitBroker, RabbitQueue
 from faststream.rabbit.message import RabbitMessage
 from pydantic import ValidationError
 
-from shared.broker_failover import FailoverRabbitBroker
+from shared.broker_failover import FailoverRabbitBroker, connect_failover
 from shared.contracts import COMMAND_EXCHANGES, EVENT_EXCHANGES
 from shared.dependencies import DependencyMonitor, describe_unavailable
 from shared.errors import PermanentError
 from shared.topology import (
+    DECISION_REQUEST_TTL_MS,
     DEFAULT_RETRY_DELAY_SECONDS,
     SUBSCRIPTIONS,
     contract_exchange,
     dead_letter_exchange,
     dead_letter_queue,
+    decision_queue,
     exchange_for,
     exchanges_of,
     retry_queue,
@@ -392,7 +395,9 @@ async def declare_service_topology(
       declaring an existing exchange with the same arguments is a no-op, and a service that is the
       first one up on an empty vhost creates them, so no start order is needed;
     - its dead-letter exchange, and per subscription its work queue (bound to the contract's
-      exchange), DLQ (bound to the dead-letter exchange) and retry queue.
+      exchange), DLQ (bound to the dead-letter exchange) and retry queue;
+    - consent: its request/reply queue (:func:`shared.topology.decision_queue`), replacing a classic
+      queue of that name that an earlier version left (:func:`replace_classic_queue`).
 
     Another consumer's queues are not declared: a command for a consumer that never ran is unroutable
     (the outbox keeps it and retries), so the whole topology is pre-created where that matters
@@ -406,6 +411,67 @@ async def declare_service_topology(
         dlq = await broker.declare_queue(dead_letter_queue(sub))
         await dlq.bind(dlx, routing_key=sub.contract.routing_key)
         await broker.declare_queue(retry_queue(sub, retry_delay_seconds))
+    if service == "consent":
+        await declare_decision_queue(broker)
+
+
+async def declare_decision_queue(broker: RabbitBroker) -> None:
+    """consent's request/reply queue (:func:`shared.topology.decision_queue`); a classic queue of that
+    name, left by a version before 2026-12, is replaced (:func:`replace_classic_queue`)."""
+    queue = decision_queue()
+    try:
+        await broker.declare_queue(queue)
+    except aio_pika.exceptions.ChannelPreconditionFailed as exc:
+        if "x-queue-type" not in str(exc):
+            raise  # another difference in arguments: a real misconfiguration, say so
+        await replace_classic_queue(broker, queue)
+        await broker.declare_queue(queue)
+
+
+async def replace_classic_queue(
+    broker: RabbitBroker, queue: RabbitQueue, *, drain_seconds: float = DECISION_REQUEST_TTL_MS / 1000 + 5
+) -> None:
+    """Replace a classic queue named as ``queue`` by the quorum queue ``queue`` (a queue's type cannot
+    change in place): delete it once it is empty, then declare ``queue``.
+
+    Made for the decision queue: what waits in the old queue are requests that expire within their
+    TTL (their callers have given up by then and fail closed), so the old queue is deleted when empty,
+    and after ``drain_seconds`` even if not. A request published in the moment between the delete and
+    the declare is unroutable and returned to its caller (mandatory), who asks again. Replicas starting
+    together are fine: whoever comes second finds the quorum queue. Runs on a connection of its own,
+    so that a refused operation never closes a channel faststream uses."""
+    urls = list(getattr(broker, "broker_urls", None) or [str(broker._connection_kwargs["url"])])
+    arguments = dict(queue.arguments or {})
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + drain_seconds
+    replaced = False
+    while True:
+        connection = await connect_failover(urls)
+        try:
+            while True:
+                channel = await connection.channel()
+                try:
+                    await channel.declare_queue(queue.name, durable=True, arguments=arguments)
+                except aio_pika.exceptions.ChannelPreconditionFailed:
+                    pass  # still the classic queue
+                else:
+                    if replaced:
+                        log.warning("classic queue replaced by a quorum queue", extra={"queue": queue.name})
+                    return
+                channel = await connection.channel()
+                try:
+                    await channel.queue_delete(queue.name, if_empty=loop.time() < deadline)
+                    replaced = True
+                except aio_pika.exceptions.ChannelPreconditionFailed:
+                    await asyncio.sleep(1.0)  # not empty yet: its requests expire within the TTL
+                except aio_pika.exceptions.ChannelNotFoundEntity:
+                    pass  # gone already
+        except aio_pika.exceptions.AMQPConnectionError:
+            # RabbitMQ closes the connection on ``if_empty`` for a quorum queue: another replica
+            # replaced the classic queue in between; the next declaration finds the quorum queue
+            await asyncio.sleep(0.2)
+        finally:
+            await connection.close()
 
 
 async def declare_topology(

@@ -205,3 +205,25 @@ def binds_from(service: str) -> tuple[str, ...]:
 def exchanges_of(service: str) -> tuple[str, ...]:
     """The suite exchanges ``service`` declares at start (not counting its own dead-letter exchange)."""
     return tuple(sorted(set(publishes_to(service)) | set(binds_from(service))))
+
+
+DECISION_REQUEST_TTL_MS = 30_000
+"""A decision request nobody took within this time is dropped: its caller has given up by then."""
+
+
+def decision_queue() -> RabbitQueue:
+    """The request/reply queue of the consent gate (``consent.decide.v1``): durable, shared by consent's
+    replicas, and a **quorum** queue like every other queue of the suite, so that on a RabbitMQ cluster
+    it has a member on each node and the loss of one node stops neither the decisions nor consent's
+    other consumers. Requests expire (a caller waits a few seconds, then treats the gate as
+    unavailable and fails closed); no dead-lettering: a request is answered or it expires.
+
+    Before 2026-12 this queue was classic; :func:`shared.messaging.declare_service_topology` replaces
+    such a queue where it finds one (a queue's type cannot change in place)."""
+    return RabbitQueue(
+        f"consent.{ConsentDecisionRequested.routing_key}",
+        queue_type=QueueType.QUORUM,
+        durable=True,
+        routing_key=ConsentDecisionRequested.routing_key,
+        arguments={"x-message-ttl": DECISION_REQUEST_TTL_MS},
+    )

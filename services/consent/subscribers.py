@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from faststream.rabbit import RabbitQueue, RabbitResponse
+from faststream.rabbit import RabbitResponse
 from faststream.rabbit.annotations import RabbitMessage
 from pydantic import ValidationError
 
@@ -29,24 +29,9 @@ from shared.contracts import (
 )
 from shared.messaging import describe_error
 from shared.runtime import ServiceRuntime
-from shared.topology import contract_exchange, subscription, work_queue
+from shared.topology import contract_exchange, decision_queue, subscription, work_queue
 
 log = logging.getLogger("sip.consent.decisions")
-
-DECISION_REQUEST_TTL_MS = 30_000
-"""A decision request nobody took within this time is dropped: its caller has given up by then."""
-
-
-def decision_queue() -> RabbitQueue:
-    """The request/reply queue of the consent gate: classic (low latency), durable, shared by
-    replicas, requests expire. No dead-lettering: a request is answered, or its caller times out
-    and treats the gate as unavailable (fail closed)."""
-    return RabbitQueue(
-        f"consent.{ConsentDecisionRequested.routing_key}",
-        durable=True,
-        routing_key=ConsentDecisionRequested.routing_key,
-        arguments={"x-message-ttl": DECISION_REQUEST_TTL_MS},
-    )
 
 
 def register(runtime: ServiceRuntime, clock: Clock, audit_writer: AuditWriter) -> None:

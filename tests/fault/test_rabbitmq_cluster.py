@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.topology import SUBSCRIPTIONS
+from shared.topology import SUBSCRIPTIONS, decision_queue
 from tests.support.infra import MailSink
 from tests.support.private_rabbit import PrivateRabbitCluster, private_rabbit_cluster
 from tests.support.stream import run_stream
@@ -52,11 +52,12 @@ def queues(cluster: PrivateRabbitCluster) -> dict[str, tuple[str, list[str]]]:
 
 
 def check_topology_replicated(cluster: PrivateRabbitCluster) -> None:
-    """Every work, retry and dead-letter queue the services declared is a quorum queue with a member
-    on each of the three nodes."""
+    """Every work, retry and dead-letter queue the services declared, and consent's request/reply
+    queue, is a quorum queue with a member on each of the three nodes."""
     found = queues(cluster)
     nodes = sorted(n.name for n in cluster.nodes)
     names = {n for s in SUBSCRIPTIONS for n in (s.queue_name, s.dlq_name, s.retry_queue_name)}
+    names.add(decision_queue().name)
     assert names <= set(found), f"not declared: {sorted(names - set(found))}"
     for name in sorted(names):
         kind, members = found[name]
@@ -78,6 +79,8 @@ def test_one_node_stopped_and_restarted_mid_stream(cluster: PrivateRabbitCluster
         first.start()
 
     figures = asyncio.run(run_stream(suite, N, fault=stop_and_restart_node, label="cluster node restart"))
-    assert figures.problems == [], figures.line("cluster node restart") + "\n" + suite.logs()[-5000:]
+    logs = suite.logs()
+    assert figures.problems == [], figures.line("cluster node restart") + "\n" + logs[-5000:]
+    assert "home node" not in logs  # no queue lived on the stopped node alone (consent kept consuming)
     assert figures.duplicate_deliveries == 0
     assert len(cluster.running_nodes()) == 3

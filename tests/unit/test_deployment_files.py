@@ -14,12 +14,17 @@ import pytest
 import yaml
 
 from services.consent.settings import ConsentSettings
-from services.consent.subscribers import decision_queue
 from services.notify.settings import NotifySettings
 from services.planning.settings import PlanningSettings
 from shared.contracts import ConsentDecisionRequested
 from shared.messaging import declare_service_topology
-from shared.topology import DEFAULT_RETRY_DELAY_SECONDS, PUBLICATIONS, SUBSCRIPTIONS, subscriptions_of
+from shared.topology import (
+    DEFAULT_RETRY_DELAY_SECONDS,
+    PUBLICATIONS,
+    SUBSCRIPTIONS,
+    decision_queue,
+    subscriptions_of,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = {"planning": 8080, "consent": 8081, "notify": 8082}

@@ -101,6 +101,57 @@ def test_the_first_address_that_answers_is_used(amqp_url: str):
     asyncio.run(run())
 
 
+class SilentNode:
+    """A node that takes the TCP connection and then says nothing (a hung host, or a network that drops
+    the packets after the handshake): without a connect timeout a client waits for it forever."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.server: asyncio.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> SilentNode:
+        async def hold(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            self.writers.append(w)
+
+        self.server = await asyncio.start_server(hold, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        for w in self.writers:
+            w.transport.abort()
+
+
+def test_a_silent_first_node_is_given_up_after_the_connect_timeout(amqp_url: str):
+    """``connect_timeout`` on the address (default 10 s): the silent node is left and the next
+    address used, for aio-pika connections and for the services' faststream broker alike."""
+
+    async def run() -> None:
+        async with SilentNode() as silent, two_nodes(amqp_url) as (a, _b):
+            urls = f"amqp://guest:guest@127.0.0.1:{silent.port}/?connect_timeout=2,{via(a.port, amqp_url)}"
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            conn = await asyncio.wait_for(connect_failover(urls), timeout=30)
+            try:
+                assert 1.5 <= loop.time() - started < 15, loop.time() - started
+                assert conn.current_url.endswith(f":{a.port}{urlsplit(amqp_url).path}")
+            finally:
+                await conn.close()
+            broker = FailoverRabbitBroker(urls)
+            started = loop.time()
+            await asyncio.wait_for(broker.connect(), timeout=30)
+            try:
+                assert loop.time() - started < 15
+                assert await broker.ping(timeout=5)
+            finally:
+                await broker.stop()
+
+    asyncio.run(run())
+
+
 def test_no_address_answers_names_each_without_password(amqp_url: str):
     async def run() -> None:
         urls = f"amqp://guest:s3cret@127.0.0.1:{free_port()}/,amqp://guest:s3cret@127.0.0.1:{free_port()}/"

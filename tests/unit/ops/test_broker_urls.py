@@ -8,6 +8,7 @@ from pydantic import ValidationError
 from yarl import URL
 
 from shared.broker_failover import FailoverRabbitBroker, amqp_urls, failover_connection_class
+from shared.broker_urls import DEFAULT_CONNECT_TIMEOUT_SECONDS, connect_options
 from shared.settings import ServiceSettings
 
 
@@ -48,7 +49,7 @@ def test_the_connection_class_knows_every_address_and_the_broker_starts_on_the_f
     cls = failover_connection_class(["amqp://u:p@mq-0/", "amqp://u:p@mq-1/"])
     assert cls.URLS == (URL("amqp://u:p@mq-0/"), URL("amqp://u:p@mq-1/"))
     broker = FailoverRabbitBroker("amqp://u:p@mq-0:5672/,amqp://u:p@mq-1:5672/")
-    assert broker.broker_urls == ["amqp://u:p@mq-0:5672/", "amqp://u:p@mq-1:5672/"]
+    assert broker.broker_urls == ["amqp://u:p@mq-0:5672/?heartbeat=15", "amqp://u:p@mq-1:5672/?heartbeat=15"]
 
 
 def test_each_new_connection_attempt_takes_the_next_address_in_turn():
@@ -72,3 +73,24 @@ def test_each_new_connection_attempt_takes_the_next_address_in_turn():
         "amqp://u@mq-0:5672/sip",
         "amqp://u@mq-1:5672/sip",
     ]
+
+
+def test_a_connect_timeout_and_a_heartbeat_by_default_so_a_silent_node_costs_seconds():
+    urls, timeout = connect_options(["amqp://u:p@mq-0/sip", "amqps://u:p@mq-1/sip?cafile=/ca.pem"])
+    assert timeout == DEFAULT_CONNECT_TIMEOUT_SECONDS == 10
+    assert urls == ["amqp://u:p@mq-0/sip?heartbeat=15", "amqps://u:p@mq-1/sip?cafile=/ca.pem&heartbeat=15"]
+
+
+def test_the_address_may_set_both_and_connect_timeout_is_not_passed_on():
+    urls, timeout = connect_options(["amqp://u:p@mq-0/?connect_timeout=2.5&heartbeat=30", "amqp://u:p@mq-1/"])
+    assert timeout == 2.5
+    assert urls == ["amqp://u:p@mq-0/?heartbeat=30", "amqp://u:p@mq-1/?heartbeat=15"]
+    broker = FailoverRabbitBroker("amqp://u:p@mq-0/?connect_timeout=4")
+    assert broker._connection_kwargs["timeout"] == 4
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1"])
+def test_a_wrong_connect_timeout_is_refused_naming_the_address_without_password(value: str):
+    with pytest.raises(ValueError) as err:
+        connect_options([f"amqp://u:s3cret@mq-0/?connect_timeout={value}"])
+    assert "connect_timeout" in str(err.value) and "s3cret" not in str(err.value)
