@@ -14,9 +14,10 @@ from starlette.responses import JSONResponse, Response
 
 from services.consent import api, subscribers
 from services.consent.access import Denied
+from services.consent.adapters.retention import consent_kinds
 from services.consent.adapters.store import AuditWriter, metadata, upgrade_schema
 from services.consent.settings import ConsentSettings
-from shared import fhir_rest
+from shared import fhir_rest, retention
 from shared.clock import Clock, SystemClock
 from shared.fhir import operation_outcome
 from shared.fhir_rest import security_text
@@ -31,6 +32,7 @@ def create_app(settings: ConsentSettings | None = None, *, clock: Clock | None =
     runtime = ServiceRuntime(SERVICE, settings, metadata, migrations=Path(__file__).parent / "migrations")
     audit_writer = AuditWriter(runtime.engine)
     subscribers.register(runtime, clock, audit_writer)
+    pruner = retention.install(runtime, consent_kinds(runtime.inbox, runtime.outbox, settings))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -62,6 +64,7 @@ def create_app(settings: ConsentSettings | None = None, *, clock: Clock | None =
     fhir_rest.install(app, versions=api.VERSIONS)
     app.add_exception_handler(Denied, _denied)  # type: ignore[arg-type]
     app.state.runtime = runtime
+    app.state.pruner = pruner
     app.state.clock = clock
     app.state.audit_writer = audit_writer
     return app

@@ -106,6 +106,8 @@ audit_events = sa.Table(
     # there (consent.access-recorded.v1); added with "Only those who belong"
     sa.Column("source", sa.String(16)),
     sa.Index("ix_audit_events_patient_time", "patient_identifier", "recorded_at"),
+    # retention deletes the oldest entries, after the audit retention (migration 0003_retention)
+    sa.Index("ix_audit_events_recorded", "recorded_at"),
 )
 
 _ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -141,6 +143,9 @@ def upgrade_schema(sync_conn: sa.Connection) -> None:
                 col = metadata.tables[table].c[name]
                 ddl = col.type.compile(dialect=sync_conn.dialect)
                 sync_conn.execute(sa.text(f'ALTER TABLE {table} ADD COLUMN "{name}" {ddl}'))
+    if "audit_events" in tables:  # the retention index (migration 0003_retention)
+        for index in audit_events.indexes:
+            index.create(sync_conn, checkfirst=True)
 
 
 def _dt(value: str | None) -> datetime | None:
