@@ -80,6 +80,8 @@ consent_requests = sa.Table(
     sa.Column("correlation_id", sa.String(128)),
     # added with "Only those who belong" (nullable: requests kept before it have no known owner)
     sa.Column("requested_by_hsa_id", sa.String(64)),
+    # an organisation's view of a person's audit: the cases it owns (migration 0004_hot_query_indexes)
+    sa.Index("ix_consent_requests_requested_by", "requested_by_hsa_id"),
 )
 
 audit_events = sa.Table(
@@ -143,9 +145,10 @@ def upgrade_schema(sync_conn: sa.Connection) -> None:
                 col = metadata.tables[table].c[name]
                 ddl = col.type.compile(dialect=sync_conn.dialect)
                 sync_conn.execute(sa.text(f'ALTER TABLE {table} ADD COLUMN "{name}" {ddl}'))
-    if "audit_events" in tables:  # the retention index (migration 0003_retention)
-        for index in audit_events.indexes:
-            index.create(sync_conn, checkfirst=True)
+    for indexed in (audit_events, consent_requests):  # migrations 0003_retention, 0004_hot_query_indexes
+        if indexed.name in tables:
+            for index in indexed.indexes:
+                index.create(sync_conn, checkfirst=True)
 
 
 def _dt(value: str | None) -> datetime | None:

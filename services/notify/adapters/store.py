@@ -57,8 +57,14 @@ notifications = sa.Table(
     # GET /deliveries: newest first, by recipient (migration 0005_deliveries)
     sa.Index("ix_notifications_created", "created_at", "id"),
     sa.Index("ix_notifications_recipient", "recipient_hsa_id", "created_at"),
-    # retention: the payloads still kept, oldest first (migration 0006_retention)
-    sa.Index("ix_notifications_payload_kept", "payload_pruned_at", "created_at"),
+    # retention: the payloads still kept, oldest first — only those rows, so a pass never walks the
+    # years of rows blanked before (migration 0006_retention)
+    sa.Index(
+        "ix_notifications_payload_kept",
+        "created_at",
+        sqlite_where=sa.literal_column("payload_pruned_at").is_(None),
+        postgresql_where=sa.literal_column("payload_pruned_at").is_(None),
+    ),
 )
 
 # Added by issue #6 as a table of its own (not new columns): ``create_all`` adds a missing table to

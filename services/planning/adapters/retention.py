@@ -42,20 +42,16 @@ def intake_messages_kind(t: sa.Table, days: int) -> Kind:
     replay = t.alias("replay")
 
     def candidates(cutoff: Any) -> sa.Select[Any]:
-        of_this = replay.c.replay_of == t.c.id
+        # the replays are few: both lineage checks read only them, through ix_intake_messages_replay_of
+        replays = sa.select(replay.c.replay_of).where(replay.c.replay_of.is_not(None))
         return (
             sa.select(t.c.id)
             .where(
                 t.c.replay_of.is_(None),
                 t.c.received_at < cutoff,
                 sa.not_(_unhandled(t)),
-                sa.or_(
-                    _complete(t),
-                    sa.exists().where(of_this, _complete(replay)),
-                ),
-                sa.not_(
-                    sa.exists().where(of_this, sa.or_(replay.c.received_at >= cutoff, _unhandled(replay)))
-                ),
+                sa.or_(_complete(t), t.c.id.in_(replays.where(_complete(replay)))),
+                t.c.id.not_in(replays.where(sa.or_(replay.c.received_at >= cutoff, _unhandled(replay)))),
             )
             .order_by(t.c.received_at)
         )

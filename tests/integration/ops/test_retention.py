@@ -268,7 +268,7 @@ async def test_consent_keeps_audit_events_five_years_and_consents_for_ever(tmp_p
 
 
 def test_an_audit_retention_below_the_law_is_refused_at_start(monkeypatch):
-    with pytest.raises(ValueError, match="five years .*HSLF-FS 2016:40.*1826"):
+    with pytest.raises(ValueError, match=r"five years .*HSLF-FS 2016:40.*1826"):
         ConsentSettings(retention_audit_days=365)
     monkeypatch.setenv("SIP_RETENTION_AUDIT_DAYS", "1825")
     with pytest.raises(ValueError, match="shorter than the law allows"):

@@ -18,7 +18,12 @@ depends_on = None
 def upgrade() -> None:
     op.add_column("notifications", sa.Column("payload_pruned_at", sa.DateTime(timezone=True), nullable=True))
     op.create_index(
-        "ix_notifications_payload_kept", "notifications", ["payload_pruned_at", "created_at"], unique=False
+        "ix_notifications_payload_kept",
+        "notifications",
+        ["created_at"],
+        unique=False,
+        sqlite_where=sa.text("payload_pruned_at IS NULL"),
+        postgresql_where=sa.text("payload_pruned_at IS NULL"),
     )
     op.create_index("ix_inbox_processed", "inbox", ["processed_at"], unique=False)
 
