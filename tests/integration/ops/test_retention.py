@@ -360,3 +360,35 @@ async def test_notify_blanks_old_payloads_and_keeps_the_delivery_record_and_its_
             await conn.execute(notifications.insert().values(copy))
     assert (await app.state.pruner.prune_once())["notification_payload"] == 0
     await rt.engine.dispose()
+
+
+async def test_sipctl_prune_counts_then_prunes_once(tmp_path, monkeypatch, capsys):
+    from sipctl.__main__ import main
+
+    app = await _app(planning_app, PlanningSettings, tmp_path, mllp_enabled=False)
+    rt = app.state.runtime
+    t = intake_tables(rt.metadata)
+    async with rt.engine.begin() as conn:
+        await conn.execute(t.insert(), [_message(i, 100 * DAY, "effected") for i in range(4)])
+    await rt.engine.dispose()
+    monkeypatch.setenv("SIP_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("PLANNING_MLLP_ENABLED", "false")
+
+    def sipctl(*argv: str) -> dict:
+        with pytest.raises(SystemExit) as done:
+            main(["prune", "--service", "planning", *argv])
+        assert done.value.code == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    # sipctl runs its own event loop, as from a shell: here in a thread of its own
+    dry = await asyncio.to_thread(sipctl, "--dry-run")
+    assert dry == {
+        "service": "planning",
+        "dry_run": True,
+        "pruned": {"intake_messages": 4, "inbox": 0, "outbox": 0},
+    }
+    assert len(await _ids(rt.engine, t)) == 4
+    done = await asyncio.to_thread(sipctl)
+    assert done["pruned"]["intake_messages"] == 4
+    assert not await _ids(rt.engine, t)
+    await rt.engine.dispose()
