@@ -234,9 +234,10 @@ def retention_job(
     return functools.partial(pruner.run, interval, dependencies=dependencies)
 
 
-def install(runtime: Any, kinds: Sequence[Kind]) -> Pruner:
+def install(runtime: Any, kinds: Sequence[Kind], *, now: Callable[[], datetime] = utcnow) -> Pruner:
     """The service's pruner with its settings (``SIP_RETENTION_*``), run as a background job of
-    ``runtime`` (a :class:`shared.runtime.ServiceRuntime`); returned for ``sipctl prune`` and tests."""
+    ``runtime`` (a :class:`shared.runtime.ServiceRuntime`); ``now``: the service's clock. Returned for
+    ``sipctl prune`` and tests."""
     s = runtime.settings
     pruner = Pruner(
         runtime.service,
@@ -244,6 +245,7 @@ def install(runtime: Any, kinds: Sequence[Kind]) -> Pruner:
         kinds,
         batch=s.retention_batch,
         pause=s.retention_pause_seconds,
+        now=now,
         counter=runtime.metrics.retention_pruned,
     )
     runtime.background.append(

@@ -32,7 +32,7 @@ def create_app(settings: ConsentSettings | None = None, *, clock: Clock | None =
     runtime = ServiceRuntime(SERVICE, settings, metadata, migrations=Path(__file__).parent / "migrations")
     audit_writer = AuditWriter(runtime.engine)
     subscribers.register(runtime, clock, audit_writer)
-    pruner = retention.install(runtime, consent_kinds(runtime.inbox, runtime.outbox, settings))
+    pruner = retention.install(runtime, consent_kinds(runtime.inbox, runtime.outbox, settings), now=clock.now)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

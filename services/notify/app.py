@@ -65,7 +65,7 @@ def create_app(
     dispatcher = Dispatcher(runtime, all_channels, clock, settings)
     subscribers.register(runtime, directory, dispatcher, clock, settings)
     runtime.background.append(dispatcher.run)
-    pruner = retention.install(runtime, notify_kinds(runtime.inbox, runtime.outbox, settings))
+    pruner = retention.install(runtime, notify_kinds(runtime.inbox, runtime.outbox, settings), now=clock.now)
     if smtp is not None:  # closes idle SMTP connections, and all of them at shutdown
         runtime.background.append(smtp.run)
     app = FastAPI(

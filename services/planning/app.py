@@ -68,7 +68,9 @@ def create_app(
     message_handlers = subscribers.register(runtime, settings, directory, clock)
     runtime.background.append(scheduler_job(runtime, clock, settings.deadline_check_interval))
     pruner = retention.install(
-        runtime, planning_kinds(intake_tables(metadata), runtime.inbox, runtime.outbox, settings)
+        runtime,
+        planning_kinds(intake_tables(metadata), runtime.inbox, runtime.outbox, settings),
+        now=clock.now,
     )
     intake = build_intake(runtime, settings, observe=intake_counter(runtime.metrics, directory))
     mllp = (
