@@ -145,9 +145,15 @@ def upgrade_schema(sync_conn: sa.Connection) -> None:
                 col = metadata.tables[table].c[name]
                 ddl = col.type.compile(dialect=sync_conn.dialect)
                 sync_conn.execute(sa.text(f'ALTER TABLE {table} ADD COLUMN "{name}" {ddl}'))
-    for indexed in (audit_events, consent_requests):  # migrations 0003_retention, 0004_hot_query_indexes
+    # the indexes of migrations 0003_retention and 0004_hot_query_indexes (where their columns are)
+    inspector = sa.inspect(sync_conn)
+    for indexed, name in (
+        (audit_events, "ix_audit_events_recorded"),
+        (consent_requests, "ix_consent_requests_requested_by"),
+    ):
         if indexed.name in tables:
-            for index in indexed.indexes:
+            index = next(i for i in indexed.indexes if i.name == name)
+            if set(index.columns.keys()) <= {c["name"] for c in inspector.get_columns(indexed.name)}:
                 index.create(sync_conn, checkfirst=True)
 
 

@@ -289,8 +289,11 @@ def upgrade_schema(sync_conn: sa.Connection) -> None:
         if name not in have:
             ddl = cases.c[name].type.compile(dialect=sync_conn.dialect)
             sync_conn.execute(sa.text(f'ALTER TABLE sip_cases ADD COLUMN "{name}" {ddl}'))
-    for index in stays.indexes:  # migration 0005_hot_query_indexes
-        index.create(sync_conn, checkfirst=True)
+    if "hospital_stays" in inspector.get_table_names():  # migration 0005_hot_query_indexes
+        have = {c["name"] for c in inspector.get_columns("hospital_stays")}
+        for index in stays.indexes:
+            if set(index.columns.keys()) <= have:
+                index.create(sync_conn, checkfirst=True)
     intake = metadata.tables.get("intake_messages")
     if intake is None or "intake_messages" not in inspector.get_table_names():
         return
