@@ -27,6 +27,7 @@ from sqlalchemy import event
 from services.consent.adapters.store import SqlConsentRepository
 from services.consent.app import create_app as consent_app
 from services.consent.settings import ConsentSettings
+from services.notify.adapters.store import SqlNotificationRepository
 from services.notify.app import create_app as notify_app
 from services.notify.settings import NotifySettings
 from services.planning.adapters import deadline_store
@@ -282,9 +283,25 @@ async def test_consent_hot_queries_read_through_their_indexes(databases):
     await rt.engine.dispose()
 
 
-async def test_notify_retention_reads_through_its_indexes(databases):
+async def test_notify_hot_queries_read_through_their_indexes(databases):
     app = notify_app(NotifySettings(database_url=databases["notify"], directory_path=DIRECTORY))
     rt = await _load(app, NOTIFY_DATA, RUNTIME_DATA)
+    queries: dict[str, tuple[Callable[[Any], Awaitable[Any]], dict[str, Any]]] = {
+        "the dispatcher's due notifications": (
+            lambda c: SqlNotificationRepository(c).due(utcnow(), 50),
+            {"notifications": "ix_notifications_due"},
+        ),
+        "deliveries listing (operator)": (
+            lambda c: SqlNotificationRepository(c).deliveries(limit=100),
+            {"notifications": "ix_notifications_created"},
+        ),
+        "deliveries of a recipient": (
+            lambda c: SqlNotificationRepository(c).deliveries(recipient="ORG7", limit=100),
+            {"notifications": ("ix_notifications_recipient", "ix_notifications_created")},
+        ),
+    }
+    for name, (run, expected) in queries.items():
+        check(await explain(rt.engine, run), expected, {"notifications"}, name)
     await _check_retention(
         app,
         {"notification_payload": "ix_notifications_payload_kept", "inbox": "ix_inbox_processed",
