@@ -32,7 +32,6 @@ def create_app(settings: ConsentSettings | None = None, *, clock: Clock | None =
     runtime = ServiceRuntime(SERVICE, settings, metadata, migrations=Path(__file__).parent / "migrations")
     audit_writer = AuditWriter(runtime.engine)
     subscribers.register(runtime, clock, audit_writer)
-    pruner = retention.install(runtime, consent_kinds(runtime.inbox, runtime.outbox, settings), now=clock.now)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -64,7 +63,9 @@ def create_app(settings: ConsentSettings | None = None, *, clock: Clock | None =
     fhir_rest.install(app, versions=api.VERSIONS)
     app.add_exception_handler(Denied, _denied)  # type: ignore[arg-type]
     app.state.runtime = runtime
-    app.state.pruner = pruner
+    app.state.pruner = retention.install(
+        runtime, consent_kinds(runtime.inbox, runtime.outbox, settings), now=clock.now
+    )
     app.state.clock = clock
     app.state.audit_writer = audit_writer
     return app
