@@ -106,6 +106,10 @@ class ServiceMetrics:
             ["routing_key"], registry=r,
         )  # fmt: skip
         self.outbox_backlog = Gauge("sip_outbox_backlog", "Outbox rows not yet published", registry=r)
+        self.retention_pruned = Counter(
+            "sip_retention_pruned", "Rows pruned (deleted, or a payload blanked) by retention, by kind",
+            ["kind"], registry=r,
+        )  # fmt: skip
         self.collect_errors = Counter(
             "sip_metrics_collect_errors", "Scrape-time database collectors that failed", ["collector"],
             registry=r,

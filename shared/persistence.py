@@ -185,7 +185,15 @@ def inbox_table(metadata: sa.MetaData) -> sa.Table:
         sa.Column("consumer", sa.String(128), primary_key=True),
         sa.Column("message_id", sa.String(64), primary_key=True),
         sa.Column("processed_at", UTCDateTime, nullable=False),
+        # retention deletes the oldest rows (shared/retention.py: inbox_kind)
+        sa.Index("ix_inbox_processed", "processed_at"),
     )
+
+
+def upgrade_inbox(sync_conn: sa.Connection, inbox: sa.Table) -> None:
+    """SQLite: the inbox's indexes newer than an existing table (idempotent; run after ``create_all``)."""
+    for index in inbox.indexes:
+        index.create(sync_conn, checkfirst=True)
 
 
 def _insert(table: sa.Table) -> sa.Insert:

@@ -55,6 +55,7 @@ from shared.persistence import (
     inbox_table,
     make_engine,
     outbox_table,
+    upgrade_inbox,
     upgrade_outbox,
 )
 from shared.settings import ServiceSettings
@@ -172,6 +173,7 @@ class ServiceRuntime:
             else:
                 await conn.run_sync(self.metadata.create_all)
                 await conn.run_sync(upgrade_outbox, self.outbox)
+                await conn.run_sync(upgrade_inbox, self.inbox)
 
     async def start(self, *, consume: bool = True) -> None:
         async with _slow_start_warnings(self.service) as step:

@@ -93,6 +93,26 @@ class ServiceSettings(BaseSettings):
     )
     jwt_audience: str = Field(default="sip-suite", description="The aud claim tokens must carry")
 
+    # ---- retention (shared/retention.py): each service prunes its own tables on a schedule ----
+    retention_inbox_days: int = Field(
+        default=30,
+        ge=7,
+        description="Processed message ids (the inbox) are kept this many days: longer than any copy of a "
+        "message can still arrive (retries, a consumer down for days); at least 7",
+    )
+    retention_outbox_days: int = Field(
+        default=7, ge=1, description="Outbox rows are deleted this many days after the broker confirmed them"
+    )
+    retention_interval_seconds: float = Field(
+        default=3600.0, gt=0, description="Seconds between two retention passes of a service"
+    )
+    retention_batch: int = Field(
+        default=500, ge=1, le=10000, description="Rows pruned per transaction (one batch)"
+    )
+    retention_pause_seconds: float = Field(
+        default=0.05, ge=0, le=60, description="Pause between two batches, so the live path is not stalled"
+    )
+
     @field_validator("amqp_url")
     @classmethod
     def _no_placeholder(cls, v: str) -> str:

@@ -6,6 +6,7 @@
   sipctl status              health of every service and the open SIP cases
   sipctl dead-letters list   dead letters with their reasons;  `replay QUEUE [--id ID ...]` sends them back
   sipctl declare-topology    declare the suite's whole topology (as the operator; `run` does it first)
+  sipctl prune [--dry-run]   run each service's retention once on its database (counts per kind)
 
 Settings come from the environment (see .env.example); the defaults match `make run`.
 """
@@ -425,6 +426,9 @@ def main(argv: list[str] | None = None) -> None:
     from sipctl import messages
 
     messages.add_parser(sub, cmd_messages)
+    from sipctl import prune
+
+    prune.add_parser(sub, prune.run)
     t = sub.add_parser("declare-topology", help="declare the suite's whole topology (operator)")
     t.set_defaults(fn=cmd_declare_topology)
     tk = sub.add_parser("token", help="print a development token (organisation, operator or person)")

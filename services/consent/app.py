@@ -14,9 +14,10 @@ from starlette.responses import JSONResponse, Response
 
 from services.consent import api, subscribers
 from services.consent.access import Denied
+from services.consent.adapters.retention import consent_kinds
 from services.consent.adapters.store import AuditWriter, metadata, upgrade_schema
 from services.consent.settings import ConsentSettings
-from shared import fhir_rest
+from shared import fhir_rest, retention
 from shared.clock import Clock, SystemClock
 from shared.fhir import operation_outcome
 from shared.fhir_rest import security_text
@@ -62,6 +63,9 @@ def create_app(settings: ConsentSettings | None = None, *, clock: Clock | None =
     fhir_rest.install(app, versions=api.VERSIONS)
     app.add_exception_handler(Denied, _denied)  # type: ignore[arg-type]
     app.state.runtime = runtime
+    app.state.pruner = retention.install(
+        runtime, consent_kinds(runtime.inbox, runtime.outbox, settings), now=clock.now
+    )
     app.state.clock = clock
     app.state.audit_writer = audit_writer
     return app

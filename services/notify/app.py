@@ -9,12 +9,13 @@ from fastapi import FastAPI
 
 from services.notify import api, subscribers
 from services.notify.adapters.http_channels import SmsGatewaySender, WebhookChannelSender, WebhookSecrets
+from services.notify.adapters.retention import notify_kinds
 from services.notify.adapters.smtp import EmailChannelSender, SmtpEmailSender
 from services.notify.adapters.store import metadata, notifications, upgrade_schema
 from services.notify.dispatcher import Dispatcher
 from services.notify.ports import ChannelSender, EmailSender
 from services.notify.settings import NotifySettings
-from shared import fhir_rest
+from shared import fhir_rest, retention
 from shared.clock import Clock, SystemClock
 from shared.directory import load_directory
 from shared.metrics import status_gauge
@@ -64,6 +65,7 @@ def create_app(
     dispatcher = Dispatcher(runtime, all_channels, clock, settings)
     subscribers.register(runtime, directory, dispatcher, clock, settings)
     runtime.background.append(dispatcher.run)
+    pruner = retention.install(runtime, notify_kinds(runtime.inbox, runtime.outbox, settings), now=clock.now)
     if smtp is not None:  # closes idle SMTP connections, and all of them at shutdown
         runtime.background.append(smtp.run)
     app = FastAPI(
@@ -81,6 +83,7 @@ def create_app(
     )
     fhir_rest.install(app)
     app.state.runtime = runtime
+    app.state.pruner = pruner
     app.state.dispatcher = dispatcher
     return app
 

@@ -46,6 +46,13 @@ class NotifySettings(ServiceSettings):
         "for their lease",
     )
     send_concurrency: int = Field(default=8, ge=1, le=64, description="E-mails in flight at once")
+    retention_notification_payload_days: int = Field(
+        default=30,
+        ge=0,
+        description="The rendered text, address, calendar file and meeting needs of a sent or cancelled "
+        "notification are blanked this many days after it was made; the delivery record (recipient, "
+        "channel, status, times, Message-ID) is kept. 0 = keep for ever",
+    )
 
     # ---- webhook and SMS channels (issue #6) ----
     webhook_secrets_file: str | None = Field(

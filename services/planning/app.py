@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.planning import api, api_cases, api_fhir, handlers, messages, subscribers
+from services.planning.adapters.retention import planning_kinds
 from services.planning.adapters.store import cases, metadata, upgrade_schema
 from services.planning.domain import INVITATION_CLOCK_STATES, OPEN_STATES
 from services.planning.intake import IntakeService, MLLPServer, intake_tables, parse_adt, parse_message_bundle
@@ -21,7 +22,7 @@ from services.planning.intake.store import message_views_table
 from services.planning.monitoring import intake_counter, intake_gauges
 from services.planning.scheduler import scheduler_job
 from services.planning.settings import PlanningSettings
-from shared import fhir_rest
+from shared import fhir_rest, retention
 from shared.clock import Clock, SystemClock
 from shared.consent_gate import ConsentGateClient
 from shared.contracts import HospitalStayEvent
@@ -66,6 +67,11 @@ def create_app(
     )
     message_handlers = subscribers.register(runtime, settings, directory, clock)
     runtime.background.append(scheduler_job(runtime, clock, settings.deadline_check_interval))
+    pruner = retention.install(
+        runtime,
+        planning_kinds(intake_tables(metadata), runtime.inbox, runtime.outbox, settings),
+        now=clock.now,
+    )
     intake = build_intake(runtime, settings, observe=intake_counter(runtime.metrics, directory))
     mllp = (
         MLLPServer(
@@ -125,6 +131,7 @@ def create_app(
         )
     )
     app.state.runtime = runtime
+    app.state.pruner = pruner
     app.state.handle_stay_message = message_handlers.stay_event
     app.state.handle_discharge_message = message_handlers.discharge
     app.state.mllp = mllp

@@ -67,3 +67,10 @@ class PlanningSettings(ServiceSettings):
     consent_gate_timeout: float = Field(
         default=5.0, gt=0, description="Seconds to wait for the consent gate before a read is refused (503)"
     )
+    retention_messages_days: int = Field(
+        default=90,
+        ge=0,
+        description="Intake messages (the raw message, its acknowledgement and events) are deleted this "
+        "many days after they were received, once their effects are complete (effected, or accepted and "
+        "handled); refused, dead-lettered and unhandled ones are kept. 0 = keep for ever",
+    )

@@ -80,6 +80,8 @@ consent_requests = sa.Table(
     sa.Column("correlation_id", sa.String(128)),
     # added with "Only those who belong" (nullable: requests kept before it have no known owner)
     sa.Column("requested_by_hsa_id", sa.String(64)),
+    # an organisation's view of a person's audit: the cases it owns (migration 0004_hot_query_indexes)
+    sa.Index("ix_consent_requests_requested_by", "requested_by_hsa_id"),
 )
 
 audit_events = sa.Table(
@@ -106,6 +108,8 @@ audit_events = sa.Table(
     # there (consent.access-recorded.v1); added with "Only those who belong"
     sa.Column("source", sa.String(16)),
     sa.Index("ix_audit_events_patient_time", "patient_identifier", "recorded_at"),
+    # retention deletes the oldest entries, after the audit retention (migration 0003_retention)
+    sa.Index("ix_audit_events_recorded", "recorded_at"),
 )
 
 _ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -141,6 +145,16 @@ def upgrade_schema(sync_conn: sa.Connection) -> None:
                 col = metadata.tables[table].c[name]
                 ddl = col.type.compile(dialect=sync_conn.dialect)
                 sync_conn.execute(sa.text(f'ALTER TABLE {table} ADD COLUMN "{name}" {ddl}'))
+    # the indexes of migrations 0003_retention and 0004_hot_query_indexes (where their columns are)
+    inspector = sa.inspect(sync_conn)
+    for indexed, name in (
+        (audit_events, "ix_audit_events_recorded"),
+        (consent_requests, "ix_consent_requests_requested_by"),
+    ):
+        if indexed.name in tables:
+            index = next(i for i in indexed.indexes if i.name == name)
+            if set(index.columns.keys()) <= {c["name"] for c in inspector.get_columns(indexed.name)}:
+                index.create(sync_conn, checkfirst=True)
 
 
 def _dt(value: str | None) -> datetime | None:

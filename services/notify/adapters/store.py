@@ -48,12 +48,23 @@ notifications = sa.Table(
     sa.Column("claimed_until", UTCDateTime),
     # which dispatcher holds the claim (NOTIFY_REPLICA_ID): restarted, it takes its own claims back at once
     sa.Column("claimed_by", sa.String(128)),
+    # when retention blanked the payload (text, address, calendar file, needs): migration 0006, on SQLite
+    # upgrade_schema; None while it is kept (services/notify/adapters/retention.py)
+    sa.Column("payload_pruned_at", UTCDateTime),
     sa.UniqueConstraint("cause_message_id", "recipient_hsa_id", "channel", name="uq_notification_dedupe"),
     sa.Index("ix_notifications_due", "status", "next_attempt_at"),
     sa.Index("ix_notifications_case", "case_id"),
     # GET /deliveries: newest first, by recipient (migration 0005_deliveries)
     sa.Index("ix_notifications_created", "created_at", "id"),
     sa.Index("ix_notifications_recipient", "recipient_hsa_id", "created_at"),
+    # retention: the payloads still kept, oldest first — only those rows, so a pass never walks the
+    # years of rows blanked before (migration 0006_retention)
+    sa.Index(
+        "ix_notifications_payload_kept",
+        "created_at",
+        sqlite_where=sa.literal_column("payload_pruned_at").is_(None),
+        postgresql_where=sa.literal_column("payload_pruned_at").is_(None),
+    ),
 )
 
 # Added by issue #6 as a table of its own (not new columns): ``create_all`` adds a missing table to
@@ -236,7 +247,7 @@ def upgrade_schema(sync_conn: sa.Connection) -> None:
     if "notifications" not in inspector.get_table_names():
         return
     have = {c["name"] for c in inspector.get_columns("notifications")}
-    for name in ("owner_hsa_id", "claimed_until", "claimed_by"):
+    for name in ("owner_hsa_id", "claimed_until", "claimed_by", "payload_pruned_at"):
         if name not in have:
             ddl = notifications.c[name].type.compile(dialect=sync_conn.dialect)
             sync_conn.execute(sa.text(f'ALTER TABLE notifications ADD COLUMN "{name}" {ddl}'))

@@ -43,6 +43,9 @@ stays = sa.Table(
     sa.Column("case_opened_by", sa.String(40)),
     sa.Column("note", sa.String(200)),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    # the stays listing, newest first, of all hospitals or one (migration 0005_hot_query_indexes)
+    sa.Index("ix_hospital_stays_updated", "updated_at"),
+    sa.Index("ix_hospital_stays_hospital_updated", "hospital_id", "updated_at"),
 )
 
 cases = sa.Table(
@@ -286,6 +289,11 @@ def upgrade_schema(sync_conn: sa.Connection) -> None:
         if name not in have:
             ddl = cases.c[name].type.compile(dialect=sync_conn.dialect)
             sync_conn.execute(sa.text(f'ALTER TABLE sip_cases ADD COLUMN "{name}" {ddl}'))
+    if "hospital_stays" in inspector.get_table_names():  # migration 0005_hot_query_indexes
+        have = {c["name"] for c in inspector.get_columns("hospital_stays")}
+        for index in stays.indexes:
+            if set(index.columns.keys()) <= have:
+                index.create(sync_conn, checkfirst=True)
     intake = metadata.tables.get("intake_messages")
     if intake is None or "intake_messages" not in inspector.get_table_names():
         return

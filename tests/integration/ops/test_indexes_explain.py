@@ -1,0 +1,321 @@
+"""The hot queries read through their indexes on PostgreSQL (EXPLAIN): a query that stops using its
+index — a filter rewritten, an index dropped, a migration forgotten — fails here before it costs a
+region's year of data a full scan.
+
+Each service's database is migrated by the service (Alembic, as in production) and filled in bulk
+(``INSERT … SELECT generate_series``: tens of thousands of rows, most of them old or closed, as a
+store is after a year), then ``ANALYZE``. Each query is the SQL the code runs: the repository function
+itself is called and the statements it sends are captured on the engine, then explained with the
+same parameters (``EXPLAIN (FORMAT JSON)``). The plan must reach the expected index (Index Scan,
+Index Only Scan or Bitmap Index Scan) and read no big table sequentially.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from services.consent.adapters.store import SqlConsentRepository
+from services.consent.app import create_app as consent_app
+from services.consent.settings import ConsentSettings
+from services.notify.adapters.store import SqlNotificationRepository
+from services.notify.app import create_app as notify_app
+from services.notify.settings import NotifySettings
+from services.planning.adapters import deadline_store
+from services.planning.adapters.store import SqlCaseRepository, related_to
+from services.planning.app import create_app as planning_app
+from services.planning.intake.store import intake_tables
+from services.planning.messages import search_query
+from services.planning.settings import PlanningSettings
+from shared.persistence import utcnow
+from tests.support.infra import pg_database
+
+pytestmark = pytest.mark.postgres
+REPO = Path(__file__).resolve().parents[3]
+DIRECTORY = str(REPO / "config/directory.yaml")
+N = 20_000  # rows per big table (audit_events: 5 × N)
+INDEX_SCANS = {"Index Scan", "Index Only Scan", "Bitmap Index Scan"}
+
+# ---- the data: a year of a region, in bulk ----------------------------------------------------------
+# ids are md5-derived uuids; every 20th case is open, the rest closed; 50 organisations, 20 hospitals
+PLANNING_DATA = f"""
+INSERT INTO sip_cases (id, reference, hospital_hsa_id, episode_id, patient_identifier, is_child, kommun_code,
+    owner_hsa_id, participants, state, opened_at, invitation_due_at, origin, details)
+SELECT md5('case' || i)::uuid::text, 'SIP-' || i, 'HOSP' || (i % 20), 'E' || i, lpad((i % 8000)::text, 12, '9'),
+    false, '0180', 'ORG' || (i % 50),
+    '[{{"hsa_id": "ORG' || ((i + 1) % 50) || '", "name": "Enhet", "kind": "kommun_social_services"}}]',
+    CASE WHEN i % 20 = 0 THEN 'preparing' ELSE 'closed' END, now() - (i || ' minutes')::interval,
+    now() - (i || ' minutes')::interval + interval '3 days', 'discharge', '{{}}'
+FROM generate_series(1, {N}) i;
+INSERT INTO care_plan_versions (case_id, version, resource, snapshot, recorded_at, activity)
+SELECT md5('case' || i)::uuid::text, 1, '{{}}', '{{}}', now(), 'CREATE' FROM generate_series(1, {N}) i;
+INSERT INTO case_deadlines (case_id, case_reference, kind, cycle, status, started_at, due_at, owner_hsa_id,
+    met_at, updated_at)
+SELECT md5('case' || i)::uuid::text, 'SIP-' || i, k, 1, CASE WHEN i % 20 = 0 THEN 'pending' ELSE 'met' END,
+    now() - (i || ' minutes')::interval, now() + (i || ' minutes')::interval, 'ORG' || (i % 50),
+    CASE WHEN i % 20 = 0 THEN NULL ELSE now() END, now()
+FROM generate_series(1, {N}) i, (VALUES ('invitation'), ('meeting')) AS kinds(k);
+INSERT INTO hospital_stays (hospital_id, stay_id, patient_system, patient_value, patient_kind, on_leave, applied,
+    cancelled, updated_at)
+SELECT 'HOSP' || (i % 20), 'E' || i, 'pnr', lpad((i % 8000)::text, 12, '9'), 'personnummer', false, '{{}}', '{{}}',
+    now() - (i || ' minutes')::interval
+FROM generate_series(1, {N}) i;
+INSERT INTO intake_messages (source, sender, control_id, message_type, received_at, content_sha256, raw, outcome,
+    response_body, events, status, correlation_id, patient_identifier, effect)
+SELECT 'hl7v2', 'PAS|HOSP' || (i % 20), 'C' || i, 'ADT^A03', now() - (i || ' minutes')::interval, md5(i::text),
+    'MSH', 'AA', 'ACK', '[]',
+    CASE WHEN i % 50 = 0 THEN 'dead-lettered' WHEN i % 33 = 0 THEN 'refused' ELSE 'effected' END,
+    md5('c' || i), lpad((i % 8000)::text, 12, '9'), '{{}}'
+FROM generate_series(1, {N}) i;
+"""
+RUNTIME_DATA = f"""
+INSERT INTO inbox (consumer, message_id, processed_at)
+SELECT 'q' || (i % 5), md5('m' || i), now() - (i || ' minutes')::interval FROM generate_series(1, {N}) i;
+INSERT INTO outbox (message_id, exchange, routing_key, body, created_at, published_at, attempts)
+SELECT md5('o' || i), 'x', 'k', '{{}}', now() - (i || ' minutes')::interval,
+    now() - (i || ' minutes')::interval, 0
+FROM generate_series(1, {N}) i;
+"""
+CONSENT_DATA = f"""
+INSERT INTO consents (id, patient_identifier, case_id, decision, purposes, recipients, given_by, method,
+    recorded_by_hsa_id, recorded_at, status)
+SELECT md5('consent' || i)::uuid::text, lpad((i % 8000)::text, 12, '9'), md5('case' || i)::uuid::text, 'granted',
+    '[]', '[]', 'patient', 'verbal', 'ORG' || (i % 50), now() - (i || ' minutes')::interval, 'active'
+FROM generate_series(1, {N}) i;
+INSERT INTO consent_requests (case_id, patient_identifier, is_child, purposes, proposed_recipients, requested_at,
+    status, requested_by_hsa_id)
+SELECT md5('case' || i)::uuid::text, lpad((i % 8000)::text, 12, '9'), false, '[]', '[]',
+    now() - (i || ' minutes')::interval, 'answered', 'ORG' || (i % 50)
+FROM generate_series(1, {N}) i;
+INSERT INTO audit_events (id, recorded_at, patient_identifier, action, outcome, reason, basis, recipient_hsa_id,
+    case_id, consent_id, channel)
+SELECT md5('audit' || i)::uuid::text, now() - (i || ' minutes')::interval, lpad((i % 8000)::text, 12, '9'),
+    'read', 'permit', 'consent', 'consent', 'ORG' || (i % 50), md5('case' || (i % {N}))::uuid::text,
+    md5('consent' || (i % {N}))::uuid::text, 'http'
+FROM generate_series(1, {5 * N}) i;
+"""
+NOTIFY_DATA = f"""
+INSERT INTO notifications (id, cause_message_id, case_id, case_reference, recipient_hsa_id, channel, address,
+    language, subject, body, status, attempts, next_attempt_at, created_at, updated_at, sent_at,
+    payload_pruned_at)
+SELECT md5('n' || i)::uuid::text, md5('cause' || i), md5('case' || i)::uuid::text, 'SIP-' || i, 'ORG' || (i % 50),
+    'email', 'a@example.org', 'sv', 'SIP', 'text', 'sent', 1, now(), now() - (i || ' minutes')::interval,
+    now(), now(), CASE WHEN i > {N // 10} THEN now() END
+FROM generate_series(1, {N}) i;
+"""
+PATIENT = "999999000042"  # a generated identifier (not a personnummer) with cases, consents and audit
+
+
+# ---- capturing what the code sends, and explaining it ---------------------------------------------------
+@contextmanager
+def captured(engine: Any) -> Iterator[list[tuple[str, Any]]]:
+    sent: list[tuple[str, Any]] = []
+
+    def before(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
+        sent.append((statement, parameters))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", before)
+    try:
+        yield sent
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", before)
+
+
+def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", ()):
+        yield from nodes(child)
+
+
+async def explain(
+    engine: Any, run: Callable[[Any], Awaitable[Any]]
+) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Run ``run(conn)`` (the code's own query), then EXPLAIN every statement it sent."""
+    async with engine.connect() as conn:
+        with captured(engine) as sent:
+            await run(conn)
+        plans = []
+        for statement, parameters in sent:
+            result = await conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + statement, parameters)
+            doc = result.scalar_one()
+            doc = json.loads(doc) if isinstance(doc, str) else doc
+            plans.append((statement, list(nodes(doc[0]["Plan"]))))
+        await conn.rollback()
+    assert plans, "the code sent no statement"
+    return plans
+
+
+def check(
+    plans: list[tuple[str, list[dict[str, Any]]]], expected: dict[str, Any], big: set[str], name: str = ""
+) -> None:
+    """Every table in ``expected`` is read through that index (or one of those indexes, a tuple)
+    somewhere in the plans; no table of
+    ``big`` is read by a sequential scan in any of them."""
+    used = {n["Index Name"] for _, ns in plans for n in ns if n["Node Type"] in INDEX_SCANS}
+    text = "\n\n".join(f"{s}\n{json.dumps(ns, indent=1, default=str)[:3000]}" for s, ns in plans)
+    for table, index in expected.items():
+        either = {index} if isinstance(index, str) else set(index)
+        assert either & used, f"{name}: {table}: {index} not used\n{text}"
+    seq = {n.get("Relation Name") for _, ns in plans for n in ns if n["Node Type"] == "Seq Scan"}
+    assert not seq & big, f"{name}: sequential scan of {seq & big}\n{text}"
+
+
+async def _load(app: Any, *sql: str) -> Any:
+    rt = app.state.runtime
+    await rt.prepare_database()
+    async with rt.engine.begin() as conn:
+        for block in sql:
+            for statement in filter(str.strip, block.split(";")):
+                await conn.exec_driver_sql(statement)
+    async with rt.engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await conn.exec_driver_sql("ANALYZE")
+    return rt
+
+
+@pytest.fixture
+def databases() -> Iterator[dict[str, str]]:
+    with pg_database() as planning, pg_database() as consent, pg_database() as notify:
+        yield {"planning": planning, "consent": consent, "notify": notify}
+
+
+async def test_planning_hot_queries_read_through_their_indexes(databases):
+    app = planning_app(
+        PlanningSettings(database_url=databases["planning"], directory_path=DIRECTORY, mllp_enabled=False)
+    )
+    rt = await _load(app, PLANNING_DATA, RUNTIME_DATA)
+    big = {"sip_cases", "care_plan_versions", "case_deadlines", "hospital_stays", "intake_messages", "inbox",
+           "outbox"}  # fmt: skip
+    async with rt.engine.connect() as conn:
+        case_id = UUID(
+            await conn.scalar(sa.text("SELECT id FROM sip_cases WHERE state = 'preparing' LIMIT 1"))
+        )
+    org = "ORG7"
+    t = intake_tables(rt.metadata)
+    queries: dict[str, tuple[Callable[[Any], Awaitable[Any]], dict[str, Any]]] = {
+        "overview (open cases, their next deadlines)": (
+            deadline_store.next_deadlines,
+            {"sip_cases": "ix_sip_cases_state", "case_deadlines": "ix_case_deadlines_due"},
+        ),
+        "case list of an organisation": (
+            lambda c: SqlCaseRepository(c).open_cases(where=related_to(hsa_id=org)),
+            {"sip_cases": "ix_sip_cases_state"},
+        ),
+        "a case by id": (lambda c: SqlCaseRepository(c).get_case(case_id), {"sip_cases": "sip_cases_pkey"}),
+        "a case's latest CarePlan": (
+            lambda c: SqlCaseRepository(c).plan_version(case_id),
+            {"care_plan_versions": "care_plan_versions_pkey"},
+        ),
+        "CarePlan search by patient": (
+            lambda c: SqlCaseRepository(c).find_cases(
+                patient=PATIENT, limit=None, where=related_to(hsa_id=org), with_plan=True
+            ),
+            {"sip_cases": "ix_sip_cases_patient_identifier", "care_plan_versions": "care_plan_versions_pkey"},
+        ),
+        "stays listing": (
+            lambda c: SqlCaseRepository(c).list_stays(200),
+            {"hospital_stays": "ix_hospital_stays_updated"},
+        ),
+        "stays listing of a hospital": (
+            lambda c: SqlCaseRepository(c).list_stays(200, hospital_id="HOSP3"),
+            # the planner may walk the newest stays and filter (a big hospital), or take the hospital's
+            {"hospital_stays": ("ix_hospital_stays_hospital_updated", "ix_hospital_stays_updated")},
+        ),
+        "dead-letter listing": (
+            lambda c: c.execute(search_query(t, status="dead-lettered")),
+            {"intake_messages": "ix_intake_messages_status"},
+        ),
+    }
+    for name, (run, expected) in queries.items():
+        check(await explain(rt.engine, run), expected, big, name)
+    await _check_retention(app, {"intake_messages": "ix_intake_messages_received", "inbox": "ix_inbox_processed",
+                                 "outbox": "ix_outbox_pending"}, big)  # fmt: skip
+    await rt.engine.dispose()
+
+
+async def _check_retention(app: Any, expected: dict[str, str], big: set[str]) -> None:
+    """Each kind's batch query (as the pruner runs it) reads through its index."""
+    rt, pruner = app.state.runtime, app.state.pruner
+    now = utcnow() + timedelta(days=5000)  # everything is past its retention: the widest range
+    for kind in pruner.kinds:
+        stmt = kind.statement("postgresql", kind.cutoff(now, kind.days), pruner.batch)
+        plans = await explain(rt.engine, lambda c, s=stmt: c.execute(s))
+        check(plans, {kind.name: expected[kind.name]}, big, f"retention of {kind.name}")
+
+
+async def test_consent_hot_queries_read_through_their_indexes(databases):
+    app = consent_app(ConsentSettings(database_url=databases["consent"], directory_path=DIRECTORY))
+    rt = await _load(app, CONSENT_DATA, RUNTIME_DATA)
+    big = {"consents", "consent_requests", "audit_events", "inbox", "outbox"}
+    queries: dict[str, tuple[Callable[[Any], Awaitable[Any]], dict[str, Any]]] = {
+        "a person's audit (the person, or the operator)": (
+            lambda c: SqlConsentRepository(c).audit_for_patient(PATIENT, limit=100),
+            {"audit_events": "ix_audit_events_patient_time"},
+        ),
+        "a person's audit as an organisation sees it": (
+            lambda c: SqlConsentRepository(c).audit_for_patient(PATIENT, limit=100, visible_to="ORG7"),
+            {"audit_events": "ix_audit_events_patient_time"},
+        ),
+        "consent decision lookup": (
+            lambda c: SqlConsentRepository(c).for_patient(PATIENT),
+            {"consents": "ix_consents_patient_identifier"},
+        ),
+        "the person's consent requests": (
+            lambda c: SqlConsentRepository(c).requests_for_patient(PATIENT),
+            {"consent_requests": "ix_consent_requests_patient_identifier"},
+        ),
+    }
+    for name, (run, expected) in queries.items():
+        check(await explain(rt.engine, run), expected, big, name)
+    await _check_retention(
+        app, {"audit_events": "ix_audit_events_recorded", "inbox": "ix_inbox_processed", "outbox": "ix_outbox_pending"},
+        big,
+    )  # fmt: skip
+    await rt.engine.dispose()
+
+
+async def test_notify_hot_queries_read_through_their_indexes(databases):
+    app = notify_app(NotifySettings(database_url=databases["notify"], directory_path=DIRECTORY))
+    rt = await _load(app, NOTIFY_DATA, RUNTIME_DATA)
+    queries: dict[str, tuple[Callable[[Any], Awaitable[Any]], dict[str, Any]]] = {
+        "the dispatcher's due notifications": (
+            lambda c: SqlNotificationRepository(c).due(utcnow(), 50),
+            {"notifications": "ix_notifications_due"},
+        ),
+        "deliveries listing (operator)": (
+            lambda c: SqlNotificationRepository(c).deliveries(limit=100),
+            {"notifications": "ix_notifications_created"},
+        ),
+        "deliveries of a recipient": (
+            lambda c: SqlNotificationRepository(c).deliveries(recipient="ORG7", limit=100),
+            {"notifications": ("ix_notifications_recipient", "ix_notifications_created")},
+        ),
+    }
+    for name, (run, expected) in queries.items():
+        check(await explain(rt.engine, run), expected, {"notifications"}, name)
+    await _check_retention(
+        app,
+        {"notification_payload": "ix_notifications_payload_kept", "inbox": "ix_inbox_processed",
+         "outbox": "ix_outbox_pending"},
+        {"notifications", "inbox", "outbox"},
+    )  # fmt: skip
+    await rt.engine.dispose()
+
+
+def test_the_plan_check_fails_on_a_sequential_scan_or_a_missing_index():
+    seq = [("q", [{"Node Type": "Limit"}, {"Node Type": "Seq Scan", "Relation Name": "sip_cases"}])]
+    with pytest.raises(AssertionError, match="sequential scan"):
+        check(seq, {}, {"sip_cases"})
+    with pytest.raises(AssertionError, match="not used"):
+        check(seq, {"sip_cases": "ix_sip_cases_state"}, set())
+    ok = [("q", [{"Node Type": "Bitmap Index Scan", "Index Name": "ix_sip_cases_state"}])]
+    check(ok, {"sip_cases": "ix_sip_cases_state"}, {"sip_cases"})
