@@ -42,7 +42,7 @@ log = logging.getLogger("sip.web")
 
 KINDS = ("staff", "citizen")
 CSRF_FIELD = "csrf_token"
-OPEN_STATES = frozenset({"closed", "refused"})
+CLOSED_STATES = frozenset({"closed", "refused"})  # not shown on the overview
 
 
 class PageError(Exception):
@@ -429,7 +429,7 @@ def create_app(settings: WebSettings) -> FastAPI:
         now = datetime.now(UTC)
         items = []
         for row in rows:
-            if row.get("state") in OPEN_STATES:
+            if row.get("state") in CLOSED_STATES:
                 continue
             due = parse_time(row.get("due_at"))
             breached = bool(row.get("breached_unmet")) or (due is not None and due <= now)
