@@ -157,6 +157,15 @@ def create_app(settings: WebSettings) -> FastAPI:
     app.add_middleware(ServerSessionMiddleware, store=store, secure=settings.session_cookie_secure)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
+    # no script at all; forms post only here (logout may redirect to the identity provider)
+    csp = " ".join(
+        [
+            "default-src 'self'; script-src 'none'; object-src 'none'; frame-ancestors 'none';",
+            "base-uri 'none'; form-action 'self'",
+            *_issuer_origins(settings),
+        ]
+    )
+
     def render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
         lang = lang_of(request)
         user = user_of(request)
@@ -183,10 +192,7 @@ def create_app(settings: WebSettings) -> FastAPI:
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "same-origin"
         response.headers["X-Frame-Options"] = "DENY"
-        response.headers["Content-Security-Policy"] = (
-            "default-src 'self'; script-src 'none'; object-src 'none'; frame-ancestors 'none'; "
-            "form-action 'self' " + " ".join(_issuer_origins(settings))
-        )
+        response.headers["Content-Security-Policy"] = csp
         return response
 
     async def api(

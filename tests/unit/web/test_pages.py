@@ -433,5 +433,14 @@ def test_sign_in_asks_the_provider_with_pkce_s256_and_returns_to_callback(apis: 
         assert c.get("/overview", follow_redirects=False).status_code == 303
 
 
+def test_security_headers_are_valid_http(apis: FakeApis) -> None:
+    with make_client(apis, staff_issuer="https://idp.region.example/staff") as c:
+        r = c.get("/")
+    csp = r.headers["content-security-policy"]
+    assert csp == csp.strip() and "script-src 'none'" in csp
+    assert "form-action 'self' https://idp.region.example" in csp  # logout's redirect to the provider
+    assert r.headers["x-frame-options"] == "DENY" and r.headers["cache-control"] == "no-store"
+
+
 def test_health(client: TestClient) -> None:
     assert client.get("/healthz").json()["status"] == "ok"
