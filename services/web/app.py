@@ -333,8 +333,10 @@ def create_app(settings: WebSettings) -> FastAPI:
                 meta = {}
             end = meta.get("end_session_endpoint")
             if end:
+                # client_id, not id_token_hint: a citizen's ID token carries the personnummer, and
+                # no personal data goes into a URL (RP-Initiated Logout 1.0 allows either)
                 query = urlencode({
-                    "id_token_hint": user["id_token"],
+                    "client_id": settings.citizen_client_id if kind == "citizen" else settings.staff_client_id,
                     "post_logout_redirect_uri": settings.public_base_url.rstrip("/") + "/",
                 })  # fmt: skip
                 return RedirectResponse(f"{end}?{query}", 303)

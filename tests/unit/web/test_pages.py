@@ -442,5 +442,27 @@ def test_security_headers_are_valid_http(apis: FakeApis) -> None:
     assert r.headers["x-frame-options"] == "DENY" and r.headers["cache-control"] == "no-store"
 
 
+def test_logout_ends_the_providers_session_without_personal_data_in_the_url(apis: FakeApis) -> None:
+    issuer = "https://eid.region.example"
+    with make_client(apis, citizen_issuer=issuer, citizen_client_id="sip-web", citizen_client_secret="s",
+                     public_base_url="https://sip.region.example") as c:  # fmt: skip
+        meta = {**_Metadata.staff(issuer), "end_session_endpoint": f"{issuer}/session/end"}
+        c.app.state.web.oauth.create_client("citizen").server_metadata.update(meta)  # type: ignore[attr-defined]
+        id_token = jwt.encode({"sub": "p", "personal_identity_number": PERSON}, "k" * 32, algorithm="HS256")
+        user = {"kind": "citizen", "access_token": "t", "id_token": id_token, "expires_at": 4e9, "name": None}
+        sid = c.app.state.sessions.create({"user": user, "csrf": "tok"})  # type: ignore[attr-defined]
+        c.cookies.set(COOKIE, sid)
+        r = c.post("/logout", data={CSRF_FIELD: "tok"}, follow_redirects=False)
+        assert r.status_code == 303
+        location = httpx.URL(r.headers["location"])
+        assert str(location).startswith(f"{issuer}/session/end?")
+        assert dict(location.params) == {
+            "client_id": "sip-web",
+            "post_logout_redirect_uri": "https://sip.region.example/",
+        }
+        assert id_token not in str(location) and PERSON not in str(location)
+        assert sid not in c.app.state.sessions  # type: ignore[attr-defined]
+
+
 def test_health(client: TestClient) -> None:
     assert client.get("/healthz").json()["status"] == "ok"
