@@ -335,8 +335,9 @@ def create_app(settings: WebSettings) -> FastAPI:
             if end:
                 # client_id, not id_token_hint: a citizen's ID token carries the personnummer, and
                 # no personal data goes into a URL (RP-Initiated Logout 1.0 allows either)
+                client_id = settings.citizen_client_id if kind == "citizen" else settings.staff_client_id
                 query = urlencode({
-                    "client_id": settings.citizen_client_id if kind == "citizen" else settings.staff_client_id,
+                    "client_id": client_id,
                     "post_logout_redirect_uri": settings.public_base_url.rstrip("/") + "/",
                 })  # fmt: skip
                 return RedirectResponse(f"{end}?{query}", 303)
