@@ -1,0 +1,268 @@
+"""The pages' texts: Swedish first, English second. A missing English text falls back to Swedish."""
+
+from __future__ import annotations
+
+LANGUAGES = ("sv", "en")
+
+TEXTS: dict[str, tuple[str, str]] = {
+    "site": ("SIP – samordnad individuell plan", "SIP – coordinated individual plan"),
+    "skip": ("Hoppa till innehållet", "Skip to content"),
+    "nav": ("Huvudmeny", "Main menu"),
+    "home": ("Start", "Home"),
+    "my_page": ("Mina planer och samtycken", "My plans and consents"),
+    "overview": ("Översikt för samordnare", "Coordinator's overview"),
+    "signin": ("Logga in", "Sign in"),
+    "signout": ("Logga ut", "Sign out"),
+    "a11y": ("Tillgänglighet", "Accessibility"),
+    "language": ("Språk", "Language"),
+    "other_lang": ("In English", "På svenska"),
+    "signed_in_as": ("Inloggad som", "Signed in as"),
+    "as_person": ("privatperson", "private person"),
+    "intro": (
+        "Här läser du samordnade individuella planer (SIP) som du deltar i eller som handlar om dig. "
+        "Du ser bara det som ditt samtycke eller din roll i ärendet tillåter, och varje visning loggas.",
+        "Here you read coordinated individual plans (SIP) you take part in or that are about you. You see "
+        "only what your consent or your part in the case allows, and every view is logged.",
+    ),
+    "signin_title": ("Logga in", "Sign in"),
+    "signin_choose": ("Hur vill du logga in?", "How do you want to sign in?"),
+    "signin_staff": ("Personal", "Staff"),
+    "signin_staff_help": (
+        "För dig som arbetar i region eller kommun: logga in med din organisations inloggning (SITHS).",
+        "If you work for a region or a municipality: sign in with your organisation's login (SITHS).",
+    ),
+    "signin_citizen": ("Privatperson", "Private person"),
+    "signin_citizen_help": (
+        "För dig som planen handlar om, eller som vårdnadshavare: logga in med e-legitimation.",
+        "If the plan is about you, or you are a guardian: sign in with your e-ID.",
+    ),
+    "signin_unavailable": ("Den här inloggningen är inte konfigurerad.", "This sign-in is not configured."),
+    "dev_signin": ("Utvecklingsinloggning", "Development sign-in"),
+    "dev_signin_warning": (
+        "Endast för utveckling: en token skapas med utvecklingsnyckeln. Aldrig i drift.",
+        "Development only: a token is minted with the development secret. Never in production.",
+    ),
+    "dev_org": ("Organisation", "Organisation"),
+    "dev_person": ("Testperson (personnummer)", "Test person (personal identity number)"),
+    "dev_as_org": ("Logga in som organisationen", "Sign in as the organisation"),
+    "dev_as_person": ("Logga in som testpersonen", "Sign in as the test person"),
+    "plan": ("Plan", "Plan"),
+    "plan_ref": ("Ärende", "Case"),
+    "plan_status": ("Status", "Status"),
+    "plan_version": ("Version", "Version"),
+    "updated": ("Senast ändrad", "Last changed"),
+    "overall": ("Huvudansvar", "Overall responsibility"),
+    "needs": ("Behov i dag", "Needs today"),
+    "goals": ("Personens mål", "The person's goals"),
+    "due": ("senast", "by"),
+    "interventions": ("Insatser", "Interventions"),
+    "intervention": ("Insats", "Intervention"),
+    "for_goals": ("För målen", "For the goals"),
+    "responsible": ("Ansvarig", "Responsible"),
+    "until": ("Till och med", "Until"),
+    "until_further": ("tills vidare", "until further notice"),
+    "others": ("Andra aktörer", "Others"),
+    "coordination": ("Samordning", "Coordination"),
+    "no_content": (
+        "Planens innehåll bestäms på SIP-mötet tillsammans med personen.",
+        "The plan's content is decided at the SIP meeting together with the person.",
+    ),
+    "meeting": ("SIP-möte", "SIP meeting"),
+    "meeting_time": ("Tid", "Time"),
+    "meeting_place": ("Plats", "Place"),
+    "meeting_video": ("Videolänk", "Video link"),
+    "meeting_none": ("Mötet har ingen tid ännu.", "The meeting has no time yet."),
+    "wishes": (
+        "Inför mötet (personens önskemål, t.ex. tolk)",
+        "Before the meeting (the person's wishes, e.g. interpreter)",
+    ),
+    "calendar": ("Ladda ned mötet till kalendern (.ics)", "Download the meeting to your calendar (.ics)"),
+    "participants": ("Deltagare", "Participants"),
+    "role": ("Roll", "Role"),
+    "follow_up": ("Uppföljning", "Follow-up"),
+    "follow_up_none": ("Ingen uppföljning är bestämd ännu.", "No follow-up has been decided yet."),
+    "forbidden_title": ("Du har inte tillgång till den här sidan", "You do not have access to this page"),
+    "forbidden_why": (
+        "Du har inte tillgång till den här planen, eller så finns den inte. Personens samtycke omfattar "
+        "kanske inte din organisation (eller har återkallats), eller så deltar du inte i ärendet. "
+        "Försöket har loggats.",
+        "You do not have access to this plan, or it does not exist. The person's consent may not cover "
+        "your organisation (or has been withdrawn), or you do not take part in the case. The attempt has "
+        "been logged.",
+    ),
+    "forbidden_contact": ("Vem kontaktar jag?", "Whom do I contact?"),
+    "not_found_title": ("Sidan finns inte", "Page not found"),
+    "not_found_why": (
+        "Vi hittar inget här som du har tillgång till. Kontrollera länken.",
+        "We find nothing here that you have access to. Check the link.",
+    ),
+    "error_title": ("Något gick fel", "Something went wrong"),
+    "error_why": (
+        "Tjänsten kunde inte svara just nu. Försök igen om en stund.",
+        "The service could not answer just now. Try again in a while.",
+    ),
+    "csrf_why": (
+        "Formuläret kunde inte skickas (saknad eller felaktig säkerhetskod). Ladda om sidan och försök igen.",
+        "The form could not be sent (missing or wrong security code). Reload the page and try again.",
+    ),
+    "back_home": ("Till startsidan", "To the start page"),
+    "my_cases": ("Mina SIP-ärenden", "My SIP cases"),
+    "no_cases": ("Det finns inga ärenden.", "There are no cases."),
+    "state": ("Läge", "State"),
+    "opened": ("Påbörjad", "Opened"),
+    "read_plan": ("Läs planen", "Read the plan"),
+    "my_consents": ("Mina samtycken", "My consents"),
+    "no_consents": ("Det finns inga samtycken.", "There are no consents."),
+    "consent_covers": ("Vilka som får ta del", "Who may receive"),
+    "consent_excludes": ("Undantagna", "Excluded"),
+    "consent_purposes": ("För vad", "For what"),
+    "consent_status": ("Giltighet", "Status"),
+    "consent_given": ("Lämnat", "Given"),
+    "withdraw": ("Återkalla samtycket", "Withdraw the consent"),
+    "withdraw_title": ("Återkalla samtycke", "Withdraw consent"),
+    "withdraw_consequences": (
+        "Om du återkallar samtycket får de organisationer som samtycket omfattar inte längre läsa din plan "
+        "eller få information om dig i det här ärendet. Kallelser som inte redan skickats stoppas och "
+        "deltagarna får veta att samtycket har återkallats. Den enhet som äger ärendet behåller det. "
+        "Återkallandet kan inte ångras – vill du dela information igen behöver du lämna ett nytt samtycke.",
+        "If you withdraw the consent, the organisations it covers may no longer read your plan or receive "
+        "information about you in this case. Invitations not yet sent are stopped and the participants are "
+        "told that the consent was withdrawn. The unit that owns the case keeps it. The withdrawal cannot "
+        "be undone – to share information again you give a new consent.",
+    ),
+    "withdraw_confirm": ("Ja, återkalla samtycket", "Yes, withdraw the consent"),
+    "withdraw_cancel": ("Nej, gå tillbaka", "No, go back"),
+    "withdrawn_done": ("Samtycket är återkallat.", "The consent is withdrawn."),
+    "disclosures": ("Vem har tagit del av uppgifter om mig", "Who has received information about me"),
+    "disclosures_help": (
+        "Varje gång någon har läst eller fått uppgifter om dig, eller nekats, står det här.",
+        "Every time someone read or received information about you, or was refused, it is listed here.",
+    ),
+    "no_disclosures": ("Inga händelser ännu.", "No events yet."),
+    "when": ("När", "When"),
+    "who": ("Vem", "Who"),
+    "what": ("Vad", "What"),
+    "outcome": ("Utfall", "Outcome"),
+    "basis": ("Grund", "Basis"),
+    "permitted": ("Tillåtet", "Permitted"),
+    "denied": ("Nekat", "Denied"),
+    "yourself": ("Du själv", "You"),
+    "ov_intro": (
+        "Öppna ärenden som din enhet äger eller deltar i, med den närmaste tidsfristen först.",
+        "Open cases your unit owns or takes part in, the nearest deadline first.",
+    ),
+    "deadline": ("Nästa tidsfrist", "Next deadline"),
+    "due_at": ("Senast", "Due"),
+    "remaining": ("Tid kvar", "Time left"),
+    "breached": ("Försenad", "Overdue"),
+    "breached_long": ("Tidsfristen har passerat", "The deadline has passed"),
+    "no_deadline": ("Ingen", "None"),
+    "case": ("Ärende", "Case"),
+    "timeline": ("Händelser", "Timeline"),
+    "deadlines": ("Tidsfrister", "Deadlines"),
+    "notifications": ("Kallelser och meddelanden", "Invitations and notices"),
+    "recipient": ("Mottagare", "Recipient"),
+    "channel": ("Kanal", "Channel"),
+    "sent_at": ("Skickad", "Sent"),
+    "plan_versions": ("Planens versioner", "Plan versions"),
+    "consent": ("Samtycke", "Consent"),
+    "a11y_title": ("Tillgänglighetsredogörelse", "Accessibility statement"),
+    "tl_ready": ("Utskrivningsklar enligt sjukhuset", "Ready for discharge (hospital)"),
+    "tl_opened": ("Ärendet öppnades", "Case opened"),
+    "tl_invited": ("Kallelse skickad", "Invitation sent"),
+    "tl_deadline_met": ("Tidsfrist klarad", "Deadline met"),
+    "tl_deadline_breached": ("Tidsfrist passerad", "Deadline passed"),
+    "tl_notice_created": ("Meddelande lagt för utskick", "Notice queued"),
+    "tl_notice_sent": (
+        "Meddelande levererat till mottagarens server",
+        "Notice delivered to the recipient's server",
+    ),
+    "tl_notice_cancelled": ("Meddelande stoppat", "Notice stopped"),
+    "tl_plan_version": ("Ny version av planen", "New plan version"),
+    "need_staff": (
+        "Sidan är till för personal. Du är inloggad som privatperson.",
+        "This page is for staff. You are signed in as a private person.",
+    ),
+    "need_citizen": (
+        "Sidan är till för den som planen handlar om. Logga in som privatperson med e-legitimation.",
+        "This page is for the person the plan is about. Sign in as a private person with your e-ID.",
+    ),
+    "signin_failed": ("Inloggningen misslyckades. Försök igen.", "Sign-in failed. Try again."),
+    "days": ("d", "d"),
+    "hours": ("tim", "h"),
+    "minutes": ("min", "min"),
+    "late_by": ("försenad med", "late by"),
+    "left": ("kvar", "left"),
+    "kind": ("Typ", "Kind"),
+    "status": ("Status", "Status"),
+    "time": ("Tid", "Time"),
+    "event": ("Händelse", "Event"),
+    "of_case": ("Ärendets plan", "The case's plan"),
+    "open_case": ("Öppna ärendet", "Open the case"),
+    "owner_unit": ("Ägande enhet", "Owning unit"),
+    "cases_open": ("Öppna ärenden", "Open cases"),
+    "no_open_cases": ("Inga öppna ärenden.", "No open cases."),
+}
+
+STATES: dict[str, tuple[str, str]] = {
+    "proposed": ("Föreslagen", "Proposed"),
+    "consent_pending": ("Väntar på samtycke", "Waiting for consent"),
+    "invited": ("Kallelse skickad", "Invitation sent"),
+    "meeting_scheduled": ("Möte bokat", "Meeting booked"),
+    "plan_drafted": ("Plan under arbete", "Plan being drafted"),
+    "established": ("Plan fastställd", "Plan established"),
+    "follow_up": ("Uppföljning", "Follow-up"),
+    "suspended": ("Vilande", "Suspended"),
+    "closed": ("Avslutad", "Closed"),
+    "refused": ("Avböjd", "Refused"),
+    "draft": ("Utkast", "Draft"),
+    "active": ("Gällande", "In force"),
+    "completed": ("Avslutad", "Completed"),
+    "revoked": ("Upphävd", "Revoked"),
+    "withdrawn": ("Återkallat", "Withdrawn"),
+    "cancelled": ("Makulerat", "Cancelled"),
+    "expired": ("Har gått ut", "Expired"),
+    "pending": ("Väntar", "Pending"),
+    "sending": ("Skickas", "Sending"),
+    "sent": ("Skickad", "Sent"),
+    "failed": ("Misslyckades", "Failed"),
+    "invitation": ("Kallelse", "Invitation"),
+    "meeting": ("Möte", "Meeting"),
+    "approval": ("Godkännande av planen", "Approval of the plan"),
+    "admission": ("Inskrivningsmeddelande", "Admission notice"),
+    "met": ("Klar i tid", "Met in time"),
+    "breached": ("Försenad", "Overdue"),
+    "open": ("Pågår", "Open"),
+    "read": ("Läsning", "Read"),
+    "search": ("Sökning", "Search"),
+    "decision": ("Utlämnande", "Disclosure"),
+    "withdrawal": ("Återkallat samtycke", "Consent withdrawn"),
+    "permit": ("Tillåtet", "Permitted"),
+    "deny": ("Nekat", "Denied"),
+    "own-data": ("egna uppgifter", "own data"),
+    "owner": ("äger ärendet", "owns the case"),
+    "participant": ("deltar i ärendet", "takes part in the case"),
+    "covered": ("omfattas av samtycket", "covered by the consent"),
+    "hospital": ("sjukhuset som skickade", "the sending hospital"),
+    "operator": ("drift", "operations"),
+    "guardian": ("vårdnadshavare", "guardian"),
+    "consent": ("samtycke", "consent"),
+    "granted": ("Lämnat", "Given"),
+    "declined": ("Avböjt", "Declined"),
+    "draw-up-plan": ("upprätta planen", "draw up the plan"),
+    "share-information": ("dela information", "share information"),
+    "send-invitation": ("skicka kallelse", "send invitations"),
+}
+
+
+def text(key: str, lang: str) -> str:
+    sv, en = TEXTS.get(key, (key, key))
+    return en if lang == "en" else sv
+
+
+def label(code: str | None, lang: str) -> str:
+    """A code from the APIs (a state, an action, a basis) as words; an unknown code as itself."""
+    if not code:
+        return ""
+    sv, en = STATES.get(code, (code, code))
+    return en if lang == "en" else sv
