@@ -225,7 +225,7 @@ class SendInvitation(Contract):
     consent_id: UUID
     recipients: tuple[HsaId, ...] = Field(min_length=1)
     invitation_due_at: Timestamp
-    plan_url: str = Field(description="Where an authorised participant reads the plan (FHIR)")
+    plan_url: str = Field(description="Where an authorised participant reads the plan (the web page)")
     language: Literal["sv", "en"] = "sv"
     # additive (optional) since issue #6: the meeting, the owning unit, the person's language need
     meeting_start: Timestamp | None = Field(

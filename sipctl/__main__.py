@@ -1,6 +1,6 @@
 """sipctl — the operator's command line for sip-suite.
 
-  sipctl run                 start the whole suite locally (mail sink + planning + consent + notify)
+  sipctl run                 start the whole suite locally (mail sink + planning + consent + notify + web)
   sipctl send-discharge      publish a sample discharge and follow what happens to it
   sipctl consent CASE_ID     record the person's consent for a case (over the consent API)
   sipctl status              health of every service and the open SIP cases
@@ -42,6 +42,7 @@ def urls() -> dict[str, str]:
         "planning": f"http://{host}:{_env('PLANNING_HTTP_PORT', '8080')}",
         "consent": f"http://{host}:{_env('CONSENT_HTTP_PORT', '8081')}",
         "notify": f"http://{host}:{_env('NOTIFY_HTTP_PORT', '8082')}",
+        "web": f"http://{host}:{_env('WEB_HTTP_PORT', '8083')}",
     }
 
 
@@ -114,6 +115,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     # development tokens: the services trust var/dev-jwt-secret, sipctl signs with it
     env.setdefault("SIP_JWT_HS256_SECRET", dev_secret())
     smtp_port = env.setdefault("NOTIFY_SMTP_PORT", "1025")
+    # the pages (services/web): plain http on localhost, and the development sign-in (make run only)
+    env.setdefault("WEB_SESSION_COOKIE_SECURE", "false")
+    env.setdefault("SIP_WEB_DEV_SIGNIN", "true")
+    env.setdefault("WEB_PUBLIC_BASE_URL", f"http://localhost:{env.get('WEB_HTTP_PORT', '8083')}")
+    env.setdefault("SIP_WEB_BASE_URL", env["WEB_PUBLIC_BASE_URL"])
+    for api in ("planning", "consent", "notify"):
+        env.setdefault(f"WEB_{api.upper()}_URL", urls()[api])
     mail_http = env.get("MAILSINK_HTTP_PORT", "8025")
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     py = sys.executable
@@ -138,7 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 ),
             )
         )
-    for name in ("consent", "planning", "notify"):
+    for name in ("consent", "planning", "notify", "web"):
         procs.append((name, subprocess.Popen([py, "-m", f"services.{name}"], env=env, cwd=REPO)))
 
     stopping = False
@@ -152,7 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     deadline = time.monotonic() + args.startup_timeout
     healthy: set[str] = set()
-    while not stopping and time.monotonic() < deadline and len(healthy) < 3:
+    while not stopping and time.monotonic() < deadline and len(healthy) < len(urls()):
         for name, base in urls().items():
             if name in healthy:
                 continue
@@ -164,18 +172,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         if any(p.poll() is not None for _, p in procs):
             break
         time.sleep(0.3)
-    if len(healthy) == 3:
+    if len(healthy) == len(urls()):
         print("\nsip-suite is up and healthy:", flush=True)
         for name, base in urls().items():
             print(f"  {name:9s} {base}   ({base}/healthz)", flush=True)
         print(f"  fhir      {urls()['planning']}/fhir/metadata", flush=True)
+        print(f"  pages     {env['WEB_PUBLIC_BASE_URL']}/  (development sign-in: /dev/signin)", flush=True)
         if not args.no_mailsink:
             print(f"  mail sink smtp://127.0.0.1:{smtp_port}  web http://127.0.0.1:{mail_http}/", flush=True)
         print("Try: .venv/bin/sipctl send-discharge --follow   (Ctrl-C stops the suite)\n", flush=True)
     else:
         print(f"sip-suite did not become healthy (healthy: {sorted(healthy)})", file=sys.stderr, flush=True)
         stopping = True
-    rc = 0 if len(healthy) == 3 else 1
+    rc = 0 if len(healthy) == len(urls()) else 1
     while not stopping:
         for name, p in procs:
             if p.poll() is not None:

@@ -55,7 +55,7 @@ def build_router(
     runtime: ServiceRuntime, settings: PlanningSettings, clock: Clock, directory: Directory
 ) -> APIRouter:
     router = APIRouter(prefix="/cases", tags=["lifecycle"])
-    base = settings.public_base_url
+    base = settings.web_base_url  # the human link in invitations and notices
     policy = DeadlinePolicy.from_settings(settings)
     DeadlinePolicy.from_settings(settings)
 
@@ -171,7 +171,7 @@ def build_router(
     async def invite(case_id: UUID, actor: Actor, request: Request) -> CaseDetail:
         return await run(
             lambda uow, repo: lifecycle.invite(
-                case_id, repo=repo, outbox=uow, now=clock.now(), agent_hsa_id=actor, public_base_url=base
+                case_id, repo=repo, outbox=uow, now=clock.now(), agent_hsa_id=actor, web_base_url=base
             ),
             case_id=case_id,
             actor=actor,
@@ -193,7 +193,7 @@ def build_router(
                 outbox=uow,
                 now=clock.now(),
                 agent_hsa_id=actor,
-                public_base_url=base,
+                web_base_url=base,
             ),
             case_id=case_id,
             actor=actor,
@@ -240,7 +240,7 @@ def build_router(
                 deadlines=SqlDeadlines(uow.conn),
                 policy=policy,
                 outbox=uow,
-                public_base_url=base,
+                web_base_url=base,
             ),
             case_id=case_id,
             actor=actor,
@@ -264,7 +264,7 @@ def build_router(
                 deadlines=SqlDeadlines(uow.conn),
                 policy=policy,
                 outbox=uow,
-                public_base_url=base,
+                web_base_url=base,
             ),
             case_id=case_id,
             actor=actor,
@@ -287,7 +287,7 @@ def build_router(
                 agent_hsa_id=actor,
                 deadlines=SqlDeadlines(uow.conn),
                 outbox=uow,
-                public_base_url=base,
+                web_base_url=base,
             ),
             case_id=case_id,
             actor=actor,

@@ -303,7 +303,7 @@ async def _case_for(repo: CaseRepository, case_id: UUID, patient_identifier: str
 
 
 async def handle_consent_granted(
-    ev: ConsentGranted, *, repo: CaseRepository, outbox: Outbox, clock: Clock, public_base_url: str,
+    ev: ConsentGranted, *, repo: CaseRepository, outbox: Outbox, clock: Clock, web_base_url: str,
     deadlines: Deadlines | None = None, policy: DeadlinePolicy | None = None,
 ) -> SipCase | None:  # fmt: skip
     if ev.case_id is None:
@@ -327,7 +327,7 @@ async def handle_consent_granted(
     now = clock.now()
     case = case.consent_given(ev.consent_id, recipients)
     if case.state == "invitation_requested":  # a discharge: the LUS clock runs, invite at once
-        await outbox.send(invitation(case, recipients, public_base_url, ev.correlation_id))
+        await outbox.send(invitation(case, recipients, web_base_url, ev.correlation_id))
     # a system transition, stored without the fhir.resources round trip: the CarePlan holds the case's
     # fields as validated where they entered (the discharge notice's contract, the directory, the
     # coordinators' validated commands) and what the code derives from the new state; nothing from
@@ -340,7 +340,7 @@ async def handle_consent_granted(
 
 
 def invitation(
-    case: SipCase, recipients: tuple[str, ...], public_base_url: str, correlation_id: str | None = None
+    case: SipCase, recipients: tuple[str, ...], web_base_url: str, correlation_id: str | None = None
 ) -> SendInvitation:
     """The invitation command for notify: no identifier, no health data; the meeting when one is
     scheduled and what the person needs at it. A case without the person's consent (or without an
@@ -356,7 +356,7 @@ def invitation(
         consent_id=case.consent_id,
         recipients=recipients,
         invitation_due_at=case.invitation_due_at,
-        plan_url=f"{public_base_url.rstrip('/')}/fhir/CarePlan/{case.id}",
+        plan_url=plan_page(web_base_url, case.id),
         organizer_hsa_id=case.owner_hsa_id,
         meeting_start=m.start if m else None,
         meeting_end=m.end if m else None,
@@ -368,12 +368,17 @@ def invitation(
     )
 
 
-def notice(case: SipCase, kind: str, public_base_url: str, **extra: Any) -> CaseNotice:
+def plan_page(web_base_url: str, case_id: Any) -> str:
+    """The link people follow from a mail: the plan's page in the web service (never a personnummer)."""
+    return f"{web_base_url.rstrip('/')}/plans/{case_id}"
+
+
+def notice(case: SipCase, kind: str, web_base_url: str, **extra: Any) -> CaseNotice:
     """What the participants are told (no personal data; the plan behind the link is consent-gated)."""
     return CaseNotice(
         case_id=case.id, case_reference=case.reference, kind=kind, recipients=case.participant_ids,
         owner_hsa_id=case.owner_hsa_id, consent_id=case.consent_id,
-        plan_url=f"{public_base_url.rstrip('/')}/fhir/CarePlan/{case.id}",
+        plan_url=plan_page(web_base_url, case.id),
         interpreter_language=case.preferences.interpreter_language if case.preferences else None,
         # the notices a participant acts on state the person's needs; a closed case's does not
         meeting_needs=meeting_needs(case.preferences) if kind != "case-closed" else None,
@@ -420,7 +425,7 @@ async def handle_consent_withdrawn(
 
 async def handle_deadline_breached(
     ev: DeadlineBreached, *, repo: CaseRepository, clock: Clock, outbox: Outbox | None = None,
-    public_base_url: str = "",
+    web_base_url: str = "",
 ) -> SipCase | None:  # fmt: skip
     """Planning's own reaction to a breach: the follow-up date has come — the case is due for follow-up.
     (Escalating to the owning unit is notify's.)"""
@@ -433,7 +438,7 @@ async def handle_deadline_breached(
     await repo.update_case(case)
     await _new_plan_version(repo, case, clock.now(), reason="follow-up due")
     if outbox is not None:
-        await outbox.send(notice(case, "follow-up-due", public_base_url, follow_up_date=case.follow_up_date))
+        await outbox.send(notice(case, "follow-up-due", web_base_url, follow_up_date=case.follow_up_date))
     return case
 
 

@@ -155,24 +155,24 @@ async def record_preferences(
 
 async def invite(
     case_id: UUID, *, repo: CaseRepository, outbox: Outbox, now: datetime, agent_hsa_id: str,
-    public_base_url: str,
+    web_base_url: str,
 ) -> SipCase:  # fmt: skip
     """A prepared (proposed) case: the invitation goes to the participants the consent covers."""
     case = (await _load(repo, case_id)).invitation_requested()
-    await outbox.send(invitation(case, case.invitees, public_base_url))
+    await outbox.send(invitation(case, case.invitees, web_base_url))
     return await _save(repo, case, now, agent_hsa_id, "invitation requested")
 
 
 async def schedule_meeting(
     case_id: UUID, meeting: Meeting, *, repo: CaseRepository, outbox: Outbox, now: datetime,
-    agent_hsa_id: str, public_base_url: str,
+    agent_hsa_id: str, web_base_url: str,
 ) -> SipCase:  # fmt: skip
     """The meeting time: the participants get a calendar invitation (notify attaches the ICS)."""
     case = (await _load(repo, case_id)).schedule_meeting(meeting)
     # the organisations the invitation went to (not only those whose delivery is already confirmed);
     # a case stored before invitees were kept: those invited so far, else the participants
     invited = case.invitees or tuple(await repo.invited_recipients(case.id)) or case.participant_ids
-    await outbox.send(invitation(case, invited, public_base_url))
+    await outbox.send(invitation(case, invited, web_base_url))
     return await _save(repo, case, now, agent_hsa_id, "meeting scheduled")
 
 
@@ -211,7 +211,7 @@ async def approve(
     case_id: UUID, *, version: int, approved_by: Approver, method: ApprovalMethod, repo: CaseRepository,
     now: datetime,
     agent_hsa_id: str, deadlines: Deadlines | None = None, policy: DeadlinePolicy | None = None,
-    outbox: Outbox | None = None, public_base_url: str = "",
+    outbox: Outbox | None = None, web_base_url: str = "",
 ) -> SipCase:  # fmt: skip
     """The person's recorded approval of the drafted version: only then does it take effect."""
     case = await _load(repo, case_id)
@@ -229,7 +229,7 @@ async def approve(
     )
     case = case.approve(approval)
     if outbox is not None:
-        await outbox.send(notice(case, "plan-established", public_base_url, plan_version=version,
+        await outbox.send(notice(case, "plan-established", web_base_url, plan_version=version,
                                  follow_up_date=case.follow_up_date))  # fmt: skip
     if deadlines is not None and case.follow_up_date is not None:
         start = follow_up_start(case.follow_up_date)
@@ -245,11 +245,11 @@ async def follow_up_due(case_id: UUID, *, repo: CaseRepository, now: datetime) -
 async def follow_up(
     case_id: UUID, outcome: FollowUp, *, repo: CaseRepository, now: datetime, agent_hsa_id: str,
     deadlines: Deadlines | None = None, policy: DeadlinePolicy | None = None,
-    outbox: Outbox | None = None, public_base_url: str = "",
+    outbox: Outbox | None = None, web_base_url: str = "",
 ) -> SipCase:  # fmt: skip
     case = (await _load(repo, case_id)).followed_up(outcome, now)
     if outbox is not None and case.state == "closed":
-        await outbox.send(notice(case, "case-closed", public_base_url, reason_code="followed-up"))
+        await outbox.send(notice(case, "case-closed", web_base_url, reason_code="followed-up"))
     if deadlines is not None:
         await deadlines.met(case.id, "follow-up", at=now)
         if case.state == "closed":
@@ -262,12 +262,12 @@ async def follow_up(
 
 async def close(
     case_id: UUID, reason: str, *, repo: CaseRepository, now: datetime, agent_hsa_id: str,
-    deadlines: Deadlines | None = None, outbox: Outbox | None = None, public_base_url: str = "",
+    deadlines: Deadlines | None = None, outbox: Outbox | None = None, web_base_url: str = "",
 ) -> SipCase:  # fmt: skip
     case = (await _load(repo, case_id)).close(reason)
     if outbox is not None:
         # the free-text reason stays in the case; participants only hear that it closed
-        await outbox.send(notice(case, "case-closed", public_base_url, reason_code="other"))
+        await outbox.send(notice(case, "case-closed", web_base_url, reason_code="other"))
     if deadlines is not None:
         await deadlines.case_ended(case.id, at=now, reason="closed")
     return await _save(repo, case, now, agent_hsa_id, f"closed: {reason}")

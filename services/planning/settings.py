@@ -15,7 +15,12 @@ class PlanningSettings(ServiceSettings):
     http_port: int = 8080
     public_base_url: str = Field(
         default="http://127.0.0.1:8080",
-        description="How participants reach this service; plan links in invitations use it",
+        description="How participants reach this service's API (FHIR fullUrl, Location, the FHIR base)",
+    )
+    web_base_url: str = Field(
+        default="http://localhost:8083",
+        description="Where people read the plan (the web service, services/web): the link in invitations "
+        "and notices is <this>/plans/<id> (PLANNING_WEB_BASE_URL or SIP_WEB_BASE_URL)",
     )
     invitation_deadline_days: int = Field(
         default=3, ge=1, le=30, description="LUS: SIP invitation within N days of ready-for-discharge"

@@ -136,7 +136,7 @@ def register(
             if await uow.first_time(granted.queue_name, str(msg.message_id)):
                 await handlers.handle_consent_granted(
                     msg, repo=SqlCaseRepository(uow.conn), outbox=uow, clock=clock,
-                    public_base_url=settings.public_base_url, deadlines=SqlDeadlines(uow.conn), policy=policy,
+                    web_base_url=settings.web_base_url, deadlines=SqlDeadlines(uow.conn), policy=policy,
                 )  # fmt: skip
 
     @broker.subscriber(work_queue(declined), contract_exchange(ConsentDeclined), title=declined.queue_name)
@@ -173,7 +173,7 @@ def register(
             if await uow.first_time(breached.queue_name, str(msg.message_id)):
                 await handlers.handle_deadline_breached(
                     msg, repo=SqlCaseRepository(uow.conn), clock=clock, outbox=uow,
-                    public_base_url=settings.public_base_url,
+                    web_base_url=settings.web_base_url,
                 )  # fmt: skip
 
     return MessageHandlers(stay_event=handle_stay_message, discharge=handle_discharge_message)

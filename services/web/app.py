@@ -42,7 +42,7 @@ log = logging.getLogger("sip.web")
 
 KINDS = ("staff", "citizen")
 CSRF_FIELD = "csrf_token"
-OPEN_STATES = frozenset({"closed", "refused"})
+CLOSED_STATES = frozenset({"closed", "refused"})  # not shown on the overview
 
 
 class PageError(Exception):
@@ -157,6 +157,15 @@ def create_app(settings: WebSettings) -> FastAPI:
     app.add_middleware(ServerSessionMiddleware, store=store, secure=settings.session_cookie_secure)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
+    # no script at all; forms post only here (logout may redirect to the identity provider)
+    csp = " ".join(
+        [
+            "default-src 'self'; script-src 'none'; object-src 'none'; frame-ancestors 'none';",
+            "base-uri 'none'; form-action 'self'",
+            *_issuer_origins(settings),
+        ]
+    )
+
     def render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
         lang = lang_of(request)
         user = user_of(request)
@@ -183,10 +192,7 @@ def create_app(settings: WebSettings) -> FastAPI:
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "same-origin"
         response.headers["X-Frame-Options"] = "DENY"
-        response.headers["Content-Security-Policy"] = (
-            "default-src 'self'; script-src 'none'; object-src 'none'; frame-ancestors 'none'; "
-            "form-action 'self' " + " ".join(_issuer_origins(settings))
-        )
+        response.headers["Content-Security-Policy"] = csp
         return response
 
     async def api(
@@ -327,8 +333,11 @@ def create_app(settings: WebSettings) -> FastAPI:
                 meta = {}
             end = meta.get("end_session_endpoint")
             if end:
+                # client_id, not id_token_hint: a citizen's ID token carries the personnummer, and
+                # no personal data goes into a URL (RP-Initiated Logout 1.0 allows either)
+                client_id = settings.citizen_client_id if kind == "citizen" else settings.staff_client_id
                 query = urlencode({
-                    "id_token_hint": user["id_token"],
+                    "client_id": client_id,
                     "post_logout_redirect_uri": settings.public_base_url.rstrip("/") + "/",
                 })  # fmt: skip
                 return RedirectResponse(f"{end}?{query}", 303)
@@ -429,7 +438,7 @@ def create_app(settings: WebSettings) -> FastAPI:
         now = datetime.now(UTC)
         items = []
         for row in rows:
-            if row.get("state") in OPEN_STATES:
+            if row.get("state") in CLOSED_STATES:
                 continue
             due = parse_time(row.get("due_at"))
             breached = bool(row.get("breached_unmet")) or (due is not None and due <= now)

@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.broker]
 def test_make_run_on_a_fresh_clone_reports_healthy(tmp_path, amqp_url):
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, timeout=60)
-    ports = {n: free_port() for n in ("planning", "consent", "notify", "smtp", "mailweb")}
+    ports = {n: free_port() for n in ("planning", "consent", "notify", "web", "smtp", "mailweb")}
     env = dict(os.environ)
     env.pop("VIRTUAL_ENV", None)
     # as a user runs it: authentication on, no secret given — make run makes a development one
@@ -29,6 +29,7 @@ def test_make_run_on_a_fresh_clone_reports_healthy(tmp_path, amqp_url):
         PLANNING_HTTP_PORT=str(ports["planning"]),
         CONSENT_HTTP_PORT=str(ports["consent"]),
         NOTIFY_HTTP_PORT=str(ports["notify"]),
+        WEB_HTTP_PORT=str(ports["web"]),
         NOTIFY_SMTP_PORT=str(ports["smtp"]),
         MAILSINK_HTTP_PORT=str(ports["mailweb"]),
     )
@@ -45,10 +46,13 @@ def test_make_run_on_a_fresh_clone_reports_healthy(tmp_path, amqp_url):
                 break
             time.sleep(0.5)
         assert "sip-suite is up and healthy" in text, text[-4000:]
-        for name in ("planning", "consent", "notify"):
+        for name in ("planning", "consent", "notify", "web"):
             r = httpx.get(f"http://127.0.0.1:{ports[name]}/healthz", timeout=5)
             assert r.status_code == 200 and r.json()["status"] == "ok", (name, r.text)
         assert httpx.get(f"http://127.0.0.1:{ports['mailweb']}/", timeout=5).status_code == 200
+        # the pages, with the development sign-in make run (and only make run) turns on
+        assert httpx.get(f"http://127.0.0.1:{ports['web']}/dev/signin", timeout=5).status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{ports['web']}/readyz", timeout=5).status_code == 200
         assert (clone / "var").is_dir()  # SQLite files live in the clone, zero set-up
         # the APIs are not anonymous; sipctl signs with the development secret make run created
         assert httpx.get(f"http://127.0.0.1:{ports['planning']}/cases", timeout=5).status_code == 401

@@ -17,6 +17,7 @@ from services.consent.settings import ConsentSettings
 from services.consent.subscribers import decision_queue
 from services.notify.settings import NotifySettings
 from services.planning.settings import PlanningSettings
+from services.web.settings import WebSettings
 from shared.contracts import ConsentDecisionRequested
 from shared.messaging import declare_service_topology
 from shared.topology import DEFAULT_RETRY_DELAY_SECONDS, PUBLICATIONS, SUBSCRIPTIONS, subscriptions_of
@@ -98,7 +99,7 @@ def test_images_are_overridable_for_digest_pinning_and_rabbitmq_is_4x():
 
 def test_profiles_dev_and_monitoring():
     c = compose()["services"]
-    assert {n for n, s in c.items() if not s.get("profiles")} == {"rabbitmq", "postgres", *SERVICES}
+    assert {n for n, s in c.items() if not s.get("profiles")} == {"rabbitmq", "postgres", *SERVICES, "web"}
     assert c["issuer"]["profiles"] == c["mailsink"]["profiles"] == ["dev"]
     assert c["issuer"]["command"][:3] == ["python", "-m", "devtools.dev_issuer"]
     assert c["mailsink"]["command"][:3] == ["python", "-m", "devtools.mailsink"]
@@ -118,6 +119,19 @@ def test_profiles_dev_and_monitoring():
     assert set(issuers) == {"http://issuer:9000/org", "http://issuer:9000/eid"}
 
 
+def test_the_web_service_in_compose_reads_the_apis_inside_the_network():
+    web = compose()["services"]["web"]
+    assert web["command"] == ["python", "-m", "services.web"]
+    env = web["environment"]
+    assert (env["WEB_PLANNING_URL"], env["WEB_CONSENT_URL"], env["WEB_NOTIFY_URL"]) == (
+        "http://planning:8080", "http://consent:8081", "http://notify:8082",
+    )  # fmt: skip
+    assert env["WEB_SESSION_COOKIE_SECURE"] == "true" and env["SIP_WEB_DEV_SIGNIN"] == "false"
+    assert set(web["depends_on"]) == set(SERVICES) and "8083:8083" in web["ports"]
+    planning = compose()["services"]["planning"]["environment"]
+    assert planning["PLANNING_WEB_BASE_URL"] == env["WEB_PUBLIC_BASE_URL"]  # the mails' links open the pages
+
+
 def test_dockerfile_is_slim_non_root_and_locked():
     text = (REPO / "Dockerfile").read_text()
     assert "python:3.11-slim" in text
@@ -132,8 +146,12 @@ def test_env_example_lists_every_setting():
         ("CONSENT", ConsentSettings),
         ("PLANNING", PlanningSettings),
         ("NOTIFY", NotifySettings),
+        ("WEB", WebSettings),
     ):
         for field in cls.model_fields:
+            if field == "dev_signin":
+                assert "SIP_WEB_DEV_SIGNIN" in keys
+                continue
             assert f"SIP_{field.upper()}" in keys or f"{prefix}_{field.upper()}" in keys, (prefix, field)
     for required in ("RABBITMQ_USER", "RABBITMQ_PASSWORD", "POSTGRES_USER", "POSTGRES_PASSWORD"):
         assert required in keys

@@ -144,6 +144,23 @@ def test_no_secret_in_the_manifests():
     assert "amqp://" not in text and "postgresql://" not in text and "PASSWORD" not in text
 
 
+def test_the_web_service_is_deployed_with_its_probes_secret_and_one_replica():
+    deployment = of_kind("Deployment")["sip-web"]
+    pod = deployment["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert container["command"] == ["python", "-m", "services.web"]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": 8083}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert {"secretRef": {"name": "sip-web"}} in container["envFrom"]
+    assert deployment["spec"]["replicas"] == 1  # sessions in memory: one replica unless the ingress is sticky
+    config = of_kind("ConfigMap")["sip-config"]["data"]
+    assert config["WEB_HTTP_PORT"] == "8083" and config["WEB_PLANNING_URL"] == "http://sip-planning:8080"
+    assert config["PLANNING_WEB_BASE_URL"] == config["WEB_PUBLIC_BASE_URL"]  # the mails' links open the pages
+    assert "SECRET" not in " ".join(config)  # client secrets only in the Secret sip-web
+    assert of_kind("Service")["sip-web"]["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
 def test_notify_replicas_have_stable_ids():
     (container,) = of_kind("Deployment")["sip-notify"]["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e for e in container.get("env", [])}

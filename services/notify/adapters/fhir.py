@@ -181,8 +181,8 @@ def communication_resource(
     }
     if n.language:
         data["language"] = n.language
-    if n.plan_url:
-        data["about"] = [{"reference": n.plan_url, "type": "CarePlan"}]
+    if n.plan_url:  # the plan (a FHIR reference; plan_url is the page people read it on)
+        data["about"] = [{"reference": f"CarePlan/{n.case_id}", "type": "CarePlan"}]
     if n.sender_hsa_id:
         data["sender"] = {
             "type": "Organization",

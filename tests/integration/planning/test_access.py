@@ -141,7 +141,7 @@ async def open_case(world: World, name: str, pnr: str, at: datetime, unit: str =
                 guardian_identifiers=consent.get("guardians", ()),
             )  # fmt: skip
             await handlers.handle_consent_granted(
-                granted, repo=repo, outbox=Out(), clock=FixedClock(at), public_base_url="https://sip.example",
+                granted, repo=repo, outbox=Out(), clock=FixedClock(at), web_base_url="https://sip.example",
                 deadlines=SqlDeadlines(uow.conn), policy=DeadlinePolicy(),
             )  # fmt: skip
     world.cases[name] = case.id

@@ -54,7 +54,7 @@ async def _case_awaiting_invitations(engine, *, with_deadlines: bool = False):  
         await handlers.handle_consent_granted(
             ConsentGranted(consent_id=uuid4(), case_id=case.id, patient_identifier=ADULT,
                            purposes=("draw-up-plan", "send-invitation"), recipients=PARTICIPANTS),
-            repo=repo, outbox=Outbox(), clock=FixedClock(NOW), public_base_url="x",
+            repo=repo, outbox=Outbox(), clock=FixedClock(NOW), web_base_url="x",
             deadlines=_deadlines(c, with_deadlines),
         )  # fmt: skip
     return case

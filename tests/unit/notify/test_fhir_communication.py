@@ -42,7 +42,8 @@ async def test_communication_follows_the_delivery(app, settings, clock, sender, 
     assert done["sender"]["identifier"]["value"] == VC  # the owning unit (the invited primary-care unit)
     assert done["medium"][0]["coding"][0]["code"] == "EMAILWRIT"
     assert done["category"][0]["coding"][0]["code"] == "invitation"
-    assert done["about"] == [{"reference": "https://sip.example/fhir/CarePlan/abc", "type": "CarePlan"}]
+    # the plan as a FHIR reference (CarePlan id = case id), whatever page plan_url links people to
+    assert done["about"] == [{"reference": f"CarePlan/{email.case_id}", "type": "CarePlan"}]
     assert "subject" not in done  # never the patient
     assert "statusReason" not in done
 

@@ -39,7 +39,7 @@ async def test_inviting_before_the_consent_names_the_missing_consent(conn, accep
     case = await _proposed(repo, accept=accepted)
     versions = await repo.next_plan_version(case.id)
     with pytest.raises(ConsentMissing) as refused:
-        await lifecycle.invite(case.id, repo=repo, outbox=out, now=NOW, agent_hsa_id=VC, public_base_url="x")
+        await lifecycle.invite(case.id, repo=repo, outbox=out, now=NOW, agent_hsa_id=VC, web_base_url="x")
     assert isinstance(refused.value, InvalidTransition)  # → HTTP 409
     assert refused.value.missing == "consent" and refused.value.current == case.state
     assert case.state in str(refused.value) and "consent is missing" in str(refused.value)
@@ -92,14 +92,14 @@ async def test_the_needs_travel_on_the_invitation_the_new_time_and_the_notices(c
     await handlers.handle_consent_granted(
         ConsentGranted(consent_id=uuid4(), case_id=case.id, patient_identifier=PNR,
                        purposes=("draw-up-plan", "send-invitation"), recipients=case.participant_ids),
-        repo=repo, outbox=out, clock=FixedClock(NOW), public_base_url="x",
+        repo=repo, outbox=out, clock=FixedClock(NOW), web_base_url="x",
     )  # fmt: skip
-    await lifecycle.invite(case.id, repo=repo, outbox=out, now=NOW, agent_hsa_id=VC, public_base_url="x")
+    await lifecycle.invite(case.id, repo=repo, outbox=out, now=NOW, agent_hsa_id=VC, web_base_url="x")
     start = NOW + timedelta(days=2)
     meeting = Meeting(start=start, end=start + timedelta(hours=1), location="Rum 3")
     await repo.update_case((await repo.get_case(case.id)).move_to("invited"))
     await lifecycle.schedule_meeting(case.id, meeting, repo=repo, outbox=out, now=NOW, agent_hsa_id=VC,
-                                     public_base_url="x")  # fmt: skip
+                                     web_base_url="x")  # fmt: skip
     expected = MeetingNeeds(interpreter_language="ar", picture_support=True, longest_duration_minutes=60,
                             someone_stays_after=True, avoid="starkt ljus", place="Hemma", time_of_day="förmiddag",
                             attends_whole_meeting=False)  # fmt: skip

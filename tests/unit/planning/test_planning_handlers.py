@@ -125,18 +125,18 @@ async def test_consent_drafts_plan_and_invites_only_consented_participants(conn)
                         purposes=("draw-up-plan", "send-invitation"),
                         recipients=("SE2120001-SOC0180", "SE2321000016-VC001"))  # fmt: skip
     moved = await handlers.handle_consent_granted(ev, repo=repo, outbox=out, clock=FixedClock(NOW),
-                                                  public_base_url="https://sip.example/")  # fmt: skip
+                                                  web_base_url="https://sip.example/")  # fmt: skip
     assert moved.state == "invitation_requested" and moved.consent_id == ev.consent_id
     [inv] = out.sent
     assert isinstance(inv, SendInvitation)
     assert inv.recipients == ("SE2120001-SOC0180", "SE2321000016-VC001")  # the hospital was not consented
-    assert inv.plan_url == f"https://sip.example/fhir/CarePlan/{case.id}"
+    assert inv.plan_url == f"https://sip.example/plans/{case.id}"  # the web page, not the FHIR API
     assert inv.invitation_due_at == case.invitation_due_at and inv.correlation_id == "corr-1"
     plan = await repo.latest_plan(case.id)
     assert plan["resourceType"] == "CarePlan" and plan["meta"]["versionId"] == "1"
     # a second consent for the same case changes nothing
     again = await handlers.handle_consent_granted(ev.model_copy(update={"consent_id": uuid4()}), repo=repo,
-                                                  outbox=out, clock=FixedClock(NOW), public_base_url="x")  # fmt: skip
+                                                  outbox=out, clock=FixedClock(NOW), web_base_url="x")  # fmt: skip
     assert again is None and len(out.sent) == 1
 
 
@@ -146,7 +146,7 @@ async def test_consent_without_invitation_purpose_does_not_invite(conn):
     ev = ConsentGranted(consent_id=uuid4(), case_id=case.id, patient_identifier=ADULT,
                         purposes=("draw-up-plan",), recipients=())  # fmt: skip
     assert await handlers.handle_consent_granted(ev, repo=repo, outbox=out, clock=FixedClock(NOW),
-                                                 public_base_url="x") is None  # fmt: skip
+                                                 web_base_url="x") is None  # fmt: skip
     assert out.sent == [] and (await repo.get_case(case.id)).state == "consent_pending"
 
 
@@ -156,7 +156,7 @@ async def test_consent_for_another_person_is_refused(conn):
                         purposes=("draw-up-plan", "send-invitation"), recipients=())  # fmt: skip
     with pytest.raises(PermanentError, match="another person"):
         await handlers.handle_consent_granted(ev, repo=repo, outbox=Outbox(), clock=FixedClock(NOW),
-                                              public_base_url="x")  # fmt: skip
+                                              web_base_url="x")  # fmt: skip
 
 
 async def test_declined_closes_without_invitation(conn):
@@ -174,7 +174,7 @@ async def test_invitation_sent_marks_invited_and_versions_the_plan(conn):
     await handlers.handle_consent_granted(
         ConsentGranted(consent_id=uuid4(), case_id=case.id, patient_identifier=ADULT,
                        purposes=("draw-up-plan", "send-invitation"), recipients=()),
-        repo=repo, outbox=Outbox(), clock=FixedClock(NOW), public_base_url="x",
+        repo=repo, outbox=Outbox(), clock=FixedClock(NOW), web_base_url="x",
     )  # fmt: skip
     sent_at = NOW + timedelta(hours=1)
     for hsa in ("SE2120001-SOC0180", "SE2321000016-VC001"):
@@ -200,7 +200,7 @@ async def test_a_meeting_goes_to_everyone_invited_even_before_their_delivery_is_
     await handlers.handle_consent_granted(
         ConsentGranted(consent_id=uuid4(), case_id=case.id, patient_identifier=ADULT,
                        purposes=("draw-up-plan", "send-invitation"), recipients=consented),
-        repo=repo, outbox=Outbox(), clock=FixedClock(NOW), public_base_url="x",
+        repo=repo, outbox=Outbox(), clock=FixedClock(NOW), web_base_url="x",
     )  # fmt: skip
     assert (await repo.get_case(case.id)).invitees == consented  # kept with the case
     await handlers.handle_invitation_sent(
@@ -210,7 +210,7 @@ async def test_a_meeting_goes_to_everyone_invited_even_before_their_delivery_is_
     start = NOW + timedelta(days=2)
     await lifecycle.schedule_meeting(
         case.id, Meeting(start=start, end=start + timedelta(hours=1), location="Rum 3"), repo=repo, outbox=out, now=NOW,
-        agent_hsa_id=consented[1], public_base_url="x",
+        agent_hsa_id=consented[1], web_base_url="x",
     )  # fmt: skip
     [inv] = out.sent
     assert isinstance(inv, SendInvitation) and inv.recipients == consented and inv.meeting_start == start
@@ -306,7 +306,7 @@ async def test_consent_and_invitations_store_unvalidated_exactly_what_validation
     await handlers.handle_consent_granted(
         ConsentGranted(consent_id=uuid4(), case_id=case.id, patient_identifier=ADULT,
                        purposes=("draw-up-plan", "send-invitation"), recipients=case.participant_ids),
-        repo=SqlCaseRepository(conn), outbox=Outbox(), clock=clock, public_base_url="x",
+        repo=SqlCaseRepository(conn), outbox=Outbox(), clock=clock, web_base_url="x",
         deadlines=SqlDeadlines(conn),
     )  # fmt: skip
     for hsa in case.participant_ids:
@@ -339,7 +339,7 @@ async def test_where_content_enters_the_plan_it_is_validated(conn, validations):
     await handlers.handle_consent_granted(
         ConsentGranted(consent_id=uuid4(), case_id=case.id, patient_identifier=ADULT,
                        purposes=("draw-up-plan", "send-invitation"), recipients=(soc, vc)),
-        repo=repo, outbox=Outbox(), clock=FixedClock(NOW), public_base_url="x",
+        repo=repo, outbox=Outbox(), clock=FixedClock(NOW), web_base_url="x",
     )  # fmt: skip
     await handlers.handle_invitation_sent(
         InvitationSent(case_id=case.id, notification_id=uuid4(), recipient_hsa_id=soc, channel="email",
@@ -347,7 +347,7 @@ async def test_where_content_enters_the_plan_it_is_validated(conn, validations):
     assert validations == ["CarePlan"]
     start = NOW + timedelta(days=2)
     await lifecycle.schedule_meeting(case.id, Meeting(start=start, end=start + timedelta(hours=1), location="Rum 3"),
-                                     repo=repo, outbox=Outbox(), now=NOW, agent_hsa_id=vc, public_base_url="x")  # fmt: skip
+                                     repo=repo, outbox=Outbox(), now=NOW, agent_hsa_id=vc, web_base_url="x")  # fmt: skip
     content = PlanContent.model_validate({
         "needs": ["Stöd i hemmet"], "goals": [{"id": "g1", "description": "Bo kvar hemma"}],
         "overall_responsibility_hsa_id": vc, "coordination": "VC samordnar", "follow_up_date": "2027-03-01",
