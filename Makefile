@@ -66,7 +66,7 @@ test-postgres: install
 # The quick loop: no broker, no PostgreSQL, no processes; property tests at a tenth of their examples
 # (tests/support/examples.py; make test runs them in full).
 test-fast: install tools
-	SIP_TEST_PROFILE=fast .venv/bin/python -m pytest $(XDIST) -m "not e2e and not broker and not postgres and not fault and not slow" $(PYTEST_ARGS)
+	SIP_TEST_PROFILE=fast .venv/bin/python -m pytest $(XDIST) -m "not e2e and not browser and not broker and not postgres and not fault and not slow" $(PYTEST_ARGS)
 
 # Style, formatting, the import contracts and the types ([tool.ruff], [tool.importlinter] and [tool.mypy]
 # in pyproject.toml); all from the dev dependencies `make install` puts in .venv, no network.
