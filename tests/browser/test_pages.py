@@ -107,8 +107,38 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         with running_suite(amqp_url, tmp, smtp, extra_env=env, ports=ports) as suite:
             suite.start("web")  # after the others: four imports at once miss their minute on a busy machine
             scenario = asyncio.run(build(suite))
+            fill_in_the_plan(scenario)
             late_case = asyncio.run(late_discharge(suite))
             yield World(suite, provider, scenario, smtp, late_case)
+
+
+def fill_in_the_plan(sc: Scenario) -> None:
+    """The owning unit books the meeting (a room and a video link, an interpreter wished for) and drafts
+    the plan: what a participant then reads on the plan page."""
+    planning = sc.as_owner("planning")
+    case = sc.adult_case
+    prefs = {"place": "Hemma hos mig", "interpreter_language": "ar", "picture_support": True}
+    r = planning.put(f"/cases/{case}/preferences", json=prefs)
+    assert r.status_code == 200, r.text
+    start = (datetime.now(UTC) + timedelta(days=5)).replace(hour=9, minute=0, second=0, microsecond=0)
+    meeting = {"start": start.isoformat(), "end": (start + timedelta(hours=1)).isoformat(),
+               "location": "Vårdcentralen Södermalm, rum 3", "video_url": "https://mote.example/sip-rum-3"}  # fmt: skip
+    r = planning.put(f"/cases/{case}/meeting", json=meeting)
+    assert r.status_code == 200, r.text
+    plan = {
+        "needs": ["Stöd i hemmet efter utskrivningen", "Hjälp med läkemedel"],
+        "goals": [{"id": "g1", "description": "Bo kvar hemma med trygghet"}],
+        "interventions": [
+            {"id": "i1", "description": "Hemtjänst morgon och kväll", "goal_ids": ["g1"],
+             "responsible": {"kind": "organisation", "hsa_id": PARTICIPANT}},
+            {"id": "i2", "description": "Läkemedelsgenomgång", "goal_ids": ["g1"],
+             "responsible": {"kind": "organisation", "hsa_id": OWNER}},
+        ],
+        "overall_responsibility_hsa_id": OWNER, "coordination": "Vårdcentralen samordnar; ring vid frågor",
+        "follow_up_date": (datetime.now(UTC) + timedelta(days=60)).date().isoformat(),
+    }  # fmt: skip
+    r = planning.put(f"/cases/{case}/plan", json=plan)
+    assert r.status_code == 200, r.text
 
 
 async def late_discharge(suite: Suite) -> str:
@@ -222,6 +252,12 @@ def test_participant_stranger_person_and_coordinator_in_a_real_browser(world: Wo
         WebDriverWait(participant, 20).until(lambda d: d.current_url.startswith(link))
         wait_testid(participant, "plan-reference")
         assert by_testid(participant, "plan-reference")[0].text.startswith("SIP-")
+        # the plan as a person reads it: needs, interventions with who is responsible, the meeting
+        assert "Hjälp med läkemedel" in by_testid(participant, "plan-needs")[0].text
+        interventions = by_testid(participant, "plan-interventions")[0].text
+        assert "Hemtjänst morgon och kväll" in interventions and "Stockholms stad" in interventions
+        assert "rum 3" in by_testid(participant, "meeting-place")[0].text
+        assert by_testid(participant, "calendar-download")
         assert PERSON not in participant.page_source and PERSON[2:] not in participant.current_url
         assert_no_axe_violations(participant, "the participant's plan page")
         screenshot(participant, "plan")
@@ -250,6 +286,7 @@ def test_participant_stranger_person_and_coordinator_in_a_real_browser(world: Wo
                 )
 
             assert wait_for(disclosed_to_participant, timeout=30, what="the participant's read on /me")
+            assert by_testid(person, "my-case") and by_testid(person, "my-plan-link")  # their own case
             assert_no_axe_violations(person, "the person's own page")
             screenshot(person, "me")
 

@@ -13,6 +13,7 @@ chromium-driver``; scripts/ensure-infra.sh installs it), axe-core comes from the
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import tempfile
@@ -129,17 +130,19 @@ def assert_no_axe_violations(driver: WebDriver, page_name: str) -> None:
 
 
 def screenshot(driver: WebDriver, name: str) -> Path | None:
-    """The page as ``docs/screenshots/<name>.png`` when SIP_SCREENSHOTS=1; else nothing is written.
-    The whole page's height is captured (the window is grown to it for the shot)."""
+    """The whole page (not only the window) as ``docs/screenshots/<name>.png`` when SIP_SCREENSHOTS=1;
+    else nothing is written."""
     if os.environ.get("SIP_SCREENSHOTS") != "1":
         return None
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
-    size = driver.get_window_size()
-    height = int(driver.execute_script("return document.documentElement.scrollHeight"))
-    driver.set_window_size(size["width"], min(max(height, 600), 4000))
-    try:
-        driver.save_screenshot(str(path))
-    finally:
-        driver.set_window_size(size["width"], size["height"])
+    width, height = driver.execute_script(
+        "return [document.documentElement.clientWidth, document.documentElement.scrollHeight]"
+    )
+    shot = driver.execute_cdp_cmd(  # type: ignore[attr-defined]
+        "Page.captureScreenshot",
+        {"format": "png", "captureBeyondViewport": True,
+         "clip": {"x": 0, "y": 0, "width": int(width), "height": int(height), "scale": 1}},
+    )  # fmt: skip
+    path.write_bytes(base64.b64decode(shot["data"]))
     return path
