@@ -28,5 +28,5 @@ ENV PATH="/app/.venv/bin:$PATH" \
     SIP_DATA_DIR=/app/var
 RUN mkdir -p /app/var && chown 10001:10001 /app/var
 USER 10001:10001
-EXPOSE 8080 8081 8082 2575
+EXPOSE 8080 8081 8082 8083 2575
 CMD ["python", "-m", "services.planning"]

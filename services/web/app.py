@@ -224,6 +224,8 @@ def create_app(settings: WebSettings) -> FastAPI:
         if exc.status == 401:
             return RedirectResponse("/signin?" + urlencode({"next": safe_next(_here(request))}), 303)
         template = {403: "403.html", 404: "404.html"}.get(exc.status, "error.html")
+        if exc.reason == "plan":  # a plan not there and a plan refused look the same (as the API's 404 means)
+            template = "403.html"
         return render(request, template, exc.status, reason=exc.reason)
 
     @app.exception_handler(StarletteHTTPException)
@@ -382,7 +384,12 @@ def create_app(settings: WebSettings) -> FastAPI:
     @app.get("/plans/{plan_id}", response_class=HTMLResponse)
     async def plan_page(request: Request, plan_id: str) -> Response:
         _uuid_or_404(plan_id)
-        resource = await api(request, "planning", f"/fhir/CarePlan/{plan_id}")
+        try:
+            resource = await api(request, "planning", f"/fhir/CarePlan/{plan_id}")
+        except PageError as exc:
+            # the API answers a reader without a relation 404 (the plan's existence is not disclosed)
+            # and one whose consent does not cover them 403: both get the page "no access"
+            raise PageError(exc.status, "plan" if exc.status in (403, 404) else exc.reason) from None
         lang = lang_of(request)
         plan = care_plan(resource, self_text="Personen själv" if lang == "sv" else "The person")
         return render(request, "plan.html", plan=plan)

@@ -83,10 +83,12 @@ TEXTS: dict[str, tuple[str, str]] = {
     "follow_up_none": ("Ingen uppföljning är bestämd ännu.", "No follow-up has been decided yet."),
     "forbidden_title": ("Du har inte tillgång till den här sidan", "You do not have access to this page"),
     "forbidden_why": (
-        "Du har inte tillgång till den här planen. Personens samtycke omfattar inte din organisation "
-        "(eller har återkallats), eller så deltar du inte i ärendet. Ditt försök har loggats.",
-        "You do not have access to this plan. The person's consent does not cover your organisation "
-        "(or has been withdrawn), or you do not take part in the case. Your attempt has been logged.",
+        "Du har inte tillgång till den här planen, eller så finns den inte. Personens samtycke omfattar "
+        "kanske inte din organisation (eller har återkallats), eller så deltar du inte i ärendet. "
+        "Försöket har loggats.",
+        "You do not have access to this plan, or it does not exist. The person's consent may not cover "
+        "your organisation (or has been withdrawn), or you do not take part in the case. The attempt has "
+        "been logged.",
     ),
     "forbidden_contact": ("Vem kontaktar jag?", "Whom do I contact?"),
     "not_found_title": ("Sidan finns inte", "Page not found"),

@@ -5,8 +5,7 @@ real OpenID Connect provider process (devtools/oidc-provider) that the services 
 One suite start for the whole story (it is slow):
 - a participant (the kommun's social services) follows the link in the real invitation mail, signs in
   at its organisation's identity provider and reads the plan;
-- a stranger (an organisation with no part in the case) is refused: the not-found page, as planning
-  does not disclose the case's existence to a stranger (services/planning/access.py);
+- a stranger (an organisation with no part in the case) gets the no-access (403) page;
 - the person signs in with e-ID, sees who received their plan, withdraws their consent (with the
   confirmation step), and the participant's next page view is refused: the 403 page;
 - the coordinator (the owning unit) sees a breached deadline highlighted on the overview.
@@ -262,15 +261,15 @@ def test_participant_stranger_person_and_coordinator_in_a_real_browser(world: Wo
         assert_no_axe_violations(participant, "the participant's plan page")
         screenshot(participant, "plan")
 
-        # a stranger (an organisation with no part in the case) follows the same link: refused — with
-        # the not-found page, since planning does not disclose the case's existence to a stranger (404,
-        # services/planning/access.py); the 403 page is what an organisation with a part gets (below)
+        # a stranger (an organisation with no part in the case) follows the same link: the no-access
+        # page — the same as for a plan that is not there (planning answers a stranger 404: the case's
+        # existence is not disclosed, services/planning/access.py)
         with chromium() as stranger:
             sign_in(stranger, w, "staff", "privatvard", f"/plans/{case}")
-            assert stranger.find_elements(By.ID, "not-found"), stranger.find_element(By.TAG_NAME, "main").text
-            assert not by_testid(stranger, "plan-reference")
-            assert_no_axe_violations(stranger, "the not-found page")
-            screenshot(stranger, "not-found")
+            assert stranger.find_elements(By.ID, "forbidden"), stranger.find_element(By.TAG_NAME, "main").text
+            assert by_testid(stranger, "forbidden-reason") and not by_testid(stranger, "plan-reference")
+            assert_no_axe_violations(stranger, "the stranger's no-access page")
+            screenshot(stranger, "stranger")
 
         # the person signs in with e-ID and sees who received their plan
         with chromium() as person:

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 CONTRACTS = {
-    "independence": "the three services never import each other (they talk over RabbitMQ and HTTP)",
+    "independence": "the services never import each other (they talk over RabbitMQ and HTTP)",
     "shared": "shared imports no service",
     "domain": "the services' domain modules import no adapters, no transport and no storage",
     "adapters": "only a service's app.py imports its adapters",
@@ -24,7 +24,7 @@ CONTRACTS = {
 
 # one new import per contract: (module file, the line appended to it)
 VIOLATIONS = {
-    "independence": ("services/consent/handlers.py", "from services.planning import domain"),
+    "independence": ("services/web/views.py", "from services.planning import domain"),
     "shared": ("shared/clock.py", "import services.notify.domain"),
     "domain": ("services/planning/domain.py", "import sqlalchemy"),
     "adapters": ("services/notify/gate.py", "from services.notify.adapters import store"),

@@ -285,13 +285,26 @@ def test_the_calendar_file_has_the_invitations_uid(client: TestClient) -> None:
     assert "DTSTART:20261207T090000Z" in r.text and PERSON not in r.text
 
 
-@pytest.mark.parametrize(("status", "title"), [(403, "Du har inte tillgång"), (404, "Sidan finns inte")])
-def test_an_api_refusal_is_an_html_page(client: TestClient, apis: FakeApis, status: int, title: str) -> None:
+@pytest.mark.parametrize("status", [403, 404])
+def test_an_api_refusal_of_a_plan_is_the_no_access_page(
+    client: TestClient, apis: FakeApis, status: int
+) -> None:
+    # 404: a reader with no part in the case (the API does not disclose that the plan exists); 403: a
+    # relation the consent does not cover — the same page for both, so the page discloses nothing more
     apis.status[f"/fhir/CarePlan/{CASE}"] = status
     sign_in(client, organisation="SE2321000016-VC002")
     r = client.get(f"/plans/{CASE}")
     assert r.status_code == status and "text/html" in r.headers["content-type"]
-    assert title in r.text and "<main" in r.text
+    assert "Du har inte tillgång" in r.text and 'id="forbidden"' in r.text and "<main" in r.text
+
+
+def test_an_unknown_page_or_case_is_the_404_page(client: TestClient, apis: FakeApis) -> None:
+    sign_in(client, organisation=VC)
+    assert "Sidan finns inte" in client.get("/no/such/page").text
+    apis.status[f"/cases/{CASE}"] = 404
+    r = client.get(f"/cases/{CASE}")
+    assert r.status_code == 404 and "Sidan finns inte" in r.text
+    assert client.get("/plans/not-a-uuid").status_code == 404
 
 
 def test_an_api_outage_is_an_error_page_not_a_crash(client: TestClient, apis: FakeApis) -> None:
