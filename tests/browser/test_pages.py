@@ -169,7 +169,7 @@ async def late_discharge(suite: Suite) -> str:
 # ---- driving the browser -------------------------------------------------------------------------
 
 
-def wait_testid(driver: WebDriver, testid: str, timeout: float = 20) -> None:
+def wait_testid(driver: WebDriver, testid: str, timeout: float = 30) -> None:
     WebDriverWait(driver, timeout).until(
         ec.presence_of_element_located((By.CSS_SELECTOR, f'[data-testid="{testid}"]'))
     )
@@ -181,11 +181,11 @@ def by_testid(driver: WebDriver, testid: str) -> list:
 
 def sign_in_at_provider(driver: WebDriver, username: str) -> None:
     """The provider's login form (username, password) and its consent form, as a person fills them in."""
-    WebDriverWait(driver, 20).until(ec.presence_of_element_located((By.ID, "username")))
+    WebDriverWait(driver, 30).until(ec.presence_of_element_located((By.ID, "username")))
     driver.find_element(By.ID, "username").send_keys(username)
     driver.find_element(By.ID, "password").send_keys(PASSWORD)
     driver.find_element(By.ID, "signin").click()
-    WebDriverWait(driver, 20).until(ec.presence_of_element_located((By.ID, "approve")))
+    WebDriverWait(driver, 30).until(ec.presence_of_element_located((By.ID, "approve")))
     driver.find_element(By.ID, "approve").click()
 
 
@@ -196,7 +196,7 @@ def sign_in(driver: WebDriver, w: World, kind: str, username: str, then: str) ->
     wait_testid(driver, f"signin-{kind}")
     driver.find_element(By.CSS_SELECTOR, f'[data-testid="signin-{kind}"]').click()
     sign_in_at_provider(driver, username)
-    WebDriverWait(driver, 20).until(lambda d: d.current_url.startswith(w.web + then))
+    WebDriverWait(driver, 30).until(lambda d: d.current_url.startswith(w.web + then))
     wait_testid(driver, "page-title")
 
 
@@ -248,7 +248,7 @@ def test_participant_stranger_person_and_coordinator_in_a_real_browser(world: Wo
         screenshot(participant, "signin")
         participant.find_element(By.CSS_SELECTOR, '[data-testid="signin-staff"]').click()
         sign_in_at_provider(participant, "socialsekreterare")
-        WebDriverWait(participant, 20).until(lambda d: d.current_url.startswith(link))
+        WebDriverWait(participant, 30).until(lambda d: d.current_url.startswith(link))
         wait_testid(participant, "plan-reference")
         assert by_testid(participant, "plan-reference")[0].text.startswith("SIP-")
         # the plan as a person reads it: needs, interventions with who is responsible, the meeting
@@ -331,9 +331,9 @@ def test_participant_stranger_person_and_coordinator_in_a_real_browser(world: Wo
 
         # signing out ends the session at the web and at the provider (its confirmation form)
         coordinator.find_element(By.ID, "logout").click()
-        WebDriverWait(coordinator, 20).until(lambda d: d.current_url.startswith(w.provider.staff_issuer))
+        WebDriverWait(coordinator, 30).until(lambda d: d.current_url.startswith(w.provider.staff_issuer))
         coordinator.find_element(By.ID, "logout").click()
-        WebDriverWait(coordinator, 20).until(lambda d: d.current_url.rstrip("/") == w.web)
+        WebDriverWait(coordinator, 30).until(lambda d: d.current_url.rstrip("/") == w.web)
         coordinator.get(f"{w.web}/overview")
         wait_testid(coordinator, "signin-staff")  # signed out: asked to sign in again
 
