@@ -312,7 +312,7 @@ def create_app(settings: WebSettings) -> FastAPI:
         user: dict[str, Any] = {
             "kind": kind,
             "access_token": access,
-            "id_token": token.get("id_token"),
+            "oidc": True,  # signed in at the provider (its session ends at logout); the ID token is not kept
             "expires_at": float(token.get("expires_at") or time.time() + 300),
             "name": claims.get("name"),
         }
@@ -328,7 +328,7 @@ def create_app(settings: WebSettings) -> FastAPI:
         user = request.session.get("user") or {}
         request.session.clear()  # the server-side session ends: the old cookie opens nothing
         kind = user.get("kind") if isinstance(user, dict) else None
-        if kind in oauth._registry and user.get("id_token"):
+        if kind in oauth._registry and user.get("oidc"):
             try:
                 meta = await oauth.create_client(kind).load_server_metadata()
             except (httpx.HTTPError, ValueError):
@@ -367,7 +367,7 @@ def create_app(settings: WebSettings) -> FastAPI:
                     raise PageError(403, "signin")
                 token = mint_token(secret, hsa, subject="dev-signin")
                 user = {"kind": "staff", "hsa_id": hsa, "expires_at": expires, "name": None,
-                        "access_token": token, "id_token": None}  # fmt: skip
+                        "access_token": token, "oidc": False}  # fmt: skip
             else:
                 try:
                     pnr = parse_person_identifier(form.get("person", "")).value
@@ -375,7 +375,7 @@ def create_app(settings: WebSettings) -> FastAPI:
                     orgs = list(directory.organisations) if directory is not None else []
                     return render(request, "dev_signin.html", 422, organisations=orgs, error="person")
                 user = {"kind": "citizen", "expires_at": expires, "name": None,
-                        "access_token": mint_person_token(secret, pnr), "id_token": None}  # fmt: skip
+                        "access_token": mint_person_token(secret, pnr), "oidc": False}  # fmt: skip
             nxt = safe_next(request.session.get("next"))
             _sign_in(request, user)
             return RedirectResponse(nxt, 303)

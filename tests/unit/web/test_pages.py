@@ -462,7 +462,7 @@ def test_logout_ends_the_providers_session_without_personal_data_in_the_url(apis
         meta = {**_Metadata.staff(issuer), "end_session_endpoint": f"{issuer}/session/end"}
         c.app.state.web.oauth.create_client("citizen").server_metadata.update(meta)  # type: ignore[attr-defined]
         id_token = jwt.encode({"sub": "p", "personal_identity_number": PERSON}, "k" * 32, algorithm="HS256")
-        user = {"kind": "citizen", "access_token": "t", "id_token": id_token, "expires_at": 4e9, "name": None}
+        user = {"kind": "citizen", "access_token": "t", "oidc": True, "expires_at": 4e9, "name": None}
         sid = c.app.state.sessions.create({"user": user, "csrf": "tok"})  # type: ignore[attr-defined]
         c.cookies.set(COOKIE, sid)
         r = c.post("/logout", data={CSRF_FIELD: "tok"}, follow_redirects=False)
