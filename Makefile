@@ -6,7 +6,7 @@ BOOTSTRAP := .venv-bootstrap
 UV := $(shell command -v uv 2>/dev/null || echo $(BOOTSTRAP)/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: install tools run test test-sqlite test-postgres test-fast lint format docs clean
+.PHONY: install tools browser-deps run test test-sqlite test-postgres test-fast lint format docs clean
 
 $(BOOTSTRAP)/bin/uv:
 	@python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -24,6 +24,18 @@ install: .venv/.installed
 tools:
 	@scripts/ensure-promtool.sh || echo "make tools: promtool unavailable; the alert-rule tests will say so" >&2
 
+# The browser tests' parts (tests/support/oidc.py, tests/support/browser.py): Debian's chromium and
+# chromium-driver and Node.js (scripts/ensure-infra.sh browser installs them where apt-get can), and the
+# OIDC provider and axe-core from npm at the versions devtools/oidc-provider/package-lock.json names.
+NODE_DEPS := devtools/oidc-provider/node_modules/.package-lock.json
+$(NODE_DEPS): devtools/oidc-provider/package.json devtools/oidc-provider/package-lock.json
+	@scripts/ensure-infra.sh browser
+	cd devtools/oidc-provider && npm ci --no-audit --no-fund
+	@touch $@
+
+browser-deps: $(NODE_DEPS)
+	@scripts/ensure-infra.sh browser
+
 run: install
 	@scripts/ensure-infra.sh run
 	.venv/bin/sipctl run
@@ -40,6 +52,7 @@ test: test-sqlite test-postgres
 
 test-sqlite: install tools
 	@scripts/ensure-infra.sh test
+	@$(MAKE) --no-print-directory browser-deps
 	.venv/bin/python -m pytest $(XDIST) -m "not exclusive" $(PYTEST_ARGS)
 	.venv/bin/python -m pytest -m exclusive $(PYTEST_ARGS) || [ $$? -eq 5 ]  # 5: none collected (none left)
 
@@ -53,7 +66,7 @@ test-postgres: install
 # The quick loop: no broker, no PostgreSQL, no processes; property tests at a tenth of their examples
 # (tests/support/examples.py; make test runs them in full).
 test-fast: install tools
-	SIP_TEST_PROFILE=fast .venv/bin/python -m pytest $(XDIST) -m "not e2e and not broker and not postgres and not fault and not slow" $(PYTEST_ARGS)
+	SIP_TEST_PROFILE=fast .venv/bin/python -m pytest $(XDIST) -m "not e2e and not browser and not broker and not postgres and not fault and not slow" $(PYTEST_ARGS)
 
 # Style, formatting, the import contracts and the types ([tool.ruff], [tool.importlinter] and [tool.mypy]
 # in pyproject.toml); all from the dev dependencies `make install` puts in .venv, no network.

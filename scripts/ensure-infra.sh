@@ -3,6 +3,9 @@
 #   ensure-infra.sh run    the suite's ports are free (a second `make run` stops here, naming the port),
 #                          and RabbitMQ runs (started if it is installed but stopped)
 #   ensure-infra.sh test   RabbitMQ and PostgreSQL run (started if installed but stopped) — the default
+#   ensure-infra.sh browser  only what the browser tests need: Debian's chromium and chromium-driver
+#                          (/usr/bin/chromium, /usr/bin/chromedriver) and Node.js + npm (the OIDC provider
+#                          and axe-core, devtools/oidc-provider); installed with apt-get when missing
 # When something is missing it says what, and how to get it (Debian/Ubuntu packages, or compose), and
 # exits 1 so that make stops at once.
 set -u
@@ -39,6 +42,30 @@ if [[ $MODE == run ]]; then
     exit 1
   fi
 fi
+
+# ---- the browser tests: Debian's chromium + chromedriver, Node.js + npm (tests/support/browser.py) --
+ensure_browser() {
+  local missing=()
+  [[ -x /usr/bin/chromium ]] || missing+=(chromium)
+  [[ -x /usr/bin/chromedriver ]] || missing+=(chromium-driver)
+  command -v node >/dev/null 2>&1 || missing+=(nodejs)
+  command -v npm >/dev/null 2>&1 || missing+=(npm)
+  ((${#missing[@]})) || return 0
+  if command -v apt-get >/dev/null 2>&1 && [[ ${EUID:-1} == 0 ]]; then
+    say "installing ${missing[*]} (Debian packages) for the browser tests"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null \
+      || { apt-get update >/dev/null && apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; } \
+      || { say "apt-get could not install ${missing[*]}"; exit 1; }
+  else
+    say "the browser tests need ${missing[*]}, which are missing here, and apt-get is not available"
+    say "(or this is not root). Debian/Ubuntu: sudo apt-get install -y --no-install-recommends ${missing[*]}"
+    say "(tests/support/browser.py uses /usr/bin/chromium and /usr/bin/chromedriver; SIP_CHROMIUM and"
+    say "SIP_CHROMEDRIVER name others). Without them, run the rest: make test PYTEST_ARGS='-m \"not browser\"'"
+    exit 1
+  fi
+}
+if [[ $MODE == browser ]]; then ensure_browser; exit 0; fi
 
 # ---- RabbitMQ (SIP_AMQP_URL, default the machine's on 127.0.0.1:5672) --------------------------
 url=${SIP_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/}

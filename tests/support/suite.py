@@ -89,9 +89,11 @@ SERVICES = ("consent", "planning", "notify")
 def running_suite(
     amqp_url: str, tmp: Path, smtp: MailSink, *, services: Iterable[str] = SERVICES,
     extra_ports: Iterable[str] = (), extra_env: dict[str, str] | None = None,
+    ports: dict[str, int] | None = None,
 ) -> Iterator[Suite]:  # fmt: skip
-    """The services started side by side as processes (each with a free HTTP port) and stopped after."""
-    ports = {n: free_port() for n in (*SERVICES, *extra_ports)}
+    """The services started side by side as processes (each with a free HTTP port, or the one ``ports``
+    names: a test that must know them before the start) and stopped after."""
+    ports = {n: free_port() for n in (*SERVICES, *extra_ports)} | dict(ports or {})
     suite = Suite(amqp_url, tmp, ports, {}, smtp, extra_env=dict(extra_env or {}))
     try:
         suite.start_all(services)

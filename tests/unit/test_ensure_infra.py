@@ -145,3 +145,19 @@ def test_make_run_checks_before_it_starts_anything():
         first = next(i for i, line in enumerate(lines) if not line.startswith("scripts/ensure-promtool.sh"))
         assert lines[first] == "scripts/ensure-infra.sh test", lines
         assert all("pytest" not in line for line in lines[:first]), lines
+
+
+def test_the_browser_tests_parts_are_named_with_how_to_get_them_where_apt_get_is_not_there(bare_path):
+    # a PATH with neither node/npm nor apt-get: what is missing is named, with the Debian command
+    r = run("browser", bare_path)
+    assert r.returncode == 1
+    assert "nodejs" in r.stderr and "npm" in r.stderr and "apt-get is not available" in r.stderr
+    assert "apt-get install -y --no-install-recommends" in r.stderr
+    assert "RabbitMQ" not in r.stderr  # the browser mode checks only the browser tests' parts
+
+
+def test_make_test_installs_the_browser_tests_parts_before_pytest():
+    lines = _make_n("test-sqlite").stdout.splitlines()
+    first_pytest = next(i for i, line in enumerate(lines) if "pytest" in line)
+    assert "scripts/ensure-infra.sh browser" in lines[:first_pytest], lines
+    assert "scripts/ensure-infra.sh browser" in (REPO / ".ci" / "run").read_text()
