@@ -1,4 +1,6 @@
-"""RabbitMQ edge of planning: translate a message, call a handler, inside one unit of work."""
+"""RabbitMQ edge of planning: the handler table (:data:`services.planning.handlers.HANDLERS`) made into
+subscribers by the shared generic one, and the hospital's two (discharge notice, stay event), which
+write their effect or dead letter back to the message store."""
 
 from __future__ import annotations
 
@@ -13,20 +15,14 @@ from services.planning.adapters.deadline_store import SqlDeadlines
 from services.planning.adapters.store import SqlCaseRepository, metadata
 from services.planning.deadlines import DeadlinePolicy
 from services.planning.domain import SipCase
+from services.planning.handlers import PlanningUnitOfWork
 from services.planning.intake import intake_tables
 from services.planning.settings import PlanningSettings
 from shared.clock import Clock
-from shared.contracts import (
-    ConsentDeclined,
-    ConsentGranted,
-    ConsentWithdrawn,
-    DeadlineBreached,
-    DischargeNotified,
-    HospitalStayEvent,
-    InvitationSent,
-)
+from shared.contracts import DischargeNotified, HospitalStayEvent
 from shared.directory import Directory
 from shared.errors import PermanentError
+from shared.handler_table import register_handlers
 from shared.hospital import HospitalEvent
 from shared.runtime import ServiceRuntime
 from shared.topology import contract_exchange, subscription, work_queue
@@ -41,17 +37,18 @@ class MessageHandlers:
 
 
 def register(
-    runtime: ServiceRuntime, settings: PlanningSettings, directory: Directory, clock: Clock
+    runtime: ServiceRuntime,
+    settings: PlanningSettings,
+    directory: Directory,
+    clock: Clock,
+    uow: Callable[[], PlanningUnitOfWork],
 ) -> MessageHandlers:
-    """Subscribe the handlers; returns the message store's two (what the broker calls per message)."""
+    """Subscribe the handler table (each message in a unit of work from ``uow``) and the hospital's
+    two; returns the message store's two (what the broker calls per message)."""
     broker = runtime.broker
+    register_handlers(runtime, handlers.HANDLERS, uow)
     discharge = subscription("planning", DischargeNotified)
     stay_event = subscription("planning", HospitalStayEvent)
-    granted = subscription("planning", ConsentGranted)
-    declined = subscription("planning", ConsentDeclined)
-    sent = subscription("planning", InvitationSent)
-    withdrawn = subscription("planning", ConsentWithdrawn)
-    breached = subscription("planning", DeadlineBreached)
     policy = DeadlinePolicy.from_settings(settings)
     store = intake_tables(metadata)
 
@@ -129,51 +126,5 @@ def register(
                 await messages.mark(
                     conn, store, correlation_id=message_id, status="dead-lettered", reason=str(exc)[:500]
                 )
-
-    @broker.subscriber(work_queue(granted), contract_exchange(ConsentGranted), title=granted.queue_name)
-    async def on_consent_granted(msg: ConsentGranted) -> None:
-        async with runtime.unit_of_work() as uow:
-            if await uow.first_time(granted.queue_name, str(msg.message_id)):
-                await handlers.handle_consent_granted(
-                    msg, repo=SqlCaseRepository(uow.conn), outbox=uow, clock=clock,
-                    public_base_url=settings.public_base_url, deadlines=SqlDeadlines(uow.conn), policy=policy,
-                )  # fmt: skip
-
-    @broker.subscriber(work_queue(declined), contract_exchange(ConsentDeclined), title=declined.queue_name)
-    async def on_consent_declined(msg: ConsentDeclined) -> None:
-        async with runtime.unit_of_work() as uow:
-            if await uow.first_time(declined.queue_name, str(msg.message_id)):
-                await handlers.handle_consent_declined(
-                    msg, repo=SqlCaseRepository(uow.conn), deadlines=SqlDeadlines(uow.conn)
-                )
-
-    @broker.subscriber(work_queue(sent), contract_exchange(InvitationSent), title=sent.queue_name)
-    async def on_invitation_sent(msg: InvitationSent) -> None:
-        async with runtime.unit_of_work() as uow:
-            if await uow.first_time(sent.queue_name, str(msg.message_id)):
-                await handlers.handle_invitation_sent(
-                    msg,
-                    repo=SqlCaseRepository(uow.conn),
-                    clock=clock,
-                    deadlines=SqlDeadlines(uow.conn),
-                    policy=policy,
-                )
-
-    @broker.subscriber(work_queue(withdrawn), contract_exchange(ConsentWithdrawn), title=withdrawn.queue_name)
-    async def on_consent_withdrawn(msg: ConsentWithdrawn) -> None:
-        async with runtime.unit_of_work() as uow:
-            if await uow.first_time(withdrawn.queue_name, str(msg.message_id)):
-                await handlers.handle_consent_withdrawn(
-                    msg, repo=SqlCaseRepository(uow.conn), clock=clock, deadlines=SqlDeadlines(uow.conn)
-                )
-
-    @broker.subscriber(work_queue(breached), contract_exchange(DeadlineBreached), title=breached.queue_name)
-    async def on_deadline_breached(msg: DeadlineBreached) -> None:
-        async with runtime.unit_of_work() as uow:
-            if await uow.first_time(breached.queue_name, str(msg.message_id)):
-                await handlers.handle_deadline_breached(
-                    msg, repo=SqlCaseRepository(uow.conn), clock=clock, outbox=uow,
-                    public_base_url=settings.public_base_url,
-                )  # fmt: skip
 
     return MessageHandlers(stay_event=handle_stay_message, discharge=handle_discharge_message)
