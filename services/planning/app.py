@@ -69,8 +69,9 @@ def create_app(
     )
     deps = PlanningDeps(clock, DeadlinePolicy.from_settings(settings), settings.public_base_url)
     message_handlers = subscribers.register(
-        runtime, settings, directory, clock, uow=lambda: SqlPlanningUnitOfWork(runtime, deps)
-    )
+        runtime, settings, directory, clock,
+        uow=lambda: SqlPlanningUnitOfWork(runtime, deps), store=intake_tables(metadata),
+    )  # fmt: skip
     runtime.background.append(scheduler_job(runtime, clock, settings.deadline_check_interval))
     intake = build_intake(runtime, settings, observe=intake_counter(runtime.metrics, directory))
     mllp = (

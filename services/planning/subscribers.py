@@ -6,17 +6,16 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.planning import handlers, messages
-from services.planning.adapters.deadline_store import SqlDeadlines
-from services.planning.adapters.store import SqlCaseRepository, metadata
 from services.planning.deadlines import DeadlinePolicy
 from services.planning.domain import SipCase
 from services.planning.handlers import PlanningUnitOfWork
-from services.planning.intake import intake_tables
+from services.planning.ports import CaseRepository
 from services.planning.settings import PlanningSettings
 from shared.clock import Clock
 from shared.contracts import DischargeNotified, HospitalStayEvent
@@ -26,6 +25,14 @@ from shared.handler_table import register_handlers
 from shared.hospital import HospitalEvent
 from shared.runtime import ServiceRuntime
 from shared.topology import contract_exchange, subscription, work_queue
+
+
+class HospitalWork(PlanningUnitOfWork, Protocol):
+    """The SQL unit of work as the hospital's two subscribers need it: they also write the message
+    store (``store``) on its connection, in the same transaction as the effect."""
+
+    @property
+    def conn(self) -> AsyncConnection: ...
 
 
 @dataclass(frozen=True)
@@ -41,16 +48,16 @@ def register(
     settings: PlanningSettings,
     directory: Directory,
     clock: Clock,
-    uow: Callable[[], PlanningUnitOfWork],
+    uow: Callable[[], HospitalWork],
+    store: sa.Table,
 ) -> MessageHandlers:
     """Subscribe the handler table (each message in a unit of work from ``uow``) and the hospital's
-    two; returns the message store's two (what the broker calls per message)."""
+    two (``store``: the message store's table); returns those two (what the broker calls per message)."""
     broker = runtime.broker
     register_handlers(runtime, handlers.HANDLERS, uow)
     discharge = subscription("planning", DischargeNotified)
     stay_event = subscription("planning", HospitalStayEvent)
     policy = DeadlinePolicy.from_settings(settings)
-    store = intake_tables(metadata)
 
     @broker.subscriber(
         work_queue(discharge), contract_exchange(DischargeNotified), title=discharge.queue_name
@@ -62,16 +69,15 @@ def register(
         """The AMQP discharge notice, stored in the message store with its effect (or dead letter)."""
         row: int | None = None
         try:
-            async with runtime.unit_of_work() as uow:
-                if await uow.first_time(discharge.queue_name, str(msg.message_id)):
-                    row = await messages.store_amqp(uow.conn, store, msg, clock.now())
-                    repo = SqlCaseRepository(uow.conn)
+            async with uow() as work:
+                if await work.first_time(discharge.queue_name, str(msg.message_id)):
+                    row = await messages.store_amqp(work.conn, store, msg, clock.now())
                     case = await handlers.handle_discharge(
-                        msg, repo=repo, outbox=uow, directory=directory, clock=clock,
-                        deadlines=SqlDeadlines(uow.conn), policy=policy,
+                        msg, repo=work.cases, outbox=work, directory=directory, clock=clock,
+                        deadlines=work.deadlines, policy=policy,
                     )  # fmt: skip
                     ev = handlers.discharge_event(msg)
-                    await _effect(uow.conn, repo, ev, case, message_id=row)
+                    await _effect(work.conn, work.cases, ev, case, message_id=row)
         except PermanentError as exc:
             await _dead_lettered(exc, message_id=None, amqp=msg)
             raise
@@ -85,22 +91,21 @@ def register(
     async def handle_stay_message(msg: HospitalStayEvent) -> None:
         """One stay event of a stored message; its effect (or dead letter) written back to the store."""
         try:
-            async with runtime.unit_of_work() as uow:
-                if await uow.first_time(stay_event.queue_name, str(msg.message_id)):
-                    repo = SqlCaseRepository(uow.conn)
+            async with uow() as work:
+                if await work.first_time(stay_event.queue_name, str(msg.message_id)):
                     case = await handlers.handle_stay_event(
-                        msg.event, repo=repo, outbox=uow, directory=directory, clock=clock,
-                        deadlines=SqlDeadlines(uow.conn), policy=policy,
+                        msg.event, repo=work.cases, outbox=work, directory=directory, clock=clock,
+                        deadlines=work.deadlines, policy=policy,
                         assume_sip_needed=settings.intake_assume_sip_needed,
                         correlation_id=msg.correlation_id,
                     )  # fmt: skip
-                    await _effect(uow.conn, repo, msg.event, case, correlation_id=msg.correlation_id)
+                    await _effect(work.conn, work.cases, msg.event, case, correlation_id=msg.correlation_id)
         except PermanentError as exc:
             await _dead_lettered(exc, message_id=msg.correlation_id, amqp=None)
             raise
 
     async def _effect(
-        conn: AsyncConnection, repo: SqlCaseRepository, ev: HospitalEvent, case: SipCase | None, **where: Any
+        conn: AsyncConnection, repo: CaseRepository, ev: HospitalEvent, case: SipCase | None, **where: Any
     ) -> None:
         stay = await repo.get_stay(ev.hospital_id or "", ev.stay_id)
         effect = {
