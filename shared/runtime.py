@@ -32,10 +32,9 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from faststream.rabbit import RabbitBroker
 from faststream.rabbit.message import RabbitMessage
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.auth import install_auth
-from shared.contracts import Contract
 from shared.dependencies import BROKER, DATABASE, DependencyMonitor
 from shared.directory import load_directory
 from shared.messaging import (
@@ -50,8 +49,6 @@ from shared.metrics import CONTENT_TYPE, HttpMetricsMiddleware, ServiceMetrics
 from shared.migrations import has_migrations, upgrade_to_head
 from shared.persistence import (
     OutboxRelay,
-    claim_inbox,
-    enqueue,
     inbox_table,
     make_engine,
     outbox_table,
@@ -59,6 +56,7 @@ from shared.persistence import (
     upgrade_outbox,
 )
 from shared.settings import ServiceSettings
+from shared.sql_unit_of_work import SqlUnitOfWork
 from shared.topology import PUBLICATIONS, contract_exchange
 from shared.tracing import Tracing, TracingMiddleware, set_error
 
@@ -150,14 +148,10 @@ class ServiceRuntime:
             await publish_raw(self.broker, **kwargs)
 
     # ---- unit of work -------------------------------------------------------------------------
-    @contextlib.asynccontextmanager
-    async def unit_of_work(self) -> AsyncIterator[UnitOfWork]:
-        """One transaction: the effect, its inbox mark and its outgoing messages commit together."""
-        async with self.engine.begin() as conn:
-            uow = UnitOfWork(conn, self)
-            yield uow
-        if uow.enqueued:
-            self.relay.wake()
+    def unit_of_work(self) -> SqlUnitOfWork:
+        """One transaction: the effect, its inbox mark and its outgoing messages commit together
+        (``async with runtime.unit_of_work() as uow``); the relay is woken after a commit that sent."""
+        return SqlUnitOfWork(self.engine, inbox=self.inbox, outbox=self.outbox, after_send=self.relay.wake)
 
     # ---- lifecycle ----------------------------------------------------------------------------
     async def prepare_database(self) -> None:
@@ -432,21 +426,6 @@ def serve(service: str, settings: ServiceSettings, create_app: Callable[[Any], F
     uvicorn.run(
         create_app(settings), host=settings.http_host, port=settings.http_port, log_config=None, **tls
     )
-
-
-class UnitOfWork:
-    def __init__(self, conn: AsyncConnection, runtime: ServiceRuntime) -> None:
-        self.conn = conn
-        self._rt = runtime
-        self.enqueued = 0
-
-    async def first_time(self, consumer: str, message_id: str) -> bool:
-        """Claim ``message_id`` for ``consumer``; False means it was already processed."""
-        return await claim_inbox(self.conn, self._rt.inbox, consumer, message_id)
-
-    async def send(self, message: Contract) -> None:
-        await enqueue(self.conn, self._rt.outbox, message)
-        self.enqueued += 1
 
 
 def install_dependency_handlers(app: FastAPI, dependencies: DependencyMonitor) -> None:

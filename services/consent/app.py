@@ -15,7 +15,9 @@ from starlette.responses import JSONResponse, Response
 from services.consent import api, subscribers
 from services.consent.access import Denied
 from services.consent.adapters.retention import consent_kinds
-from services.consent.adapters.store import AuditWriter, metadata, upgrade_schema
+from services.consent.adapters.store import AuditWriter, metadata, records_reader, upgrade_schema
+from services.consent.adapters.unit_of_work import SqlConsentUnitOfWork
+from services.consent.handlers import ConsentDeps
 from services.consent.settings import ConsentSettings
 from shared import fhir_rest, retention
 from shared.clock import Clock, SystemClock
@@ -31,7 +33,14 @@ def create_app(settings: ConsentSettings | None = None, *, clock: Clock | None =
     clock = clock or SystemClock()
     runtime = ServiceRuntime(SERVICE, settings, metadata, migrations=Path(__file__).parent / "migrations")
     audit_writer = AuditWriter(runtime.engine)
-    subscribers.register(runtime, clock, audit_writer)
+    deps = ConsentDeps(clock)
+    subscribers.register(
+        runtime,
+        lambda: SqlConsentUnitOfWork(runtime, deps),
+        clock=clock,
+        records_of=records_reader(runtime.engine),
+        audit=audit_writer.write,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

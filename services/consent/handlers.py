@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 from uuid import UUID, uuid4, uuid5
 
 from services.consent.domain import (
@@ -34,9 +36,11 @@ from shared.contracts import (
     ConsentGranted,
     ConsentRequested,
     ConsentWithdrawn,
+    Contract,
     RecordConsent,
 )
 from shared.errors import PermanentError
+from shared.unit_of_work import Handler, UnitOfWork
 
 
 class ConsentNotFound(LookupError):
@@ -366,3 +370,50 @@ async def record_access(msg: AccessRecorded, *, repo: ConsentRepository) -> Audi
     )
     await repo.add_audit(entry)
     return entry
+
+
+# ---- the handler table: each called as handler(uow, msg) by the shared generic subscriber ----------
+@dataclass(frozen=True)
+class ConsentDeps:
+    """What the handlers need besides the repository, bound once in ``app.py``."""
+
+    clock: Clock
+
+
+class ConsentUnitOfWork(UnitOfWork, Protocol):
+    """consent's unit of work: the inbox and outbox (``send``), its consents, its dependencies (SQL:
+    ``adapters/unit_of_work.py``; in memory, for handler tests: ``adapters/memory.py``)."""
+
+    @property
+    def consents(self) -> ConsentRepository: ...
+
+    @property
+    def deps(self) -> ConsentDeps: ...
+
+
+# The subscriber's AsyncAPI description is the handler's docstring (shared.handler_table); those
+# without one had none, so they have a comment instead.
+async def consent_requested(uow: ConsentUnitOfWork, cmd: ConsentRequested) -> None:
+    # keep the case's request: its owner and participants (request_consent)
+    await request_consent(cmd, repo=uow.consents, clock=uow.deps.clock)
+
+
+async def consent_to_record(uow: ConsentUnitOfWork, cmd: RecordConsent) -> None:
+    # the command path for trusted systems (the HTTP path authorizes from the token): record_consent
+    await record_consent(cmd, repo=uow.consents, outbox=uow, clock=uow.deps.clock)
+
+
+async def access_recorded(uow: ConsentUnitOfWork, msg: AccessRecorded) -> None:
+    """File a read in planning or notify in the person's audit trail (once per message)."""
+    await record_access(msg, repo=uow.consents)
+
+
+COMMAND_HANDLERS: dict[type[Contract], Handler[ConsentUnitOfWork]] = {
+    ConsentRequested: consent_requested,
+    RecordConsent: consent_to_record,
+}
+EVENT_HANDLERS: dict[type[Contract], Handler[ConsentUnitOfWork]] = {
+    AccessRecorded: access_recorded,
+}
+#: what the generic subscriber serves (the request/reply ``consent.decide.v1`` answers; it has its own)
+HANDLERS: dict[type[Contract], Handler[ConsentUnitOfWork]] = {**COMMAND_HANDLERS, **EVENT_HANDLERS}

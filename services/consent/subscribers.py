@@ -1,4 +1,5 @@
-"""RabbitMQ edge of consent: translate a message, call a handler, inside one unit of work.
+"""RabbitMQ edge of consent: the handler table (:data:`services.consent.handlers.HANDLERS`) made into
+subscribers by the shared generic one, and the request/reply decision subscriber.
 
 Consumed: ``consent.request.v1`` (a case needs consent; its owner and participants are kept),
 ``consent.record.v1`` (record a consent; the command path, for trusted systems — the HTTP path
@@ -10,6 +11,7 @@ handled once (inbox); a permanent error dead-letters it with its reason.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from faststream.rabbit import RabbitResponse
@@ -17,52 +19,34 @@ from faststream.rabbit.annotations import RabbitMessage
 from pydantic import ValidationError
 
 from services.consent import handlers
-from services.consent.adapters.store import AuditWriter, SqlConsentRepository, records_reader
+from services.consent.domain import AuditEntry, ConsentRecord
+from services.consent.handlers import ConsentUnitOfWork
 from services.consent.policy import DecisionQuery
 from shared.clock import Clock
-from shared.contracts import (
-    AccessRecorded,
-    ConsentDecisionReply,
-    ConsentDecisionRequested,
-    ConsentRequested,
-    RecordConsent,
-)
+from shared.contracts import ConsentDecisionReply, ConsentDecisionRequested
+from shared.handler_table import register_handlers
 from shared.messaging import describe_error
 from shared.runtime import ServiceRuntime
-from shared.topology import contract_exchange, decision_queue, subscription, work_queue
+from shared.topology import contract_exchange, decision_queue
 
 log = logging.getLogger("sip.consent.decisions")
 
 
-def register(runtime: ServiceRuntime, clock: Clock, audit_writer: AuditWriter) -> None:
+def register(
+    runtime: ServiceRuntime,
+    uow: Callable[[], ConsentUnitOfWork],
+    *,
+    clock: Clock,
+    records_of: Callable[[str], Awaitable[list[ConsentRecord]]],
+    audit: Callable[[AuditEntry], Awaitable[None]],
+) -> None:
+    """The work queues from the handler table, each message in a unit of work from ``uow``; the
+    decision queue reads the person's consents with ``records_of`` (a connection of its own) and
+    writes its audit record with ``audit`` (the group-committing writer) — both chosen in ``app.py``."""
     broker = runtime.broker
-    requested = subscription("consent", ConsentRequested)
-    record = subscription("consent", RecordConsent)
-    access = subscription("consent", AccessRecorded)
-
-    @broker.subscriber(work_queue(requested), contract_exchange(ConsentRequested), title=requested.queue_name)
-    async def on_consent_requested(msg: ConsentRequested) -> None:
-        async with runtime.unit_of_work() as uow:
-            if await uow.first_time(requested.queue_name, str(msg.message_id)):
-                await handlers.request_consent(msg, repo=SqlConsentRepository(uow.conn), clock=clock)
-
-    @broker.subscriber(work_queue(record), contract_exchange(RecordConsent), title=record.queue_name)
-    async def on_record_consent(msg: RecordConsent) -> None:
-        async with runtime.unit_of_work() as uow:
-            if await uow.first_time(record.queue_name, str(msg.message_id)):
-                await handlers.record_consent(
-                    msg, repo=SqlConsentRepository(uow.conn), outbox=uow, clock=clock
-                )
-
-    @broker.subscriber(work_queue(access), contract_exchange(AccessRecorded), title=access.queue_name)
-    async def on_access_recorded(msg: AccessRecorded) -> None:
-        """File a read in planning or notify in the person's audit trail (once per message)."""
-        async with runtime.unit_of_work() as uow:
-            if await uow.first_time(access.queue_name, str(msg.message_id)):
-                await handlers.record_access(msg, repo=SqlConsentRepository(uow.conn))
+    register_handlers(runtime, handlers.HANDLERS, uow)
 
     queue = decision_queue()
-    records_of = records_reader(runtime.engine)
 
     @broker.subscriber(
         queue,
@@ -95,7 +79,7 @@ def register(runtime: ServiceRuntime, clock: Clock, audit_writer: AuditWriter) -
             result, audit_id = await handlers.decide_and_audit(
                 query,
                 records_of=records_of,
-                audit=audit_writer.write,
+                audit=audit,
                 clock=clock,
                 channel="amqp",
                 requested_by=req.requested_by,

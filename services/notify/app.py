@@ -12,7 +12,10 @@ from services.notify.adapters.http_channels import SmsGatewaySender, WebhookChan
 from services.notify.adapters.retention import notify_kinds
 from services.notify.adapters.smtp import EmailChannelSender, SmtpEmailSender
 from services.notify.adapters.store import metadata, notifications, upgrade_schema
+from services.notify.adapters.unit_of_work import SqlNotifyUnitOfWork
 from services.notify.dispatcher import Dispatcher
+from services.notify.handlers.routing import InvitationOptions
+from services.notify.handlers.table import NotifyDeps
 from services.notify.ports import ChannelSender, EmailSender
 from services.notify.settings import NotifySettings
 from shared import fhir_rest, retention
@@ -61,9 +64,15 @@ def create_app(
         status_gauge("sip_notify_notifications", "Notifications by status and channel", notifications,
                      "status", "channel")
     )  # fmt: skip
-    directory = load_directory(settings.directory_path)
+    deps = NotifyDeps(load_directory(settings.directory_path), clock, InvitationOptions.of(settings))
     dispatcher = Dispatcher(runtime, all_channels, clock, settings)
-    subscribers.register(runtime, directory, dispatcher, clock, settings)
+    subscribers.register(
+        runtime,
+        dispatcher,
+        uow=lambda: SqlNotifyUnitOfWork(runtime, deps),
+        reader=lambda: SqlNotifyUnitOfWork(runtime, deps, read_only=True),
+        settings=settings,
+    )
     runtime.background.append(dispatcher.run)
     pruner = retention.install(runtime, notify_kinds(runtime.inbox, runtime.outbox, settings), now=clock.now)
     if smtp is not None:  # closes idle SMTP connections, and all of them at shutdown

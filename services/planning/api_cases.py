@@ -30,7 +30,8 @@ from shared.clock import Clock
 from shared.directory import Directory, UnknownRecipient
 from shared.errors import PermanentError
 from shared.fhir_rest import check_if_match
-from shared.runtime import ServiceRuntime, UnitOfWork
+from shared.runtime import ServiceRuntime
+from shared.sql_unit_of_work import SqlUnitOfWork
 
 Actor = ActingOrganisation  # from the bearer token (X-Sip-Organisation in a sandbox)
 
@@ -60,7 +61,7 @@ def build_router(
     DeadlinePolicy.from_settings(settings)
 
     async def run(
-        step: Callable[[UnitOfWork, SqlCaseRepository], Awaitable[SipCase]],
+        step: Callable[[SqlUnitOfWork, SqlCaseRepository], Awaitable[SipCase]],
         case_id: UUID | None = None,
         actor: str | None = None,
         request: Request | None = None,

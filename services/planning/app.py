@@ -15,7 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.planning import api, api_cases, api_fhir, handlers, messages, subscribers
 from services.planning.adapters.retention import planning_kinds
 from services.planning.adapters.store import cases, metadata, upgrade_schema
+from services.planning.adapters.unit_of_work import SqlPlanningUnitOfWork
+from services.planning.deadlines import DeadlinePolicy
 from services.planning.domain import INVITATION_CLOCK_STATES, OPEN_STATES
+from services.planning.handlers import PlanningDeps
 from services.planning.intake import IntakeService, MLLPServer, intake_tables, parse_adt, parse_message_bundle
 from services.planning.intake.service import ACCEPTED as INTAKE_ACCEPTED
 from services.planning.intake.store import message_views_table
@@ -65,7 +68,11 @@ def create_app(
     runtime.metrics.add_db_collector(
         intake_gauges(intake_tables(metadata), directory, accepted=INTAKE_ACCEPTED, now=clock.now)
     )
-    message_handlers = subscribers.register(runtime, settings, directory, clock)
+    deps = PlanningDeps(clock, DeadlinePolicy.from_settings(settings), settings.web_base_url)
+    message_handlers = subscribers.register(
+        runtime, settings, directory, clock,
+        uow=lambda: SqlPlanningUnitOfWork(runtime, deps), store=intake_tables(metadata),
+    )  # fmt: skip
     runtime.background.append(scheduler_job(runtime, clock, settings.deadline_check_interval))
     pruner = retention.install(
         runtime,

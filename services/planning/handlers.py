@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
 from services.planning import stays
@@ -41,6 +42,7 @@ from shared.contracts import (
     ConsentGranted,
     ConsentRequested,
     ConsentWithdrawn,
+    Contract,
     DeadlineBreached,
     DischargeNotified,
     InvitationSent,
@@ -50,6 +52,7 @@ from shared.directory import Directory, Organisation, UnknownRecipient
 from shared.errors import PermanentError
 from shared.hospital import HospitalEvent, PatientIdentifier
 from shared.identifiers import parse_person_identifier
+from shared.unit_of_work import Handler, UnitOfWork
 
 log = logging.getLogger("sip.planning")
 
@@ -484,3 +487,76 @@ async def _new_plan_version(
         agent_hsa_id=agent_hsa_id, reason=reason,
     )  # fmt: skip
     return version
+
+
+# ---- the handler table: each called as handler(uow, msg) by the shared generic subscriber ----------
+@dataclass(frozen=True)
+class PlanningDeps:
+    """What the table's handlers need besides the repositories, bound once in ``app.py``."""
+
+    clock: Clock
+    policy: DeadlinePolicy
+    web_base_url: str = ""  # the human link (the web service's plan page)
+
+
+class PlanningUnitOfWork(UnitOfWork, Protocol):
+    """planning's unit of work: the inbox and outbox (``send``), its cases and deadlines, its
+    dependencies (SQL: ``adapters/unit_of_work.py``; in memory, for handler tests: ``adapters/memory.py``)."""
+
+    @property
+    def cases(self) -> CaseRepository: ...
+
+    @property
+    def deadlines(self) -> Deadlines: ...
+
+    @property
+    def deps(self) -> PlanningDeps: ...
+
+
+# The subscribers these replace had no docstring (their AsyncAPI channels no description), so these
+# handlers have comments instead (shared.handler_table takes the description from the docstring).
+async def consent_granted(uow: PlanningUnitOfWork, ev: ConsentGranted) -> None:
+    # the first plan version and the invitation (handle_consent_granted)
+    deps = uow.deps
+    await handle_consent_granted(
+        ev, repo=uow.cases, outbox=uow, clock=deps.clock, web_base_url=deps.web_base_url,
+        deadlines=uow.deadlines, policy=deps.policy,
+    )  # fmt: skip
+
+
+async def consent_declined(uow: PlanningUnitOfWork, ev: ConsentDeclined) -> None:
+    # the case ends declined (handle_consent_declined)
+    await handle_consent_declined(ev, repo=uow.cases, deadlines=uow.deadlines)
+
+
+async def invitation_sent(uow: PlanningUnitOfWork, ev: InvitationSent) -> None:
+    # the case is invited, and whether the deadline held (handle_invitation_sent)
+    deps = uow.deps
+    await handle_invitation_sent(
+        ev, repo=uow.cases, clock=deps.clock, deadlines=uow.deadlines, policy=deps.policy
+    )
+
+
+async def consent_withdrawn(uow: PlanningUnitOfWork, ev: ConsentWithdrawn) -> None:
+    # the case rests on a consent that no longer holds (handle_consent_withdrawn)
+    await handle_consent_withdrawn(ev, repo=uow.cases, clock=uow.deps.clock, deadlines=uow.deadlines)
+
+
+async def deadline_breached(uow: PlanningUnitOfWork, ev: DeadlineBreached) -> None:
+    # a follow-up that came due (handle_deadline_breached)
+    deps = uow.deps
+    await handle_deadline_breached(
+        ev, repo=uow.cases, clock=deps.clock, outbox=uow, web_base_url=deps.web_base_url
+    )
+
+
+EVENT_HANDLERS: dict[type[Contract], Handler[PlanningUnitOfWork]] = {
+    ConsentGranted: consent_granted,
+    ConsentDeclined: consent_declined,
+    InvitationSent: invitation_sent,
+    ConsentWithdrawn: consent_withdrawn,
+    DeadlineBreached: deadline_breached,
+}
+#: what the generic subscriber serves; the hospital's discharge notices and stay events keep their own
+#: subscribers (they write their effect, or their dead letter, back to the message store)
+HANDLERS: dict[type[Contract], Handler[PlanningUnitOfWork]] = {**EVENT_HANDLERS}

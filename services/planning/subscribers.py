@@ -1,35 +1,38 @@
-"""RabbitMQ edge of planning: translate a message, call a handler, inside one unit of work."""
+"""RabbitMQ edge of planning: the handler table (:data:`services.planning.handlers.HANDLERS`) made into
+subscribers by the shared generic one, and the hospital's two (discharge notice, stay event), which
+write their effect or dead letter back to the message store."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.planning import handlers, messages
-from services.planning.adapters.deadline_store import SqlDeadlines
-from services.planning.adapters.store import SqlCaseRepository, metadata
 from services.planning.deadlines import DeadlinePolicy
 from services.planning.domain import SipCase
-from services.planning.intake import intake_tables
+from services.planning.handlers import PlanningUnitOfWork
+from services.planning.ports import CaseRepository
 from services.planning.settings import PlanningSettings
 from shared.clock import Clock
-from shared.contracts import (
-    ConsentDeclined,
-    ConsentGranted,
-    ConsentWithdrawn,
-    DeadlineBreached,
-    DischargeNotified,
-    HospitalStayEvent,
-    InvitationSent,
-)
+from shared.contracts import DischargeNotified, HospitalStayEvent
 from shared.directory import Directory
 from shared.errors import PermanentError
+from shared.handler_table import register_handlers
 from shared.hospital import HospitalEvent
 from shared.runtime import ServiceRuntime
 from shared.topology import contract_exchange, subscription, work_queue
+
+
+class HospitalWork(PlanningUnitOfWork, Protocol):
+    """The SQL unit of work as the hospital's two subscribers need it: they also write the message
+    store (``store``) on its connection, in the same transaction as the effect."""
+
+    @property
+    def conn(self) -> AsyncConnection: ...
 
 
 @dataclass(frozen=True)
@@ -41,19 +44,20 @@ class MessageHandlers:
 
 
 def register(
-    runtime: ServiceRuntime, settings: PlanningSettings, directory: Directory, clock: Clock
+    runtime: ServiceRuntime,
+    settings: PlanningSettings,
+    directory: Directory,
+    clock: Clock,
+    uow: Callable[[], HospitalWork],
+    store: sa.Table,
 ) -> MessageHandlers:
-    """Subscribe the handlers; returns the message store's two (what the broker calls per message)."""
+    """Subscribe the handler table (each message in a unit of work from ``uow``) and the hospital's
+    two (``store``: the message store's table); returns those two (what the broker calls per message)."""
     broker = runtime.broker
+    register_handlers(runtime, handlers.HANDLERS, uow)
     discharge = subscription("planning", DischargeNotified)
     stay_event = subscription("planning", HospitalStayEvent)
-    granted = subscription("planning", ConsentGranted)
-    declined = subscription("planning", ConsentDeclined)
-    sent = subscription("planning", InvitationSent)
-    withdrawn = subscription("planning", ConsentWithdrawn)
-    breached = subscription("planning", DeadlineBreached)
     policy = DeadlinePolicy.from_settings(settings)
-    store = intake_tables(metadata)
 
     @broker.subscriber(
         work_queue(discharge), contract_exchange(DischargeNotified), title=discharge.queue_name
@@ -65,16 +69,15 @@ def register(
         """The AMQP discharge notice, stored in the message store with its effect (or dead letter)."""
         row: int | None = None
         try:
-            async with runtime.unit_of_work() as uow:
-                if await uow.first_time(discharge.queue_name, str(msg.message_id)):
-                    row = await messages.store_amqp(uow.conn, store, msg, clock.now())
-                    repo = SqlCaseRepository(uow.conn)
+            async with uow() as work:
+                if await work.first_time(discharge.queue_name, str(msg.message_id)):
+                    row = await messages.store_amqp(work.conn, store, msg, clock.now())
                     case = await handlers.handle_discharge(
-                        msg, repo=repo, outbox=uow, directory=directory, clock=clock,
-                        deadlines=SqlDeadlines(uow.conn), policy=policy,
+                        msg, repo=work.cases, outbox=work, directory=directory, clock=clock,
+                        deadlines=work.deadlines, policy=policy,
                     )  # fmt: skip
                     ev = handlers.discharge_event(msg)
-                    await _effect(uow.conn, repo, ev, case, message_id=row)
+                    await _effect(work.conn, work.cases, ev, case, message_id=row)
         except PermanentError as exc:
             await _dead_lettered(exc, message_id=None, amqp=msg)
             raise
@@ -88,22 +91,21 @@ def register(
     async def handle_stay_message(msg: HospitalStayEvent) -> None:
         """One stay event of a stored message; its effect (or dead letter) written back to the store."""
         try:
-            async with runtime.unit_of_work() as uow:
-                if await uow.first_time(stay_event.queue_name, str(msg.message_id)):
-                    repo = SqlCaseRepository(uow.conn)
+            async with uow() as work:
+                if await work.first_time(stay_event.queue_name, str(msg.message_id)):
                     case = await handlers.handle_stay_event(
-                        msg.event, repo=repo, outbox=uow, directory=directory, clock=clock,
-                        deadlines=SqlDeadlines(uow.conn), policy=policy,
+                        msg.event, repo=work.cases, outbox=work, directory=directory, clock=clock,
+                        deadlines=work.deadlines, policy=policy,
                         assume_sip_needed=settings.intake_assume_sip_needed,
                         correlation_id=msg.correlation_id,
                     )  # fmt: skip
-                    await _effect(uow.conn, repo, msg.event, case, correlation_id=msg.correlation_id)
+                    await _effect(work.conn, work.cases, msg.event, case, correlation_id=msg.correlation_id)
         except PermanentError as exc:
             await _dead_lettered(exc, message_id=msg.correlation_id, amqp=None)
             raise
 
     async def _effect(
-        conn: AsyncConnection, repo: SqlCaseRepository, ev: HospitalEvent, case: SipCase | None, **where: Any
+        conn: AsyncConnection, repo: CaseRepository, ev: HospitalEvent, case: SipCase | None, **where: Any
     ) -> None:
         stay = await repo.get_stay(ev.hospital_id or "", ev.stay_id)
         effect = {
@@ -129,51 +131,5 @@ def register(
                 await messages.mark(
                     conn, store, correlation_id=message_id, status="dead-lettered", reason=str(exc)[:500]
                 )
-
-    @broker.subscriber(work_queue(granted), contract_exchange(ConsentGranted), title=granted.queue_name)
-    async def on_consent_granted(msg: ConsentGranted) -> None:
-        async with runtime.unit_of_work() as uow:
-            if await uow.first_time(granted.queue_name, str(msg.message_id)):
-                await handlers.handle_consent_granted(
-                    msg, repo=SqlCaseRepository(uow.conn), outbox=uow, clock=clock,
-                    web_base_url=settings.web_base_url, deadlines=SqlDeadlines(uow.conn), policy=policy,
-                )  # fmt: skip
-
-    @broker.subscriber(work_queue(declined), contract_exchange(ConsentDeclined), title=declined.queue_name)
-    async def on_consent_declined(msg: ConsentDeclined) -> None:
-        async with runtime.unit_of_work() as uow:
-            if await uow.first_time(declined.queue_name, str(msg.message_id)):
-                await handlers.handle_consent_declined(
-                    msg, repo=SqlCaseRepository(uow.conn), deadlines=SqlDeadlines(uow.conn)
-                )
-
-    @broker.subscriber(work_queue(sent), contract_exchange(InvitationSent), title=sent.queue_name)
-    async def on_invitation_sent(msg: InvitationSent) -> None:
-        async with runtime.unit_of_work() as uow:
-            if await uow.first_time(sent.queue_name, str(msg.message_id)):
-                await handlers.handle_invitation_sent(
-                    msg,
-                    repo=SqlCaseRepository(uow.conn),
-                    clock=clock,
-                    deadlines=SqlDeadlines(uow.conn),
-                    policy=policy,
-                )
-
-    @broker.subscriber(work_queue(withdrawn), contract_exchange(ConsentWithdrawn), title=withdrawn.queue_name)
-    async def on_consent_withdrawn(msg: ConsentWithdrawn) -> None:
-        async with runtime.unit_of_work() as uow:
-            if await uow.first_time(withdrawn.queue_name, str(msg.message_id)):
-                await handlers.handle_consent_withdrawn(
-                    msg, repo=SqlCaseRepository(uow.conn), clock=clock, deadlines=SqlDeadlines(uow.conn)
-                )
-
-    @broker.subscriber(work_queue(breached), contract_exchange(DeadlineBreached), title=breached.queue_name)
-    async def on_deadline_breached(msg: DeadlineBreached) -> None:
-        async with runtime.unit_of_work() as uow:
-            if await uow.first_time(breached.queue_name, str(msg.message_id)):
-                await handlers.handle_deadline_breached(
-                    msg, repo=SqlCaseRepository(uow.conn), clock=clock, outbox=uow,
-                    web_base_url=settings.web_base_url,
-                )  # fmt: skip
 
     return MessageHandlers(stay_event=handle_stay_message, discharge=handle_discharge_message)
