@@ -238,10 +238,20 @@ def replica_suite(amqp_url: str, tmp_path: Path, smtp: MailSink, cluster: Privat
         yield s
 
 
-def _start_notify_replica(suite: Suite, instance: str) -> None:
+def _start_replica(suite: Suite, service: str, instance: str) -> None:
     from tests.support.infra import free_port
 
-    suite.start("notify", instance=instance, env={"NOTIFY_HTTP_PORT": str(free_port())})
+    suite.start(service, instance=instance, env={f"{service.upper()}_HTTP_PORT": str(free_port())})
+
+
+def _start_notify_replica(suite: Suite, instance: str) -> None:
+    _start_replica(suite, "notify", instance)
+
+
+def _second_planning_and_consent(suite: Suite) -> None:
+    """Two replicas of each other service (the acceptance's deployment: 3 notify, 2 of the others)."""
+    _start_replica(suite, "planning", "planning-2")
+    _start_replica(suite, "consent", "consent-2")
 
 
 def _attempts(cluster: PrivateCluster) -> dict[str, int]:
@@ -264,7 +274,9 @@ def _attempts(cluster: PrivateCluster) -> dict[str, int]:
 def test_notify_replicas_scaled_out_mid_stream_send_each_mail_once(replica_suite: Suite):
     """Two notify replicas, a third started mid-stream (a scale-out or a rolling update), every
     message delivered twice: not one mail twice. (Before leases, a starting replica put every
-    notification another replica was sending back to 'pending' and it went out again.)"""
+    notification another replica was sending back to 'pending' and it went out again.) Planning
+    and consent run two replicas each."""
+    _second_planning_and_consent(replica_suite)
     _start_notify_replica(replica_suite, "notify-2")
     figures = asyncio.run(
         run_stream(
@@ -280,7 +292,9 @@ def test_notify_replica_killed_mid_stream(replica_suite: Suite, cluster: Private
     """Three notify replicas, every message delivered twice, one replica kill -9'd mid-stream: every
     invitation arrives, and a mail arrives twice only where the explicit crash rule says it may — a
     notification the killed replica had claimed (its lease ran out and another replica sent it
-    again, with the same Message-ID). No duplicate comes from two live replicas."""
+    again, with the same Message-ID). No duplicate comes from two live replicas. Planning and consent
+    run two replicas each."""
+    _second_planning_and_consent(replica_suite)
     _start_notify_replica(replica_suite, "notify-2")
     _start_notify_replica(replica_suite, "notify-3")
 
