@@ -479,3 +479,29 @@ def test_logout_ends_the_providers_session_without_personal_data_in_the_url(apis
 
 def test_health(client: TestClient) -> None:
     assert client.get("/healthz").json()["status"] == "ok"
+
+
+# every page's rule: open by name, or a signed-in user (of the kind the page is for); anything else is
+# a route added without a rule, and this test fails for it
+OPEN_PAGES = {"/", "/tillganglighet", "/signin", "/signin/{kind}", "/callback", "/healthz", "/readyz",
+              "/dev/signin", "/logout"}  # fmt: skip
+CITIZEN_PAGES = {"/me", "/me/consents/{consent_id}/withdraw"}
+STAFF_PAGES = {"/overview", "/cases/{case_id}"}
+ANY_SIGNED_IN = {"/plans/{plan_id}", "/plans/{plan_id}/calendar.ics"}  # then as the API's rule allows
+
+
+def test_every_page_has_a_rule_and_a_signed_out_reader_gets_nothing(apis: FakeApis) -> None:
+    from starlette.routing import Mount, Route
+
+    app = create_app(WebSettings(dev_signin=True, jwt_hs256_secret=TEST_JWT_SECRET))
+    paths = {r.path for r in app.routes if isinstance(r, Route)}
+    mounts = {r.path for r in app.routes if isinstance(r, Mount)}
+    assert mounts <= {"/static"}, mounts
+    unruled = paths - OPEN_PAGES - CITIZEN_PAGES - STAFF_PAGES - ANY_SIGNED_IN
+    assert not unruled, f"pages without a rule: {sorted(unruled)}"
+    client = make_client(apis)
+    for path in sorted(paths - OPEN_PAGES):
+        url = re.sub(r"\{[^}]+\}", CASE if "plan" in path or "case" in path else CONSENT, path)
+        answer = client.get(url, follow_redirects=False)
+        assert answer.status_code == 303 and answer.headers["location"].startswith("/signin?"), (path, answer)
+    assert apis.calls == []  # nothing was asked of the APIs for a reader who is not signed in
