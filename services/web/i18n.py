@@ -252,6 +252,17 @@ STATES: dict[str, tuple[str, str]] = {
     "draw-up-plan": ("upprätta planen", "draw up the plan"),
     "share-information": ("dela information", "share information"),
     "send-invitation": ("skicka kallelse", "send invitations"),
+    "none": ("ingen grund", "no basis"),
+    "person": ("personen själv", "the person"),
+    "reminder": ("Påminnelse", "Reminder"),
+    "deadline-escalation": ("Påminnelse om försenad tidsfrist", "Overdue deadline escalated"),
+    "consent-withdrawn": ("Samtycket återkallat", "Consent withdrawn"),
+    "case-closed": ("Ärendet avslutat", "Case closed"),
+    "plan-established": ("Planen fastställd", "Plan established"),
+    "follow-up-due": ("Dags för uppföljning", "Follow-up due"),
+    "email": ("e-post", "e-mail"),
+    "sms": ("sms", "text message"),
+    "webhook": ("system", "system"),
 }
 
 
