@@ -412,7 +412,8 @@ def create_app(settings: WebSettings) -> FastAPI:
     @app.get("/me", response_class=HTMLResponse)
     async def me(request: Request) -> Response:
         require(request, "citizen")
-        cases = await api(request, "planning", "/cases")
+        # closed and refused ones too: the person's page is their history
+        cases = await api(request, "planning", "/cases", params={"all": "true"})
         consents = await api(request, "consent", "/consents")
         trail = await api(request, "consent", "/audit")
         trail = sorted(trail, key=lambda e: e.get("recorded_at") or "", reverse=True)
