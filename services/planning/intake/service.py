@@ -155,6 +155,8 @@ class IntakeService:
         """
         loop = asyncio.get_running_loop()
         item = _Pending(message, loop.create_future())
+        # a sender gone before its answer (connection closed) leaves no "exception never retrieved"
+        item.answer.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._pending.append(item)
         if self._committer is None or self._committer.done():
             self._committer = loop.create_task(self._commit_pending(), name="intake-group-commit")
