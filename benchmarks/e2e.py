@@ -335,9 +335,11 @@ def cpu_seconds(pid: int) -> float:
     return proc_usage(pid)[0]
 
 
-def postgres_cpu() -> float:
+def postgres_cpu(databases: tuple[str, ...] = ()) -> float:
     """CPU seconds so far of the local PostgreSQL: every live ``postgres`` process (the backends
-    serving the services' connections among them) plus what the postmaster's ended children used."""
+    serving the services' connections among them) plus what the postmaster's ended children used.
+    With ``databases``: only the backends serving those databases (their process title names the
+    database) — this suite's share of a PostgreSQL that other work uses too."""
     total = 0.0
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
@@ -345,9 +347,19 @@ def postgres_cpu() -> float:
         with contextlib.suppress(OSError, IndexError, ValueError):
             if (d / "comm").read_text().strip() != "postgres":
                 continue
+            if databases:
+                title = (d / "cmdline").read_bytes().decode(errors="replace")
+                if not any(f" {name} " in title for name in databases):
+                    continue
             stat = (d / "stat").read_text().rsplit(")", 1)[1].split()
-            total += sum(int(x) for x in stat[11:15]) / CLK_TCK  # utime, stime, cutime, cstime
+            fields = stat[11:13] if databases else stat[11:15]  # utime, stime (, cutime, cstime)
+            total += sum(int(x) for x in fields) / CLK_TCK
     return total
+
+
+def suite_databases() -> tuple[str, ...]:
+    """The suite's own PostgreSQL databases (tests/support/dbmode made them for this run)."""
+    return tuple(dbmode._databases.values())
 
 
 async def message_counts(suite: Suite) -> dict[str, float]:
@@ -375,6 +387,7 @@ async def usage_snapshot(suite: Suite, broker: int | None) -> dict[str, float]:
         out["RabbitMQ"] = cpu_seconds(broker)
     if dbmode.ON_POSTGRES:
         out["PostgreSQL"] = postgres_cpu()
+        out["PG suite"] = postgres_cpu(suite_databases())
     t = os.times()
     out["load generator"] = t.user + t.system
     out.update(await message_counts(suite))
@@ -382,7 +395,7 @@ async def usage_snapshot(suite: Suite, broker: int | None) -> dict[str, float]:
 
 
 COST_COLUMNS = ("planning", "consent", "notify", "smtp sink", "RabbitMQ", "load generator") + (
-    ("PostgreSQL",) if dbmode.ON_POSTGRES else ()
+    ("PostgreSQL", "PG suite") if dbmode.ON_POSTGRES else ()
 )
 STORE = "PostgreSQL" if dbmode.ON_POSTGRES else "SQLite"
 
@@ -393,7 +406,7 @@ def cost_report(label: str, phase: Phase, delivered: int) -> None:
         return
     d = {k: (phase.usage_after[k] - phase.usage_before.get(k, 0.0)) / delivered for k in phase.usage_after}
     cols = " ".join(f"{d.get(c, float('nan')) * 1000:9.1f}" for c in COST_COLUMNS)
-    total = sum(d.get(c, 0.0) for c in COST_COLUMNS) * 1000
+    total = sum(d.get(c, 0.0) for c in COST_COLUMNS if c != "PG suite") * 1000  # within PostgreSQL
     print(f"{label:>12} {cols} {total:9.1f}   {d['consumed']:6.1f} {d['published']:6.1f}")
 
 
