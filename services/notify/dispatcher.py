@@ -9,8 +9,11 @@ One notification at a time goes through three steps, each its own transaction:
    ``Message-ID: <{notification_id}@sip-suite>`` (the id is derived from the dedupe key, so every
    attempt carries the same Message-ID); webhook as a signed FHIR Communication whose id is the
    notification id; SMS through the HTTP gateway;
-   — but only after checking, inside the case's send gate, that the row is still ``sending``
-   under this claim: a consent withdrawal may have cancelled it since the claim (issue #4);
+   — but only with the row still ``sending`` under this claim, inside the case's send gate: the
+   loop takes the claim itself inside the gate (no withdrawal of this process commits between claim
+   and send, so the conditional claim is the check); a notification claimed outside it
+   (:meth:`Dispatcher.send_claimed`) is read again first — a consent withdrawal may have cancelled
+   it since the claim (issue #4);
 3. **record** — in ONE transaction: ``sending → sent`` (sent_at) and ``InvitationSent`` into the
    outbox; or, on a transient failure, back to ``pending`` with an exponential, capped backoff; on a
    permanent failure or when attempts are exhausted, ``failed`` with a reason free of personal data.
