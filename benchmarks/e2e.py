@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import email
 import email.policy
+import json
 import os
 import shutil
 import subprocess
@@ -47,6 +48,7 @@ from benchmarks.intake_mllp import pct
 from services.planning.intake.mllp import FrameDecoder, frame
 from shared.auth import mint_token
 from shared.contracts import ConsentRequested, DischargeNotified, RecordConsent
+from shared.persistence import SQL_STATS_ENV
 from tests.support import dbmode
 from tests.support.infra import free_port, mail_sink, rabbit_vhost
 from tests.support.personnummer import ADULTS
@@ -68,6 +70,9 @@ class Phase:
     #: CPU seconds per process and message counts, at the phase's start and once it is delivered
     usage_before: dict[str, float] = field(default_factory=dict)
     usage_after: dict[str, float] = field(default_factory=dict)
+    #: with --sql-stats: each service's statement counts (shared.persistence.count_statements)
+    sql_before: dict[str, dict[str, object]] = field(default_factory=dict)
+    sql_after: dict[str, dict[str, object]] = field(default_factory=dict)
 
 
 #: messages the benchmark itself moves through the broker: the consent desk's deliveries and
@@ -205,6 +210,7 @@ async def wait_delivered(suite: Suite, phase: Phase, timeout: float, per_case: i
     while len(list(suite.smtp.directory.glob("*.eml"))) < expected and time.time() < deadline:
         await asyncio.sleep(0.5)
     phase.usage_after = await usage_snapshot(suite, BROKER)
+    phase.sql_after = sql_snapshot()
     async with httpx.AsyncClient(timeout=120) as http:
         cases = [c for c in (await http.get(f"{suite.url('planning')}/cases", params={"all": "true"},
                                             headers=AUTH)).json()
@@ -329,9 +335,11 @@ def cpu_seconds(pid: int) -> float:
     return proc_usage(pid)[0]
 
 
-def postgres_cpu() -> float:
+def postgres_cpu(databases: tuple[str, ...] = ()) -> float:
     """CPU seconds so far of the local PostgreSQL: every live ``postgres`` process (the backends
-    serving the services' connections among them) plus what the postmaster's ended children used."""
+    serving the services' connections among them) plus what the postmaster's ended children used.
+    With ``databases``: only the backends serving those databases (their process title names the
+    database) — this suite's share of a PostgreSQL that other work uses too."""
     total = 0.0
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
@@ -339,9 +347,19 @@ def postgres_cpu() -> float:
         with contextlib.suppress(OSError, IndexError, ValueError):
             if (d / "comm").read_text().strip() != "postgres":
                 continue
+            if databases:
+                title = (d / "cmdline").read_bytes().decode(errors="replace")
+                if not any(f" {name} " in title for name in databases):
+                    continue
             stat = (d / "stat").read_text().rsplit(")", 1)[1].split()
-            total += sum(int(x) for x in stat[11:15]) / CLK_TCK  # utime, stime, cutime, cstime
+            fields = stat[11:13] if databases else stat[11:15]  # utime, stime (, cutime, cstime)
+            total += sum(int(x) for x in fields) / CLK_TCK
     return total
+
+
+def suite_databases() -> tuple[str, ...]:
+    """The suite's own PostgreSQL databases (tests/support/dbmode made them for this run)."""
+    return tuple(dbmode._databases.values())
 
 
 async def message_counts(suite: Suite) -> dict[str, float]:
@@ -369,6 +387,7 @@ async def usage_snapshot(suite: Suite, broker: int | None) -> dict[str, float]:
         out["RabbitMQ"] = cpu_seconds(broker)
     if dbmode.ON_POSTGRES:
         out["PostgreSQL"] = postgres_cpu()
+        out["PG suite"] = postgres_cpu(suite_databases())
     t = os.times()
     out["load generator"] = t.user + t.system
     out.update(await message_counts(suite))
@@ -376,7 +395,7 @@ async def usage_snapshot(suite: Suite, broker: int | None) -> dict[str, float]:
 
 
 COST_COLUMNS = ("planning", "consent", "notify", "smtp sink", "RabbitMQ", "load generator") + (
-    ("PostgreSQL",) if dbmode.ON_POSTGRES else ()
+    ("PostgreSQL", "PG suite") if dbmode.ON_POSTGRES else ()
 )
 STORE = "PostgreSQL" if dbmode.ON_POSTGRES else "SQLite"
 
@@ -387,7 +406,7 @@ def cost_report(label: str, phase: Phase, delivered: int) -> None:
         return
     d = {k: (phase.usage_after[k] - phase.usage_before.get(k, 0.0)) / delivered for k in phase.usage_after}
     cols = " ".join(f"{d.get(c, float('nan')) * 1000:9.1f}" for c in COST_COLUMNS)
-    total = sum(d.get(c, 0.0) for c in COST_COLUMNS) * 1000
+    total = sum(d.get(c, 0.0) for c in COST_COLUMNS if c != "PG suite") * 1000  # within PostgreSQL
     print(f"{label:>12} {cols} {total:9.1f}   {d['consumed']:6.1f} {d['published']:6.1f}")
 
 
@@ -406,6 +425,44 @@ def report(label: str, offered: str, fig: dict[str, object]) -> None:
 
 
 profiles: dict[str, subprocess.Popen[bytes]] = {}
+SQL_STATS: Path | None = None
+SQL_COUNTS = ("statements", "begin", "commit", "rollback", "checkout", "connect")
+
+
+def sql_snapshot() -> dict[str, dict[str, object]]:
+    """Each service's statement counts so far (summed over its engines), when --sql-stats is on."""
+    out: dict[str, dict[str, object]] = {}
+    if SQL_STATS is None:
+        return out
+    time.sleep(0.6)  # the counters are rewritten every 0.5 s
+    for f in SQL_STATS.glob("*.json"):
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads(f.read_text())
+            service = next((s for s in ("planning", "consent", "notify") if s in f.name), f.stem)
+            agg = out.setdefault(service, {k: 0 for k in SQL_COUNTS} | {"by_text": {}})
+            for k in SQL_COUNTS:
+                agg[k] = int(agg[k]) + int(data.get(k, 0))  # type: ignore[call-overload]
+            texts: dict[str, int] = agg["by_text"]  # type: ignore[assignment]
+            for text, n in data["by_text"].items():
+                texts[text] = texts.get(text, 0) + n
+    return out
+
+
+def sql_report(label: str, phase: Phase, delivered: int, top: int = 0) -> None:
+    """Statements (round trips), transactions and pool checkouts per delivered discharge, per service."""
+    if not delivered or not phase.sql_after:
+        return
+    for service, after in sorted(phase.sql_after.items()):
+        before = phase.sql_before.get(service, {})
+        per = {k: (int(after[k]) - int(before.get(k, 0))) / delivered for k in SQL_COUNTS}  # type: ignore[call-overload]
+        print(f"{label:>12} {service:>9} " + " ".join(f"{per[k]:9.1f}" for k in SQL_COUNTS))
+        if top:
+            b_texts: dict[str, int] = before.get("by_text", {})  # type: ignore[assignment]
+            a_texts: dict[str, int] = after["by_text"]  # type: ignore[assignment]
+            diff = sorted(((n - b_texts.get(t, 0), t) for t, n in a_texts.items()), reverse=True)
+            for n, text in diff[:top]:
+                if n > 0:
+                    print(f"{'':>22} {n / delivered:6.2f}  {text[:110]}")
 
 
 Result = tuple[str, str, dict[str, object], Phase]
@@ -428,6 +485,7 @@ async def run(args: argparse.Namespace, suite: Suite) -> list[Result]:
                 f"{label}-{uuid4().hex[:4]}", emails_before=len(list(suite.smtp.directory.glob("*.eml")))
             )
             phase.usage_before = await usage_snapshot(suite, BROKER)
+            phase.sql_before = sql_snapshot()
             return phase
 
         # JSON discharges name the hospital (in the directory): 3 participants; the MLLP sender's
@@ -473,7 +531,13 @@ def main() -> None:
         default=None,
         help="keep the raw py-spy profiles (flamegraph-ready, collapsed stacks) here",
     )
+    ap.add_argument(
+        "--sql-stats",
+        action="store_true",
+        help="count each service's SQL statements, transactions and pool checkouts per discharge",
+    )
     args = ap.parse_args()
+    global SQL_STATS
     with rabbit_vhost() as amqp_url, tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         with mail_sink(tmp) as smtp:
@@ -489,8 +553,11 @@ def main() -> None:
                     "SIP_LOG_LEVEL": "WARNING",
                     "SIP_JWT_HS256_SECRET": SECRET,
                     "SIP_AUTH_REQUIRED": "true",
-                },
+                }
+                | ({SQL_STATS_ENV: str(tmp / "sql-stats")} if args.sql_stats else {}),
             )
+            if args.sql_stats:
+                SQL_STATS = tmp / "sql-stats"
             try:
                 for name in ("consent", "planning", "notify"):
                     suite.start(name)
@@ -525,6 +592,13 @@ def main() -> None:
           f"{'deliv.':>6} {'publ.':>6}")  # fmt: skip
     for label, _, fig, phase in results:
         cost_report(label, phase, int(fig["delivered"]))  # type: ignore[call-overload]
+    if any(phase.sql_after for *_, phase in results):
+        print(
+            "SQL per delivered discharge, by service (round trips: statements; transactions; pool checkouts)"
+        )
+        print(f"{'phase':>12} {'service':>9} " + " ".join(f"{c:>9}" for c in SQL_COUNTS))
+        for label, _, fig, phase in results:
+            sql_report(label, phase, int(fig["delivered"]), top=12 if label == "saturation" else 0)  # type: ignore[call-overload]
     best = max((fig["rate"] for _, _, fig, _ in results), default=0.0)  # type: ignore[type-var]
     print(f"raw aio-pika confirmed publish + consume, {n_raw} messages: {ceiling:8.1f} messages/s, "
           f"broker CPU {raw_broker_cpu * 1e6:.0f} µs per message")  # fmt: skip

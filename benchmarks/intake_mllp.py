@@ -1,16 +1,20 @@
 """Benchmark: HL7 v2 ADT^A03 over MLLP into the planning service, beside raw RabbitMQ in the same run.
 
-    .venv/bin/python -m benchmarks.intake_mllp [--messages 3000] [--connections 4]
+    .venv/bin/python -m benchmarks.intake_mllp [--single 1000] [--messages 3000] [--connections 4]
 
-Starts the planning service as its own process (SQLite, this machine's RabbitMQ, a fresh vhost),
-sends distinct ADT^A03 messages (Skatteverket test personnummer) over ``--connections`` MLLP
-connections — each connection waits for its ACK before the next message, as MLLP senders do — and
-prints sustained messages/s and the time from the last byte sent to the ACK received (p50/p99).
-Every ACK is an AA sent after the message, its ACK and its outgoing event were committed.
+Starts the planning service as its own process (SQLite; with ``SIP_TEST_DATABASE=postgres`` a fresh
+database of this machine's PostgreSQL; this machine's RabbitMQ, a fresh vhost) and sends distinct
+ADT^A03 messages (Skatteverket test personnummer) over MLLP, each connection waiting for its ACK
+before the next message, as MLLP senders do — first ``--single`` messages over ONE connection (how a
+hospital's sender works: its latency is the whole story), then ``--messages`` over ``--connections``
+connections. For each phase it prints sustained messages/s and the time from the last byte sent to
+the ACK received (p50/p99). Every ACK is an AA sent after the message, its ACK and its outgoing event
+were committed (durably: PostgreSQL's commit, SQLite's WAL).
 
 In the same run it measures the ceiling: raw aio-pika publishes of the same number of persistent
-messages of the same size, with publisher confirms, from the same number of concurrent publishers,
-each waiting for its confirm (as the intake waits for its commit). It prints both and the ratio.
+messages of the same size, with publisher confirms, from one and from ``--connections`` concurrent
+publishers, each waiting for its confirm (as the intake waits for its commit). It prints both and the
+ratio.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from services.planning.intake.mllp import FrameDecoder, frame
 from shared.messaging import declare_topology_at
+from tests.support import dbmode
 from tests.support.infra import Proc, free_port, python_module, rabbit_vhost
 from tests.support.personnummer import ADULTS
 
@@ -56,9 +61,11 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
-async def mllp_run(port: int, total: int, connections: int) -> tuple[float, list[float], dict[str, int]]:
+async def mllp_run(
+    port: int, total: int, connections: int, offset: int = 0
+) -> tuple[float, list[float], dict[str, int]]:
     queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(total):
+    for i in range(offset, offset + total):
         queue.put_nowait(i)
     latencies: list[float] = []
     codes: dict[str, int] = {}
@@ -133,10 +140,13 @@ async def wait_drained(amqp_url: str, queue: str, timeout: float = 300) -> float
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--single", type=int, default=1000, help="messages over one connection first (0: none)")
     ap.add_argument("--messages", type=int, default=3000)
     ap.add_argument("--connections", type=int, default=4)
     args = ap.parse_args()
+    store = "PostgreSQL" if dbmode.ON_POSTGRES else "SQLite"
 
+    phases: list[tuple[int, float, list[float], dict[str, int]]] = []
     with rabbit_vhost() as amqp_url, tempfile.TemporaryDirectory() as tmp:
         # only planning runs, and it declares only its own queues: the others first, as in production
         asyncio.run(declare_topology_at(amqp_url))
@@ -151,29 +161,45 @@ def main() -> None:
             PLANNING_MLLP_PORT=str(mllp_port),
             SIP_JWT_HS256_SECRET="benchmark-only-secret-of-at-least-32-bytes",
         )
+        env.update(dbmode.service_env(tmp))
         proc = Proc("planning", python_module("services.planning"), env, Path(tmp) / "planning.log",
                     health_url=f"http://127.0.0.1:{http_port}/healthz").start()  # fmt: skip
         try:
             asyncio.run(mllp_run(mllp_port, min(100, args.messages), args.connections))  # warm-up
-            elapsed, lat, codes = asyncio.run(mllp_run(mllp_port, args.messages, args.connections))
+            offset = 100
+            for n, connections in ((args.single, 1), (args.messages, args.connections)):
+                if n:
+                    elapsed, lat, codes = asyncio.run(mllp_run(mllp_port, n, connections, offset))
+                    offset += n
+                    phases.append((connections, elapsed, lat, codes))
             drain = asyncio.run(wait_drained(amqp_url, "planning.hospital.stay-event.v1"))
         finally:
             proc.stop()
+            dbmode.drop_databases()
         size = len(a03(0))
-        raw_elapsed, raw_lat = asyncio.run(raw_run(amqp_url, args.messages, args.connections, size))
+        raws = [
+            (c, *asyncio.run(raw_run(amqp_url, n, c, size)))
+            for n, c in ((args.single, 1), (args.messages, args.connections))
+            if n
+        ]
 
-    rate, raw_rate = len(lat) / elapsed, len(raw_lat) / raw_elapsed
-    print(f"HL7 v2 ADT^A03 over MLLP → planning (SQLite, RabbitMQ outbox), {args.connections} connections")
-    print(f"  messages            {len(lat)}  ACK codes {codes}")
-    print(f"  sustained           {rate:8.1f} messages/s")
-    print(f"  time to ACK         p50 {pct(lat, 50) * 1000:6.2f} ms   p99 {pct(lat, 99) * 1000:6.2f} ms")
-    print(f"  stay events consumed by planning {drain:.1f} s after the last ACK")
-    print(f"raw aio-pika persistent publish + confirm, {args.connections} publishers, {size}-byte body")
-    print(f"  sustained           {raw_rate:8.1f} messages/s")
     print(
-        f"  time to confirm     p50 {pct(raw_lat, 50) * 1000:6.2f} ms   p99 {pct(raw_lat, 99) * 1000:6.2f} ms"
+        f"HL7 v2 ADT^A03 over MLLP → planning ({store}, RabbitMQ outbox); each connection waits for its ACK"
     )
-    print(f"intake / raw publish  {rate / raw_rate:8.2f}   (mean ACK {statistics.mean(lat) * 1000:.2f} ms)")
+    for (connections, elapsed, lat, codes), (_, raw_elapsed, raw_lat) in zip(phases, raws, strict=True):
+        rate, raw_rate = len(lat) / elapsed, len(raw_lat) / raw_elapsed
+        print(f"{connections} connection{'s' if connections > 1 else ''}:")
+        print(f"  messages            {len(lat)}  ACK codes {codes}")
+        print(f"  sustained           {rate:8.1f} messages/s")
+        print(f"  time to ACK         p50 {pct(lat, 50) * 1000:6.2f} ms   p99 {pct(lat, 99) * 1000:6.2f} ms"
+              f"   (mean {statistics.mean(lat) * 1000:.2f} ms)")  # fmt: skip
+        print(f"  raw aio-pika persistent publish + confirm, {connections} publisher(s), {size}-byte body:")
+        print(f"  sustained           {raw_rate:8.1f} messages/s")
+        print(
+            f"  time to confirm     p50 {pct(raw_lat, 50) * 1000:6.2f} ms   p99 {pct(raw_lat, 99) * 1000:6.2f} ms"
+        )
+        print(f"  intake / raw publish  {rate / raw_rate:6.2f}")
+    print(f"stay events consumed by planning {drain:.1f} s after the last ACK")
 
 
 if __name__ == "__main__":

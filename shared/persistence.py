@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
+import re
+import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -135,8 +139,77 @@ def make_engine(url: str, *, sqlite_driver: str = "inline") -> AsyncEngine:
                 return
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
+        count_statements(engine, url)
         return engine
-    return create_async_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    # PostgreSQL. No ``pool_pre_ping``: it costs a round trip (and a wake-up of the server's backend)
+    # on every checkout — a fifth of all round trips of a consumed message. A connection that died
+    # (the server restarted) fails its first statement instead, flagged as a disconnect: SQLAlchemy
+    # drops every pooled connection of before the failure, the dependency monitor reports the
+    # database unavailable and the message is held and redelivered, as in any outage.
+    # The pool keeps as many connections as the service's concurrent work uses (a consumer per
+    # queue, the outbox relay, the dispatcher or scheduler, the API, MLLP connections): a checkout
+    # beyond it opens a connection — a new server process — and closes it again on return.
+    engine = create_async_engine(url, pool_size=PG_POOL_SIZE, max_overflow=PG_MAX_OVERFLOW)
+    count_statements(engine, url)
+    return engine
+
+
+PG_POOL_SIZE = 10
+PG_MAX_OVERFLOW = 10
+
+
+#: benchmark/debug mode: a directory where each engine writes its statement counts (see below)
+SQL_STATS_ENV = "SIP_SQL_STATS_DIR"
+
+
+def count_statements(engine: AsyncEngine, url: str) -> None:
+    """With ``SIP_SQL_STATS_DIR`` set (benchmarks, debugging — never in production), count what this
+    engine sends: statements (one per round trip: an ``executemany`` is one), transactions begun,
+    commits, rollbacks, pool checkouts and new connections, and each
+    statement's count by its text. A thread rewrites ``<dir>/<database>-<pid>.json`` every 0.5 s, so
+    a benchmark reads the counts at a phase's start and end like CPU time."""
+    directory = os.environ.get(SQL_STATS_ENV)
+    if not directory:
+        return
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", url.rsplit("/", 1)[-1].split("?", 1)[0])
+    path = Path(directory) / f"{name}-{os.getpid()}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stats: dict[str, Any] = {"database": name, "statements": 0, "begin": 0, "commit": 0, "rollback": 0,
+                             "checkout": 0, "connect": 0, "by_text": {}}  # fmt: skip
+    by_text: dict[str, int] = stats["by_text"]
+
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def _statement(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        stats["statements"] += 1
+        key = " ".join(statement.split())[:120]
+        by_text[key] = by_text.get(key, 0) + 1
+
+    for name_ in ("begin", "commit", "rollback"):
+
+        def _count(*_args: Any, _name: str = name_) -> None:
+            stats[_name] += 1
+
+        event.listen(engine.sync_engine, name_, _count)
+
+    @event.listens_for(engine.sync_engine.pool, "checkout")
+    def _checkout(*_args: Any) -> None:
+        stats["checkout"] += 1
+
+    @event.listens_for(engine.sync_engine.pool, "connect")
+    def _connect(*_args: Any) -> None:
+        stats["connect"] += 1
+
+    def _writer() -> None:
+        import time
+
+        while True:
+            time.sleep(0.5)
+            with contextlib.suppress(Exception):
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps({**stats, "by_text": dict(by_text)}))
+                tmp.replace(path)
+
+    threading.Thread(target=_writer, name="sql-stats", daemon=True).start()
 
 
 def outbox_table(metadata: sa.MetaData) -> sa.Table:

@@ -9,8 +9,11 @@ One notification at a time goes through three steps, each its own transaction:
    ``Message-ID: <{notification_id}@sip-suite>`` (the id is derived from the dedupe key, so every
    attempt carries the same Message-ID); webhook as a signed FHIR Communication whose id is the
    notification id; SMS through the HTTP gateway;
-   — but only after checking, inside the case's send gate, that the row is still ``sending``
-   under this claim: a consent withdrawal may have cancelled it since the claim (issue #4);
+   — but only with the row still ``sending`` under this claim, inside the case's send gate: the
+   loop takes the claim itself inside the gate (no withdrawal of this process commits between claim
+   and send, so the conditional claim is the check); a notification claimed outside it
+   (:meth:`Dispatcher.send_claimed`) is read again first — a consent withdrawal may have cancelled
+   it since the claim (issue #4);
 3. **record** — in ONE transaction: ``sending → sent`` (sent_at) and ``InvitationSent`` into the
    outbox; or, on a transient failure, back to ``pending`` with an exponential, capped backoff; on a
    permanent failure or when attempts are exhausted, ``failed`` with a reason free of personal data.
@@ -184,11 +187,11 @@ class Dispatcher:
         # several mails in flight at once (bounded); the claim keeps any one from going out twice
         limit = asyncio.Semaphore(self.settings.send_concurrency)
 
-        async def one(notification_id: UUID) -> None:
+        async def one(n: Notification) -> None:
             async with limit:
-                await self.deliver(notification_id)
+                await self._deliver_due(n)
 
-        await asyncio.gather(*(one(n.id) for n in due))
+        await asyncio.gather(*(one(n) for n in due))
         return len(due) + len(late)
 
     # ---- one notification -------------------------------------------------------------------
@@ -201,6 +204,20 @@ class Dispatcher:
         if n is None:
             return None
         return await self.send_claimed(n)
+
+    async def _deliver_due(self, due: Notification) -> str | None:
+        """:meth:`deliver` with the claim taken inside the case's send gate. A withdrawal takes the
+        gate exclusively around its transaction, so none commits between this claim — conditional
+        on the row being pending (or its lease run out), never cancelled — and the send: the claim
+        is the check right before the send, and the separate read of the status is not needed."""
+        async with self.gate.sending(due.case_id):
+            async with self.runtime.unit_of_work() as uow:
+                n = await SqlNotificationRepository(uow.conn).claim(
+                    due.id, self.clock.now(), self.lease, by=self.owner
+                )
+            if n is None:
+                return None
+            return await self._send_checked(n)
 
     async def send_claimed(self, n: Notification) -> str:
         """Send a claimed notification and record the outcome — unless it was stopped meanwhile.
@@ -223,32 +240,37 @@ class Dispatcher:
                     },
                 )
                 return current[0] if current else "gone"
-            deadline = asyncio.get_running_loop().time() + self.lease.total_seconds() * 0.8
-            failure: SendError | None
-            try:
-                await self._send(n)
-            except SendError as exc:
-                failure = exc
-            except Exception as exc:  # an unexpected bug in a sender must not lose the mail
-                log.exception(
-                    "unexpected error from a channel",
-                    extra={"notification_id": str(n.id), "channel": n.channel},
-                )
-                failure = TransientSendError(f"unexpected error ({type(exc).__name__})")
-            else:
-                failure = None
-            if failure is not None:
-                status = await self._recording(deadline, lambda: self._record_failure(n, failure))
-                outcome = (
-                    "unavailable" if isinstance(failure, ChannelUnavailable)
-                    else "failed" if status == "failed" else "retry"
-                )  # fmt: skip
-                self.attempts.labels(channel=n.channel, outcome=outcome).inc()
-                return status
-            self.attempts.labels(channel=n.channel, outcome="sent").inc()
-            if n.channel == "email":
-                self.runtime.dependencies.up(SMTP)
-            return await self._recording(deadline, lambda: self._record_sent(n))
+            return await self._send_checked(n)
+
+    async def _send_checked(self, n: Notification) -> str:
+        """Send a claimed notification found still ``sending`` under this claim (inside the case's
+        send gate), and record the outcome."""
+        deadline = asyncio.get_running_loop().time() + self.lease.total_seconds() * 0.8
+        failure: SendError | None
+        try:
+            await self._send(n)
+        except SendError as exc:
+            failure = exc
+        except Exception as exc:  # an unexpected bug in a sender must not lose the mail
+            log.exception(
+                "unexpected error from a channel",
+                extra={"notification_id": str(n.id), "channel": n.channel},
+            )
+            failure = TransientSendError(f"unexpected error ({type(exc).__name__})")
+        else:
+            failure = None
+        if failure is not None:
+            status = await self._recording(deadline, lambda: self._record_failure(n, failure))
+            outcome = (
+                "unavailable" if isinstance(failure, ChannelUnavailable)
+                else "failed" if status == "failed" else "retry"
+            )  # fmt: skip
+            self.attempts.labels(channel=n.channel, outcome=outcome).inc()
+            return status
+        self.attempts.labels(channel=n.channel, outcome="sent").inc()
+        if n.channel == "email":
+            self.runtime.dependencies.up(SMTP)
+        return await self._recording(deadline, lambda: self._record_sent(n))
 
     async def _recording(self, deadline: float, record: Callable[[], Awaitable[T]]) -> T:
         """Record an outcome; while the database is unavailable, try again (with the dependency

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.notify.domain import CANCEL_REASONS, NOTICE_KINDS, UNSENT, Notification, Withdrawal
 from shared.contracts import MeetingNeeds
-from shared.persistence import UTCDateTime
+from shared.persistence import UTCDateTime, insert_once
 
 metadata = sa.MetaData()
 
@@ -304,36 +304,44 @@ class SqlNotificationRepository:
         self.conn = conn
 
     async def add(self, n: Notification) -> bool:
-        try:
-            async with self.conn.begin_nested():
-                await self.conn.execute(_INSERT_NOTIFICATION, _row(n))
-                await self.conn.execute(_INSERT_DETAILS, _details(n))
-                if n.consent_id is not None:
-                    await self.conn.execute(
-                        _INSERT_CONSENT, {"id": str(n.id), "consent_id": str(n.consent_id)}
-                    )
-                if n.meeting_start is not None:
-                    await self.conn.execute(
-                        _INSERT_REMINDER, {"id": str(n.id), "meeting_start": n.meeting_start}
-                    )
-                if n.meeting_needs is not None:
-                    await self.conn.execute(
-                        _INSERT_NEEDS, {"id": str(n.id), "needs": n.meeting_needs.model_dump_json()}
-                    )
-                if n.status == "cancelled":
-                    await self.conn.execute(
-                        _x.insert().values(
-                            id=str(n.id),
-                            reason_code=_code_of(n.status_reason),
-                            reason=n.status_reason or CANCEL_REASONS["consent-withdrawn"],
-                            cancelled_at=n.cancelled_at or n.created_at,
-                            from_status="pending",
-                            consent_id=str(n.consent_id) if n.consent_id else None,
-                        )
-                    )
-        except IntegrityError:
-            return False
-        return True
+        """Store a new notification; False if its dedupe key (or id) is there already.
+
+        One ``INSERT … ON CONFLICT DO NOTHING`` decides (no savepoint round trips); the detail
+        rows follow only when it inserted — their key is the new row's id."""
+        inserted = await insert_once(self.conn, _t, _row(n))
+        if inserted is None:  # a database without ON CONFLICT: a savepoint keeps a conflict local
+            try:
+                async with self.conn.begin_nested():
+                    await self.conn.execute(_INSERT_NOTIFICATION, _row(n))
+                    await self._add_details(n)
+            except IntegrityError:
+                return False
+            return True
+        if inserted:
+            await self._add_details(n)
+        return inserted
+
+    async def _add_details(self, n: Notification) -> None:
+        await self.conn.execute(_INSERT_DETAILS, _details(n))
+        if n.consent_id is not None:
+            await self.conn.execute(_INSERT_CONSENT, {"id": str(n.id), "consent_id": str(n.consent_id)})
+        if n.meeting_start is not None:
+            await self.conn.execute(_INSERT_REMINDER, {"id": str(n.id), "meeting_start": n.meeting_start})
+        if n.meeting_needs is not None:
+            await self.conn.execute(
+                _INSERT_NEEDS, {"id": str(n.id), "needs": n.meeting_needs.model_dump_json()}
+            )
+        if n.status == "cancelled":
+            await self.conn.execute(
+                _x.insert().values(
+                    id=str(n.id),
+                    reason_code=_code_of(n.status_reason),
+                    reason=n.status_reason or CANCEL_REASONS["consent-withdrawn"],
+                    cancelled_at=n.cancelled_at or n.created_at,
+                    from_status="pending",
+                    consent_id=str(n.consent_id) if n.consent_id else None,
+                )
+            )
 
     async def get(self, notification_id: UUID) -> Notification | None:
         r = (await self.conn.execute(_GET, {"k_id": str(notification_id)})).first()

@@ -10,10 +10,12 @@ closes the connection without an ACK and the HTTP layer should answer 503, so th
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from typing import Any
 from uuid import uuid4
@@ -24,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shared.clock import STOCKHOLM
 from shared.hospital import HospitalEvent
-from shared.persistence import utcnow
+from shared.persistence import insert_once, utcnow
 
 from .fhir_messaging import DEFAULT_FHIR_BASE, parse_message_bundle
 from .hl7v2 import parse_adt
@@ -34,6 +36,14 @@ log = logging.getLogger("sip.intake")
 OnEvent = Callable[..., Awaitable[None]]
 """``async (conn, event)`` — or ``async (conn, event, correlation_id)`` with ``pass_correlation``."""
 ACCEPTED = ("AA", "ok")
+#: at most this many waiting messages share one commit
+GROUP_MAX = 64
+
+
+@dataclass
+class _Pending:
+    message: dict[str, Any]
+    answer: asyncio.Future[tuple[bytes, int | None]]
 
 
 class IntakeService:
@@ -73,6 +83,9 @@ class IntakeService:
         self._fhir_base = fhir_base
         self._pass_correlation = pass_correlation
         self._observe = observe or (lambda source, hospital_id, outcome: None)
+        #: group commit: the messages waiting for the next commit, and the task committing them
+        self._pending: list[_Pending] = []
+        self._committer: asyncio.Task[None] | None = None
 
     async def handle_hl7(self, raw: bytes) -> bytes:
         """One HL7 v2 message (MLLP framing removed) → the ACK bytes to send back."""
@@ -129,8 +142,77 @@ class IntakeService:
 
     # ------------------------------------------------------------------ storage
 
-    async def _record(
+    async def _record(self, **message: Any) -> tuple[bytes, int | None]:
+        """Store one message (group commit): the answer once it is committed.
+
+        Messages that arrive while a commit is under way — several MLLP connections, FHIR requests —
+        wait together and are stored by the next commit, in ONE transaction (each message with its
+        own rows and outbox events, in arrival order): one BEGIN/COMMIT, and on PostgreSQL one WAL
+        flush, for all of them. Each answer goes back only after that commit. A message alone waits
+        for nobody. If the shared transaction fails (a message's ``on_event`` raised, the database
+        went away, a concurrent copy committed first), each of its messages is stored again in a
+        transaction of its own, so one message's failure is its own.
+        """
+        loop = asyncio.get_running_loop()
+        item = _Pending(message, loop.create_future())
+        # a sender gone before its answer (connection closed) leaves no "exception never retrieved"
+        item.answer.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._pending.append(item)
+        if self._committer is None or self._committer.done():
+            self._committer = loop.create_task(self._commit_pending(), name="intake-group-commit")
+        return await asyncio.shield(item.answer)
+
+    async def _commit_pending(self) -> None:
+        batch: list[_Pending] = []
+        try:
+            while self._pending:
+                batch = self._pending[:GROUP_MAX]
+                del self._pending[:GROUP_MAX]
+                await self._commit_group(batch)
+                batch = []
+        except BaseException as exc:  # cancelled (shutdown): nobody waits for an answer that never comes
+            for item in batch + self._pending:
+                if not item.answer.done():
+                    item.answer.set_exception(exc if isinstance(exc, Exception) else RuntimeError("stopped"))
+            self._pending.clear()
+            raise
+
+    async def _commit_group(self, batch: list[_Pending]) -> None:
+        if len(batch) > 1:
+            try:
+                async with self._engine.begin() as conn:
+                    stored = [await self._store(conn, **item.message) for item in batch]
+            except Exception:
+                log.debug("group commit failed; storing its messages one by one", exc_info=True)
+            else:
+                for item, (answer, observed) in zip(batch, stored, strict=True):
+                    self._observe(*observed)
+                    item.answer.set_result(answer)
+                return
+        for item in batch:
+            try:
+                answer = await self._record_alone(item.message)
+            except Exception as exc:
+                item.answer.set_exception(exc)
+            else:
+                item.answer.set_result(answer)
+
+    async def _record_alone(self, message: dict[str, Any]) -> tuple[bytes, int | None]:
+        for attempt in (1, 2):
+            try:
+                async with self._engine.begin() as conn:
+                    answer, observed = await self._store(conn, **message)
+                self._observe(*observed)
+                return answer
+            except IntegrityError:
+                if attempt == 2 or message.get("control_id") is None:
+                    raise
+                # a concurrent copy of the same message committed first: answer with its acknowledgement
+        raise AssertionError("unreachable")
+
+    async def _store(
         self,
+        conn: AsyncConnection,
         *,
         source: str,
         sender: str,
@@ -142,72 +224,78 @@ class IntakeService:
         response: bytes,
         error: str | None,
         events: tuple[HospitalEvent, ...],
-    ) -> tuple[bytes, int | None]:
+    ) -> tuple[tuple[bytes, int | None], tuple[str, str | None, str]]:
+        """Store one message in ``conn``'s transaction: its answer, and what to observe after commit.
+
+        The row goes in with ``INSERT … ON CONFLICT DO NOTHING`` on (source, sender, control id): a
+        resend (or a concurrent copy, which PostgreSQL makes wait for the first's commit) inserts
+        nothing and is answered from the stored row — one statement for a new message, where a
+        look-up first cost two."""
         t = self._table
         sender = sender[:512]
         control_id = control_id[:200] if control_id else None
         digest = hashlib.sha256(raw).hexdigest()
-        for attempt in (1, 2):
-            try:
-                async with self._engine.begin() as conn:
-                    if control_id is not None:
-                        row = (
-                            await conn.execute(
-                                sa.select(t.c.response_body, t.c.http_status, t.c.content_sha256).where(
-                                    t.c.source == source, t.c.sender == sender, t.c.control_id == control_id
-                                )
-                            )
-                        ).first()
-                        if row is not None:
-                            if row.content_sha256 != digest:
-                                log.warning(
-                                    "duplicate control id with different content; answered with "
-                                    "the stored acknowledgement",
-                                    extra={"source": source, "control_id": control_id},
-                                )
-                            self._observe(source, events[0].hospital_id if events else None, "duplicate")
-                            return bytes(row.response_body), row.http_status
-                    accepted = outcome in ACCEPTED
-                    if accepted:
-                        events = tuple([await self._link(conn, source, ev) for ev in events])
-                    first = events[0] if events else None
-                    correlation_id = str(uuid4())
-                    await conn.execute(
-                        t.insert().values(
-                            source=source,
-                            sender=sender,
-                            control_id=control_id,
-                            message_type=(message_type or "")[:64] or None,
-                            received_at=self._clock(),
-                            content_sha256=digest,
-                            raw=raw,
-                            outcome=outcome,
-                            http_status=http_status,
-                            response_body=response,
-                            error=error,
-                            events=json.dumps([e.model_dump(mode="json") for e in events]),
-                            hospital_id=(first.hospital_id or "")[:200] if first else None,
-                            stay_id=first.stay_id[:200] if first else None,
-                            primary_kind=first.kind if first else None,
-                            status="accepted" if accepted else "refused",
-                            status_reason=None if accepted else error,
-                            correlation_id=correlation_id,
-                            patient_identifier=first.patient.value if first else None,
-                        )
-                    )
-                    if accepted and self._on_event is not None:
-                        for ev in events:
-                            if self._pass_correlation:
-                                await self._on_event(conn, ev, correlation_id)
-                            else:
-                                await self._on_event(conn, ev)
-                self._observe(source, first.hospital_id if first else None, outcome)
-                return response, http_status
-            except IntegrityError:
-                if attempt == 2 or control_id is None:
-                    raise
-                # a concurrent copy of the same message committed first: answer with its acknowledgement
-        raise AssertionError("unreachable")
+        accepted = outcome in ACCEPTED
+        if accepted:
+            events = tuple([await self._link(conn, source, ev) for ev in events])
+        first = events[0] if events else None
+        correlation_id = str(uuid4())
+        row = {
+            "source": source,
+            "sender": sender,
+            "control_id": control_id,
+            "message_type": (message_type or "")[:64] or None,
+            "received_at": self._clock(),
+            "content_sha256": digest,
+            "raw": raw,
+            "outcome": outcome,
+            "http_status": http_status,
+            "response_body": response,
+            "error": error,
+            "events": json.dumps([e.model_dump(mode="json") for e in events]),
+            "hospital_id": (first.hospital_id or "")[:200] if first else None,
+            "stay_id": first.stay_id[:200] if first else None,
+            "primary_kind": first.kind if first else None,
+            "status": "accepted" if accepted else "refused",
+            "status_reason": None if accepted else error,
+            "correlation_id": correlation_id,
+            "patient_identifier": first.patient.value if first else None,
+            "effect": None,
+            "replay_of": None,
+        }
+        inserted = await insert_once(conn, t, row)
+        if inserted is None:  # no ON CONFLICT: look first (a race ends in IntegrityError and a retry)
+            inserted = control_id is None or await self._stored(conn, source, sender, control_id) is None
+            if inserted:
+                await conn.execute(t.insert(), row)
+        if not inserted:
+            assert control_id is not None  # NULL control ids never conflict
+            stored = await self._stored(conn, source, sender, control_id)
+            assert stored is not None
+            if stored.content_sha256 != digest:
+                log.warning(
+                    "duplicate control id with different content; answered with the stored acknowledgement",
+                    extra={"source": source, "control_id": control_id},
+                )
+            hospital = events[0].hospital_id if events else None
+            return (bytes(stored.response_body), stored.http_status), (source, hospital, "duplicate")
+        if accepted and self._on_event is not None:
+            for ev in events:
+                if self._pass_correlation:
+                    await self._on_event(conn, ev, correlation_id)
+                else:
+                    await self._on_event(conn, ev)
+        return (response, http_status), (source, first.hospital_id if first else None, outcome)
+
+    async def _stored(self, conn: AsyncConnection, source: str, sender: str, control_id: str) -> Any:
+        t = self._table
+        return (
+            await conn.execute(
+                sa.select(t.c.response_body, t.c.http_status, t.c.content_sha256).where(
+                    t.c.source == source, t.c.sender == sender, t.c.control_id == control_id
+                )
+            )
+        ).first()
 
     async def _link(self, conn: AsyncConnection, source: str, ev: HospitalEvent) -> HospitalEvent:
         """Point a cancellation/correction at the stored message it refers to (A13 → the A03)."""
