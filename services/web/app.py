@@ -388,8 +388,11 @@ def create_app(settings: WebSettings) -> FastAPI:
             resource = await api(request, "planning", f"/fhir/CarePlan/{plan_id}")
         except PageError as exc:
             # the API answers a reader without a relation 404 (the plan's existence is not disclosed)
-            # and one whose consent does not cover them 403: both get the page "no access"
-            raise PageError(exc.status, "plan" if exc.status in (403, 404) else exc.reason) from None
+            # and one whose consent does not cover them 403: both get the page "no access" with 403,
+            # so neither the page nor its status tells a stranger whether the plan exists
+            if exc.status in (403, 404):
+                raise PageError(403, "plan") from None
+            raise
         lang = lang_of(request)
         plan = care_plan(resource, self_text="Personen själv" if lang == "sv" else "The person")
         return render(request, "plan.html", plan=plan)
