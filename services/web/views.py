@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
-STOCKHOLM = ZoneInfo("Europe/Stockholm")
-PERSON_SYSTEM = "http://electronichealth.se/identifier/personnummer"
+from shared.clock import STOCKHOLM
+from shared.identifiers import PERSONNUMMER_SYSTEM, SAMORDNINGSNUMMER_SYSTEM
+
+# the person's own identifiers: a page names the person, never shows their number
+PERSON_SYSTEMS = frozenset({PERSONNUMMER_SYSTEM, SAMORDNINGSNUMMER_SYSTEM})
 
 
 @dataclass
@@ -74,7 +76,7 @@ def _who(ref: dict[str, Any] | None, self_text: str) -> str:
     if not ref:
         return ""
     ident = ref.get("identifier") or {}
-    if ident.get("system") == PERSON_SYSTEM:  # the person: never their number
+    if ident.get("system") in PERSON_SYSTEMS:  # the person: never their number
         display = ref.get("display")
         return str(display) if display else self_text
     display, value = ref.get("display"), ident.get("value")
@@ -111,7 +113,7 @@ def care_plan(resource: dict[str, Any], *, self_text: str = "Personen själv") -
             for p in c.get("participant", []):
                 role = ", ".join(r.get("text", "") for r in p.get("role", []))
                 member = p.get("member") or {}
-                if (member.get("identifier") or {}).get("system") == PERSON_SYSTEM:
+                if (member.get("identifier") or {}).get("system") in PERSON_SYSTEMS:
                     continue  # the person is shown as themself, not by number
                 view.participants.append((_who(member, self_text), role))
         elif kind == "Appointment":

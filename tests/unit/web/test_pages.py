@@ -505,3 +505,24 @@ def test_every_page_has_a_rule_and_a_signed_out_reader_gets_nothing(apis: FakeAp
         answer = client.get(url, follow_redirects=False)
         assert answer.status_code == 303 and answer.headers["location"].startswith("/signin?"), (path, answer)
     assert apis.calls == []  # nothing was asked of the APIs for a reader who is not signed in
+
+
+@pytest.mark.parametrize(
+    "system",
+    [
+        "http://electronichealth.se/identifier/personnummer",
+        "http://electronichealth.se/identifier/samordningsnummer",
+    ],
+)
+def test_the_plan_names_the_person_and_never_shows_their_number(system: str) -> None:
+    from services.web.views import care_plan
+
+    number = PERSON  # a test number: what matters is the system the plan names it with
+    me = {"identifier": {"system": system, "value": number}}
+    plan = care_plan(
+        {**CARE_PLAN, "author": me,
+         "contained": [{"resourceType": "CareTeam", "id": "careteam", "participant": [{"member": me}]}]},
+        self_text="Personen själv",
+    )  # fmt: skip
+    assert plan.overall_responsible == "Personen själv"
+    assert all(number not in who for who, _role in plan.participants)
