@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import email
+import itertools
 import email.policy
 import os
 import signal
@@ -30,10 +31,35 @@ RABBIT_HOST = os.environ.get("SIP_TEST_RABBIT_HOST", "127.0.0.1")
 PG_DSN = os.environ.get("SIP_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
 
+# Ports for the tests' own listeners. The kernel's choice (bind to port 0) comes from the ephemeral
+# range that every outgoing connection also draws from, and the two xdist workers draw at the same
+# time: a port chosen here and bound a few seconds later (a fresh clone's `make run` installs first)
+# could be taken meanwhile by the other worker (CI failed on it once). Each worker therefore has its
+# own block below the ephemeral range (32768-60999), walked from a per-process offset, and a port is
+# handed out only if it can be bound now.
+_PORT_BASE, _PORT_BLOCK, _PORT_BLOCKS = 20000, 1500, 8
+
+
+def _port_block() -> int:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, … (none: the main process)
+    index = int(worker[2:]) + 1 if worker.startswith("gw") and worker[2:].isdigit() else 0
+    return _PORT_BASE + (index % _PORT_BLOCKS) * _PORT_BLOCK
+
+
+_port_walk = itertools.count(os.getpid() % _PORT_BLOCK)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    base = _port_block()
+    for _ in range(_PORT_BLOCK):
+        port = base + next(_port_walk) % _PORT_BLOCK
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use (or lingering): the next one
+            return port
+    raise RuntimeError(f"no free port in {base}-{base + _PORT_BLOCK - 1}")
 
 
 def _rabbitmqctl(*args: str) -> None:
