@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import atexit
 import email
-import itertools
 import email.policy
+import itertools
 import os
 import signal
 import socket
