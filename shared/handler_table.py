@@ -29,7 +29,7 @@ from shared.runtime import ServiceRuntime
 from shared.topology import contract_exchange, subscription, work_queue
 from shared.unit_of_work import Handler, HandlerTable, UnitOfWork
 
-__all__ = ["Handler", "HandlerTable", "handle", "register_handlers", "subscriber_description"]
+__all__ = ["Handler", "HandlerTable", "handle", "handle_once", "register_handlers", "subscriber_description"]
 
 U = TypeVar("U", bound=UnitOfWork)
 
@@ -49,8 +49,17 @@ async def handle(
     An exception from the handler rolls the unit of work back (the inbox claim too) and propagates:
     the subscriber's retry and dead-letter rules take it from there."""
     contract = type(message)
-    handler = table[contract]
-    consumer = subscription(service, contract).queue_name
+    return await handle_once(
+        subscription(service, contract).queue_name, table[contract], uow_factory, message
+    )
+
+
+async def handle_once(
+    consumer: str, handler: Handler[U], uow_factory: Callable[[], U], message: Contract
+) -> bool:
+    """``handler`` on ``message`` in one unit of work with the inbox claim by ``consumer`` (a queue's
+    name); False: seen before, nothing done. (:func:`handle`; also for a retired queue's leftovers,
+    :mod:`shared.retired_queues`, under the old queue's name.)"""
     async with uow_factory() as uow:
         if not await uow.first_time(consumer, str(message.message_id)):
             return False

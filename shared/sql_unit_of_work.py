@@ -49,6 +49,16 @@ class SqlUnitOfWork:
     def open(self, conn: AsyncConnection) -> None:
         """Build the repositories on the transaction's connection (a service's subclass)."""
 
+    def join(self, conn: AsyncConnection) -> Self:
+        """This unit of work inside a transaction its caller already holds on ``conn``, not entered
+        with ``async with``: the caller commits or rolls back, and wakes the relay. For a service's
+        reaction to an event it raised itself, made in the transaction that raised it (planning's
+        scheduler and its breached deadlines)."""
+        self.conn = conn
+        self.enqueued = 0
+        self.open(conn)
+        return self
+
     async def __aenter__(self) -> Self:
         self._tx = self._engine.connect() if self._read_only else self._engine.begin()
         self.conn = await self._tx.__aenter__()

@@ -77,7 +77,6 @@ SUBSCRIPTIONS: tuple[Subscription, ...] = (
     Subscription("planning", ConsentDeclined),
     Subscription("planning", ConsentWithdrawn),
     Subscription("planning", InvitationSent),
-    Subscription("planning", DeadlineBreached),
     Subscription("consent", ConsentRequested),
     Subscription("consent", RecordConsent),
     Subscription("consent", AccessRecorded),
@@ -188,6 +187,19 @@ def subscription_for_queue(queue_name: str) -> Subscription | None:
 
 def subscriptions_of(consumer: str) -> tuple[Subscription, ...]:
     return tuple(s for s in SUBSCRIPTIONS if s.consumer == consumer)
+
+
+RETIRED: tuple[Subscription, ...] = (
+    # since 2026-12 planning reacts to its own breached deadlines in the scheduler's transaction
+    # (services/planning/scheduler.py); DeadlineBreached stays a public event, for notify
+    Subscription("planning", DeadlineBreached),
+)
+"""Subscriptions of earlier versions: their queues, where an upgrade left them, are drained and
+deleted by the service at start (:mod:`shared.retired_queues`); never declared."""
+
+
+def retired_of(consumer: str) -> tuple[Subscription, ...]:
+    return tuple(s for s in RETIRED if s.consumer == consumer)
 
 
 def publishes_to(service: str) -> tuple[str, ...]:

@@ -43,6 +43,9 @@ alternations of names, anchored; RabbitMQ searches, so the anchors matter):
   work queues (it consumes them) and retry queues (creating a queue with a dead-letter exchange needs
   read on it) + consent's decide queue. Not a DLQ (the operator reads those with ``sipctl
   dead-letters``) and no other service's queue: it cannot consume, get or purge them.
+- a retired subscription's queues (shared.topology.RETIRED, left by an earlier version): configure on
+  all three (the service deletes them once drained) and read on the work queue (it takes what waits
+  there, shared.retired_queues).
 
 RabbitMQ 4.x (compose runs 4.1; the tests run 3.10): since 4.0 every quorum queue has a delivery
 limit of 20 by default and dead-letters (or, without a dead-letter exchange, drops) a message
@@ -73,6 +76,7 @@ from shared.topology import (
     exchange_for,
     exchanges_of,
     publishes_to,
+    retired_of,
     retry_queue,
     subscriptions_of,
     work_queue,
@@ -120,11 +124,12 @@ def exact(names: list[str] | set[str]) -> str:
 
 def permissions_of(service: str) -> dict[str, str]:
     own = subscriptions_of(service)
+    retired = retired_of(service)  # drained (basic.get: read) and deleted (configure) at start
     decide = [DECIDE_QUEUE] if service == "consent" else []
     dlx = dead_letter_exchange_name(service)
     return {
         "configure": exact(
-            [n for s in own for n in (s.queue_name, s.retry_queue_name, s.dlq_name)]
+            [n for s in (*own, *retired) for n in (s.queue_name, s.retry_queue_name, s.dlq_name)]
             + decide
             + [*exchanges_of(service), dlx]
         ),
@@ -135,6 +140,7 @@ def permissions_of(service: str) -> dict[str, str]:
         ),
         "read": exact(
             [n for s in own for n in (s.queue_name, s.retry_queue_name)]
+            + [s.queue_name for s in retired]
             + decide
             + [*binds_from(service), dlx]
         ),

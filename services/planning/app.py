@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import ssl
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from fastapi import FastAPI
@@ -28,13 +30,16 @@ from services.planning.settings import PlanningSettings
 from shared import fhir_rest, retention
 from shared.clock import Clock, SystemClock
 from shared.consent_gate import ConsentGateClient
-from shared.contracts import HospitalStayEvent
+from shared.contracts import Contract, HospitalStayEvent
 from shared.dependencies import DATABASE, DependencyUnavailable, describe_unavailable
 from shared.directory import Directory, load_directory
+from shared.handler_table import handle_once
 from shared.hospital import HospitalEvent
 from shared.metrics import case_gauges
 from shared.persistence import enqueue, utcnow
+from shared.retired_queues import drain_retired
 from shared.runtime import ServiceRuntime, serve
+from shared.topology import retired_of
 
 SERVICE = "planning"
 log = logging.getLogger("sip.planning")
@@ -73,7 +78,10 @@ def create_app(
         runtime, settings, directory, clock,
         uow=lambda: SqlPlanningUnitOfWork(runtime, deps), store=intake_tables(metadata),
     )  # fmt: skip
-    runtime.background.append(scheduler_job(runtime, clock, settings.deadline_check_interval))
+    runtime.background.append(
+        scheduler_job(runtime, clock, settings.deadline_check_interval, react=own_reaction(runtime, deps))
+    )
+    runtime.background.append(retired_queues_job(runtime, settings, deps))
     pruner = retention.install(
         runtime,
         planning_kinds(intake_tables(metadata), runtime.inbox, runtime.outbox, settings),
@@ -153,6 +161,37 @@ def server_tls(settings: PlanningSettings) -> ssl.SSLContext | None:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(settings.tls_certfile, settings.tls_keyfile or None)
     return ctx
+
+
+def own_reaction(
+    runtime: ServiceRuntime, deps: PlanningDeps
+) -> Callable[[AsyncConnection, Contract], Awaitable[None]]:
+    """planning's reaction to an event it raised itself (:data:`handlers.OWN_EVENT_HANDLERS`), on the
+    connection and inside the transaction that raised it."""
+
+    async def react(conn: AsyncConnection, event: Contract) -> None:
+        await handlers.OWN_EVENT_HANDLERS[type(event)](SqlPlanningUnitOfWork(runtime, deps).join(conn), event)
+
+    return react
+
+
+def retired_queues_job(
+    runtime: ServiceRuntime, settings: PlanningSettings, deps: PlanningDeps
+) -> Callable[[], Coroutine[Any, Any, None]]:
+    """Drain and delete the queues of planning's retired subscriptions (shared.retired_queues): what
+    an earlier version left there is handled once, through the inbox under the old queue's name."""
+    consumers = {s.contract: s.queue_name for s in retired_of("planning")}
+
+    async def handle(message: Contract) -> None:
+        contract = type(message)
+        await handle_once(
+            consumers[contract],
+            handlers.OWN_EVENT_HANDLERS[contract],
+            lambda: SqlPlanningUnitOfWork(runtime, deps),
+            message,
+        )
+
+    return functools.partial(drain_retired, settings.amqp_url, "planning", handle)
 
 
 def build_intake(

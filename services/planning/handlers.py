@@ -555,6 +555,11 @@ EVENT_HANDLERS: dict[type[Contract], Handler[PlanningUnitOfWork]] = {
     ConsentDeclined: consent_declined,
     InvitationSent: invitation_sent,
     ConsentWithdrawn: consent_withdrawn,
+}
+#: events planning raises itself and reacts to in-process, in the transaction that raised them (not
+#: through RabbitMQ): the scheduler's breached deadlines (services/planning/scheduler.py); also the
+#: handlers for what an earlier version left in the queue it used for them (shared.retired_queues)
+OWN_EVENT_HANDLERS: dict[type[Contract], Handler[PlanningUnitOfWork]] = {
     DeadlineBreached: deadline_breached,
 }
 #: what the generic subscriber serves; the hospital's discharge notices and stay events keep their own

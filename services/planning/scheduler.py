@@ -3,13 +3,15 @@
 All its state is in the database (``case_deadlines``), so it survives restarts: a deadline that fell
 due while planning was down is escalated on the first pass after the start. Each pass claims the
 overdue deadlines and, in the same transaction, enqueues one ``planning.deadline-breached.v1`` per
-deadline in the outbox; the relay publishes after commit. Several planning replicas may run it: a
-deadline is claimed by exactly one (see :func:`deadline_store.claim_due`), and the breach's
-``message_id`` is derived from (case, kind, cycle) — the outbox's unique ``message_id`` refuses a
-second one even if a claim were ever repeated.
+deadline in the outbox (for notify, who escalates to the owning unit; the relay publishes after
+commit) and makes planning's own reaction to it (``react``: a follow-up that came due) — in-process,
+not through RabbitMQ, so the breach and its effect on the case commit together. Several planning
+replicas may run it: a deadline is claimed by exactly one (see :func:`deadline_store.claim_due`),
+and the breach's ``message_id`` is derived from (case, kind, cycle) — the outbox's unique
+``message_id`` refuses a second one even if a claim were ever repeated.
 
 Register it in ``app.py``: ``runtime.background.append(scheduler_job(runtime, clock,
-settings.deadline_check_interval))``.
+settings.deadline_check_interval, react=...))``.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.planning.adapters import deadline_store
 from services.planning.adapters.deadline_store import Deadline
@@ -49,6 +51,10 @@ def breach_message(deadline: Deadline) -> DeadlineBreached:
     )
 
 
+React = Callable[[AsyncConnection, DeadlineBreached], Awaitable[None]]
+"""planning's own reaction to a breach, run on the pass's connection inside its transaction."""
+
+
 async def escalate_due(
     engine: AsyncEngine,
     outbox: sa.Table,
@@ -56,8 +62,10 @@ async def escalate_due(
     *,
     batch: int = 100,
     wake: Callable[[], None] | None = None,
+    react: React | None = None,
 ) -> list[DeadlineBreached]:
-    """One pass: every deadline due by ``clock.now()`` → breached + ``DeadlineBreached`` in the outbox.
+    """One pass: every deadline due by ``clock.now()`` → breached + ``DeadlineBreached`` in the outbox
+    (+ ``react`` to it, in the same transaction).
 
     One transaction per batch of ``batch`` deadlines; returns the messages this pass enqueued.
     """
@@ -69,6 +77,8 @@ async def escalate_due(
             messages = [breach_message(d) for d in claimed]
             for message in messages:
                 await enqueue(conn, outbox, message)
+                if react is not None:
+                    await react(conn, message)
         if messages and wake is not None:
             wake()
         for d in claimed:
@@ -87,12 +97,16 @@ async def escalate_due(
             return sent
 
 
-async def run_scheduler(runtime: ServiceRuntime, clock: Clock, interval: float, *, batch: int = 100) -> None:
+async def run_scheduler(
+    runtime: ServiceRuntime, clock: Clock, interval: float, *, batch: int = 100, react: React | None = None
+) -> None:
     """Scan every ``interval`` seconds until cancelled (``ServiceRuntime.stop`` cancels it)."""
     log.info("deadline scheduler started", extra={"interval": interval})
     while True:
         try:
-            await escalate_due(runtime.engine, runtime.outbox, clock, batch=batch, wake=runtime.relay.wake)
+            await escalate_due(
+                runtime.engine, runtime.outbox, clock, batch=batch, wake=runtime.relay.wake, react=react
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the scheduler must outlive database hiccups; the next pass retries
@@ -106,7 +120,7 @@ async def run_scheduler(runtime: ServiceRuntime, clock: Clock, interval: float, 
 
 
 def scheduler_job(
-    runtime: ServiceRuntime, clock: Clock, interval: float
+    runtime: ServiceRuntime, clock: Clock, interval: float, *, react: React | None = None
 ) -> Callable[[], Coroutine[Any, Any, None]]:
     """The scheduler as a ``runtime.background`` job."""
-    return functools.partial(run_scheduler, runtime, clock, interval)
+    return functools.partial(run_scheduler, runtime, clock, interval, react=react)

@@ -17,7 +17,7 @@ from services.planning import handlers
 from services.planning.adapters.memory import InMemoryPlanningUnitOfWork
 from services.planning.deadlines import DeadlinePolicy
 from services.planning.domain import SipCase
-from services.planning.handlers import HANDLERS, PlanningDeps
+from services.planning.handlers import HANDLERS, OWN_EVENT_HANDLERS, PlanningDeps
 from shared.clock import FixedClock
 from shared.contracts import (
     ConsentDeclined,
@@ -33,7 +33,7 @@ from shared.contracts import (
 from shared.directory import load_directory
 from shared.errors import PermanentError
 from shared.handler_table import handle
-from shared.topology import subscriptions_of
+from shared.topology import retired_of, subscriptions_of
 from tests.support.personnummer import ADULT
 
 REPO = Path(__file__).resolve().parents[3]
@@ -54,6 +54,13 @@ def uow() -> InMemoryPlanningUnitOfWork:
 async def deliver(uow: InMemoryPlanningUnitOfWork, msg) -> bool:
     """What the generic subscriber does with a delivery: False when the inbox has seen it."""
     return await handle("planning", HANDLERS, lambda: uow, msg)
+
+
+async def react(uow: InMemoryPlanningUnitOfWork, event) -> None:
+    """What the scheduler does with a breach it raised: planning's own reaction, in one transaction
+    (in-process, OWN_EVENT_HANDLERS; no queue, no inbox)."""
+    async with uow:
+        await OWN_EVENT_HANDLERS[type(event)](uow, event)
 
 
 async def discharged(uow: InMemoryPlanningUnitOfWork) -> SipCase:
@@ -145,7 +152,7 @@ async def test_an_invitation_deadline_breach_is_notifys_to_escalate_planning_cha
     case = await discharged(uow)
     before = await uow.cases.get_case(case.id)
 
-    await deliver(
+    await react(
         uow,
         DeadlineBreached(
             case_id=case.id, case_reference=case.reference, kind="invitation", due_at=NOW,
@@ -170,3 +177,10 @@ async def test_an_event_for_an_unknown_case_is_refused_and_leaves_nothing_behind
 def test_the_table_covers_every_queue_of_planning_but_the_hospitals_two():
     hospital = {DischargeNotified, HospitalStayEvent}  # their own subscribers: the message store
     assert set(HANDLERS) == {s.contract for s in subscriptions_of("planning")} - hospital
+
+
+def test_planning_reacts_to_its_own_breaches_in_process_and_subscribes_to_them_no_more():
+    assert set(OWN_EVENT_HANDLERS) == {DeadlineBreached}
+    assert DeadlineBreached not in {s.contract for s in subscriptions_of("planning")}
+    # the queue an earlier version used is drained and deleted at start, with these handlers
+    assert {s.contract for s in retired_of("planning")} == set(OWN_EVENT_HANDLERS)
