@@ -1,9 +1,20 @@
-"""HTTP API of planning: the coordinators' overview of cases, and the FHIR API (base ``/fhir``)."""
+"""HTTP API of planning: the hospital stays, FHIR messages in (``$process-message``), and the
+coordinators' overview of cases.
+
+The routes live by use case, each module with a module-level ``router`` whose route functions take
+their shared dependencies (:class:`~services.planning.api_deps.PlanningApi`, on
+``app.state.planning_api``) as a FastAPI dependency:
+
+- :mod:`services.planning.api` — stays, ``$process-message``, the cases and the overview (read)
+- :mod:`services.planning.api_cases` — the commands over a SIP's lifecycle
+- :mod:`services.planning.api_fhir` — the FHIR API (base ``/fhir``): CarePlan, Provenance and the
+  CapabilityStatement
+- :mod:`services.planning.api_deps` — what the routes share
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from datetime import date, datetime
 from typing import Annotated
 from uuid import UUID
@@ -16,18 +27,13 @@ from services.planning import access
 from services.planning.access import in_lists, may_read_plan
 from services.planning.adapters import deadline_store
 from services.planning.adapters.store import SqlCaseRepository
+from services.planning.api_deps import Ctx, PlanningApi
 from services.planning.domain import INVITATION_CLOCK_STATES, SipCase
-from services.planning.intake import IntakeService
 from services.planning.plan import Approval, Meeting, MeetingPreferences, PlanContent
-from services.planning.settings import PlanningSettings
 from services.planning.stays import Stay
 from shared.auth import Caller, CallerDep, current_caller
-from shared.clock import Clock
-from shared.consent_gate import ConsentGateClient
-from shared.directory import Directory
 from shared.fhir import fhir_json, outcome_response
 from shared.identifiers import mask
-from shared.runtime import ServiceRuntime
 
 log = logging.getLogger("sip.planning.api")
 
@@ -181,138 +187,133 @@ class StayOut(BaseModel):
         )
 
 
-def build_router(
-    runtime: ServiceRuntime, settings: PlanningSettings, clock: Clock, intake: IntakeService | None = None,
-    gate: Callable[[], ConsentGateClient | None] = lambda: None, directory: Directory | None = None,
-) -> APIRouter:  # fmt: skip
-    router = APIRouter()
+router = APIRouter()
 
-    async def read_case(caller: Caller | None, case_id: UUID, what: str) -> SipCase:
-        """The case when the caller may read it (recorded in the person's audit trail); else 403/404/503."""
-        async with runtime.engine.connect() as conn:
-            case = await SqlCaseRepository(conn).get_case(case_id)
-        if case is None:
-            raise HTTPException(404, detail="no such SIP case")
-        decision = await may_read_plan(caller, case, gate())
-        if caller is not None:
-            await access.record(runtime, [access.access_recorded(
-                caller, what=what, basis=decision.basis, allowed=decision.allowed, at=clock.now(), case=case,
-            )])  # fmt: skip
-        if not decision.allowed:
-            raise HTTPException(decision.status, detail=decision.reason)
-        return case
 
-    @router.get(
-        "/stays", response_model=list[StayOut], tags=["intake"], summary="Hospital stays",
-        openapi_extra=access.LIST_STAYS,
-    )  # fmt: skip
-    async def list_stays(
-        caller: CallerDep, limit: Annotated[int, Query(ge=1, le=1000)] = 200
-    ) -> list[StayOut]:
-        may, hospital = access.stays_filter(caller)
-        if not may:
-            return []
-        async with runtime.engine.connect() as conn:
-            items = await SqlCaseRepository(conn).list_stays(limit, hospital_id=hospital)
-        return [StayOut.of(s) for s in items if access.sees_stay(caller, s)]
+async def read_case(ctx: PlanningApi, caller: Caller | None, case_id: UUID, what: str) -> SipCase:
+    """The case when the caller may read it (recorded in the person's audit trail); else 403/404/503."""
+    async with ctx.runtime.engine.connect() as conn:
+        case = await SqlCaseRepository(conn).get_case(case_id)
+    if case is None:
+        raise HTTPException(404, detail="no such SIP case")
+    decision = await may_read_plan(caller, case, ctx.gate())
+    if caller is not None:
+        await access.record(ctx.runtime, [access.access_recorded(
+            caller, what=what, basis=decision.basis, allowed=decision.allowed, at=ctx.clock.now(), case=case,
+        )])  # fmt: skip
+    if not decision.allowed:
+        raise HTTPException(decision.status, detail=decision.reason)
+    return case
 
-    if intake is not None:
 
-        @router.post(
-            "/fhir/$process-message",
-            tags=["fhir", "intake"],
-            summary="Receive a FHIR R4 message Bundle (MedCom HospitalNotification, Da Vinci notifications)",
-            description="Answers 200 with a response message Bundle once the message is durably stored; "
-            "400/422 with an OperationOutcome saying why when it is refused; a resent message "
-            "(same MessageHeader.id from the same sender) gets the same answer and has no second effect. "
-            "503 when it could not be stored: send it again.",
-            responses={
-                200: {"description": "Accepted"},
-                400: {"description": "Refused (OperationOutcome)"},
-                422: {"description": "Refused (OperationOutcome)"},
-                503: {"description": "Not stored; resend"},
-            },
-            openapi_extra=access.PROCESS_MESSAGE,
+@router.get(
+    "/stays", response_model=list[StayOut], tags=["intake"], summary="Hospital stays",
+    openapi_extra=access.LIST_STAYS,
+)  # fmt: skip
+async def list_stays(
+    caller: CallerDep, ctx: Ctx, limit: Annotated[int, Query(ge=1, le=1000)] = 200
+) -> list[StayOut]:
+    may, hospital = access.stays_filter(caller)
+    if not may:
+        return []
+    async with ctx.runtime.engine.connect() as conn:
+        items = await SqlCaseRepository(conn).list_stays(limit, hospital_id=hospital)
+    return [StayOut.of(s) for s in items if access.sees_stay(caller, s)]
+
+
+@router.post(
+    "/fhir/$process-message",
+    tags=["fhir", "intake"],
+    summary="Receive a FHIR R4 message Bundle (MedCom HospitalNotification, Da Vinci notifications)",
+    description="Answers 200 with a response message Bundle once the message is durably stored; "
+    "400/422 with an OperationOutcome saying why when it is refused; a resent message "
+    "(same MessageHeader.id from the same sender) gets the same answer and has no second effect. "
+    "503 when it could not be stored: send it again.",
+    responses={
+        200: {"description": "Accepted"},
+        400: {"description": "Refused (OperationOutcome)"},
+        422: {"description": "Refused (OperationOutcome)"},
+        503: {"description": "Not stored; resend"},
+    },
+    openapi_extra=access.PROCESS_MESSAGE,
+)
+async def process_message(request: Request, ctx: Ctx) -> JSONResponse:
+    if not access.may_send_hospital_messages(current_caller(request), ctx.directory):
+        return outcome_response(
+            403, "only a hospital (directory kind hospital) sends hospital messages", "forbidden"
         )
-        async def process_message(request: Request) -> JSONResponse:
-            if directory is not None and not access.may_send_hospital_messages(
-                current_caller(request), directory
-            ):
-                return outcome_response(
-                    403, "only a hospital (directory kind hospital) sends hospital messages", "forbidden"
-                )
-            body = await request.body()
-            try:
-                status, answer = await intake.handle_fhir(body)
-            except Exception as exc:
-                # a database outage: logged once per outage (shared.dependencies), not per message
-                if runtime.dependencies.report(exc) is None:
-                    log.exception("FHIR message could not be stored")
-                refused = outcome_response(503, "the message could not be stored; send it again", "transient")
-                refused.headers["Retry-After"] = str(max(1, round(runtime.dependencies.backoff("database"))))
-                return refused
-            runtime.dependencies.up("database")
-            runtime.relay.wake()
-            return fhir_json(answer, status)
+    runtime = ctx.runtime
+    body = await request.body()
+    try:
+        status, answer = await ctx.intake.handle_fhir(body)
+    except Exception as exc:
+        # a database outage: logged once per outage (shared.dependencies), not per message
+        if runtime.dependencies.report(exc) is None:
+            log.exception("FHIR message could not be stored")
+        refused = outcome_response(503, "the message could not be stored; send it again", "transient")
+        refused.headers["Retry-After"] = str(max(1, round(runtime.dependencies.backoff("database"))))
+        return refused
+    runtime.dependencies.up("database")
+    runtime.relay.wake()
+    return fhir_json(answer, status)
 
-    @router.get(
-        "/cases", response_model=list[CaseOut], tags=["cases"], summary="Open SIP cases by deadline",
-        openapi_extra=access.LIST_CASES,
-    )  # fmt: skip
-    async def list_cases(
-        caller: CallerDep,
-        all: Annotated[bool, Query(description="Include declined and closed cases")] = False,
-    ) -> list[CaseOut]:
-        """The cases the caller has a relation to (no plan content: read it per case)."""
-        async with runtime.engine.connect() as conn:
-            items = await SqlCaseRepository(conn).open_cases(
-                include_closed=all, where=access.list_filter(caller)
-            )
-        return [CaseOut.of(c) for c in items if in_lists(caller, c)]
 
-    @router.get(
-        "/overview", response_model=list[OverviewRow], tags=["cases"],
-        summary="Coordinators' overview: every open case with its next deadline and who owns it",
-        openapi_extra=access.LIST_CASES,
-    )  # fmt: skip
-    async def overview(caller: CallerDep) -> list[OverviewRow]:
-        async with runtime.engine.connect() as conn:
-            rows = await deadline_store.next_deadlines(conn)
-            if caller is not None and not caller.operator:
-                repo = SqlCaseRepository(conn)
-                mine = {
-                    c.id
-                    for c in await repo.open_cases(where=access.list_filter(caller))
-                    if in_lists(caller, c)
-                }
-                rows = [r for r in rows if r.case_id in mine]
-        return [
-            OverviewRow(
-                case_id=r.case_id,
-                case_reference=r.case_reference,
-                state=r.case_state,
-                owner_hsa_id=r.owner_hsa_id,
-                next_deadline=r.kind,
-                due_at=r.due_at,
-                breached_unmet=r.breached_unmet,
-            )
-            for r in rows
-        ]
+@router.get(
+    "/cases", response_model=list[CaseOut], tags=["cases"], summary="Open SIP cases by deadline",
+    openapi_extra=access.LIST_CASES,
+)  # fmt: skip
+async def list_cases(
+    caller: CallerDep,
+    ctx: Ctx,
+    all: Annotated[bool, Query(description="Include declined and closed cases")] = False,
+) -> list[CaseOut]:
+    """The cases the caller has a relation to (no plan content: read it per case)."""
+    async with ctx.runtime.engine.connect() as conn:
+        items = await SqlCaseRepository(conn).open_cases(include_closed=all, where=access.list_filter(caller))
+    return [CaseOut.of(c) for c in items if in_lists(caller, c)]
 
-    @router.get(
-        "/cases/{case_id}/deadlines", response_model=list[DeadlineOut], tags=["cases"],
-        openapi_extra=access.READ_CASE,
-    )  # fmt: skip
-    async def case_deadlines(case_id: UUID, caller: CallerDep) -> list[DeadlineOut]:
-        await read_case(caller, case_id, f"SipCase/{case_id}/deadlines")
-        async with runtime.engine.connect() as conn:
-            rows = await deadline_store.history_for(conn, case_id)
-        return [DeadlineOut.model_validate(r, from_attributes=True) for r in rows]
 
-    @router.get("/cases/{case_id}", response_model=CaseDetail, tags=["cases"], openapi_extra=access.READ_CASE)
-    async def get_case(case_id: UUID, caller: CallerDep) -> CaseDetail:
-        """The case with its plan: the owning unit, those the person's consent covers, the person, the
-        guardians named on a child's consent. Recorded in the person's audit trail."""
-        return CaseDetail.detail(await read_case(caller, case_id, f"SipCase/{case_id}"))
+@router.get(
+    "/overview", response_model=list[OverviewRow], tags=["cases"],
+    summary="Coordinators' overview: every open case with its next deadline and who owns it",
+    openapi_extra=access.LIST_CASES,
+)  # fmt: skip
+async def overview(caller: CallerDep, ctx: Ctx) -> list[OverviewRow]:
+    async with ctx.runtime.engine.connect() as conn:
+        rows = await deadline_store.next_deadlines(conn)
+        if caller is not None and not caller.operator:
+            repo = SqlCaseRepository(conn)
+            mine = {
+                c.id for c in await repo.open_cases(where=access.list_filter(caller)) if in_lists(caller, c)
+            }
+            rows = [r for r in rows if r.case_id in mine]
+    return [
+        OverviewRow(
+            case_id=r.case_id,
+            case_reference=r.case_reference,
+            state=r.case_state,
+            owner_hsa_id=r.owner_hsa_id,
+            next_deadline=r.kind,
+            due_at=r.due_at,
+            breached_unmet=r.breached_unmet,
+        )
+        for r in rows
+    ]
 
-    return router
+
+@router.get(
+    "/cases/{case_id}/deadlines", response_model=list[DeadlineOut], tags=["cases"],
+    openapi_extra=access.READ_CASE,
+)  # fmt: skip
+async def case_deadlines(case_id: UUID, caller: CallerDep, ctx: Ctx) -> list[DeadlineOut]:
+    await read_case(ctx, caller, case_id, f"SipCase/{case_id}/deadlines")
+    async with ctx.runtime.engine.connect() as conn:
+        rows = await deadline_store.history_for(conn, case_id)
+    return [DeadlineOut.model_validate(r, from_attributes=True) for r in rows]
+
+
+@router.get("/cases/{case_id}", response_model=CaseDetail, tags=["cases"], openapi_extra=access.READ_CASE)
+async def get_case(case_id: UUID, caller: CallerDep, ctx: Ctx) -> CaseDetail:
+    """The case with its plan: the owning unit, those the person's consent covers, the person, the
+    guardians named on a child's consent. Recorded in the person's audit trail."""
+    return CaseDetail.detail(await read_case(ctx, caller, case_id, f"SipCase/{case_id}"))

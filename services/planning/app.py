@@ -18,6 +18,7 @@ from services.planning import api, api_cases, api_fhir, handlers, messages, subs
 from services.planning.adapters.retention import planning_kinds
 from services.planning.adapters.store import cases, metadata, upgrade_schema
 from services.planning.adapters.unit_of_work import SqlPlanningUnitOfWork
+from services.planning.api_deps import PlanningApi
 from services.planning.deadlines import DeadlinePolicy
 from services.planning.domain import INVITATION_CLOCK_STATES, OPEN_STATES
 from services.planning.handlers import PlanningDeps
@@ -131,9 +132,10 @@ def create_app(
         lifespan=lifespan,
     )
     runtime.add_health_routes(app)
-    app.include_router(api.build_router(runtime, settings, clock, intake, gate, directory))
-    app.include_router(api_cases.build_router(runtime, settings, clock, directory))
-    app.include_router(api_fhir.build_router(runtime, settings, clock, directory, gate))
+    app.state.planning_api = PlanningApi(runtime, settings, clock, intake, directory, gate)
+    # in this order (the order the routes are matched and listed in the CapabilityStatement)
+    for router in (api.router, api_cases.router, api_fhir.router):
+        app.include_router(router)
     fhir_rest.install(app, versions=api_fhir.VERSIONS)
     app.include_router(
         messages.build_router(
