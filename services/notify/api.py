@@ -5,6 +5,10 @@ single-notification view includes the address and subject. Every notification is
 as a FHIR R4 ``Communication`` (``/fhir/Communication/{id}``: completed, or not-done with the
 reason — a delivery failure, or "consent withdrawn" for one stopped by a withdrawal). None of
 them ever shows personal data of the patient — there is none in notify.
+
+The routes are module-level, on :data:`router`; they take their shared dependencies
+(:class:`~services.notify.api_deps.NotifyApi`: runtime, clock, FHIR base URL, on
+``app.state.notify_api``) as a FastAPI dependency (``ctx: Ctx``), not from a closure.
 """
 
 from __future__ import annotations
@@ -20,12 +24,11 @@ from pydantic import BaseModel, Field
 from services.notify import access
 from services.notify.adapters.fhir import communication_resource
 from services.notify.adapters.store import SqlNotificationRepository
+from services.notify.api_deps import Ctx, NotifyApi
 from services.notify.domain import ChannelKind, Notification, Status
-from shared.auth import Caller, CallerDep, current_caller
-from shared.clock import Clock, SystemClock
+from shared.auth import CallerDep, current_caller
 from shared.fhir import fhir_json, outcome_response
 from shared.fhir_rest import SearchParam, capability_statement, fhir_route, frozen, parse_search, searchset
-from shared.runtime import ServiceRuntime
 
 COMMUNICATION_SEARCH = (
     SearchParam("about", "reference", "The SIP case's plan: CarePlan/<case id> (Communication.about)"),
@@ -93,144 +96,118 @@ class NotificationDetail(NotificationSummary):
         )
 
 
-def build_router(
-    runtime: ServiceRuntime,
-    clock: Clock | None = None,
-    base_url: str = "http://127.0.0.1:8082",
-    security: str = "",
-) -> APIRouter:
-    router = APIRouter(tags=["notifications"])
-    clock = clock or SystemClock()
-    base = base_url.rstrip("/")
+router = APIRouter(tags=["notifications"])
 
-    async def load(notification_id: UUID) -> Notification | None:
-        async with runtime.engine.connect() as conn:
-            return await SqlNotificationRepository(conn).get(notification_id)
 
-    async def audited(caller: Caller | None, n: Notification, what: str) -> bool:
-        """May the caller read it; the read is recorded first (permitted or not)."""
-        granted = access.basis(caller, n)
-        if caller is not None:
-            record = access.access_recorded(caller, n, what=what, granted=granted, at=clock.now())
-            await access.record(runtime, [record])
-        return granted is not None
+async def _load(ctx: NotifyApi, notification_id: UUID) -> Notification | None:
+    async with ctx.runtime.engine.connect() as conn:
+        return await SqlNotificationRepository(conn).get(notification_id)
 
-    @router.get("/notifications", response_model=list[NotificationSummary], openapi_extra=access.LIST)
-    async def list_notifications(
-        caller: CallerDep,
-        case_id: UUID = Query(description="The SIP case"),
-    ) -> list[NotificationSummary]:
-        async with runtime.engine.connect() as conn:
-            found = await SqlNotificationRepository(conn).for_case(case_id)
-        shown = [n for n in found if access.basis(caller, n) is not None]
-        if caller is not None and shown:
-            # one record per search, as IHE BALP has it: a case's notifications are about one person
-            n = shown[0]
-            record = access.access_recorded(
-                caller, n, what="Notification?case_id", granted=access.basis(caller, n), at=clock.now(),
-                action="search",
-            )  # fmt: skip
-            await access.record(runtime, [record])
-        return [NotificationSummary.of(n) for n in shown]
 
-    @router.get(
-        "/deliveries", response_model=list[NotificationSummary], openapi_extra=access.DELIVERIES,
-        summary="Outbound deliveries (mail, webhook, SMS) across cases, newest first",
-    )  # fmt: skip
-    async def list_deliveries(
-        caller: CallerDep,
-        since: Annotated[datetime | None, Query(description="Created at or after")] = None,
-        until: Annotated[datetime | None, Query(description="Created before")] = None,
-        recipient: Annotated[str | None, Query(max_length=64, description="Recipient HSA-id")] = None,
-        channel: Annotated[ChannelKind | None, Query()] = None,
-        status: Annotated[Status | None, Query()] = None,
-        case_id: UUID | None = None,
-        limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    ) -> list[NotificationSummary]:
-        seen_by = None
-        if caller is not None and not caller.operator:
-            if caller.hsa_id is None:
-                raise HTTPException(status_code=403, detail="deliveries are for organisations and operators")
-            seen_by = caller.hsa_id
-        async with runtime.engine.connect() as conn:
-            found = await SqlNotificationRepository(conn).deliveries(
-                since=since, until=until, recipient=recipient, channel=channel, status=status,
-                case_id=case_id, seen_by=seen_by, limit=limit,
-            )  # fmt: skip
-        return [NotificationSummary.of(n) for n in found]
+@router.get("/notifications", response_model=list[NotificationSummary], openapi_extra=access.LIST)
+async def list_notifications(
+    caller: CallerDep,
+    ctx: Ctx,
+    case_id: UUID = Query(description="The SIP case"),
+) -> list[NotificationSummary]:
+    async with ctx.runtime.engine.connect() as conn:
+        found = await SqlNotificationRepository(conn).for_case(case_id)
+    shown = [n for n in found if access.basis(caller, n) is not None]
+    await ctx.search_recorded(caller, shown, "Notification?case_id")
+    return [NotificationSummary.of(n) for n in shown]
 
-    @router.get(
-        "/notifications/{notification_id}", response_model=NotificationDetail, openapi_extra=access.READ
+
+@router.get(
+    "/deliveries", response_model=list[NotificationSummary], openapi_extra=access.DELIVERIES,
+    summary="Outbound deliveries (mail, webhook, SMS) across cases, newest first",
+)  # fmt: skip
+async def list_deliveries(
+    caller: CallerDep,
+    ctx: Ctx,
+    since: Annotated[datetime | None, Query(description="Created at or after")] = None,
+    until: Annotated[datetime | None, Query(description="Created before")] = None,
+    recipient: Annotated[str | None, Query(max_length=64, description="Recipient HSA-id")] = None,
+    channel: Annotated[ChannelKind | None, Query()] = None,
+    status: Annotated[Status | None, Query()] = None,
+    case_id: UUID | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> list[NotificationSummary]:
+    seen_by = None
+    if caller is not None and not caller.operator:
+        if caller.hsa_id is None:
+            raise HTTPException(status_code=403, detail="deliveries are for organisations and operators")
+        seen_by = caller.hsa_id
+    async with ctx.runtime.engine.connect() as conn:
+        found = await SqlNotificationRepository(conn).deliveries(
+            since=since, until=until, recipient=recipient, channel=channel, status=status,
+            case_id=case_id, seen_by=seen_by, limit=limit,
+        )  # fmt: skip
+    return [NotificationSummary.of(n) for n in found]
+
+
+@router.get("/notifications/{notification_id}", response_model=NotificationDetail, openapi_extra=access.READ)
+async def get_notification(notification_id: UUID, caller: CallerDep, ctx: Ctx) -> NotificationDetail:
+    n = await _load(ctx, notification_id)
+    if n is None:
+        raise HTTPException(status_code=404, detail="notification not found")
+    if not await ctx.audited(caller, n, access.what("Notification", n.id)):
+        raise HTTPException(status_code=403, detail="only its recipient, the case's owner or an operator")
+    return NotificationDetail.of(n)
+
+
+@router.get("/fhir/metadata", tags=["fhir"], summary="CapabilityStatement (generated from the routes)")
+async def fhir_metadata(request: Request, ctx: Ctx) -> JSONResponse:
+    statement = capability_statement(
+        request.app, name="notify", base_url=ctx.base_url, at=ctx.clock.now(), security=ctx.security
     )
-    async def get_notification(notification_id: UUID, caller: CallerDep) -> NotificationDetail:
-        n = await load(notification_id)
-        if n is None:
-            raise HTTPException(status_code=404, detail="notification not found")
-        if not await audited(caller, n, access.what("Notification", n.id)):
-            raise HTTPException(status_code=403, detail="only its recipient, the case's owner or an operator")
-        return NotificationDetail.of(n)
+    return fhir_json(statement)
 
-    @router.get("/fhir/metadata", tags=["fhir"], summary="CapabilityStatement (generated from the routes)")
-    async def fhir_metadata(request: Request) -> JSONResponse:
-        statement = capability_statement(
-            request.app, name="notify", base_url=base, at=clock.now(), security=security
-        )
-        return fhir_json(statement)
 
-    @router.get(
-        "/fhir/Communication",
-        tags=["fhir"],
-        summary="A case's notifications as FHIR Communication: ?about=CarePlan/<case id>, paged",
-        response_class=JSONResponse,
-        openapi_extra={**access.LIST, **fhir_route(search=COMMUNICATION_SEARCH)},
-    )
-    async def fhir_communication_search(request: Request) -> JSONResponse:
-        s = parse_search(request, COMMUNICATION_SEARCH)
-        about = (s.get("about") or "").rsplit("/fhir/", 1)[-1].removeprefix("CarePlan/").split("/")[0]
-        if not about:
-            return outcome_response(
-                400, "about is required: Communication?about=CarePlan/<case id>", "required"
-            )
-        try:
-            case_id = UUID(about)
-        except ValueError:
-            return outcome_response(400, "about must be CarePlan/<case id>", "invalid")
-        caller = current_caller(request)
-        async with runtime.engine.connect() as conn:
-            found = await SqlNotificationRepository(conn).for_case(case_id)
-        # filtered before counting and paging: only what a read by id would show
-        shown = [n for n in found if access.basis(caller, n) is not None]
-        if caller is not None and shown:
-            n = shown[0]  # one record per search (IHE BALP): a case's notifications are about one person
-            record = access.access_recorded(
-                caller, n, what="Communication?about", granted=access.basis(caller, n), at=clock.now(),
-                action="search",
-            )  # fmt: skip
-            await access.record(runtime, [record])
-        if s.snapshot is not None:
-            shown = [n for n in shown if n.created_at <= s.snapshot]
-        shown.sort(key=lambda n: (n.created_at, str(n.id)), reverse=True)
-        snapshot = frozen(s, (n.created_at for n in shown))
-        page = [communication_resource(n) for n in shown[s.offset : s.offset + s.count]]
-        return fhir_json(searchset(base, "Communication", s, page, len(shown), snapshot))
+@router.get(
+    "/fhir/Communication",
+    tags=["fhir"],
+    summary="A case's notifications as FHIR Communication: ?about=CarePlan/<case id>, paged",
+    response_class=JSONResponse,
+    openapi_extra={**access.LIST, **fhir_route(search=COMMUNICATION_SEARCH)},
+)
+async def fhir_communication_search(request: Request, ctx: Ctx) -> JSONResponse:
+    s = parse_search(request, COMMUNICATION_SEARCH)
+    about = (s.get("about") or "").rsplit("/fhir/", 1)[-1].removeprefix("CarePlan/").split("/")[0]
+    if not about:
+        return outcome_response(400, "about is required: Communication?about=CarePlan/<case id>", "required")
+    try:
+        case_id = UUID(about)
+    except ValueError:
+        return outcome_response(400, "about must be CarePlan/<case id>", "invalid")
+    caller = current_caller(request)
+    async with ctx.runtime.engine.connect() as conn:
+        found = await SqlNotificationRepository(conn).for_case(case_id)
+    # filtered before counting and paging: only what a read by id would show
+    shown = [n for n in found if access.basis(caller, n) is not None]
+    await ctx.search_recorded(caller, shown, "Communication?about")
+    if s.snapshot is not None:
+        shown = [n for n in shown if n.created_at <= s.snapshot]
+    shown.sort(key=lambda n: (n.created_at, str(n.id)), reverse=True)
+    snapshot = frozen(s, (n.created_at for n in shown))
+    page = [communication_resource(n) for n in shown[s.offset : s.offset + s.count]]
+    return fhir_json(searchset(ctx.base_url, "Communication", s, page, len(shown), snapshot))
 
-    @router.get(
-        "/fhir/Communication/{notification_id}",
-        tags=["fhir"],
-        summary="Read a notification (one delivery) as FHIR R4 Communication",
-        response_class=JSONResponse,
-        openapi_extra=access.READ,
-    )
-    async def fhir_communication(notification_id: str, request: Request) -> JSONResponse:
-        try:
-            nid = UUID(notification_id)
-        except ValueError:
-            return outcome_response(404, f"no Communication with id {notification_id[:64]}", "not-found")
-        n = await load(nid)
-        if n is None:
-            return outcome_response(404, f"no Communication with id {nid}", "not-found")
-        if not await audited(current_caller(request), n, access.what("Communication", n.id)):
-            return outcome_response(403, "only its recipient, the case's owner or an operator", "forbidden")
-        return fhir_json(communication_resource(n))
 
-    return router
+@router.get(
+    "/fhir/Communication/{notification_id}",
+    tags=["fhir"],
+    summary="Read a notification (one delivery) as FHIR R4 Communication",
+    response_class=JSONResponse,
+    openapi_extra=access.READ,
+)
+async def fhir_communication(notification_id: str, request: Request, ctx: Ctx) -> JSONResponse:
+    try:
+        nid = UUID(notification_id)
+    except ValueError:
+        return outcome_response(404, f"no Communication with id {notification_id[:64]}", "not-found")
+    n = await _load(ctx, nid)
+    if n is None:
+        return outcome_response(404, f"no Communication with id {nid}", "not-found")
+    if not await ctx.audited(current_caller(request), n, access.what("Communication", n.id)):
+        return outcome_response(403, "only its recipient, the case's owner or an operator", "forbidden")
+    return fhir_json(communication_resource(n))

@@ -13,6 +13,7 @@ from services.notify.adapters.retention import notify_kinds
 from services.notify.adapters.smtp import EmailChannelSender, SmtpEmailSender
 from services.notify.adapters.store import metadata, notifications, upgrade_schema
 from services.notify.adapters.unit_of_work import SqlNotifyUnitOfWork
+from services.notify.api_deps import NotifyApi
 from services.notify.dispatcher import Dispatcher
 from services.notify.handlers.routing import InvitationOptions
 from services.notify.handlers.table import NotifyDeps
@@ -87,9 +88,10 @@ def create_app(
         lifespan=runtime.lifespan,
     )
     runtime.add_health_routes(app)
-    app.include_router(
-        api.build_router(runtime, clock, settings.fhir_base_url, fhir_rest.security_text(settings))
+    app.state.notify_api = NotifyApi(
+        runtime, clock, settings.fhir_base_url, fhir_rest.security_text(settings)
     )
+    app.include_router(api.router)
     fhir_rest.install(app)
     app.state.runtime = runtime
     app.state.pruner = pruner
