@@ -21,8 +21,14 @@ p99 ratio is over 1.25 (issue 21's goal).
 
 Then storage per discharge per service (SQLite: page_count × page_size, the database with its WAL; PostgreSQL:
 pg_database_size), one retention pass of each service (shared/retention.py, the service's own kinds,
-batches of 5,000) with the clock a year later, the rows pruned per kind and the storage per discharge
-after the prune (SQLite: pages in use; PostgreSQL: after VACUUM FULL of the benchmark's database).
+with the services' own batch size and pause between batches, the three services' passes at once, as
+they run) with the clock a year later, the rows pruned per kind and the storage per discharge after the
+prune (SQLite: pages in use; PostgreSQL: after VACUUM FULL of the benchmark's database).
+
+The live path during that prune: a hospital's message through planning's intake (parse, store with its
+ACK and outgoing event, commit: what the MLLP ACK waits for), a case by id and a consent decision, in
+turn every 10 ms in the same process as the pruners (as in a service) — p50/p99 ms during the prune
+beside the same probes on the same year-old store just before it.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ os.environ.setdefault("SIP_AUTH_REQUIRED", "false")  # the reads are called in-p
 
 import sqlalchemy as sa
 
+from benchmarks.intake_mllp import a03
 from services.consent.adapters.store import SqlConsentRepository
 from services.consent.app import create_app as consent_app
 from services.consent.settings import ConsentSettings
@@ -323,10 +330,69 @@ async def storage(store: Store, *, live: bool = False) -> int:
 
 
 async def prune(store: Store, now: datetime) -> dict[str, int]:
+    """One retention pass with the clock a year later, in the service's own batches and pauses."""
     kinds = store.app.state.pruner.kinds
     later = now + timedelta(days=365)
-    pruner = Pruner(store.service, store.engine, kinds, batch=5000, pause=0.0, now=lambda: later)
+    settings = store.app.state.runtime.settings
+    pruner = Pruner(
+        store.service, store.engine, kinds, batch=settings.retention_batch,
+        pause=settings.retention_pause_seconds, now=lambda: later,
+    )  # fmt: skip
     return await pruner.prune_once()
+
+
+PROBES = ("intake message to ACK", "a case by id", "consent decision")
+
+
+async def probe(
+    planning: Store, consent: Store, stop: asyncio.Event, rounds: int, first: int
+) -> dict[str, list[float]]:
+    """The live path in turn, every 10 ms, for ``rounds`` rounds or (``rounds`` 0) until ``stop``
+    (at least one round)."""
+    intake = planning.app.state.intake
+    case = UUID(case_id(0))
+    got: dict[str, list[float]] = {name: [] for name in PROBES}
+    i = first
+    while True:  # at least one round, also when the prune is over at once
+        t0 = time.perf_counter()
+        ack = await intake.handle_hl7(a03(i))
+        got[PROBES[0]].append((time.perf_counter() - t0) * 1000)
+        assert b"MSA|AA" in ack, ack[:200]
+        t0 = time.perf_counter()
+        async with planning.engine.connect() as conn:
+            assert await SqlCaseRepository(conn).get_case(case) is not None
+        got[PROBES[1]].append((time.perf_counter() - t0) * 1000)
+        t0 = time.perf_counter()
+        async with consent.engine.connect() as conn:
+            await SqlConsentRepository(conn).for_patient(PERSON)
+        got[PROBES[2]].append((time.perf_counter() - t0) * 1000)
+        i += 1
+        if (rounds and i - first >= rounds) or (not rounds and stop.is_set()):
+            return got
+        await asyncio.sleep(0.01)
+
+
+async def prune_with_probes(
+    stores: dict[str, Store], now: datetime, rounds: int
+) -> tuple[dict[str, dict[str, int]], dict[str, tuple[float, float, float, float]], float]:
+    """The probes alone (``rounds``), then every service's prune at once with the probes beside it:
+    rows pruned per service, (p50, p99 before; p50, p99 during) per probe, the prune's seconds."""
+    planning, consent = stores["planning"], stores["consent"]
+    before = await probe(planning, consent, asyncio.Event(), rounds, first=1_000_000)
+    stop = asyncio.Event()
+    during_task = asyncio.create_task(probe(planning, consent, stop, 0, first=2_000_000))
+    t0 = time.perf_counter()
+    pruned = await asyncio.gather(*(prune(store, now) for store in stores.values()))
+    seconds = time.perf_counter() - t0
+    stop.set()
+    during = await during_task
+    figures = {
+        name: (statistics.median(before[name]), pct(before[name], 0.99),
+               statistics.median(during[name]) if during[name] else float("nan"),
+               pct(during[name], 0.99) if during[name] else float("nan"))
+        for name in PROBES
+    }  # fmt: skip
+    return dict(zip(stores, pruned, strict=True)), figures, seconds
 
 
 # ---- one database ------------------------------------------------------------------------------------------
@@ -341,6 +407,8 @@ class Result:
     rows: dict[str, dict[str, int]] = field(default_factory=dict)
     load_seconds: float = 0.0
     prune_seconds: float = 0.0
+    live: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
+    live_rounds: int = 0
 
 
 def make_app(service: str, url: str) -> Any:
@@ -370,12 +438,11 @@ async def run_db(db: str, urls: dict[str, str], scale: float, samples: int) -> R
         for name, (s, r) in the_reads.items():
             p50, p99 = await sample(s, r, samples)
             result.reads[name] = (empty[name][0], empty[name][1], p50, p99)
-        t0 = time.perf_counter()
         for name, store in stores.items():
             result.rows[name] = dict(store.rows)
             result.before[name] = await storage(store) / n
-            result.pruned[name] = await prune(store, now)
-        result.prune_seconds = time.perf_counter() - t0
+        result.pruned, result.live, result.prune_seconds = await prune_with_probes(stores, now, samples)
+        result.live_rounds = samples
         for name, store in stores.items():
             result.after[name] = await storage(store, live=True) / n
     finally:
@@ -411,7 +478,17 @@ def report(r: Result) -> str:
     for s in r.before:
         pruned = ", ".join(f"{k} {v:,}" for k, v in r.pruned[s].items())
         lines.append(f"{s:<30} {r.before[s]:11,.0f} B {r.after[s]:10,.0f} B   {pruned}")
-    lines.append(f"retention pass (clock one year later, batches of 5,000): {r.prune_seconds:.0f} s")
+    lines.append(
+        f"retention pass (clock one year later, the services' batches and pauses, all three at once): "
+        f"{r.prune_seconds:.0f} s"
+    )
+    lines.append(
+        f"{'live path (ms)':<30} {'before p50':>10} {'p99':>7} {'during p50':>10} {'p99':>7} {'p99 ratio':>9}"
+    )
+    for name, (b50, b99, d50, d99) in r.live.items():
+        lines.append(
+            f"{name:<30} {b50:10.2f} {b99:7.2f} {d50:10.2f} {d99:7.2f} {d99 / b99 if b99 else 0:9.2f}"
+        )
     return "\n".join(lines)
 
 

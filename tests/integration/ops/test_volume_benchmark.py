@@ -36,4 +36,10 @@ def test_the_volume_benchmark_prints_every_read_storage_and_the_prune_on_both_da
         assert r.pruned["consent"]["audit_events"] == 0
         assert r.pruned["notify"]["notification_payload"] == 900
         assert r.after["planning"] < r.before["planning"]
-    assert out.count("p99 ratio") == 2 and out.count("storage per discharge") == 2
+        # the live path beside the prune: a hospital message to its ACK, a case, a consent decision
+        assert set(r.live) == set(bench.PROBES) and r.live_rounds == 20
+        for name, figures in r.live.items():
+            assert all(math.isfinite(f) and f > 0 for f in figures), (name, figures)
+            assert name in out
+    assert out.count("p99 ratio") == 4 and out.count("storage per discharge") == 2
+    assert out.count("live path (ms)") == 2
