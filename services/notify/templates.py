@@ -28,6 +28,7 @@ from typing import Any, Literal, cast
 from shared.clock import STOCKHOLM
 from shared.contracts import MeetingNeeds
 from shared.identifiers import PERSONAL_NUMBER_IN_TEXT as PERSONAL_NUMBER
+from shared.languages import InvalidLanguageCode, interpreter_language_name
 from shared.text_guards import contains_health_data, contains_personal_number
 
 __all__ = ["PERSONAL_NUMBER", "contains_health_data", "contains_personal_number"]  # re-exported
@@ -36,7 +37,6 @@ __all__ = ["PERSONAL_NUMBER", "contains_health_data", "contains_personal_number"
 # a case reference we issue: letters, digits, dashes (SIP-2026-4F3A9C)
 _REFERENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-_.]{0,63}$")
 _URL = re.compile(r"^https?://[^\s<>\"']{1,500}$")
-_LANGUAGE_CODE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
 
 Kind = Literal[
     "invitation",
@@ -110,47 +110,6 @@ _EN_MONTHS = (
 _SV_WEEKDAYS = ("måndag", "tisdag", "onsdag", "torsdag", "fredag", "lördag", "söndag")
 _EN_WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
-# interpreter languages: code → (Swedish, English). An unknown but well-formed code is shown as is.
-LANGUAGE_NAMES: dict[str, tuple[str, str]] = {
-    "am": ("amhariska", "Amharic"),
-    "ar": ("arabiska", "Arabic"),
-    "bs": ("bosniska", "Bosnian"),
-    "ckb": ("sorani", "Sorani Kurdish"),
-    "de": ("tyska", "German"),
-    "el": ("grekiska", "Greek"),
-    "en": ("engelska", "English"),
-    "es": ("spanska", "Spanish"),
-    "fa": ("persiska", "Persian"),
-    "fi": ("finska", "Finnish"),
-    "fit": ("meänkieli", "Meänkieli"),
-    "fr": ("franska", "French"),
-    "hr": ("kroatiska", "Croatian"),
-    "hu": ("ungerska", "Hungarian"),
-    "it": ("italienska", "Italian"),
-    "kmr": ("kurmanji", "Kurmanji Kurdish"),
-    "ku": ("kurdiska", "Kurdish"),
-    "pl": ("polska", "Polish"),
-    "prs": ("dari", "Dari"),
-    "ps": ("pashto", "Pashto"),
-    "pt": ("portugisiska", "Portuguese"),
-    "ro": ("rumänska", "Romanian"),
-    "rmy": ("romani", "Romani"),
-    "ru": ("ryska", "Russian"),
-    "se": ("nordsamiska", "Northern Sami"),
-    "so": ("somaliska", "Somali"),
-    "sq": ("albanska", "Albanian"),
-    "sr": ("serbiska", "Serbian"),
-    "swl": ("svenskt teckenspråk", "Swedish Sign Language"),
-    "th": ("thailändska", "Thai"),
-    "ti": ("tigrinja", "Tigrinya"),
-    "tr": ("turkiska", "Turkish"),
-    "uk": ("ukrainska", "Ukrainian"),
-    "ur": ("urdu", "Urdu"),
-    "vi": ("vietnamesiska", "Vietnamese"),
-    "yi": ("jiddisch", "Yiddish"),
-    "zh": ("kinesiska", "Chinese"),
-}
-
 
 # ---- guards (shared.text_guards: planning refuses the same at entry) ----------------------------
 def check_text(*texts: str) -> None:
@@ -191,20 +150,13 @@ def _place(value: str | None) -> str | None:
     return cleaned
 
 
-def interpreter_language_name(code: str, language: str) -> str:
-    """The name of an interpreter language in the text's language (the code if it is not listed)."""
-    if not _LANGUAGE_CODE.match(code):
-        raise UnsafeText("interpreter_language: must be a language code such as 'ar' (BCP 47)")
-    names = LANGUAGE_NAMES.get(code.split("-", 1)[0])
-    if names is None:
-        return code
-    return names[0] if language == "sv" else names[1]
-
-
 def interpreter_line(code: str | None, language: str) -> str | None:
     if not code:
         return None
-    name = interpreter_language_name(code, language)
+    try:
+        name = interpreter_language_name(code, language)
+    except InvalidLanguageCode as exc:
+        raise UnsafeText(str(exc)) from None
     if language == "sv":
         return f"Tolk: {name} behövs"
     return f"Interpreter: {name} needed"

@@ -11,7 +11,8 @@ Connect clients, builds the session store, the middleware, the templates and the
 includes the page routers. The pages are module-level routes by use case, each taking the shared
 :class:`~services.web.deps.WebContext` (on ``app.state.web``) as a FastAPI dependency:
 
-- :mod:`services.web.pages_misc` — the start page, the accessibility statement, the health probes
+- :mod:`services.web.pages_misc` — the start page, the accessibility statement, the health probes,
+  ``/metrics`` (:mod:`services.web.metrics`)
 - :mod:`services.web.pages_auth` — sign-in, the OIDC callback, logout, the development sign-in
 - :mod:`services.web.pages_plans` — the plan page and its meeting as .ics
 - :mod:`services.web.pages_me` — the person's own page and withdrawing a consent
@@ -39,6 +40,7 @@ from services.web.deps import CSRF_FIELD, KINDS, PageError, WebContext, safe_nex
 from services.web.sessions import ServerSessionMiddleware, SessionStore
 from services.web.settings import WebSettings
 from shared.directory import Directory, load_directory
+from shared.metrics import HttpMetricsMiddleware
 
 __all__ = ["CSRF_FIELD", "SERVICE", "create_app", "main"]
 
@@ -94,6 +96,9 @@ def create_app(settings: WebSettings) -> FastAPI:
     store = SessionStore(settings.session_idle_minutes * 60.0, settings.session_max_hours * 3600.0)
     app.state.sessions = store
     app.add_middleware(ServerSessionMiddleware, store=store, secure=settings.session_cookie_secure)
+    # outermost: every request counted by its route template (never the raw path), refusals too
+    metrics = app.state.web.metrics.service
+    app.add_middleware(HttpMetricsMiddleware, metrics=metrics, routes=lambda: app.router.routes)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.add_exception_handler(PageError, page_error)
     app.add_exception_handler(StarletteHTTPException, http_error)

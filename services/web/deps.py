@@ -13,7 +13,7 @@ import hmac
 import logging
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -24,6 +24,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from services.web import i18n
+from services.web.metrics import WebMetrics
 from services.web.settings import WebSettings
 from services.web.views import local
 from shared.directory import Directory
@@ -53,6 +54,7 @@ class WebContext:
     directory: Directory | None
     templates: Jinja2Templates
     csp: str = "default-src 'self'"
+    metrics: WebMetrics = field(default_factory=WebMetrics)
 
     def api_base(self, service: str) -> str:
         return {
@@ -113,14 +115,18 @@ class WebContext:
             )  # fmt: skip
         except httpx.HTTPError as exc:
             log.warning("API call failed", extra={"service": service, "error": type(exc).__name__})
+            self.metrics.api_error(service, "unavailable")
             raise PageError(503, service) from None
         if r.status_code == 401:  # the token is no longer accepted: sign in again
+            self.metrics.api_error(service, "token")
             request.session.clear()
             raise PageError(401)
         if r.status_code in (403, 404):
+            self.metrics.api_error(service, "refused")
             raise PageError(r.status_code, service)
         if r.status_code >= 400:
             log.warning("API answered an error", extra={"service": service, "status": r.status_code})
+            self.metrics.api_error(service, "server")
             raise PageError(503, service)
         return r.json()
 

@@ -139,6 +139,18 @@ TEXTS: dict[str, tuple[str, str]] = {
         "Every time someone read or received information about you, or was refused, it is listed here.",
     ),
     "no_disclosures": ("Inga händelser ännu.", "No events yet."),
+    "child_heading": ("Ditt barn: ärende", "Your child: case"),
+    "child_case": ("ditt barns ärende", "your child's case"),
+    "guardian_help": (
+        "Du ser det här för att du är vårdnadshavare och namngiven i barnets samtycke.",
+        "You see this because you are a guardian named in the child's consent.",
+    ),
+    "child_consents": ("Barnets samtycken", "The child's consents"),
+    "child_disclosures": (
+        "Vem har tagit del av uppgifter om barnet",
+        "Who has received information about the child",
+    ),
+    "child_or_guardian": ("Barnet eller en vårdnadshavare", "The child or a guardian"),
     "when": ("När", "When"),
     "who": ("Vem", "Who"),
     "what": ("Vad", "What"),

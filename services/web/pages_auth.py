@@ -49,6 +49,7 @@ async def signin_with(request: Request, kind: str, ctx: Ctx) -> Response:
         return await client.authorize_redirect(request, redirect_uri, **extra)
     except (httpx.HTTPError, OAuthError, ValueError) as exc:
         log.warning("identity provider unavailable", extra={"kind": kind, "error": type(exc).__name__})
+        ctx.metrics.signin(kind, "unavailable")
         raise PageError(503, "idp") from None
 
 
@@ -57,6 +58,7 @@ async def callback(request: Request, ctx: Ctx) -> Response:
     kind = request.session.get("signin_kind")
     client = ctx.client(kind)
     if client is None:
+        ctx.metrics.signin(kind, "refused")
         raise PageError(403, "signin")
     settings = ctx.settings
     extra = {"resource": settings.oidc_resource} if settings.oidc_resource else {}
@@ -64,6 +66,7 @@ async def callback(request: Request, ctx: Ctx) -> Response:
         token = await client.authorize_access_token(request, **extra)
     except (OAuthError, httpx.HTTPError, ValueError) as exc:
         log.warning("sign-in refused", extra={"kind": kind, "error": type(exc).__name__})
+        ctx.metrics.signin(kind, "refused")
         raise PageError(403, "signin") from None
     claims = dict(token.get("userinfo") or {})
     access = str(token.get("access_token", ""))
@@ -82,6 +85,7 @@ async def callback(request: Request, ctx: Ctx) -> Response:
         user["hsa_id"] = claims.get(settings.staff_hsa_claim)
     nxt = safe_next(request.session.get("next"))
     sign_in(request, user)
+    ctx.metrics.signin(kind, "ok")
     return RedirectResponse(nxt, 303)
 
 
@@ -131,6 +135,7 @@ async def dev_signin_post(request: Request, ctx: Ctx) -> Response:
     if form.get("organisation"):
         hsa = form["organisation"]
         if directory is None or directory.get(hsa) is None:
+            ctx.metrics.signin("staff", "refused")
             raise PageError(403, "signin")
         token = mint_token(secret, hsa, subject="dev-signin")
         user = {"kind": "staff", "hsa_id": hsa, "expires_at": expires, "name": None,
@@ -139,12 +144,14 @@ async def dev_signin_post(request: Request, ctx: Ctx) -> Response:
         try:
             pnr = parse_person_identifier(form.get("person", "")).value
         except InvalidPersonIdentifier:
+            ctx.metrics.signin("citizen", "refused")
             orgs = list(directory.organisations) if directory is not None else []
             return ctx.render(request, "dev_signin.html", 422, organisations=orgs, error="person")
         user = {"kind": "citizen", "expires_at": expires, "name": None,
                 "access_token": mint_person_token(secret, pnr), "oidc": False}  # fmt: skip
     nxt = safe_next(request.session.get("next"))
     sign_in(request, user)
+    ctx.metrics.signin(user["kind"], "ok")
     return RedirectResponse(nxt, 303)
 
 

@@ -1,4 +1,5 @@
-"""The open pages (start, accessibility statement) and the health probes: no sign-in needed."""
+"""The open pages (start, accessibility statement), the health probes and ``/metrics`` (Prometheus, open
+like every service's: no personal data in it, :mod:`services.web.metrics`): no sign-in needed."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from services.web.deps import Ctx
+from services.web.metrics import CONTENT_TYPE
 
 SERVICE = "web"
 
@@ -30,6 +32,11 @@ async def readyz(ctx: Ctx) -> Response:
             down.append(service)
     body = {"status": "ready" if not down else "unavailable", "unavailable": down}
     return JSONResponse(body, status_code=200 if not down else 503)
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(ctx: Ctx) -> Response:
+    return Response(ctx.metrics.render(), media_type=CONTENT_TYPE)
 
 
 @router.get("/", response_class=HTMLResponse)

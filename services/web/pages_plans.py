@@ -27,7 +27,7 @@ async def plan_page(request: Request, plan_id: str, ctx: Ctx) -> Response:
             raise PageError(403, "plan") from None
         raise
     lang = lang_of(request)
-    plan = care_plan(resource, self_text="Personen själv" if lang == "sv" else "The person")
+    plan = care_plan(resource, self_text="Personen själv" if lang == "sv" else "The person", lang=lang)
     return ctx.render(request, "plan.html", plan=plan)
 
 

@@ -13,9 +13,13 @@ from typing import Any
 
 from shared.clock import STOCKHOLM
 from shared.identifiers import PERSONNUMMER_SYSTEM, SAMORDNINGSNUMMER_SYSTEM
+from shared.languages import InvalidLanguageCode, interpreter_language_name
 
 # the person's own identifiers: a page names the person, never shows their number
 PERSON_SYSTEMS = frozenset({PERSONNUMMER_SYSTEM, SAMORDNINGSNUMMER_SYSTEM})
+# planning's CarePlan note of the person's wishes: "Personens önskemål om mötet: tolk: ar; bildstöd"
+WISHES_NOTE = "Personens önskemål om mötet: "
+INTERPRETER_PART = "tolk: "
 
 
 @dataclass
@@ -83,7 +87,24 @@ def _who(ref: dict[str, Any] | None, self_text: str) -> str:
     return f"{display} ({value})" if display and value else str(display or value or "")
 
 
-def care_plan(resource: dict[str, Any], *, self_text: str = "Personen själv") -> PlanView:
+def wishes_text(note: str, lang: str) -> str:
+    """The person's wishes for the meeting as planning's note has them, with the interpreter
+    language's code named in the reader's language ("tolk: arabiska", "interpreter: Arabic"); a code
+    not listed stays as it is, and so does a part that is not a language code."""
+    parts = note.split("; ")
+    for i, part in enumerate(parts):
+        if not part.startswith(INTERPRETER_PART):
+            continue
+        code = part.removeprefix(INTERPRETER_PART).strip()
+        try:
+            name = interpreter_language_name(code, lang)
+        except InvalidLanguageCode:
+            continue
+        parts[i] = f"tolk: {name}" if lang == "sv" else f"interpreter: {name}"
+    return "; ".join(parts)
+
+
+def care_plan(resource: dict[str, Any], *, self_text: str = "Personen själv", lang: str = "sv") -> PlanView:
     contained = {c.get("id"): c for c in resource.get("contained", []) if isinstance(c, dict)}
     ref_id = next(
         (i.get("value") for i in resource.get("identifier", []) if i.get("system", "").endswith("sip-case")),
@@ -147,8 +168,8 @@ def care_plan(resource: dict[str, Any], *, self_text: str = "Personen själv") -
         text = str(n.get("text", ""))
         if text.startswith("Andra aktörer: "):
             view.others.append(text.removeprefix("Andra aktörer: "))
-        elif text.startswith("Personens önskemål om mötet: "):
-            view.wishes = text.removeprefix("Personens önskemål om mötet: ")
+        elif text.startswith(WISHES_NOTE):
+            view.wishes = wishes_text(text.removeprefix(WISHES_NOTE), lang)
     return view
 
 

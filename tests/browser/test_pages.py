@@ -8,7 +8,9 @@ One suite start for the whole story (it is slow):
 - a stranger (an organisation with no part in the case) gets the no-access (403) page;
 - the person signs in with e-ID, sees who received their plan, withdraws their consent (with the
   confirmation step), and the participant's next page view is refused: the 403 page;
-- the coordinator (the owning unit) sees a breached deadline highlighted on the overview.
+- the coordinator (the owning unit) sees a breached deadline highlighted on the overview;
+- a guardian named on a child's consent signs in with e-ID and sees the child's case and consent on
+  their own page, and a person not named on it (a stranger to the child) sees nothing of them.
 axe-core runs in every page and state shown (WCAG 2.1 A/AA: no violation); with SIP_SCREENSHOTS=1 each
 page is saved under docs/screenshots/ for the README.
 """
@@ -32,7 +34,9 @@ from selenium.webdriver.support.ui import WebDriverWait
 from shared.contracts import DischargeNotified
 from tests.conftest import TEST_JWT_SECRET
 from tests.e2e.authz_scenario import (
+    GUARDIAN,
     HOSPITAL,
+    OTHER_PERSON,
     OWNER,
     PARTICIPANT,
     PERSON,
@@ -49,7 +53,7 @@ from tests.e2e.authz_scenario import (
 from tests.support.browser import assert_no_axe_violations, chromium, screenshot
 from tests.support.infra import MailSink, free_port, mail_sink, rabbit_vhost
 from tests.support.oidc import PASSWORD, Account, Provider, running_provider
-from tests.support.personnummer import ADULTS
+from tests.support.personnummer import ADULTS, CHILD
 from tests.support.suite import SERVICES, Suite, running_suite
 
 pytestmark = [pytest.mark.e2e, pytest.mark.broker, pytest.mark.browser]
@@ -84,7 +88,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     web = f"http://127.0.0.1:{ports['web']}"
     with running_provider(
         tmp, redirect_uris=[f"{web}/callback"], post_logout_redirect_uris=[f"{web}/"],
-        staff=STAFF, citizens=[PERSON],
+        staff=STAFF, citizens=[PERSON, GUARDIAN, OTHER_PERSON],
     ) as provider, rabbit_vhost() as amqp_url, mail_sink(tmp) as smtp:  # fmt: skip
         api = {name: f"http://127.0.0.1:{ports[name]}" for name in SERVICES}
         env = {
@@ -340,3 +344,45 @@ def test_participant_stranger_person_and_coordinator_in_a_real_browser(world: Wo
     # no personnummer in any service's log (the web service's included)
     logs = w.suite.logs()
     assert PERSON not in logs and LATE_PERSON not in logs
+
+
+def test_a_guardian_sees_the_childs_case_and_consent_and_a_stranger_nothing(world: World) -> None:
+    """The child's consent names two guardians (tests/e2e/authz_scenario.py); the first signs in at the
+    e-ID issuer and finds the child's case and consent on /me — as planning's and consent's APIs allow
+    a guardian, read with the guardian's own token. A person not named on it (the scenario's other
+    adult, with a case of their own) sees nothing of the child's."""
+    w, sc = world, world.scenario
+
+    with chromium() as guardian:
+        sign_in(guardian, w, "citizen", GUARDIAN, "/me")
+        case_css = f'[data-testid="my-case"][data-case-id="{sc.child_case}"]'
+
+        def child_shown() -> bool:
+            guardian.refresh()
+            wait_testid(guardian, "page-title")
+            return bool(guardian.find_elements(By.CSS_SELECTOR, case_css))
+
+        assert wait_for(child_shown, timeout=30, what="the child's case on the guardian's /me")
+        case = guardian.find_element(By.CSS_SELECTOR, case_css)
+        assert case.find_elements(By.CSS_SELECTOR, '[data-testid="child-case"]')  # said to be the child's
+        [child] = by_testid(guardian, "child")
+        consent = child.find_elements(By.CSS_SELECTOR, f'[data-consent-id="{sc.child_consent}"]')
+        assert consent, child.text
+        assert consent[0].find_elements(
+            By.CSS_SELECTOR, '[data-testid="withdraw-link"]'
+        )  # theirs to withdraw
+        assert sc.adult_case not in guardian.page_source  # the other person's case is not theirs
+        page = guardian.page_source
+        for number in (CHILD, GUARDIAN):
+            assert number not in page and number[2:] not in page and number[2:] not in guardian.current_url
+        assert_no_axe_violations(guardian, "the guardian's own page with the child's")
+        screenshot(guardian, "me-guardian")
+
+    with chromium() as stranger:
+        sign_in(stranger, w, "citizen", OTHER_PERSON, "/me")
+        page = stranger.page_source
+        assert sc.child_case not in page and sc.child_consent not in page and not by_testid(stranger, "child")
+        assert_no_axe_violations(stranger, "the own page of a person not named on the child's consent")
+
+    logs = w.suite.logs()
+    assert CHILD not in logs and GUARDIAN not in logs

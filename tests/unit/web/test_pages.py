@@ -271,7 +271,7 @@ def test_the_plan_page_reads_with_the_users_own_token(client: TestClient, apis: 
     text = r.text
     for shown in ("Stöd i hemmet", "Bo kvar hemma", "Hemtjänst morgon och kväll", "Stockholms stad, socialtjänsten",
                   "2027-02-01", "tills vidare", "Huvudansvar", "Vårdcentralen Södermalm", "Rum 3",
-                  "https://video.example/abc", "2026-12-07 kl. 10:00", "tolk: ar", "2027-03-01",
+                  "https://video.example/abc", "2026-12-07 kl. 10:00", "tolk: arabiska", "2027-03-01",
                   f'href="/plans/{CASE}/calendar.ics"', '<th scope="col">'):  # fmt: skip
         assert shown in text, shown
     assert PERSON not in text and PERSON[2:8] not in text  # the person is "Personen själv", never a number
@@ -484,7 +484,7 @@ def test_health(client: TestClient) -> None:
 # every page's rule: open by name, or a signed-in user (of the kind the page is for); anything else is
 # a route added without a rule, and this test fails for it
 OPEN_PAGES = {"/", "/tillganglighet", "/signin", "/signin/{kind}", "/callback", "/healthz", "/readyz",
-              "/dev/signin", "/logout"}  # fmt: skip
+              "/metrics", "/dev/signin", "/logout"}  # fmt: skip
 CITIZEN_PAGES = {"/me", "/me/consents/{consent_id}/withdraw"}
 STAFF_PAGES = {"/overview", "/cases/{case_id}"}
 ANY_SIGNED_IN = {"/plans/{plan_id}", "/plans/{plan_id}/calendar.ics"}  # then as the API's rule allows
