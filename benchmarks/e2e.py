@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypedDict
 from uuid import NAMESPACE_URL, uuid4, uuid5
 
 import aio_pika
@@ -47,7 +48,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.intake_mllp import pct
 from services.planning.intake.mllp import FrameDecoder, frame
 from shared.auth import mint_token
-from shared.contracts import ConsentRequested, DischargeNotified, RecordConsent
+from shared.contracts import ConsentRequested, DischargeNotified, PatientRef, RecordConsent
 from shared.persistence import SQL_STATS_ENV
 from tests.support import dbmode
 from tests.support.infra import free_port, mail_sink, rabbit_vhost
@@ -73,6 +74,17 @@ class Phase:
     #: with --sql-stats: each service's statement counts (shared.persistence.count_statements)
     sql_before: dict[str, dict[str, object]] = field(default_factory=dict)
     sql_after: dict[str, dict[str, object]] = field(default_factory=dict)
+
+
+class Figures(TypedDict):
+    """A phase's figures (:func:`wait_delivered`): discharges accepted and delivered, the delivery
+    rate, each delivered case's latency and its hops (→case opened, →invitation sent, →delivered)."""
+
+    accepted: int
+    delivered: int
+    rate: float
+    lat: list[float]
+    hops: tuple[list[float], list[float], list[float]]
 
 
 #: messages the benchmark itself moves through the broker: the consent desk's deliveries and
@@ -115,7 +127,7 @@ async def consent_desk(amqp_url: str, stop: asyncio.Event) -> None:
 def discharge(episode: str, i: int) -> DischargeNotified:
     return DischargeNotified(
         episode_id=episode, hospital_hsa_id="SE2321000016-SJH01",
-        patient={"identifier": ADULTS[i % len(ADULTS)], "kommun_code": "0180", "primary_care_unit_hsa_id": VC},
+        patient=PatientRef(identifier=ADULTS[i % len(ADULTS)], kommun_code="0180", primary_care_unit_hsa_id=VC),
         ready_for_discharge_at=datetime.now(UTC), needs_kommun_support=True, needs_region_support=True,
         correlation_id=episode,
     )  # fmt: skip
@@ -199,7 +211,7 @@ def arrivals(mail_dir: Path) -> dict[str, list[float]]:
     return out
 
 
-async def wait_delivered(suite: Suite, phase: Phase, timeout: float, per_case: int) -> dict[str, object]:
+async def wait_delivered(suite: Suite, phase: Phase, timeout: float, per_case: int) -> Figures:
     """Wait until every accepted discharge of the phase has all its invitations; return the figures.
 
     Only the SMTP sink's directory is watched while waiting (listing every case over HTTP while the
@@ -217,7 +229,10 @@ async def wait_delivered(suite: Suite, phase: Phase, timeout: float, per_case: i
                  if c["episode_id"] in phase.accepted_at]  # fmt: skip
     got = arrivals(suite.smtp.directory)
     done = [c for c in cases if len(got.get(c["reference"], ())) >= len(c["participants"])]
-    lat, hop_open, hop_sent, hop_deliver = [], [], [], []
+    lat: list[float] = []
+    hop_open: list[float] = []
+    hop_sent: list[float] = []
+    hop_deliver: list[float] = []
     last = phase.started
     for c in done:
         t0 = phase.accepted_at[c["episode_id"]]
@@ -410,12 +425,12 @@ def cost_report(label: str, phase: Phase, delivered: int) -> None:
     print(f"{label:>12} {cols} {total:9.1f}   {d['consumed']:6.1f} {d['published']:6.1f}")
 
 
-def report(label: str, offered: str, fig: dict[str, object]) -> None:
-    lat = sorted(fig["lat"])  # type: ignore[arg-type]
+def report(label: str, offered: str, fig: Figures) -> None:
+    lat = sorted(fig["lat"])
     if not lat:
         print(f"{label:>12} {offered:>9}  nothing delivered")
         return
-    o, s, d = (sorted(h) for h in fig["hops"])  # type: ignore[misc]
+    o, s, d = (sorted(h) for h in fig["hops"])
     med = lambda v: pct(v, 50) * 1000 if v else float("nan")  # noqa: E731
     print(
         f"{label:>12} {offered:>9} {fig['delivered']:>5}/{fig['accepted']:<5} {fig['rate']:8.1f}/s "
@@ -465,7 +480,7 @@ def sql_report(label: str, phase: Phase, delivered: int, top: int = 0) -> None:
                     print(f"{'':>22} {n / delivered:6.2f}  {text[:110]}")
 
 
-Result = tuple[str, str, dict[str, object], Phase]
+Result = tuple[str, str, Figures, Phase]
 
 
 async def run(args: argparse.Namespace, suite: Suite) -> list[Result]:
@@ -591,15 +606,15 @@ def main() -> None:
     print(f"{'phase':>12} " + " ".join(f"{c[:9]:>9}" for c in COST_COLUMNS) + f" {'total':>9}   "
           f"{'deliv.':>6} {'publ.':>6}")  # fmt: skip
     for label, _, fig, phase in results:
-        cost_report(label, phase, int(fig["delivered"]))  # type: ignore[call-overload]
+        cost_report(label, phase, int(fig["delivered"]))
     if any(phase.sql_after for *_, phase in results):
         print(
             "SQL per delivered discharge, by service (round trips: statements; transactions; pool checkouts)"
         )
         print(f"{'phase':>12} {'service':>9} " + " ".join(f"{c:>9}" for c in SQL_COUNTS))
         for label, _, fig, phase in results:
-            sql_report(label, phase, int(fig["delivered"]), top=12 if label == "saturation" else 0)  # type: ignore[call-overload]
-    best = max((fig["rate"] for _, _, fig, _ in results), default=0.0)  # type: ignore[type-var]
+            sql_report(label, phase, int(fig["delivered"]), top=12 if label == "saturation" else 0)
+    best = max((fig["rate"] for _, _, fig, _ in results), default=0.0)
     print(f"raw aio-pika confirmed publish + consume, {n_raw} messages: {ceiling:8.1f} messages/s, "
           f"broker CPU {raw_broker_cpu * 1e6:.0f} µs per message")  # fmt: skip
     print(f"suite end to end / raw ceiling: {best / ceiling:.3f}   (best sustained {best:.1f} discharges/s "
@@ -607,7 +622,7 @@ def main() -> None:
     sat = next((r for r in results if r[0] == "saturation"), None)
     if sat is not None and sat[2]["delivered"] and sat[3].usage_after:
         _, _, fig, phase = sat
-        n = int(fig["delivered"])  # type: ignore[call-overload]
+        n = int(fig["delivered"])
         per = {k: (phase.usage_after[k] - phase.usage_before.get(k, 0.0)) / n for k in phase.usage_after}
         cores = os.cpu_count() or 1
         broker_ms = per.get("RabbitMQ", float("nan")) * 1000

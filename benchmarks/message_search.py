@@ -156,7 +156,7 @@ def load_sqlite(path: Path, n: int, progress: Callable[[int], None]) -> None:
 
 
 async def load_postgres(url: str, n: int, progress: Callable[[int], None]) -> None:
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]
 
     engine = make_engine(url)
     t = table()

@@ -35,13 +35,14 @@ from shared.errors import PermanentError
 from shared.topology import (
     DECISION_REQUEST_TTL_MS,
     DEFAULT_RETRY_DELAY_SECONDS,
+    REPLY_QUEUES,
     SUBSCRIPTIONS,
     contract_exchange,
     dead_letter_exchange,
     dead_letter_queue,
-    decision_queue,
     exchange_for,
     exchanges_of,
+    reply_queues_of,
     retry_queue,
     subscription_for_queue,
     subscriptions_of,
@@ -396,8 +397,8 @@ async def declare_service_topology(
       first one up on an empty vhost creates them, so no start order is needed;
     - its dead-letter exchange, and per subscription its work queue (bound to the contract's
       exchange), DLQ (bound to the dead-letter exchange) and retry queue;
-    - consent: its request/reply queue (:func:`shared.topology.decision_queue`), replacing a classic
-      queue of that name that an earlier version left (:func:`replace_classic_queue`).
+    - its request/reply queues (:data:`shared.topology.REPLY_QUEUES`: consent's decision queue),
+      replacing a classic queue of that name that an earlier version left (:func:`declare_reply_queue`).
 
     Another consumer's queues are not declared: a command for a consumer that never ran is unroutable
     (the outbox keeps it and retries), so the whole topology is pre-created where that matters
@@ -411,14 +412,14 @@ async def declare_service_topology(
         dlq = await broker.declare_queue(dead_letter_queue(sub))
         await dlq.bind(dlx, routing_key=sub.contract.routing_key)
         await broker.declare_queue(retry_queue(sub, retry_delay_seconds))
-    if service == "consent":
-        await declare_decision_queue(broker)
+    for reply in reply_queues_of(service):
+        await declare_reply_queue(broker, reply.queue())
 
 
-async def declare_decision_queue(broker: RabbitBroker) -> None:
-    """consent's request/reply queue (:func:`shared.topology.decision_queue`); a classic queue of that
-    name, left by a version before 2026-12, is replaced (:func:`replace_classic_queue`)."""
-    queue = decision_queue()
+async def declare_reply_queue(broker: RabbitBroker, queue: RabbitQueue) -> None:
+    """A request/reply queue of :data:`shared.topology.REPLY_QUEUES` (consent's decision queue,
+    :func:`shared.topology.decision_queue`); a classic queue of that name, left by a version before
+    2026-12, is replaced (:func:`replace_classic_queue`). Its binding is its consumer's (faststream)."""
     try:
         await broker.declare_queue(queue)
     except aio_pika.exceptions.ChannelPreconditionFailed as exc:
@@ -480,8 +481,11 @@ async def declare_topology(
     """Declare every exchange, work queue, retry queue, dead-letter exchange and DLQ of the suite.
 
     For operators and tests (a user with configure on every suite name, e.g. the operator): the
-    services declare only their own part (:func:`declare_service_topology`)."""
+    services declare only their own part (:func:`declare_service_topology`). The exchanges the
+    request/reply queues bind from are declared, not the queues (:data:`shared.topology.REPLY_QUEUES`:
+    their owner declares them, as in deploy/rabbitmq/definitions.json)."""
     exchanges = {s.contract.exchange for s in SUBSCRIPTIONS} | set(EVENT_EXCHANGES) | set(COMMAND_EXCHANGES)
+    exchanges |= {r.request.exchange for r in REPLY_QUEUES}
     for name in sorted(exchanges):
         await broker.declare_exchange(exchange_for(name))
     for sub in SUBSCRIPTIONS:

@@ -2,16 +2,18 @@
 
 Each service declares at start-up only its own part (:func:`shared.messaging.declare_service_topology`;
 least privilege: its broker user has no rights on another service's queues): its work queues, their
-retry queues and DLQs, its dead-letter exchange, the bindings of its own queues, and every exchange it
-publishes to or binds from (:func:`exchanges_of`). The exchanges are declared *actively* (idempotent,
-same arguments everywhere), so any service can be the first one up on an empty vhost.
+retry queues and DLQs, its dead-letter exchange, its request/reply queues (:data:`REPLY_QUEUES`), the
+bindings of its own queues, and every exchange it publishes to or binds from (:func:`exchanges_of`).
+The exchanges are declared *actively* (idempotent, same arguments everywhere), so any service can be
+the first one up on an empty vhost.
 
 The whole topology is created before any service starts — from deploy/rabbitmq/definitions.json in
 the deployment, by :func:`shared.messaging.declare_topology` (``sipctl declare-topology``, run by
 ``sipctl run``) elsewhere — so a message published before its consumer has ever run is queued, not
 returned or dropped. Without that, a command to a consumer that never ran is unroutable and stays in
 the sender's outbox until the consumer has declared its queue, but an *event* that another consumer
-already receives is not kept for a consumer that has not yet declared its queue.
+already receives is not kept for a consumer that has not yet declared its queue. The request/reply
+queues are the exception: only their owner declares them (:class:`ReplyQueue`).
 Queue arguments are identical everywhere because they come from here.
 
 Naming (README, "Message catalogue"):
@@ -22,6 +24,7 @@ Naming (README, "Message catalogue"):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from faststream.rabbit import ExchangeType, QueueType, RabbitExchange, RabbitQueue
@@ -102,7 +105,8 @@ PUBLICATIONS: dict[str, tuple[type[Contract], ...]] = {
 """What each service publishes (through its outbox); documented in its AsyncAPI."""
 
 REQUESTS: dict[str, tuple[type[Contract], ...]] = {"planning": (ConsentDecisionRequested,)}
-"""Requests a service sends over RabbitMQ request/reply (planning asks the consent gate)."""
+"""Requests a service sends over RabbitMQ request/reply (planning asks the consent gate); who answers
+them is :data:`REPLY_QUEUES`."""
 
 
 def dead_letter_exchange_name(consumer: str) -> str:
@@ -209,9 +213,10 @@ def publishes_to(service: str) -> tuple[str, ...]:
 
 
 def binds_from(service: str) -> tuple[str, ...]:
-    """The exchanges ``service``'s work queues are bound to (consent's decision queue binds from
-    ``consent.commands`` too, which its subscriptions already name)."""
-    return tuple(sorted({s.contract.exchange for s in subscriptions_of(service)}))
+    """The exchanges ``service``'s work queues and request/reply queues (:data:`REPLY_QUEUES`) are
+    bound to."""
+    exchanges = {s.contract.exchange for s in subscriptions_of(service)}
+    return tuple(sorted(exchanges | {r.request.exchange for r in reply_queues_of(service)}))
 
 
 def exchanges_of(service: str) -> tuple[str, ...]:
@@ -239,3 +244,30 @@ def decision_queue() -> RabbitQueue:
         routing_key=ConsentDecisionRequested.routing_key,
         arguments={"x-message-ttl": DECISION_REQUEST_TTL_MS},
     )
+
+
+@dataclass(frozen=True)
+class ReplyQueue:
+    """A request/reply queue: its ``owner`` declares it at start, binds it to the request's exchange,
+    consumes it and answers each request on the caller's reply-to; nobody else may touch it (its
+    broker permissions, deploy/rabbitmq/generate_definitions.py). Not pre-created with the rest of
+    the topology (definitions.json, :func:`shared.messaging.declare_topology`): a request sent before
+    its owner ever ran is returned to its caller (mandatory), who fails closed, and an owner that
+    finds a queue an earlier version left classic replaces it
+    (:func:`shared.messaging.declare_reply_queue`)."""
+
+    owner: str
+    request: type[Contract]
+    queue: Callable[[], RabbitQueue]
+
+    @property
+    def queue_name(self) -> str:
+        return f"{self.owner}.{self.request.routing_key}"
+
+
+REPLY_QUEUES: tuple[ReplyQueue, ...] = (ReplyQueue("consent", ConsentDecisionRequested, decision_queue),)
+"""Who answers the requests of :data:`REQUESTS`: the consent gate answers planning's decisions."""
+
+
+def reply_queues_of(service: str) -> tuple[ReplyQueue, ...]:
+    return tuple(r for r in REPLY_QUEUES if r.owner == service)

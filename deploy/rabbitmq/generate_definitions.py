@@ -28,21 +28,23 @@ as ``amq.default``); ``queue.bind`` needs write on the queue and read on the exc
 queue; ``queue.delete``/``exchange.delete`` configure. So, per service (regexes are exact
 alternations of names, anchored; RabbitMQ searches, so the anchors matter):
 
-- configure: its own work, retry and dead-letter queues (+ consent's decide queue for consent), its
-  own dead-letter exchange and the exchanges it publishes to or binds from
+- configure: its own work, retry and dead-letter queues and its request/reply queues
+  (shared.topology.REPLY_QUEUES: consent's decide queue, declared by consent only), its own
+  dead-letter exchange and the exchanges it publishes to or binds from
   (shared.topology.exchanges_of). No other service's queue: it cannot declare, delete or redeclare
   those. (Configure on a shared exchange does let it delete that exchange — the price of any start
   order on an empty vhost; see README, "Containers".)
-- write: its own work queues and DLQs (it binds them; retry queues have no binding) + consent's decide
-  queue, the exchanges it publishes to (shared.topology.publishes_to: PUBLICATIONS, and consent.commands
-  for planning's consent-gate requests), its own dead-letter exchange (the middleware dead-letters
-  there; also its queues' x-dead-letter-exchange) and ``amq.default`` (retry parking publishes to
-  ``<queue>.retry`` through it, the retry queues dead-letter through it, consent answers the gate's
-  direct reply-to through it — which also lets a service publish into any queue by name).
+- write: its own work queues and DLQs (it binds them; retry queues have no binding) + its
+  request/reply queues, the exchanges it publishes to (shared.topology.publishes_to: PUBLICATIONS, and
+  consent.commands for planning's consent-gate requests, shared.topology.REQUESTS), its own
+  dead-letter exchange (the middleware dead-letters there; also its queues' x-dead-letter-exchange)
+  and ``amq.default`` (retry parking publishes to ``<queue>.retry`` through it, the retry queues
+  dead-letter through it, consent answers the gate's direct reply-to through it — which also lets a
+  service publish into any queue by name).
 - read: the exchanges it binds from and its own dead-letter exchange (its DLQs bind from it), its own
   work queues (it consumes them) and retry queues (creating a queue with a dead-letter exchange needs
-  read on it) + consent's decide queue. Not a DLQ (the operator reads those with ``sipctl
-  dead-letters``) and no other service's queue: it cannot consume, get or purge them.
+  read on it) + its request/reply queues (it consumes them). Not a DLQ (the operator reads those
+  with ``sipctl dead-letters``) and no other service's queue: it cannot consume, get or purge them.
 - a retired subscription's queues (shared.topology.RETIRED, left by an earlier version): configure on
   all three (the service deletes them once drained) and read on the work queue (it takes what waits
   there, shared.retired_queues).
@@ -66,7 +68,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from shared.contracts import EVENT_EXCHANGES, ConsentDecisionRequested
+from shared.contracts import EVENT_EXCHANGES
 from shared.topology import (
     DEFAULT_RETRY_DELAY_SECONDS,
     SUBSCRIPTIONS,
@@ -76,6 +78,7 @@ from shared.topology import (
     exchange_for,
     exchanges_of,
     publishes_to,
+    reply_queues_of,
     retired_of,
     retry_queue,
     subscriptions_of,
@@ -87,7 +90,6 @@ SERVICES = ("planning", "consent", "notify")
 ADMIN_USER = "@ADMIN_USER@"
 HASHING = "rabbit_password_hashing_sha256"
 DEFAULT_EXCHANGE = "amq.default"  # the name RabbitMQ checks permissions on for the "" exchange
-DECIDE_QUEUE = f"consent.{ConsentDecisionRequested.routing_key}"  # declared by consent only
 PARKED_DELIVERY_LIMIT = 1_000_000  # retry queues and DLQs: effectively none, on 3.10 and 4.x alike
 PARKED_QUEUES = r"^[a-z0-9.-]+\.(?:retry|dlq)$"
 
@@ -125,23 +127,23 @@ def exact(names: list[str] | set[str]) -> str:
 def permissions_of(service: str) -> dict[str, str]:
     own = subscriptions_of(service)
     retired = retired_of(service)  # drained (basic.get: read) and deleted (configure) at start
-    decide = [DECIDE_QUEUE] if service == "consent" else []
+    replies = [r.queue_name for r in reply_queues_of(service)]  # request/reply: declared by the owner only
     dlx = dead_letter_exchange_name(service)
     return {
         "configure": exact(
             [n for s in (*own, *retired) for n in (s.queue_name, s.retry_queue_name, s.dlq_name)]
-            + decide
+            + replies
             + [*exchanges_of(service), dlx]
         ),
         "write": exact(
             [n for s in own for n in (s.queue_name, s.dlq_name)]
-            + decide
+            + replies
             + [*publishes_to(service), dlx, DEFAULT_EXCHANGE]
         ),
         "read": exact(
             [n for s in own for n in (s.queue_name, s.retry_queue_name)]
             + [s.queue_name for s in retired]
-            + decide
+            + replies
             + [*binds_from(service), dlx]
         ),
     }

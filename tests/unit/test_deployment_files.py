@@ -22,8 +22,11 @@ from shared.messaging import declare_service_topology
 from shared.topology import (
     DEFAULT_RETRY_DELAY_SECONDS,
     PUBLICATIONS,
+    REPLY_QUEUES,
+    REQUESTS,
     SUBSCRIPTIONS,
     decision_queue,
+    reply_queues_of,
     subscriptions_of,
 )
 
@@ -269,14 +272,12 @@ def _needs(service: str) -> dict[str, set[str]]:
     consumes = {s.queue_name for s in subscriptions_of(service)}
     publishes = {c.exchange for c in PUBLICATIONS[service]} | {f"{service}.dlx", "amq.default"}
     configure, write, read = set(rec.configure), set(rec.write), set(rec.read)
-    if service == "consent":  # the consent gate's request queue: declared, bound, consumed by consent
-        decide = decision_queue().name
-        configure.add(decide)
-        write.add(decide)
-        read |= {decide, ConsentDecisionRequested.exchange}
-        consumes.add(decide)
-    if service == "planning":  # asks the consent gate (request/reply)
-        publishes.add(ConsentDecisionRequested.exchange)
+    for reply in reply_queues_of(service):  # its request/reply queues: declared, bound, consumed by it
+        configure.add(reply.queue_name)
+        write.add(reply.queue_name)
+        read |= {reply.queue_name, reply.request.exchange}
+        consumes.add(reply.queue_name)
+    publishes |= {c.exchange for c in REQUESTS.get(service, ())}  # it asks over request/reply
     return {"configure": configure, "write": write | publishes, "read": read | consumes, "consumes": consumes}
 
 
@@ -314,20 +315,46 @@ def test_each_service_may_do_exactly_what_the_topology_needs(service):
         assert not _matches(perms["read"], sub.dlq_name)
     read_queues = {q["name"] for q in definitions()["queues"] if _matches(perms["read"], q["name"])}
     own_retry = {s.retry_queue_name for s in subscriptions_of(service)}
-    assert read_queues == (needs["consumes"] - {decision_queue().name}) | own_retry
+    assert read_queues == (needs["consumes"] - {r.queue_name for r in REPLY_QUEUES}) | own_retry
     # write to exchanges: only where it publishes (other services' events, commands and DLXs refused)
     exchanges = {e["name"] for e in definitions()["exchanges"]} | {"amq.default", "amq.topic"}
     written = {e for e in exchanges if _matches(perms["write"], e)}
     assert written == needs["write"] & exchanges
     for other in others:
         assert f"{other}.dlx" not in written
-    # configure: the suite's names only; consent's decide queue only for consent
-    assert _matches(perms["configure"], decision_queue().name) is (service == "consent")
+    # configure: the suite's names only; a request/reply queue only for its owner (consent's decide queue)
+    for reply in REPLY_QUEUES:
+        for kind in ("configure", "write", "read"):
+            assert _matches(perms[kind], reply.queue_name) is (reply.owner == service), (kind, reply)
     assert not _matches(perms["configure"], "amq.default")
     # nothing beyond what it needs, on the names the broker knows
-    known = {q["name"] for q in definitions()["queues"]} | exchanges | {decision_queue().name}
+    known = {q["name"] for q in definitions()["queues"]} | exchanges | {r.queue_name for r in REPLY_QUEUES}
     for kind in ("configure", "write", "read"):
         assert {n for n in known if _matches(perms[kind], n)} == needs[kind] & known, (service, kind)
+
+
+def test_request_reply_queues_are_a_table_of_the_topology():
+    """Each request of REQUESTS has exactly one owner answering it (REPLY_QUEUES): consent answers
+    planning's decisions on ``consent.consent.decide.v1``, which only consent declares — not the
+    pre-created topology (definitions.json, where an earlier version's classic queue could not be
+    replaced)."""
+    assert [(r.owner, r.request, r.queue) for r in REPLY_QUEUES] == [
+        ("consent", ConsentDecisionRequested, decision_queue)
+    ]
+    assert reply_queues_of("planning") == reply_queues_of("notify") == ()
+    requests = [c for contracts in REQUESTS.values() for c in contracts]
+    assert sorted(r.request.routing_key for r in REPLY_QUEUES) == sorted(c.routing_key for c in requests)
+    for reply in REPLY_QUEUES:
+        queue = reply.queue()
+        assert queue.name == reply.queue_name == "consent.consent.decide.v1"
+        assert queue.routing_key == reply.request.routing_key
+        assert reply.owner not in REQUESTS  # nobody asks itself
+        assert reply.queue_name not in {q["name"] for q in definitions()["queues"]}
+    for service in SERVICES:  # each service declares at start exactly the request/reply queues it owns
+        rec = _RecordingBroker()
+        asyncio.run(declare_service_topology(rec, service, DEFAULT_RETRY_DELAY_SECONDS))
+        owned = {r.queue_name for r in REPLY_QUEUES if r.owner == service}
+        assert rec.configure & {r.queue_name for r in REPLY_QUEUES} == owned, service
 
 
 def _run_entrypoint(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:

@@ -6,8 +6,9 @@ in ``consent_versions`` as a snapshot, so ``_history`` and ``vread`` need no rec
 request keeps the unit that owns its case (``requested_by_hsa_id``) and the proposed participants:
 the relations :mod:`services.consent.access` decides on. Every decision (permit and deny), withdrawal,
 cancellation and every read or search of a person's data (here, or in planning and notify through
-``consent.access-recorded.v1``) is a row in ``audit_events``, indexed by person and time so "who
-received or read what about me" is one range scan; an organisation's view of it is filtered in the
+``consent.access-recorded.v1``) is a row in ``audit_events``, indexed by person, time and id — the
+order a trail is read in — so "who received or read what about me" is one range scan that stops at
+the page's limit, with no sort of the whole trail; an organisation's view of it is filtered in the
 query itself, before the limit.
 """
 
@@ -107,7 +108,9 @@ audit_events = sa.Table(
     # the service where the audited event happened: None for consent, planning | notify for a read
     # there (consent.access-recorded.v1); added with "Only those who belong"
     sa.Column("source", sa.String(16)),
-    sa.Index("ix_audit_events_patient_time", "patient_identifier", "recorded_at"),
+    # a person's trail in the order it is read, newest first: (recorded_at, id), keyset paging on both
+    # (audit_for_patient); replaced (patient_identifier, recorded_at) — migration 0005_audit_trail_order
+    sa.Index("ix_audit_events_patient_time_id", "patient_identifier", "recorded_at", "id"),
     # retention deletes the oldest entries, after the audit retention (migration 0003_retention)
     sa.Index("ix_audit_events_recorded", "recorded_at"),
 )
@@ -132,8 +135,8 @@ _ADDED_CONSENT_COLUMNS = (
 
 def upgrade_schema(sync_conn: sa.Connection) -> None:
     """Add the columns added since a table was created (issue #4 on ``consents``; the case owner on
-    ``consent_requests``, the source on ``audit_events``) — additive, idempotent (SQLite; PostgreSQL
-    has the Alembic migrations)."""
+    ``consent_requests``, the source on ``audit_events``) and the indexes added since — additive but
+    for an index a newer one replaces, idempotent (SQLite; PostgreSQL has the Alembic migrations)."""
     inspector = sa.inspect(sync_conn)
     tables = set(inspector.get_table_names())
     for table, names in (("consents", _ADDED_CONSENT_COLUMNS), *_ADDED_COLUMNS.items()):
@@ -145,16 +148,20 @@ def upgrade_schema(sync_conn: sa.Connection) -> None:
                 col = metadata.tables[table].c[name]
                 ddl = col.type.compile(dialect=sync_conn.dialect)
                 sync_conn.execute(sa.text(f'ALTER TABLE {table} ADD COLUMN "{name}" {ddl}'))
-    # the indexes of migrations 0003_retention and 0004_hot_query_indexes (where their columns are)
+    # the indexes of migrations 0003_retention, 0004_hot_query_indexes and 0005_audit_trail_order
+    # (where their columns are); 0005's replaces the person's (patient_identifier, recorded_at)
     inspector = sa.inspect(sync_conn)
     for indexed, name in (
         (audit_events, "ix_audit_events_recorded"),
         (consent_requests, "ix_consent_requests_requested_by"),
+        (audit_events, "ix_audit_events_patient_time_id"),
     ):
         if indexed.name in tables:
             index = next(i for i in indexed.indexes if i.name == name)
             if set(index.columns.keys()) <= {c["name"] for c in inspector.get_columns(indexed.name)}:
                 index.create(sync_conn, checkfirst=True)
+    if audit_events.name in tables:
+        sync_conn.execute(sa.text("DROP INDEX IF EXISTS ix_audit_events_patient_time"))
 
 
 def _dt(value: str | None) -> datetime | None:

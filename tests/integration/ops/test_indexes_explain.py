@@ -7,7 +7,11 @@ Each service's database is migrated by the service (Alembic, as in production) a
 store is after a year), then ``ANALYZE``. Each query is the SQL the code runs: the repository function
 itself is called and the statements it sends are captured on the engine, then explained with the
 same parameters (``EXPLAIN (FORMAT JSON)``). The plan must reach the expected index (Index Scan,
-Index Only Scan or Bitmap Index Scan) and read no big table sequentially.
+Index Only Scan or Bitmap Index Scan) and read no big table sequentially; a query whose order an index
+gives (a person's audit trail, newest first) must not sort either.
+
+SQLite, the embedded default, has the same indexes (the models'; ``upgrade_schema`` adds them to an
+older file): its plan for a person's audit trail is checked too (``EXPLAIN QUERY PLAN``).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from sqlalchemy import event
 
 from services.consent.adapters.store import SqlConsentRepository
 from services.consent.app import create_app as consent_app
+from services.consent.app import prepare_database as prepare_consent_database
 from services.consent.settings import ConsentSettings
 from services.notify.adapters.store import SqlNotificationRepository
 from services.notify.app import create_app as notify_app
@@ -39,7 +44,6 @@ from services.planning.settings import PlanningSettings
 from shared.persistence import utcnow
 from tests.support.infra import pg_database
 
-pytestmark = pytest.mark.postgres
 REPO = Path(__file__).resolve().parents[3]
 DIRECTORY = str(REPO / "config/directory.yaml")
 N = 20_000  # rows per big table (audit_events: 5 × N)
@@ -113,6 +117,15 @@ SELECT md5('n' || i)::uuid::text, md5('cause' || i), md5('case' || i)::uuid::tex
 FROM generate_series(1, {N}) i;
 """
 PATIENT = "999999000042"  # a generated identifier (not a personnummer) with cases, consents and audit
+TRAIL = 5_000  # audit entries of PATIENT: a person with a long trail, sorted in full without its index
+TRAIL_DATA = f"""
+INSERT INTO audit_events (id, recorded_at, patient_identifier, action, outcome, reason, basis, recipient_hsa_id,
+    case_id, consent_id, channel)
+SELECT md5('trail' || i)::uuid::text, now() - ((i / 3) || ' minutes')::interval, '{PATIENT}', 'read', 'permit',
+    'consent', 'consent', 'ORG' || (i % 50), md5('case' || i)::uuid::text, md5('consent' || i)::uuid::text, 'http'
+FROM generate_series(1, {TRAIL}) i;
+"""
+SORTS = {"Sort", "Incremental Sort"}
 
 
 # ---- capturing what the code sends, and explaining it ---------------------------------------------------
@@ -155,11 +168,16 @@ async def explain(
 
 
 def check(
-    plans: list[tuple[str, list[dict[str, Any]]]], expected: dict[str, Any], big: set[str], name: str = ""
+    plans: list[tuple[str, list[dict[str, Any]]]],
+    expected: dict[str, Any],
+    big: set[str],
+    name: str = "",
+    *,
+    ordered: bool = False,
 ) -> None:
     """Every table in ``expected`` is read through that index (or one of those indexes, a tuple)
-    somewhere in the plans; no table of
-    ``big`` is read by a sequential scan in any of them."""
+    somewhere in the plans; no table of ``big`` is read by a sequential scan in any of them;
+    ``ordered``: the index gives the order asked for, no plan sorts."""
     used = {n["Index Name"] for _, ns in plans for n in ns if n["Node Type"] in INDEX_SCANS}
     text = "\n\n".join(f"{s}\n{json.dumps(ns, indent=1, default=str)[:3000]}" for s, ns in plans)
     for table, index in expected.items():
@@ -167,6 +185,9 @@ def check(
         assert either & used, f"{name}: {table}: {index} not used\n{text}"
     seq = {n.get("Relation Name") for _, ns in plans for n in ns if n["Node Type"] == "Seq Scan"}
     assert not seq & big, f"{name}: sequential scan of {seq & big}\n{text}"
+    if ordered:
+        sorts = {n["Node Type"] for _, ns in plans for n in ns if n["Node Type"] in SORTS}
+        assert not sorts, f"{name}: {', '.join(sorted(sorts))} instead of the index's order\n{text}"
 
 
 async def _load(app: Any, *sql: str) -> Any:
@@ -188,6 +209,7 @@ def databases() -> Iterator[dict[str, str]]:
         yield {"planning": planning, "consent": consent, "notify": notify}
 
 
+@pytest.mark.postgres
 async def test_planning_hot_queries_read_through_their_indexes(databases):
     app = planning_app(
         PlanningSettings(database_url=databases["planning"], directory_path=DIRECTORY, mllp_enabled=False)
@@ -252,19 +274,33 @@ async def _check_retention(app: Any, expected: dict[str, str], big: set[str]) ->
         check(plans, {kind.name: expected[kind.name]}, big, f"retention of {kind.name}")
 
 
+@pytest.mark.postgres
 async def test_consent_hot_queries_read_through_their_indexes(databases):
     app = consent_app(ConsentSettings(database_url=databases["consent"], directory_path=DIRECTORY))
-    rt = await _load(app, CONSENT_DATA, RUNTIME_DATA)
+    rt = await _load(app, CONSENT_DATA, TRAIL_DATA, RUNTIME_DATA)
     big = {"consents", "consent_requests", "audit_events", "inbox", "outbox"}
-    queries: dict[str, tuple[Callable[[Any], Awaitable[Any]], dict[str, Any]]] = {
+    async with rt.engine.connect() as conn:
+        middle = (await conn.execute(sa.text(
+            "SELECT recorded_at, id FROM audit_events WHERE patient_identifier = :p ORDER BY recorded_at DESC,"
+            " id DESC OFFSET :n LIMIT 1"), {"p": PATIENT, "n": TRAIL // 2})).one()  # fmt: skip
+    trail = {"audit_events": "ix_audit_events_patient_time_id"}
+    # the person's trail, newest first: the first rows of the index backwards, never the whole trail sorted
+    ordered: dict[str, Callable[[Any], Awaitable[Any]]] = {
         "a person's audit (the person, or the operator)": (
-            lambda c: SqlConsentRepository(c).audit_for_patient(PATIENT, limit=100),
-            {"audit_events": "ix_audit_events_patient_time"},
+            lambda c: SqlConsentRepository(c).audit_for_patient(PATIENT, limit=100)
         ),
         "a person's audit as an organisation sees it": (
-            lambda c: SqlConsentRepository(c).audit_for_patient(PATIENT, limit=100, visible_to="ORG7"),
-            {"audit_events": "ix_audit_events_patient_time"},
+            lambda c: SqlConsentRepository(c).audit_for_patient(PATIENT, limit=100, visible_to="ORG7")
         ),
+        "a person's audit, a later page (keyset)": (
+            lambda c: SqlConsentRepository(c).audit_for_patient(
+                PATIENT, limit=100, after=(middle[0], middle[1])
+            )
+        ),
+    }
+    for name, run in ordered.items():
+        check(await explain(rt.engine, run), trail, big, name, ordered=True)
+    queries: dict[str, tuple[Callable[[Any], Awaitable[Any]], dict[str, Any]]] = {
         "consent decision lookup": (
             lambda c: SqlConsentRepository(c).for_patient(PATIENT),
             {"consents": "ix_consents_patient_identifier"},
@@ -283,6 +319,7 @@ async def test_consent_hot_queries_read_through_their_indexes(databases):
     await rt.engine.dispose()
 
 
+@pytest.mark.postgres
 async def test_notify_hot_queries_read_through_their_indexes(databases):
     app = notify_app(NotifySettings(database_url=databases["notify"], directory_path=DIRECTORY))
     rt = await _load(app, NOTIFY_DATA, RUNTIME_DATA)
@@ -311,7 +348,7 @@ async def test_notify_hot_queries_read_through_their_indexes(databases):
     await rt.engine.dispose()
 
 
-def test_the_plan_check_fails_on_a_sequential_scan_or_a_missing_index():
+def test_the_plan_check_fails_on_a_sequential_scan_a_missing_index_or_a_sort():
     seq = [("q", [{"Node Type": "Limit"}, {"Node Type": "Seq Scan", "Relation Name": "sip_cases"}])]
     with pytest.raises(AssertionError, match="sequential scan"):
         check(seq, {}, {"sip_cases"})
@@ -319,3 +356,58 @@ def test_the_plan_check_fails_on_a_sequential_scan_or_a_missing_index():
         check(seq, {"sip_cases": "ix_sip_cases_state"}, set())
     ok = [("q", [{"Node Type": "Bitmap Index Scan", "Index Name": "ix_sip_cases_state"}])]
     check(ok, {"sip_cases": "ix_sip_cases_state"}, {"sip_cases"})
+    for sort in SORTS:
+        sorted_ = [("q", [{"Node Type": "Limit"}, {"Node Type": sort}, *ok[0][1]])]
+        check(sorted_, {"sip_cases": "ix_sip_cases_state"}, {"sip_cases"})  # order not asked for
+        with pytest.raises(AssertionError, match="instead of the index's order"):
+            check(sorted_, {"sip_cases": "ix_sip_cases_state"}, {"sip_cases"}, ordered=True)
+
+
+async def sqlite_plans(engine: Any, run: Callable[[Any], Awaitable[Any]]) -> list[tuple[str, list[str]]]:
+    """Run ``run(conn)``, then ``EXPLAIN QUERY PLAN`` every statement it sent (SQLite)."""
+    async with engine.connect() as conn:
+        with captured(engine) as sent:
+            await run(conn)
+        plans = []
+        for statement, parameters in sent:
+            rows = await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
+            plans.append((statement, [str(r[-1]) for r in rows]))
+        await conn.rollback()
+    assert plans, "the code sent no statement"
+    return plans
+
+
+async def test_sqlite_reads_a_persons_audit_through_its_index_without_sorting(tmp_path):
+    """On SQLite too a page of a person's trail is the first rows of the index, not the whole trail
+    put into a temporary B-tree to be sorted — also in a file made before the index, which
+    ``upgrade_schema`` brings up to date."""
+    app = consent_app(
+        ConsentSettings(database_url=f"sqlite+aiosqlite:///{tmp_path}/consent.db", directory_path=DIRECTORY)
+    )
+    rt = app.state.runtime
+    async with rt.engine.begin() as conn:  # a file from before 0005_audit_trail_order
+        await conn.run_sync(rt.metadata.create_all)
+        await conn.exec_driver_sql("DROP INDEX ix_audit_events_patient_time_id")
+        await conn.exec_driver_sql(
+            "CREATE INDEX ix_audit_events_patient_time ON audit_events (patient_identifier, recorded_at)"
+        )
+    await prepare_consent_database(rt)
+    try:
+        async with rt.engine.connect() as conn:
+            indexes = {r[0] for r in await conn.exec_driver_sql(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'audit_events'")}  # fmt: skip
+        assert "ix_audit_events_patient_time_id" in indexes and "ix_audit_events_patient_time" not in indexes
+        at = utcnow()
+        for run in (
+            lambda c: SqlConsentRepository(c).audit_for_patient(PATIENT, limit=100),
+            lambda c: SqlConsentRepository(c).audit_for_patient(PATIENT, limit=100, after=(at, "m")),
+            lambda c: SqlConsentRepository(c).audit_for_patient(PATIENT, limit=100, visible_to="ORG7"),
+        ):
+            plans = await sqlite_plans(rt.engine, run)
+            details = [d for _, ds in plans for d in ds]
+            text = "\n".join(details)
+            assert any("ix_audit_events_patient_time_id" in d for d in details), text
+            # "USE TEMP B-TREE FOR ORDER BY" (or "FOR RIGHT PART OF" / "LAST TERM OF ORDER BY"): a sort
+            assert not any("TEMP B-TREE" in d and "ORDER BY" in d for d in details), text
+    finally:
+        await rt.engine.dispose()
