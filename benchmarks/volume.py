@@ -95,7 +95,6 @@ class Store:
     app: Any
     url: str
     rows: dict[str, int] = field(default_factory=dict)
-    batch_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # the prune's, per kind
 
     @property
     def engine(self) -> Any:
@@ -337,12 +336,9 @@ async def prune(store: Store, now: datetime) -> dict[str, int]:
     settings = store.app.state.runtime.settings
     pruner = Pruner(
         store.service, store.engine, kinds, batch=settings.retention_batch,
-        pause=settings.retention_pause_seconds, batch_seconds=settings.retention_batch_seconds,
-        now=lambda: later,
+        pause=settings.retention_pause_seconds, now=lambda: later,
     )  # fmt: skip
-    pruned = await pruner.prune_once()
-    store.batch_sizes = dict(pruner.sizes)
-    return pruned
+    return await pruner.prune_once()
 
 
 PROBES = ("intake message to ACK", "a case by id", "consent decision")
@@ -413,7 +409,6 @@ class Result:
     prune_seconds: float = 0.0
     live: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
     live_rounds: int = 0
-    batch_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def make_app(service: str, url: str) -> Any:
@@ -448,7 +443,6 @@ async def run_db(db: str, urls: dict[str, str], scale: float, samples: int) -> R
             result.before[name] = await storage(store) / n
         result.pruned, result.live, result.prune_seconds = await prune_with_probes(stores, now, samples)
         result.live_rounds = samples
-        result.batch_sizes = {k: v for store in stores.values() for k, v in store.batch_sizes.items()}
         for name, store in stores.items():
             result.after[name] = await storage(store, live=True) / n
     finally:
@@ -484,10 +478,9 @@ def report(r: Result) -> str:
     for s in r.before:
         pruned = ", ".join(f"{k} {v:,}" for k, v in r.pruned[s].items())
         lines.append(f"{s:<30} {r.before[s]:11,.0f} B {r.after[s]:10,.0f} B   {pruned}")
-    sizes = ", ".join(f"{k} {lo}-{hi}" for k, (lo, hi) in r.batch_sizes.items())
     lines.append(
         f"retention pass (clock one year later, the services' batches and pauses, all three at once): "
-        f"{r.prune_seconds:.0f} s; batch sizes {sizes}"
+        f"{r.prune_seconds:.0f} s"
     )
     lines.append(
         f"{'live path (ms)':<30} {'before p50':>10} {'p99':>7} {'during p50':>10} {'p99':>7} {'p99 ratio':>9}"

@@ -143,18 +143,6 @@ def outbox_kind(outbox: sa.Table, days: int) -> Kind:
     )
 
 
-MIN_BATCH = 10
-
-
-def next_batch_size(size: int, took: float, target: float, most: int) -> int:
-    """The next batch's size after one of ``size`` rows took ``took`` seconds (aiming at ``target``)."""
-    if took > target:
-        return max(MIN_BATCH, min(size - 1, int(size * target / took)))
-    if took < target / 2:
-        return min(most, size * 2)
-    return size
-
-
 class Pruner:
     """Runs the kinds' batches: once (:meth:`prune_once`, ``sipctl prune``) or on a schedule (:meth:`run`)."""
 
@@ -166,21 +154,14 @@ class Pruner:
         *,
         batch: int = 500,
         pause: float = 0.05,
-        batch_seconds: float = 0.02,
         now: Callable[[], datetime] = utcnow,
         counter: Any = None,
     ) -> None:
         self.service = service
         self.engine = engine
         self.kinds = list(kinds)
-        #: the most rows one batch takes; fewer while a batch takes longer than ``batch_seconds``
         self.batch = batch
         self.pause = pause
-        #: how long one batch may hold the database: on SQLite the service's one connection, whose
-        #: statements run on its event loop (shared.sqlite_inline), so the live path waits that long
-        self.batch_seconds = batch_seconds
-        #: the batch sizes the last pass used, per kind (smallest, largest): for the benchmark and tests
-        self.sizes: dict[str, tuple[int, int]] = {}
         self.now = now
         #: ``sip_retention_pruned_total{kind}`` (a prometheus Counter), or None
         self.counter = counter
@@ -211,30 +192,18 @@ class Pruner:
             return int(await conn.scalar(sa.select(sa.func.count()).select_from(inner)) or 0)
 
     async def _prune(self, kind: Kind, cutoff: datetime) -> int:
-        """Batches until one comes back short. A batch's size follows its time: a batch that held the
-        database longer than ``batch_seconds`` makes the next one smaller in proportion (at least
-        :data:`MIN_BATCH`), one that took under half of it makes the next one twice as big (at most
-        ``batch``) — on a store a year old a batch of 500 took up to half a second on SQLite, all of
-        it waited for by the live path (benchmarks/volume.py)."""
         total = 0
         dialect = self.engine.dialect.name
-        size = self.batch
-        smallest = largest = size
+        stmt = kind.statement(dialect, cutoff, self.batch)
         while True:
-            stmt = kind.statement(dialect, cutoff, size)
-            started = time.perf_counter()
             async with self.engine.begin() as conn:
                 keys = (await conn.execute(stmt)).all()
                 done = await kind.apply(conn, keys) if keys else 0
-            took = time.perf_counter() - started
             total += done
             if self.counter is not None and done:
                 self.counter.labels(kind=kind.name).inc(done)
-            if len(keys) < size:
-                self.sizes[kind.name] = (smallest, largest)
+            if len(keys) < self.batch:
                 return total
-            size = next_batch_size(size, took, self.batch_seconds, self.batch)
-            smallest, largest = min(smallest, size), max(largest, size)
             await asyncio.sleep(self.pause)  # the live path takes the database between two batches
 
     async def run(
@@ -276,7 +245,6 @@ def install(runtime: Any, kinds: Sequence[Kind], *, now: Callable[[], datetime] 
         kinds,
         batch=s.retention_batch,
         pause=s.retention_pause_seconds,
-        batch_seconds=s.retention_batch_seconds,
         now=now,
         counter=runtime.metrics.retention_pruned,
     )

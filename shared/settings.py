@@ -107,14 +107,7 @@ class ServiceSettings(BaseSettings):
         default=3600.0, gt=0, description="Seconds between two retention passes of a service"
     )
     retention_batch: int = Field(
-        default=500, ge=1, le=10000, description="Most rows pruned per transaction (one batch)"
-    )
-    retention_batch_seconds: float = Field(
-        default=0.02,
-        gt=0,
-        le=10,
-        description="How long one retention batch may hold the database: a slower batch makes the next "
-        "one smaller (on SQLite the live path waits for the batch)",
+        default=500, ge=1, le=10000, description="Rows pruned per transaction (one batch)"
     )
     retention_pause_seconds: float = Field(
         default=0.05, ge=0, le=60, description="Pause between two batches, so the live path is not stalled"
