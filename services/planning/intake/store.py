@@ -67,6 +67,9 @@ MESSAGE_STORE_INDEXES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ix_intake_messages_correlation", ("correlation_id",)),
     ("ix_intake_messages_patient", ("patient_identifier", "id")),
     ("ix_intake_messages_replay_of", ("replay_of",)),
+    # retention walks the originals (replay_of NULL) oldest first: without it SQLite took the replay_of
+    # index for "IS NULL" and sorted every original for each batch (services/planning/adapters/retention.py)
+    ("ix_intake_messages_original_received", ("replay_of", "received_at")),
 )
 
 
