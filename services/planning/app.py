@@ -36,6 +36,7 @@ from shared.dependencies import DATABASE, DependencyUnavailable, describe_unavai
 from shared.directory import Directory, load_directory
 from shared.handler_table import handle_once
 from shared.hospital import HospitalEvent
+from shared.local_delivery import LocalDelivery
 from shared.metrics import case_gauges
 from shared.persistence import enqueue, utcnow
 from shared.retired_queues import drain_retired
@@ -82,6 +83,11 @@ def create_app(
     runtime.background.append(
         scheduler_job(runtime, clock, settings.deadline_check_interval, react=own_reaction(runtime, deps))
     )
+    # the intake's stay events go from the outbox to their handler in-process (hospital.events is the
+    # hospitals' exchange); a hospital's own stay events still come through the broker to the same one
+    LocalDelivery(
+        runtime, {HospitalStayEvent: message_handlers.stay_event}, max_attempts=settings.max_attempts
+    ).install()
     runtime.background.append(retired_queues_job(runtime, settings, deps))
     pruner = retention.install(
         runtime,
@@ -202,11 +208,15 @@ def build_intake(
     observe: Callable[[str, str | None, str], None] | None = None,
 ) -> IntakeService:
     """HL7 v2 / FHIR intake: each accepted message is stored with its acknowledgement and, in the same
-    transaction, one ``hospital.stay-event.v1`` per event in the outbox; the ACK goes out after commit."""
+    transaction, one ``hospital.stay-event.v1`` per event in the outbox, marked local: after the
+    commit the relay hands it to the stay-event handler in-process (:mod:`shared.local_delivery`),
+    not to RabbitMQ. The ACK goes out after the commit."""
 
     async def on_event(conn: AsyncConnection, event: HospitalEvent, correlation_id: str) -> None:
         # the message's correlation id: its effect is written back to its row in the message store
-        await enqueue(conn, runtime.outbox, HospitalStayEvent(event=event, correlation_id=correlation_id))
+        await enqueue(
+            conn, runtime.outbox, HospitalStayEvent(event=event, correlation_id=correlation_id), local=True
+        )
 
     service = IntakeService(
         runtime.engine,
