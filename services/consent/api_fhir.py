@@ -15,7 +15,10 @@ from starlette.responses import JSONResponse
 
 from services.consent import access
 from services.consent.access import RULES, Denied
-from services.consent.adapters.fhir import (
+from services.consent.adapters.store import SqlConsentRepository
+from services.consent.api_deps import ConsentApi, Ctx, asked_patient, caller_of
+from services.consent.domain import AuditEntry, ConsentRecord
+from services.consent.fhir import (
     FhirVersion,
     audit_event_resource,
     audit_events,
@@ -23,9 +26,6 @@ from services.consent.adapters.fhir import (
     consent_resource,
     validated_bundle,
 )
-from services.consent.adapters.store import SqlConsentRepository
-from services.consent.api_deps import ConsentApi, Ctx, asked_patient, caller_of
-from services.consent.domain import AuditEntry, ConsentRecord
 from shared.fhir import FHIR_JSON, fhir_json, outcome_response
 from shared.fhir_rest import (
     FhirError,
