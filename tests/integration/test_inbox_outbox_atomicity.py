@@ -181,10 +181,14 @@ async def test_local_rows_are_handed_over_in_order_and_a_failure_counts_for_its_
     engine, inbox, outbox, effects = store  # noqa: RUF059
     async with engine.begin() as conn:
         for i in range(4):
-            msg = ConsentRequested(case_id=f"00000000-0000-0000-0000-00000000000{i}", patient_identifier=ADULT)
+            msg = ConsentRequested(
+                case_id=f"00000000-0000-0000-0000-00000000000{i}", patient_identifier=ADULT
+            )
             await enqueue(conn, outbox, msg, local=i % 2 == 0)
     async with engine.connect() as c:
-        rows = (await c.execute(sa.select(outbox.c.message_id, outbox.c.exchange).order_by(outbox.c.id))).all()
+        rows = (
+            await c.execute(sa.select(outbox.c.message_id, outbox.c.exchange).order_by(outbox.c.id))
+        ).all()
     assert [r.exchange for r in rows] == [LOCAL_EXCHANGE, "consent.commands"] * 2
     order: list[tuple[str, str]] = []
     failures = [RuntimeError("handler failed"), DependencyUnavailable(DATABASE, "OperationalError: gone")]
