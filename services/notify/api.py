@@ -22,10 +22,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from services.notify import access
-from services.notify.adapters.fhir import communication_resource
 from services.notify.adapters.store import SqlNotificationRepository
 from services.notify.api_deps import Ctx, NotifyApi
 from services.notify.domain import ChannelKind, Notification, Status
+from services.notify.fhir import communication_resource
 from shared.auth import CallerDep, current_caller
 from shared.fhir import fhir_json, outcome_response
 from shared.fhir_rest import SearchParam, capability_statement, fhir_route, frozen, parse_search, searchset

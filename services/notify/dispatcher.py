@@ -59,9 +59,9 @@ from datetime import timedelta
 from typing import TypeVar
 from uuid import UUID
 
-from services.notify.adapters.fhir import communication_resource
 from services.notify.adapters.store import SqlNotificationRepository
 from services.notify.domain import Notification, after_failure, backoff
+from services.notify.fhir import communication_resource
 from services.notify.gate import SendGate
 from services.notify.ports import (
     ChannelSender,
