@@ -66,7 +66,7 @@ def create_app(
                      "status", "channel")
     )  # fmt: skip
     deps = NotifyDeps(load_directory(settings.directory_path), clock, InvitationOptions.of(settings))
-    dispatcher = Dispatcher(runtime, all_channels, clock, settings)
+    dispatcher = Dispatcher(runtime, all_channels, clock, settings, notifications=SqlNotificationRepository)
     subscribers.register(
         runtime,
         dispatcher,
