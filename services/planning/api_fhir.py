@@ -22,7 +22,10 @@ from pydantic import ValidationError
 
 from services.planning import access, lifecycle
 from services.planning.access import may_read_plan
-from services.planning.adapters.fhir import (
+from services.planning.adapters.store import SqlCaseRepository, case_from_snapshot
+from services.planning.api_deps import Ctx, PlanningApi
+from services.planning.domain import SipCase
+from services.planning.fhir import (
     CASE_SYSTEM,
     MESSAGING,
     FhirVersion,
@@ -30,9 +33,6 @@ from services.planning.adapters.fhir import (
     plan_status,
     provenance,
 )
-from services.planning.adapters.store import SqlCaseRepository, case_from_snapshot
-from services.planning.api_deps import Ctx, PlanningApi
-from services.planning.domain import SipCase
 from shared.auth import current_caller
 from shared.directory import UnknownRecipient
 from shared.fhir import (

@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.planning.adapters.fhir import care_plan
 from services.planning.domain import OPEN_STATES, Participant, SipCase
+from services.planning.fhir import care_plan
 from services.planning.plan import STORED, Approval, Meeting, MeetingPreferences, PlanContent
 from services.planning.stays import Cancellation, Stay
 from shared.persistence import UTCDateTime, insert_once
@@ -398,7 +398,7 @@ class SqlCaseRepository:
         self, case: SipCase, version: int, at: datetime, *, validate: bool = True, activity: str = "UPDATE",
         agent_hsa_id: str | None = None, reason: str | None = None,
     ) -> None:  # fmt: skip
-        """The case as plan ``version``: its CarePlan (:func:`~services.planning.adapters.fhir.care_plan`;
+        """The case as plan ``version``: its CarePlan (:func:`~services.planning.fhir.care_plan`;
         ``validate=False`` skips the fhir.resources round trip), its snapshot and the Provenance."""
         case_id = case.id
         resource = care_plan(case, version=version, at=at, validate=validate)
