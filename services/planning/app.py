@@ -15,8 +15,15 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.planning import api, api_cases, api_fhir, handlers, messages, subscribers
+from services.planning.adapters.deadline_store import SqlDeadlines
 from services.planning.adapters.retention import planning_kinds
-from services.planning.adapters.store import cases, metadata, upgrade_schema
+from services.planning.adapters.store import (
+    SqlCaseRepository,
+    case_from_snapshot,
+    cases,
+    metadata,
+    upgrade_schema,
+)
 from services.planning.adapters.unit_of_work import SqlPlanningUnitOfWork
 from services.planning.api_deps import PlanningApi
 from services.planning.deadlines import DeadlinePolicy
@@ -81,7 +88,13 @@ def create_app(
         uow=lambda: SqlPlanningUnitOfWork(runtime, deps), store=intake_tables(metadata),
     )  # fmt: skip
     runtime.background.append(
-        scheduler_job(runtime, clock, settings.deadline_check_interval, react=own_reaction(runtime, deps))
+        scheduler_job(
+            runtime,
+            clock,
+            settings.deadline_check_interval,
+            deadlines=SqlDeadlines,
+            react=own_reaction(runtime, deps),
+        )
     )
     # the intake's stay events go from the outbox to their handler in-process (hospital.events is the
     # hospitals' exchange); a hospital's own stay events still come through the broker to the same one
@@ -138,7 +151,10 @@ def create_app(
         lifespan=lifespan,
     )
     runtime.add_health_routes(app)
-    app.state.planning_api = PlanningApi(runtime, settings, clock, intake, directory, gate)
+    app.state.planning_api = PlanningApi(
+        runtime, settings, clock, intake, directory, gate,
+        cases=SqlCaseRepository, deadlines=SqlDeadlines, case_from_snapshot=case_from_snapshot,
+    )  # fmt: skip
     # in this order (the order the routes are matched and listed in the CapabilityStatement)
     for router in (api.router, api_cases.router, api_fhir.router):
         app.include_router(router)
