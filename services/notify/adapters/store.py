@@ -58,9 +58,18 @@ notifications = sa.Table(
     sa.Index("ix_notifications_created", "created_at", "id"),
     sa.Index("ix_notifications_recipient", "recipient_hsa_id", "created_at"),
     # retention: the payloads still kept, oldest first — only those rows, so a pass never walks the
-    # years of rows blanked before (migration 0006_retention)
+    # years of rows blanked before. PostgreSQL reads the first (migration 0006_retention); SQLite passed
+    # it over for ix_notifications_due and sorted every sent notification per batch, and reads the
+    # second, whose leading column it sees as an equality (migration 0007_payload_walk)
     sa.Index(
         "ix_notifications_payload_kept",
+        "created_at",
+        sqlite_where=sa.literal_column("payload_pruned_at").is_(None),
+        postgresql_where=sa.literal_column("payload_pruned_at").is_(None),
+    ),
+    sa.Index(
+        "ix_notifications_payload_walk",
+        "payload_pruned_at",
         "created_at",
         sqlite_where=sa.literal_column("payload_pruned_at").is_(None),
         postgresql_where=sa.literal_column("payload_pruned_at").is_(None),
