@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.planning.adapters.fhir import care_plan
+from services.planning.fhir import care_plan
 from tests.unit.planning.test_care_plan_fhir import NOW, full_case
 
 

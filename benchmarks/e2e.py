@@ -17,6 +17,14 @@ participant's invitation delivered, and where the time goes (accepted → case o
 → delivered, medians). Then the raw ceiling measured in the same run — aio-pika confirmed publish +
 consume of the same number of messages — and the suite's throughput as a ratio of it, and CPU seconds
 and peak RSS of each service process.
+
+``--preload SCALE``: before the services start, each store is filled with a year of a large region's
+closed history (benchmarks.volume's data at that scale — 1.0 is 150,000 discharges, their intake
+messages, stays, cases, plan versions, notifications and AuditEvents — without the last 14 days' open
+working set, which the stream itself makes), in bulk by the services' own migrations and tables, so
+the same phases run on a year-old store; then one retention pass of each service, as a year of its
+hourly passes leaves the store (``--unpruned``: none, so the services' first pass, a minute after the
+start, prunes the year's backlog during the run). Compare with a run without it in the same hour.
 """
 
 from __future__ import annotations
@@ -533,6 +541,34 @@ async def run(args: argparse.Namespace, suite: Suite) -> list[Result]:
     return results
 
 
+async def preload_history(data_dir: Path, scale: float, *, prune: bool = True) -> tuple[int, float]:
+    """A year of closed history in each service's store (see the module's docstring): (discharges,
+    seconds). The stores are made by the services' own migrations, as at start. ``prune``: then one
+    retention pass of each service (its own kinds and defaults), as a year of the services' hourly
+    passes leaves the store; without it the services' first pass (a minute after start) prunes the
+    whole year's backlog during the run (the first start on a store that was never pruned)."""
+    from benchmarks import volume
+
+    n = max(8, round(volume.YEAR * scale))
+    now = datetime.now(UTC)
+    started = time.perf_counter()
+    for service in volume.GENERATORS:
+        url = (
+            dbmode.database_url(data_dir, service)
+            if dbmode.ON_POSTGRES
+            else f"sqlite+aiosqlite:///{data_dir}/{service}.db"
+        )
+        store = volume.Store(service, volume.make_app(service, url), url)
+        try:
+            await store.app.state.runtime.prepare_database()
+            await volume.load(store, range(volume.recent_count(n), n), n, now)
+            if prune:  # what a year of the services' hourly passes leaves: the catch-up done first
+                await store.app.state.pruner.prune_once()
+        finally:
+            await store.engine.dispose()
+    return n - volume.recent_count(n), time.perf_counter() - started
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",") if x], default=[10.0, 50.0])
@@ -550,6 +586,18 @@ def main() -> None:
         "--sql-stats",
         action="store_true",
         help="count each service's SQL statements, transactions and pool checkouts per discharge",
+    )
+    ap.add_argument(
+        "--preload",
+        type=float,
+        default=0.0,
+        help="fill each store with a year of closed history first (1.0 = 150,000 discharges a year)",
+    )
+    ap.add_argument(
+        "--unpruned",
+        action="store_true",
+        help="with --preload: no retention pass before the start (the services' first pass then "
+        "prunes the year's backlog during the run)",
     )
     args = ap.parse_args()
     global SQL_STATS
@@ -574,6 +622,11 @@ def main() -> None:
             if args.sql_stats:
                 SQL_STATS = tmp / "sql-stats"
             try:
+                if args.preload:
+                    (tmp / "data").mkdir(parents=True, exist_ok=True)
+                    history = asyncio.run(
+                        preload_history(tmp / "data", args.preload, prune=not args.unpruned)
+                    )
                 for name in ("consent", "planning", "notify"):
                     suite.start(name)
                 global BROKER
@@ -598,6 +651,12 @@ def main() -> None:
         )
 
     print(f"discharge accepted → every participant's invitation at the SMTP server (3 processes, {STORE})")
+    if args.preload:
+        print(f"each store preloaded with a year's closed history: {history[0]:,} discharges "
+              f"(benchmarks.volume at scale {args.preload:g}), in {history[1]:.0f} s, "
+              + ("never pruned" if args.unpruned else "then one retention pass"))  # fmt: skip
+    else:
+        print("empty stores")
     print(f"{'phase':>12} {'offered':>9} {'done':>11} {'sustained':>10}  latency                         "
           "where the time goes (medians)")  # fmt: skip
     for label, offered, fig, _ in results:

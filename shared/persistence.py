@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -284,8 +284,17 @@ def _insert(table: sa.Table) -> sa.Insert:
     return stmt
 
 
-async def enqueue(conn: AsyncConnection, outbox: sa.Table, message: Contract) -> None:
+#: the ``exchange`` of an outbox row that is the service's own work, not a publication: the relay
+#: hands it to :attr:`OutboxRelay.deliver_locally` in-process (:mod:`shared.local_delivery`)
+LOCAL_EXCHANGE = "(local)"
+
+
+async def enqueue(conn: AsyncConnection, outbox: sa.Table, message: Contract, *, local: bool = False) -> None:
     """Store ``message`` for publishing; call inside the transaction of the state change.
+
+    ``local``: the message is for this service's own handler, not for the broker — the relay hands
+    it over in-process after the commit (same ordering, claims, retries and crash rules as a
+    publication; the handler's inbox makes a second hand-over after a crash harmless).
 
     The row keeps the ``traceparent`` of a span made now (``shared.tracing``), so whoever consumes
     the message continues this transaction's trace although the relay publishes it later.
@@ -303,7 +312,7 @@ async def enqueue(conn: AsyncConnection, outbox: sa.Table, message: Contract) ->
         _insert(outbox),
         {
             "message_id": message_id,
-            "exchange": message.exchange,
+            "exchange": LOCAL_EXCHANGE if local else message.exchange,
             "routing_key": message.routing_key,
             "correlation_id": message.correlation_id,
             "body": message.model_dump_json(),
@@ -363,6 +372,21 @@ _INSERT_IGNORE_CACHE: dict[tuple[sa.Table, str], Any] = {}
 Publish = Callable[..., Awaitable[None]]
 
 
+class LocalRow(Protocol):
+    """An outbox row of the service's own work, as the relay hands it to ``deliver_locally``."""
+
+    message_id: str
+    routing_key: str
+    correlation_id: str | None
+    body: str
+    traceparent: str | None
+    #: failed hand-overs so far (a database or broker outage is not counted)
+    attempts: int
+
+
+DeliverLocally = Callable[[LocalRow], Awaitable[None]]
+
+
 class OutboxRelay:
     """Publishes committed outbox rows; wakes on demand and polls as a safety net."""
 
@@ -391,6 +415,9 @@ class OutboxRelay:
         self._stopping = False
         self._sql: _RelayStatements | None = None
         self.published = 0
+        #: the service's handler for its own rows (:data:`LOCAL_EXCHANGE`); it settles a bad message
+        #: itself (dead letter) and raises only to have the row kept and tried again
+        self.deliver_locally: DeliverLocally | None = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -439,6 +466,10 @@ class OutboxRelay:
         lock on SQLite) — published outside any transaction, then marked published. Several
         replicas share the work; a claim that outlives a crashed relay expires and is taken again
         (the consumers' inbox absorbs the rare second publish). The statements are built once.
+
+        A row of the service's own work (:data:`LOCAL_EXCHANGE`) is handed to
+        :attr:`deliver_locally` in-process, in the same order, instead of being published; its
+        handler's inbox absorbs a second hand-over the same way.
         """
         sql = self._statements()
         token = uuid.uuid4().hex
@@ -462,23 +493,31 @@ class OutboxRelay:
         rows = sorted(claimed, key=lambda r: r.id)  # RETURNING has no order: publish in outbox order
         done: list[int] = []
         error: str | None = None
+        failed: int | None = None  # the row that failed, when it was the message's fault
         for row in rows:
+            local = row.exchange == LOCAL_EXCHANGE
             try:
-                extra = {"traceparent": row.traceparent} if row.traceparent else {}
-                await self._publish(
-                    body=row.body.encode(),
-                    exchange=row.exchange,
-                    routing_key=row.routing_key,
-                    message_id=row.message_id,
-                    correlation_id=row.correlation_id,
-                    **extra,
-                )
+                if local:
+                    if self.deliver_locally is None:
+                        raise RuntimeError("no local handler for this outbox row")
+                    await self.deliver_locally(row)
+                else:
+                    extra = {"traceparent": row.traceparent} if row.traceparent else {}
+                    await self._publish(
+                        body=row.body.encode(),
+                        exchange=row.exchange,
+                        routing_key=row.routing_key,
+                        message_id=row.message_id,
+                        correlation_id=row.correlation_id,
+                        **extra,
+                    )
             except Exception as exc:
                 error = type(exc).__name__
                 unavailable = self.dependencies.report(exc) if self.dependencies else None
                 if unavailable is None:
+                    failed = row.id  # a sick dependency is not the message's fault: not counted
                     log.warning(
-                        "outbox publish failed; kept for retry",
+                        f"outbox {'hand-over' if local else 'publish'} failed; kept for retry",
                         extra={
                             "message_id": row.message_id,
                             "routing_key": row.routing_key,
@@ -487,7 +526,7 @@ class OutboxRelay:
                     )
                 break  # keep order; try again on the next pass
             done.append(row.id)
-            if self.dependencies is not None and not self.dependencies.is_up(BROKER):
+            if not local and self.dependencies is not None and not self.dependencies.is_up(BROKER):
                 self.dependencies.up(BROKER)
         async with self._engine.begin() as conn:
             if done:
@@ -497,6 +536,8 @@ class OutboxRelay:
             rest = [r.id for r in rows if r.id not in published]
             if rest:
                 await conn.execute(sql.release, {"relay_ids": rest, "relay_error": error})
+            if failed is not None:
+                await conn.execute(sql.attempted, {"relay_ids": [failed]})
         if error:
             if self.dependencies is not None and not self.dependencies.is_up(BROKER):
                 await self._wait_for(BROKER)
@@ -529,12 +570,14 @@ class OutboxRelay:
 
 @dataclass(frozen=True)
 class _RelayStatements:
-    """The relay's three statements, built once per table and dialect (building ``select``/``update``
+    """The relay's statements, built once per table and dialect (building ``select``/``update``
     with an ``IN`` list anew on every pass cost the relay more CPU than the database work)."""
 
     claim: Any
     published: Any
     release: Any
+    #: one more failed attempt of the row whose publish or hand-over failed (not of the untried rest)
+    attempted: Any
 
     @classmethod
     def build(cls, o: sa.Table, dialect: str) -> _RelayStatements:
@@ -560,7 +603,7 @@ class _RelayStatements:
                 claimed_until=sa.bindparam("relay_until", type_=o.c.claimed_until.type),
             )
         ).returning(*(o.c[n] for n in ("id", "message_id", "exchange", "routing_key", "correlation_id",
-                                       "body", "traceparent")))  # fmt: skip
+                                       "body", "traceparent", "attempts")))  # fmt: skip
         ids = sa.bindparam("relay_ids", expanding=True, type_=o.c.id.type)
         published = (
             o.update()
@@ -573,11 +616,11 @@ class _RelayStatements:
             .values(
                 claimed_by=None,
                 claimed_until=None,
-                attempts=o.c.attempts + 1,
                 last_error=sa.bindparam("relay_error", type_=o.c.last_error.type),
             )
         )
-        return cls(claim, published, release)
+        attempted = o.update().where(o.c.id.in_(ids)).values(attempts=o.c.attempts + 1)
+        return cls(claim, published, release, attempted)
 
 
 @contextlib.asynccontextmanager

@@ -92,7 +92,6 @@ SUBSCRIPTIONS: tuple[Subscription, ...] = (
 
 PUBLICATIONS: dict[str, tuple[type[Contract], ...]] = {
     "planning": (
-        HospitalStayEvent,
         ConsentRequested,
         SendInvitation,
         DeadlineBreached,

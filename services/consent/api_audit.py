@@ -11,7 +11,6 @@ from pydantic import ValidationError
 
 from services.consent import access
 from services.consent.access import RULES
-from services.consent.adapters.store import SqlConsentRepository
 from services.consent.api_deps import PATIENT_DOC, ConsentApi, Ctx, asked_patient, caller_of
 from services.consent.api_schemas import AuditOut
 from services.consent.domain import AuditEntry
@@ -25,8 +24,7 @@ async def _audit_search(
     ctx: ConsentApi, caller: Caller, pid: str, *, limit: int, outcome: str | None, what: str
 ) -> list[AuditEntry]:
     now = ctx.clock.now()
-    async with ctx.runtime.engine.connect() as conn:
-        repo = SqlConsentRepository(conn)
+    async with ctx.store() as repo:
         records = await repo.for_patient(pid)
         requests = await repo.requests_for_patient(pid)
         scope = access.audit_scope(caller, pid, records, requests, now)

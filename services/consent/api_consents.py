@@ -16,7 +16,6 @@ from pydantic import ValidationError
 
 from services.consent import access, handlers
 from services.consent.access import RULES
-from services.consent.adapters.store import SqlConsentRepository
 from services.consent.api_deps import (
     PATIENT_DOC,
     ConsentApi,
@@ -39,6 +38,7 @@ from services.consent.domain import (
     ConsentStateConflict,
     GuardianStatement,
 )
+from services.consent.ports import ConsentRepository
 from shared.contracts import RecordConsent
 from shared.fhir_rest import check_if_match
 from shared.identifiers import mask
@@ -71,7 +71,7 @@ async def post_consent(
     """The recorder is always the calling organisation (the token's HSA-id)."""
     caller = caller_of(request)
     async with ctx.runtime.unit_of_work() as uow:
-        repo = SqlConsentRepository(uow.conn)
+        repo = ctx.repository(uow.conn)
         case_request = await case_request_of(repo, body.case_id)
         recorder = access.may_record(caller, body.case_id, case_request, body.recorded_by_hsa_id)
         # an idempotency key is the recorder's own: another organisation's key never finds it
@@ -128,7 +128,7 @@ async def get_consent(consent_id: UUID, request: Request, ctx: Ctx) -> ConsentOu
 
 async def _change(ctx: ConsentApi, consent_id: UUID, change: Any, request: Request) -> ConsentOut:
     async with ctx.runtime.unit_of_work() as uow:
-        repo = SqlConsentRepository(uow.conn)
+        repo = ctx.repository(uow.conn)
         record = await repo.get(consent_id)
         if record is None:
             raise HTTPException(404, detail="no such consent")
@@ -163,7 +163,7 @@ async def withdraw(consent_id: UUID, body: WithdrawIn, request: Request, ctx: Ct
     caller = caller_of(request)
     now = ctx.clock.now()
 
-    async def change(repo: SqlConsentRepository, uow: Any, record: ConsentRecord) -> Any:
+    async def change(repo: ConsentRepository, uow: Any, record: ConsentRecord) -> Any:
         case_request = await case_request_of(repo, record.case_id)
         guardians = (
             access.guardians_of(await repo.for_patient(record.patient_identifier), now)
@@ -195,7 +195,7 @@ async def withdraw(consent_id: UUID, body: WithdrawIn, request: Request, ctx: Ct
 async def cancel(consent_id: UUID, body: CancelIn, request: Request, ctx: Ctx) -> ConsentOut:
     caller = caller_of(request)
 
-    async def change(repo: SqlConsentRepository, uow: Any, record: ConsentRecord) -> Any:
+    async def change(repo: ConsentRepository, uow: Any, record: ConsentRecord) -> Any:
         case_request = await case_request_of(repo, record.case_id)
         by = access.may_cancel(caller, record, case_request, body.cancelled_by_hsa_id)
         return await handlers.cancel_consent(
@@ -236,8 +236,8 @@ async def pending_requests(request: Request, ctx: Ctx) -> list[ConsentRequestOut
     cases (owner or participant); an operator sees all. Each person listed is audited."""
     caller = caller_of(request)
     now = ctx.clock.now()
-    async with ctx.runtime.engine.connect() as conn:
-        items = await SqlConsentRepository(conn).pending_requests()
+    async with ctx.store() as repo:
+        items = await repo.pending_requests()
     seen = access.visible_requests(caller, items)
     by_person: dict[str, str] = {}
     for r, basis in seen:

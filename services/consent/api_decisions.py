@@ -11,7 +11,6 @@ from fastapi import APIRouter, Header, Request
 
 from services.consent import access, handlers
 from services.consent.access import RULES
-from services.consent.adapters.store import SqlConsentRepository
 from services.consent.api_deps import Ctx, caller_of
 from services.consent.api_schemas import DecisionIn
 from services.consent.policy import DecisionQuery
@@ -47,8 +46,8 @@ async def post_decision(
     caller = caller_of(request)
     case_request = None
     if body.case_id is not None and not caller.operator:
-        async with ctx.runtime.engine.connect() as conn:
-            case_request = await SqlConsentRepository(conn).get_request(body.case_id)
+        async with ctx.store() as repo:
+            case_request = await repo.get_request(body.case_id)
     access.may_decide(caller, body.case_id, case_request)
     at = body.at or ctx.clock.now()
     query = DecisionQuery(

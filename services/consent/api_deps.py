@@ -2,23 +2,30 @@
 (``ctx: Ctx``) rather than captured in a closure: the :class:`ConsentApi` context (store, clock, audit
 writer, FHIR base URL) that the composition root puts on ``app.state.consent_api``, the caller (from
 the verified token), and the audited consent reads the JSON and the FHIR routes both answer from.
+
+The routes never build an adapter: the repository on a connection (``repository``, typed by the port
+:class:`~services.consent.ports.ConsentStore`), the person's consents for a decision (``records_of``)
+and the audit writer (:class:`~services.consent.ports.AuditLog`) are what ``app.py`` built.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 from uuid import UUID
 
 from fastapi import Depends, HTTPException, Request
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.consent import access
 from services.consent.access import Denied
-from services.consent.adapters.store import AuditWriter, SqlConsentRepository, records_reader
 from services.consent.api_schemas import PersonIdModel
 from services.consent.domain import AuditEntry, ConsentRecord, ConsentRequest
+from services.consent.ports import AuditLog, ConsentRepository, ConsentStore
 from shared.auth import Caller, current_caller
 from shared.clock import Clock
 from shared.messaging import describe_error
@@ -33,14 +40,22 @@ class ConsentApi:
 
     runtime: ServiceRuntime
     clock: Clock
-    audit_writer: AuditWriter
+    audit_writer: AuditLog
+    repository: Callable[[AsyncConnection], ConsentStore]
+    """The consent store on a connection (or a unit of work's): the SQL one, chosen in ``app.py``."""
+    records_of: Callable[[str], Awaitable[list[ConsentRecord]]]
+    """The person's consents on a connection of its own, closed before returning (decisions)."""
     base_url: str = "http://127.0.0.1:8081"
     security: str = ""
-    records_of: Any = field(init=False)
 
     def __post_init__(self) -> None:
         self.base_url = self.base_url.rstrip("/")
-        self.records_of = records_reader(self.runtime.engine)
+
+    @contextlib.asynccontextmanager
+    async def store(self) -> AsyncIterator[ConsentStore]:
+        """The store on a connection of its own (no transaction), closed on leaving the block."""
+        async with self.runtime.engine.connect() as conn:
+            yield self.repository(conn)
 
     async def audited(self, *entries: AuditEntry) -> None:
         """Committed before the answer leaves (group commit; never only in memory)."""
@@ -49,8 +64,7 @@ class ConsentApi:
     async def consents_seen_by(self, caller: Caller, pid: str, now: datetime) -> list[ConsentRecord]:
         """The person's consents the caller may see (filtered before any page), the search audited:
         the one search behind ``GET /consents`` and ``GET /fhir/Consent``."""
-        async with self.runtime.engine.connect() as conn:
-            repo = SqlConsentRepository(conn)
+        async with self.store() as repo:
             records = await repo.for_patient(pid)
             requests = {r.case_id: r for r in await repo.requests_for_patient(pid)}
         guardians = access.guardians_of(records, now) if caller.is_person else frozenset()
@@ -66,8 +80,7 @@ class ConsentApi:
         """The consent if the caller may read it (audited either way); None: no such consent."""
         caller = caller_of(request)
         now = self.clock.now()
-        async with self.runtime.engine.connect() as conn:  # closed before the audit write (SQLite)
-            repo = SqlConsentRepository(conn)
+        async with self.store() as repo:  # closed before the audit write (SQLite)
             record = await repo.get(cid)
             if record is None:
                 return None
@@ -105,7 +118,7 @@ def caller_of(request: Request) -> Caller:
     return access.authenticated(current_caller(request))
 
 
-async def case_request_of(repo: SqlConsentRepository, case_id: UUID | None) -> ConsentRequest | None:
+async def case_request_of(repo: ConsentRepository, case_id: UUID | None) -> ConsentRequest | None:
     return await repo.get_request(case_id) if case_id is not None else None
 
 

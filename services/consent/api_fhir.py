@@ -15,7 +15,9 @@ from starlette.responses import JSONResponse
 
 from services.consent import access
 from services.consent.access import RULES, Denied
-from services.consent.adapters.fhir import (
+from services.consent.api_deps import ConsentApi, Ctx, asked_patient, caller_of
+from services.consent.domain import AuditEntry, ConsentRecord
+from services.consent.fhir import (
     FhirVersion,
     audit_event_resource,
     audit_events,
@@ -23,9 +25,6 @@ from services.consent.adapters.fhir import (
     consent_resource,
     validated_bundle,
 )
-from services.consent.adapters.store import SqlConsentRepository
-from services.consent.api_deps import ConsentApi, Ctx, asked_patient, caller_of
-from services.consent.domain import AuditEntry, ConsentRecord
 from shared.fhir import FHIR_JSON, fhir_json, outcome_response
 from shared.fhir_rest import (
     FhirError,
@@ -118,8 +117,7 @@ async def fhir_consent(consent_id: str, request: Request, ctx: Ctx) -> Response:
 
 
 async def _versions(ctx: ConsentApi, cid: UUID) -> list[tuple[int, str, datetime, ConsentRecord]] | None:
-    async with ctx.runtime.engine.connect() as conn:
-        repo = SqlConsentRepository(conn)
+    async with ctx.store() as repo:
         versions = await repo.history(cid)
         if not versions:  # recorded before history was kept: its current state is version 1
             record = await repo.get(cid)
@@ -235,8 +233,7 @@ async def fhir_audit_search(request: Request, ctx: Ctx) -> Response:
     now = ctx.clock.now()
     entries: list[AuditEntry] = []
     total, newest = 0, None
-    async with ctx.runtime.engine.connect() as conn:
-        repo = SqlConsentRepository(conn)
+    async with ctx.store() as repo:
         records = await repo.for_patient(pid)
         requests = await repo.requests_for_patient(pid)
         scope = access.audit_scope(caller, pid, records, requests, now)
@@ -279,8 +276,7 @@ async def fhir_audit_read(audit_id: str, request: Request, ctx: Ctx) -> Response
     except ValueError:
         return outcome_response(404, "no AuditEvent with that id", "not-found")
     now = ctx.clock.now()
-    async with ctx.runtime.engine.connect() as conn:
-        repo = SqlConsentRepository(conn)
+    async with ctx.store() as repo:
         entry = await repo.get_audit(aid)
         if entry is None:
             return outcome_response(404, "no AuditEvent with that id", "not-found")

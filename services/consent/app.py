@@ -15,7 +15,13 @@ from starlette.responses import JSONResponse, Response
 from services.consent import api, subscribers
 from services.consent.access import Denied
 from services.consent.adapters.retention import consent_kinds
-from services.consent.adapters.store import AuditWriter, metadata, records_reader, upgrade_schema
+from services.consent.adapters.store import (
+    AuditWriter,
+    SqlConsentRepository,
+    metadata,
+    records_reader,
+    upgrade_schema,
+)
 from services.consent.adapters.unit_of_work import SqlConsentUnitOfWork
 from services.consent.handlers import ConsentDeps
 from services.consent.settings import ConsentSettings
@@ -33,12 +39,13 @@ def create_app(settings: ConsentSettings | None = None, *, clock: Clock | None =
     clock = clock or SystemClock()
     runtime = ServiceRuntime(SERVICE, settings, metadata, migrations=Path(__file__).parent / "migrations")
     audit_writer = AuditWriter(runtime.engine)
+    records_of = records_reader(runtime.engine)
     deps = ConsentDeps(clock)
     subscribers.register(
         runtime,
         lambda: SqlConsentUnitOfWork(runtime, deps),
         clock=clock,
-        records_of=records_reader(runtime.engine),
+        records_of=records_of,
         audit=audit_writer.write,
     )
 
@@ -65,7 +72,13 @@ def create_app(settings: ConsentSettings | None = None, *, clock: Clock | None =
     )
     runtime.add_health_routes(app)
     app.state.consent_api = api.ConsentApi(
-        runtime, clock, audit_writer, settings.fhir_base_url, security_text(settings)
+        runtime,
+        clock,
+        audit_writer,
+        repository=SqlConsentRepository,
+        records_of=records_of,
+        base_url=settings.fhir_base_url,
+        security=security_text(settings),
     )
     for router in api.ROUTERS:
         app.include_router(router)

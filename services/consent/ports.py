@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Protocol
 from uuid import UUID
 
 from services.consent.domain import AuditEntry, ConsentRecord, ConsentRequest
 from shared.contracts import Contract
 
-__all__ = ["AuditEntry", "ConsentRepository", "Outbox"]
+__all__ = ["AuditEntry", "AuditLog", "ConsentRepository", "ConsentStore", "Outbox"]
 
 
 class ConsentRepository(Protocol):
@@ -21,6 +22,44 @@ class ConsentRepository(Protocol):
     async def pending_requests(self) -> list[ConsentRequest]: ...
     async def patient_of_case(self, case_id: UUID) -> str | None: ...
     async def add_audit(self, entry: AuditEntry) -> None: ...
+
+
+class ConsentStore(ConsentRepository, Protocol):
+    """The repository as the HTTP API uses it: the handlers' port and the reads behind its answers —
+    a consent's versions, a person's requests, the audit trail (paged, filtered in the query to what
+    an organisation may see). The SQL store is one (``app.py`` hands it to the routes); the in-memory
+    one, for handler tests, is not."""
+
+    async def history(self, consent_id: UUID) -> list[tuple[int, str, datetime, ConsentRecord]]: ...
+    async def requests_for_patient(self, patient_identifier: str) -> list[ConsentRequest]: ...
+    async def audit_for_patient(
+        self,
+        patient_identifier: str,
+        *,
+        limit: int = 100,
+        outcome: str | None = None,
+        visible_to: str | None = None,
+        offset: int = 0,
+        until: datetime | None = None,
+        after: tuple[datetime, str] | None = None,
+    ) -> list[AuditEntry]: ...
+    async def count_audit_for_patient(
+        self,
+        patient_identifier: str,
+        *,
+        outcome: str | None = None,
+        visible_to: str | None = None,
+        until: datetime | None = None,
+    ) -> tuple[int, datetime | None]: ...
+    async def audit_entry_visible_to(self, audit_id: UUID, hsa_id: str) -> bool: ...
+    async def get_audit(self, audit_id: UUID) -> AuditEntry | None: ...
+
+
+class AuditLog(Protocol):
+    """The audit log's writer: an entry is committed when the call returns (group commit in SQL)."""
+
+    async def write(self, entry: AuditEntry) -> None: ...
+    async def write_all(self, entries: list[AuditEntry]) -> None: ...
 
 
 class Outbox(Protocol):

@@ -7,8 +7,8 @@ reason — a delivery failure, or "consent withdrawn" for one stopped by a withd
 them ever shows personal data of the patient — there is none in notify.
 
 The routes are module-level, on :data:`router`; they take their shared dependencies
-(:class:`~services.notify.api_deps.NotifyApi`: runtime, clock, FHIR base URL, on
-``app.state.notify_api``) as a FastAPI dependency (``ctx: Ctx``), not from a closure.
+(:class:`~services.notify.api_deps.NotifyApi`: runtime, clock, the notification store, FHIR base
+URL, on ``app.state.notify_api``) as a FastAPI dependency (``ctx: Ctx``), not from a closure.
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from services.notify import access
-from services.notify.adapters.fhir import communication_resource
-from services.notify.adapters.store import SqlNotificationRepository
 from services.notify.api_deps import Ctx, NotifyApi
 from services.notify.domain import ChannelKind, Notification, Status
+from services.notify.fhir import communication_resource
 from shared.auth import CallerDep, current_caller
 from shared.fhir import fhir_json, outcome_response
 from shared.fhir_rest import SearchParam, capability_statement, fhir_route, frozen, parse_search, searchset
@@ -100,8 +99,8 @@ router = APIRouter(tags=["notifications"])
 
 
 async def _load(ctx: NotifyApi, notification_id: UUID) -> Notification | None:
-    async with ctx.runtime.engine.connect() as conn:
-        return await SqlNotificationRepository(conn).get(notification_id)
+    async with ctx.reading() as repo:
+        return await repo.get(notification_id)
 
 
 @router.get("/notifications", response_model=list[NotificationSummary], openapi_extra=access.LIST)
@@ -110,8 +109,8 @@ async def list_notifications(
     ctx: Ctx,
     case_id: UUID = Query(description="The SIP case"),
 ) -> list[NotificationSummary]:
-    async with ctx.runtime.engine.connect() as conn:
-        found = await SqlNotificationRepository(conn).for_case(case_id)
+    async with ctx.reading() as repo:
+        found = await repo.for_case(case_id)
     shown = [n for n in found if access.basis(caller, n) is not None]
     await ctx.search_recorded(caller, shown, "Notification?case_id")
     return [NotificationSummary.of(n) for n in shown]
@@ -137,8 +136,8 @@ async def list_deliveries(
         if caller.hsa_id is None:
             raise HTTPException(status_code=403, detail="deliveries are for organisations and operators")
         seen_by = caller.hsa_id
-    async with ctx.runtime.engine.connect() as conn:
-        found = await SqlNotificationRepository(conn).deliveries(
+    async with ctx.reading() as repo:
+        found = await repo.deliveries(
             since=since, until=until, recipient=recipient, channel=channel, status=status,
             case_id=case_id, seen_by=seen_by, limit=limit,
         )  # fmt: skip
@@ -180,8 +179,8 @@ async def fhir_communication_search(request: Request, ctx: Ctx) -> JSONResponse:
     except ValueError:
         return outcome_response(400, "about must be CarePlan/<case id>", "invalid")
     caller = current_caller(request)
-    async with ctx.runtime.engine.connect() as conn:
-        found = await SqlNotificationRepository(conn).for_case(case_id)
+    async with ctx.reading() as repo:
+        found = await repo.for_case(case_id)
     # filtered before counting and paging: only what a read by id would show
     shown = [n for n in found if access.basis(caller, n) is not None]
     await ctx.search_recorded(caller, shown, "Communication?about")

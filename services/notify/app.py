@@ -11,7 +11,7 @@ from services.notify import api, subscribers
 from services.notify.adapters.http_channels import SmsGatewaySender, WebhookChannelSender, WebhookSecrets
 from services.notify.adapters.retention import notify_kinds
 from services.notify.adapters.smtp import EmailChannelSender, SmtpEmailSender
-from services.notify.adapters.store import metadata, notifications, upgrade_schema
+from services.notify.adapters.store import SqlNotificationRepository, metadata, notifications, upgrade_schema
 from services.notify.adapters.unit_of_work import SqlNotifyUnitOfWork
 from services.notify.api_deps import NotifyApi
 from services.notify.dispatcher import Dispatcher
@@ -66,7 +66,7 @@ def create_app(
                      "status", "channel")
     )  # fmt: skip
     deps = NotifyDeps(load_directory(settings.directory_path), clock, InvitationOptions.of(settings))
-    dispatcher = Dispatcher(runtime, all_channels, clock, settings)
+    dispatcher = Dispatcher(runtime, all_channels, clock, settings, notifications=SqlNotificationRepository)
     subscribers.register(
         runtime,
         dispatcher,
@@ -89,7 +89,11 @@ def create_app(
     )
     runtime.add_health_routes(app)
     app.state.notify_api = NotifyApi(
-        runtime, clock, settings.fhir_base_url, fhir_rest.security_text(settings)
+        runtime,
+        clock,
+        notifications=SqlNotificationRepository,
+        base_url=settings.fhir_base_url,
+        security=fhir_rest.security_text(settings),
     )
     app.include_router(api.router)
     fhir_rest.install(app)

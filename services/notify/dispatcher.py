@@ -59,14 +59,16 @@ from datetime import timedelta
 from typing import TypeVar
 from uuid import UUID
 
-from services.notify.adapters.fhir import communication_resource
-from services.notify.adapters.store import SqlNotificationRepository
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from services.notify.domain import Notification, after_failure, backoff
+from services.notify.fhir import communication_resource
 from services.notify.gate import SendGate
 from services.notify.ports import (
     ChannelSender,
     ChannelUnavailable,
     Delivery,
+    NotificationRepository,
     PermanentSendError,
     SendError,
     TransientSendError,
@@ -93,8 +95,12 @@ class Dispatcher:
         channels: Mapping[str, ChannelSender],
         clock: Clock,
         settings: NotifySettings,
+        *,
+        notifications: Callable[[AsyncConnection], NotificationRepository],
     ) -> None:
+        """``notifications``: the notification store on a connection (``app.py``: the SQL repository)."""
         self.runtime = runtime
+        self.notifications = notifications
         self.channels = dict(channels)
         self.clock = clock
         self.settings = settings
@@ -158,7 +164,7 @@ class Dispatcher:
 
     async def release_in_flight(self) -> int:
         async with self.runtime.unit_of_work() as uow:
-            return await SqlNotificationRepository(uow.conn).release_in_flight(self.clock.now(), self.owner)
+            return await self.notifications(uow.conn).release_in_flight(self.clock.now(), self.owner)
 
     async def dispatch_once(self) -> int:
         """Try every due notification once (up to a batch); return how many were tried.
@@ -169,7 +175,7 @@ class Dispatcher:
         """
         now = self.clock.now()
         async with self.runtime.engine.connect() as conn:
-            due = await SqlNotificationRepository(conn).due(now, BATCH)
+            due = await self.notifications(conn).due(now, BATCH)
         self.runtime.dependencies.up(DATABASE)
         late = [
             n.id
@@ -178,9 +184,7 @@ class Dispatcher:
         ]
         if late:
             async with self.runtime.unit_of_work() as uow:
-                await SqlNotificationRepository(uow.conn).cancel_pending(
-                    late, reason_code="meeting-started", at=now
-                )
+                await self.notifications(uow.conn).cancel_pending(late, reason_code="meeting-started", at=now)
             log.info("reminders not sent: their meeting had already started", extra={"count": len(late)})
             gone = set(late)
             due = [n for n in due if n.id not in gone]
@@ -198,7 +202,7 @@ class Dispatcher:
     async def deliver(self, notification_id: UUID) -> str | None:
         """Claim, send, record. Returns the resulting status (None if someone else had it)."""
         async with self.runtime.unit_of_work() as uow:
-            n = await SqlNotificationRepository(uow.conn).claim(
+            n = await self.notifications(uow.conn).claim(
                 notification_id, self.clock.now(), self.lease, by=self.owner
             )
         if n is None:
@@ -212,7 +216,7 @@ class Dispatcher:
         is the check right before the send, and the separate read of the status is not needed."""
         async with self.gate.sending(due.case_id):
             async with self.runtime.unit_of_work() as uow:
-                n = await SqlNotificationRepository(uow.conn).claim(
+                n = await self.notifications(uow.conn).claim(
                     due.id, self.clock.now(), self.lease, by=self.owner
                 )
             if n is None:
@@ -228,7 +232,7 @@ class Dispatcher:
         """
         async with self.gate.sending(n.case_id):
             async with self.runtime.engine.connect() as conn:
-                current = await SqlNotificationRepository(conn).status(n.id)
+                current = await self.notifications(conn).status(n.id)
             if current != ("sending", n.attempts):
                 log.info(
                     "claimed notification not sent: it was stopped meanwhile",
@@ -297,7 +301,7 @@ class Dispatcher:
     async def _record_sent(self, n: Notification) -> str:
         now = self.clock.now()
         async with self.runtime.unit_of_work() as uow:
-            marked = await SqlNotificationRepository(uow.conn).mark_sent(n.id, now, attempts=n.attempts)
+            marked = await self.notifications(uow.conn).mark_sent(n.id, now, attempts=n.attempts)
             if marked and n.kind == "invitation":
                 await uow.send(
                     InvitationSent(
@@ -344,7 +348,7 @@ class Dispatcher:
             self.runtime.dependencies.down(exc.dependency, error)
             status = "pending"
         async with self.runtime.unit_of_work() as uow:
-            repo = SqlNotificationRepository(uow.conn)
+            repo = self.notifications(uow.conn)
             if status == "failed":
                 if n.attempts >= self.settings.max_send_attempts and not isinstance(exc, PermanentSendError):
                     error = f"gave up after {n.attempts} attempts: {error}"

@@ -95,6 +95,15 @@ class NotificationRepository(Protocol):
 
     async def get(self, notification_id: UUID) -> Notification | None: ...
     async def for_case(self, case_id: UUID) -> list[Notification]: ...
+    async def deliveries(
+        self, *, since: datetime | None = None, until: datetime | None = None, recipient: str | None = None,
+        channel: str | None = None, status: str | None = None, case_id: UUID | None = None,
+        seen_by: str | None = None, limit: int = 100,
+    ) -> list[Notification]:  # fmt: skip
+        """Every channel's deliveries (created in [since, until)), newest first; ``seen_by``: only
+        those an organisation owns or received (filtered before the limit)."""
+        ...
+
     async def due(self, now: datetime, limit: int) -> list[Notification]: ...
     async def claim(
         self, notification_id: UUID, now: datetime, lease: timedelta = ..., by: str | None = None

@@ -36,11 +36,11 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 from uuid import UUID
 
-from services.planning.adapters.store import related_to
 from services.planning.domain import SipCase
+from services.planning.ports import RelatedTo
 from services.planning.stays import Stay
 from shared.access import reader, record_reads, rule
 from shared.auth import Caller
@@ -152,20 +152,20 @@ def in_lists(caller: Caller | None, case: SipCase) -> bool:
     return caller is None or caller.operator or relation(caller, case) != "none"
 
 
-def list_filter(caller: Caller | None) -> Any:
-    """The SQL pre-filter of the lists (None: every case — the sandbox and the operator)."""
+def list_filter(caller: Caller | None) -> RelatedTo | None:
+    """The store's pre-filter of the lists (None: every case — the sandbox and the operator)."""
     if caller is None or caller.operator:
         return None
-    return related_to(hsa_id=caller.hsa_id, person_id=caller.person_id)
+    return RelatedTo(hsa_id=caller.hsa_id, person_id=caller.person_id)
 
 
-def search_filter(caller: Caller | None) -> Any:
-    """The SQL pre-filter of a plan search: a person's own and children's cases. An organisation's
+def search_filter(caller: Caller | None) -> RelatedTo | None:
+    """The store's pre-filter of a plan search: a person's own and children's cases. An organisation's
     search looks at every case that matches (any organisation the consent covers may read the plan:
     the gate is asked per case, the owner's excepted)."""
     if caller is None or caller.person_id is None:
         return None
-    return related_to(person_id=caller.person_id)
+    return RelatedTo(person_id=caller.person_id)
 
 
 def stays_filter(caller: Caller | None) -> tuple[bool, str | None]:

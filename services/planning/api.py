@@ -25,8 +25,6 @@ from pydantic import BaseModel, Field
 
 from services.planning import access
 from services.planning.access import in_lists, may_read_plan
-from services.planning.adapters import deadline_store
-from services.planning.adapters.store import SqlCaseRepository
 from services.planning.api_deps import Ctx, PlanningApi
 from services.planning.domain import INVITATION_CLOCK_STATES, SipCase
 from services.planning.plan import Approval, Meeting, MeetingPreferences, PlanContent
@@ -193,7 +191,7 @@ router = APIRouter()
 async def read_case(ctx: PlanningApi, caller: Caller | None, case_id: UUID, what: str) -> SipCase:
     """The case when the caller may read it (recorded in the person's audit trail); else 403/404/503."""
     async with ctx.runtime.engine.connect() as conn:
-        case = await SqlCaseRepository(conn).get_case(case_id)
+        case = await ctx.cases(conn).get_case(case_id)
     if case is None:
         raise HTTPException(404, detail="no such SIP case")
     decision = await may_read_plan(caller, case, ctx.gate())
@@ -217,7 +215,7 @@ async def list_stays(
     if not may:
         return []
     async with ctx.runtime.engine.connect() as conn:
-        items = await SqlCaseRepository(conn).list_stays(limit, hospital_id=hospital)
+        items = await ctx.cases(conn).list_stays(limit, hospital_id=hospital)
     return [StayOut.of(s) for s in items if access.sees_stay(caller, s)]
 
 
@@ -269,7 +267,7 @@ async def list_cases(
 ) -> list[CaseOut]:
     """The cases the caller has a relation to (no plan content: read it per case)."""
     async with ctx.runtime.engine.connect() as conn:
-        items = await SqlCaseRepository(conn).open_cases(include_closed=all, where=access.list_filter(caller))
+        items = await ctx.cases(conn).open_cases(include_closed=all, related=access.list_filter(caller))
     return [CaseOut.of(c) for c in items if in_lists(caller, c)]
 
 
@@ -280,11 +278,11 @@ async def list_cases(
 )  # fmt: skip
 async def overview(caller: CallerDep, ctx: Ctx) -> list[OverviewRow]:
     async with ctx.runtime.engine.connect() as conn:
-        rows = await deadline_store.next_deadlines(conn)
+        rows = await ctx.deadlines(conn).next_deadlines()
         if caller is not None and not caller.operator:
-            repo = SqlCaseRepository(conn)
+            repo = ctx.cases(conn)
             mine = {
-                c.id for c in await repo.open_cases(where=access.list_filter(caller)) if in_lists(caller, c)
+                c.id for c in await repo.open_cases(related=access.list_filter(caller)) if in_lists(caller, c)
             }
             rows = [r for r in rows if r.case_id in mine]
     return [
@@ -308,7 +306,7 @@ async def overview(caller: CallerDep, ctx: Ctx) -> list[OverviewRow]:
 async def case_deadlines(case_id: UUID, caller: CallerDep, ctx: Ctx) -> list[DeadlineOut]:
     await read_case(ctx, caller, case_id, f"SipCase/{case_id}/deadlines")
     async with ctx.runtime.engine.connect() as conn:
-        rows = await deadline_store.history_for(conn, case_id)
+        rows = await ctx.deadlines(conn).history(case_id)
     return [DeadlineOut.model_validate(r, from_attributes=True) for r in rows]
 
 

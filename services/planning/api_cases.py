@@ -21,12 +21,11 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from services.planning import access, lifecycle
 from services.planning.access import is_member
-from services.planning.adapters.deadline_store import SqlDeadlines
-from services.planning.adapters.store import SqlCaseRepository
 from services.planning.api import CaseDetail
 from services.planning.api_deps import Ctx, PlanningApi
 from services.planning.domain import InvalidTransition, MissingReason, SipCase
 from services.planning.plan import FollowUp, Meeting, MeetingPreferences, PlanContent
+from services.planning.ports import CaseStore
 from shared.auth import ActingOrganisation, Caller, CallerDep
 from shared.directory import UnknownRecipient
 from shared.errors import PermanentError
@@ -57,7 +56,7 @@ router = APIRouter(prefix="/cases", tags=["lifecycle"])
 
 async def run(
     ctx: PlanningApi,
-    step: Callable[[SqlUnitOfWork, SqlCaseRepository], Awaitable[SipCase]],
+    step: Callable[[SqlUnitOfWork, CaseStore], Awaitable[SipCase]],
     case_id: UUID | None = None,
     actor: str | None = None,
     request: Request | None = None,
@@ -65,14 +64,14 @@ async def run(
     try:
         async with ctx.runtime.unit_of_work() as uow:
             if case_id is not None:
-                existing = await SqlCaseRepository(uow.conn).get_case(case_id, for_update=True)
+                existing = await ctx.cases(uow.conn).get_case(case_id, for_update=True)
                 if existing is None or (actor and not is_member(Caller(actor, "", ""), existing)):
                     raise lifecycle.CaseNotFound(f"no SIP case {case_id}")
                 if request is not None and request.headers.get("if-match"):
                     # If-Match: W/"<CarePlan versionId>" → 412 when the plan moved on since it was read
-                    row = await SqlCaseRepository(uow.conn).plan_version(case_id)
+                    row = await ctx.cases(uow.conn).plan_version(case_id)
                     check_if_match(request, row.version if row is not None else 0)
-            case = await step(uow, SqlCaseRepository(uow.conn))
+            case = await step(uow, ctx.cases(uow.conn))
     except lifecycle.CaseNotFound as exc:
         raise HTTPException(404, detail=str(exc)) from None
     except (InvalidTransition, MissingReason) as exc:
@@ -117,7 +116,7 @@ async def accept(case_id: UUID, actor: Actor, request: Request, ctx: Ctx) -> Cas
             now=ctx.clock.now(),
             agent_hsa_id=actor,
             policy=ctx.policy,
-            deadlines=SqlDeadlines(uow.conn),
+            deadlines=ctx.deadlines(uow.conn),
         ),
         case_id=case_id,
         actor=actor,
@@ -140,7 +139,7 @@ async def refuse(case_id: UUID, body: Reason, actor: Actor, request: Request, ct
             repo=repo,
             now=ctx.clock.now(),
             agent_hsa_id=actor,
-            deadlines=SqlDeadlines(uow.conn),
+            deadlines=ctx.deadlines(uow.conn),
         ),
         case_id=case_id,
         actor=actor,
@@ -230,7 +229,7 @@ async def plan(case_id: UUID, body: PlanContent, actor: Actor, request: Request,
             repo=repo,
             now=ctx.clock.now(),
             agent_hsa_id=actor,
-            deadlines=SqlDeadlines(uow.conn),
+            deadlines=ctx.deadlines(uow.conn),
         ),
         case_id=case_id,
         actor=actor,
@@ -255,7 +254,7 @@ async def approve(case_id: UUID, body: ApprovalIn, actor: Actor, request: Reques
             repo=repo,
             now=ctx.clock.now(),
             agent_hsa_id=actor,
-            deadlines=SqlDeadlines(uow.conn),
+            deadlines=ctx.deadlines(uow.conn),
             policy=ctx.policy,
             outbox=uow,
             web_base_url=ctx.web_base_url,
@@ -281,7 +280,7 @@ async def follow_up(case_id: UUID, body: FollowUp, actor: Actor, request: Reques
             repo=repo,
             now=ctx.clock.now(),
             agent_hsa_id=actor,
-            deadlines=SqlDeadlines(uow.conn),
+            deadlines=ctx.deadlines(uow.conn),
             policy=ctx.policy,
             outbox=uow,
             web_base_url=ctx.web_base_url,
@@ -307,7 +306,7 @@ async def close(case_id: UUID, body: Reason, actor: Actor, request: Request, ctx
             repo=repo,
             now=ctx.clock.now(),
             agent_hsa_id=actor,
-            deadlines=SqlDeadlines(uow.conn),
+            deadlines=ctx.deadlines(uow.conn),
             outbox=uow,
             web_base_url=ctx.web_base_url,
         ),

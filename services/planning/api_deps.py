@@ -1,19 +1,23 @@
 """What every route module of planning's HTTP API shares, handed to the routes as a FastAPI dependency
 (``ctx: Ctx``) rather than captured in a closure: the :class:`PlanningApi` context (runtime, settings,
-clock, intake, consent gate, directory, deadline policy) that the composition root puts on
-``app.state.planning_api``.
+clock, intake, consent gate, directory, deadline policy, and the stores on a connection) that the
+composition root puts on ``app.state.planning_api``. The routes reach storage only through it: the
+SQL adapters are chosen by ``app.py``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.planning.deadlines import DeadlinePolicy
+from services.planning.domain import SipCase
 from services.planning.intake import IntakeService
+from services.planning.ports import CaseStore, DeadlineStore
 from services.planning.settings import PlanningSettings
 from shared.clock import Clock
 from shared.consent_gate import ConsentGateClient
@@ -36,6 +40,13 @@ class PlanningApi:
     directory: Directory
     gate: Callable[[], ConsentGateClient | None] = no_gate
     """The consent gate (made on first use by the composition root)."""
+    _: KW_ONLY
+    cases: Callable[[AsyncConnection], CaseStore]
+    """The case repository on a connection (or a unit of work's: ``ctx.cases(uow.conn)``)."""
+    deadlines: Callable[[AsyncConnection], DeadlineStore]
+    """The deadlines on a connection (or a unit of work's)."""
+    case_from_snapshot: Callable[[str], SipCase]
+    """The case as a stored plan version's ``snapshot`` keeps it (the store's format)."""
     policy: DeadlinePolicy = field(init=False)
 
     def __post_init__(self) -> None:

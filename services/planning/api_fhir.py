@@ -22,7 +22,9 @@ from pydantic import ValidationError
 
 from services.planning import access, lifecycle
 from services.planning.access import may_read_plan
-from services.planning.adapters.fhir import (
+from services.planning.api_deps import Ctx, PlanningApi
+from services.planning.domain import SipCase
+from services.planning.fhir import (
     CASE_SYSTEM,
     MESSAGING,
     FhirVersion,
@@ -30,9 +32,6 @@ from services.planning.adapters.fhir import (
     plan_status,
     provenance,
 )
-from services.planning.adapters.store import SqlCaseRepository, case_from_snapshot
-from services.planning.api_deps import Ctx, PlanningApi
-from services.planning.domain import SipCase
 from shared.auth import current_caller
 from shared.directory import UnknownRecipient
 from shared.fhir import (
@@ -172,7 +171,7 @@ async def _access(ctx: PlanningApi, request: Request, case_id: UUID, what: str) 
     """None when the caller may read the plan; else the OperationOutcome to answer (403/404/503).
     Either way the read is recorded in the person's audit trail first (services/planning/access.py)."""
     async with ctx.runtime.engine.connect() as conn:
-        case = await SqlCaseRepository(conn).get_case(case_id)
+        case = await ctx.cases(conn).get_case(case_id)
     if case is None:
         return outcome_response(404, f"no CarePlan with id {case_id}", "not-found")
     caller = current_caller(request)
@@ -208,17 +207,17 @@ async def _version_row(ctx: PlanningApi, plan_id: str, vid: int | None) -> tuple
     except ValueError:
         return None, outcome_response(404, f"no CarePlan with id {plan_id[:64]}", "not-found")
     async with ctx.runtime.engine.connect() as conn:
-        row = await SqlCaseRepository(conn).plan_version(case_id, vid)
+        row = await ctx.cases(conn).plan_version(case_id, vid)
     if row is None:
         what = f"version {vid} of CarePlan {case_id}" if vid else f"CarePlan with id {case_id}"
         return None, outcome_response(404, f"no {what}", "not-found")
     return row, None
 
 
-def _from_row(row: Any, fv: FhirVersion) -> dict[str, Any]:
+def _from_row(ctx: PlanningApi, row: Any, fv: FhirVersion) -> dict[str, Any]:
     if fv == "4.0":
         return json.loads(row.resource)
-    return render(case_from_snapshot(row.snapshot), row.version, row.recorded_at, fv)
+    return render(ctx.case_from_snapshot(row.snapshot), row.version, row.recorded_at, fv)
 
 
 @router.get(
@@ -231,7 +230,7 @@ async def read(plan_id: str, request: Request, ctx: Ctx) -> JSONResponse:
     if denied := await _access(ctx, request, UUID(plan_id), f"CarePlan/{UUID(plan_id)}"):
         return denied
     fv = wanted_version(request)
-    return _respond(_from_row(row, fv), fv, ETag=f'W/"{row.version}"')
+    return _respond(_from_row(ctx, row, fv), fv, ETag=f'W/"{row.version}"')
 
 
 @router.get(
@@ -248,7 +247,7 @@ async def vread(plan_id: str, vid: str, request: Request, ctx: Ctx) -> JSONRespo
     if denied := await _access(ctx, request, UUID(plan_id), f"CarePlan/{UUID(plan_id)}/_history/{vid}"):
         return denied
     fv = wanted_version(request)
-    return _respond(_from_row(row, fv), fv, ETag=f'W/"{row.version}"')
+    return _respond(_from_row(ctx, row, fv), fv, ETag=f'W/"{row.version}"')
 
 
 @router.get(
@@ -262,13 +261,13 @@ async def history(plan_id: str, request: Request, ctx: Ctx) -> JSONResponse:
     except ValueError:
         return outcome_response(404, f"no CarePlan with id {plan_id[:64]}", "not-found")
     async with ctx.runtime.engine.connect() as conn:
-        rows = await SqlCaseRepository(conn).plan_versions(case_id)
+        rows = await ctx.cases(conn).plan_versions(case_id)
     if not rows:
         return outcome_response(404, f"no CarePlan with id {case_id}", "not-found")
     if denied := await _access(ctx, request, case_id, f"CarePlan/{case_id}/_history"):
         return denied
     fv = wanted_version(request)
-    items = [(_from_row(r, fv), "POST" if r.version == 1 else "PUT", "201" if r.version == 1 else "200")
+    items = [(_from_row(ctx, r, fv), "POST" if r.version == 1 else "PUT", "201" if r.version == 1 else "200")
              for r in rows]  # fmt: skip
     return _respond(history_bundle(ctx.base_url, items), fv)
 
@@ -314,9 +313,9 @@ async def search(request: Request, ctx: Ctx) -> JSONResponse:
     # filtered before counting and paging: only what a read by id would show (the owner's, the
     # covered participants', the person's own, a guardian's child's), so no page is short
     async with ctx.runtime.engine.connect() as conn:
-        found = await SqlCaseRepository(conn).find_cases(
+        found = await ctx.cases(conn).find_cases(
             patient=patient, reference=reference, external_id=external, created_from=lo, created_to=hi,
-            limit=None, where=access.search_filter(caller), with_plan=True,
+            limit=None, related=access.search_filter(caller), with_plan=True,
         )  # fmt: skip
     visible: list[tuple[SipCase, access.AccessBasis]] = []
     records = []
@@ -336,11 +335,11 @@ async def search(request: Request, ctx: Ctx) -> JSONResponse:
     snapshot = frozen(s, (c.opened_at for c, _ in visible))
     entries = []
     async with ctx.runtime.engine.connect() as conn:
-        repo = SqlCaseRepository(conn)
+        repo = ctx.cases(conn)
         for c, basis in visible[s.offset : s.offset + s.count]:
             row = await repo.plan_version(c.id)
             if row is not None:
-                entries.append(_from_row(row, fv))
+                entries.append(_from_row(ctx, row, fv))
             if caller is not None:
                 records.append(access.access_recorded(
                     caller, what=what, basis=basis, allowed=True, at=now, case=c, action="search",
@@ -412,12 +411,12 @@ async def create(request: Request, ctx: Ctx) -> JSONResponse:
                 400, "If-None-Exist supports identifier=<system>|<value> only", "not-supported"
             )
         async with ctx.runtime.engine.connect() as conn:
-            existing = await SqlCaseRepository(conn).find_cases(external_id=value.strip(), limit=1)
+            existing = await ctx.cases(conn).find_cases(external_id=value.strip(), limit=1)
         if existing:
             if denied := await _access(ctx, request, existing[0].id, f"CarePlan/{existing[0].id}"):
                 return denied
             async with ctx.runtime.engine.connect() as conn:
-                row = await SqlCaseRepository(conn).plan_version(existing[0].id)
+                row = await ctx.cases(conn).plan_version(existing[0].id)
             assert row is not None  # a case has a plan version from the start
             return _respond(
                 json.loads(row.resource),
@@ -451,7 +450,7 @@ async def create(request: Request, ctx: Ctx) -> JSONResponse:
         )
     try:
         async with ctx.runtime.unit_of_work() as uow:
-            repo = SqlCaseRepository(uow.conn)
+            repo = ctx.cases(uow.conn)
             case = await lifecycle.propose(proposal, repo=repo, directory=ctx.directory, now=ctx.clock.now())
             row = await repo.plan_version(case.id)
     except UnknownRecipient as exc:
@@ -481,7 +480,7 @@ async def provenance_search(request: Request, ctx: Ctx) -> JSONResponse:
     if denied := await _access(ctx, request, case_id, "Provenance?target"):
         return denied
     async with ctx.runtime.engine.connect() as conn:
-        rows = await SqlCaseRepository(conn).plan_versions(case_id)
+        rows = await ctx.cases(conn).plan_versions(case_id)
     if s.snapshot is not None:
         rows = [r for r in rows if r.recorded_at <= s.snapshot]
     snapshot = frozen(s, (r.recorded_at for r in rows))

@@ -15,8 +15,15 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.planning import api, api_cases, api_fhir, handlers, messages, subscribers
+from services.planning.adapters.deadline_store import SqlDeadlines
 from services.planning.adapters.retention import planning_kinds
-from services.planning.adapters.store import cases, metadata, upgrade_schema
+from services.planning.adapters.store import (
+    SqlCaseRepository,
+    case_from_snapshot,
+    cases,
+    metadata,
+    upgrade_schema,
+)
 from services.planning.adapters.unit_of_work import SqlPlanningUnitOfWork
 from services.planning.api_deps import PlanningApi
 from services.planning.deadlines import DeadlinePolicy
@@ -36,6 +43,7 @@ from shared.dependencies import DATABASE, DependencyUnavailable, describe_unavai
 from shared.directory import Directory, load_directory
 from shared.handler_table import handle_once
 from shared.hospital import HospitalEvent
+from shared.local_delivery import LocalDelivery
 from shared.metrics import case_gauges
 from shared.persistence import enqueue, utcnow
 from shared.retired_queues import drain_retired
@@ -80,8 +88,19 @@ def create_app(
         uow=lambda: SqlPlanningUnitOfWork(runtime, deps), store=intake_tables(metadata),
     )  # fmt: skip
     runtime.background.append(
-        scheduler_job(runtime, clock, settings.deadline_check_interval, react=own_reaction(runtime, deps))
+        scheduler_job(
+            runtime,
+            clock,
+            settings.deadline_check_interval,
+            deadlines=SqlDeadlines,
+            react=own_reaction(runtime, deps),
+        )
     )
+    # the intake's stay events go from the outbox to their handler in-process (hospital.events is the
+    # hospitals' exchange); a hospital's own stay events still come through the broker to the same one
+    LocalDelivery(
+        runtime, {HospitalStayEvent: message_handlers.stay_event}, max_attempts=settings.max_attempts
+    ).install()
     runtime.background.append(retired_queues_job(runtime, settings, deps))
     pruner = retention.install(
         runtime,
@@ -132,7 +151,10 @@ def create_app(
         lifespan=lifespan,
     )
     runtime.add_health_routes(app)
-    app.state.planning_api = PlanningApi(runtime, settings, clock, intake, directory, gate)
+    app.state.planning_api = PlanningApi(
+        runtime, settings, clock, intake, directory, gate,
+        cases=SqlCaseRepository, deadlines=SqlDeadlines, case_from_snapshot=case_from_snapshot,
+    )  # fmt: skip
     # in this order (the order the routes are matched and listed in the CapabilityStatement)
     for router in (api.router, api_cases.router, api_fhir.router):
         app.include_router(router)
@@ -202,11 +224,15 @@ def build_intake(
     observe: Callable[[str, str | None, str], None] | None = None,
 ) -> IntakeService:
     """HL7 v2 / FHIR intake: each accepted message is stored with its acknowledgement and, in the same
-    transaction, one ``hospital.stay-event.v1`` per event in the outbox; the ACK goes out after commit."""
+    transaction, one ``hospital.stay-event.v1`` per event in the outbox, marked local: after the
+    commit the relay hands it to the stay-event handler in-process (:mod:`shared.local_delivery`),
+    not to RabbitMQ. The ACK goes out after the commit."""
 
     async def on_event(conn: AsyncConnection, event: HospitalEvent, correlation_id: str) -> None:
         # the message's correlation id: its effect is written back to its row in the message store
-        await enqueue(conn, runtime.outbox, HospitalStayEvent(event=event, correlation_id=correlation_id))
+        await enqueue(
+            conn, runtime.outbox, HospitalStayEvent(event=event, correlation_id=correlation_id), local=True
+        )
 
     service = IntakeService(
         runtime.engine,

@@ -37,10 +37,12 @@ Every result is an aware UTC datetime.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal, get_args
+from uuid import UUID
 from zoneinfo import ZoneInfo
 
 from services.planning.rules import admission_notice_due
@@ -74,6 +76,54 @@ class DeadlinePolicy:
             follow_up_grace_days=settings.follow_up_grace_days,
             consent_expiry_warning_days=settings.consent_expiry_warning_days,
         )
+
+
+# ---- the records the deadline store keeps and answers (adapters/deadline_store.py) ------------------
+@dataclass(frozen=True)
+class Deadline:
+    """One cycle of a case's deadline of one kind, as stored (``case_deadlines``)."""
+
+    id: int
+    case_id: UUID
+    case_reference: str
+    kind: str
+    cycle: int
+    status: str
+    started_at: datetime
+    due_at: datetime
+    owner_hsa_id: str
+    correlation_id: str | None
+    met_at: datetime | None
+    breached_at: datetime | None
+    escalated_to: str | None
+    breach_message_id: str | None
+    cancelled_at: datetime | None
+    cancel_reason: str | None
+
+    @property
+    def met_late(self) -> bool:
+        return self.met_at is not None and self.met_at > self.due_at
+
+
+@dataclass(frozen=True)
+class NextDeadline:
+    """One open case for the coordinators' overview: its next pending deadline (if any) and owner."""
+
+    case_id: UUID
+    case_reference: str
+    case_state: str
+    owner_hsa_id: str
+    kind: str | None
+    due_at: datetime | None
+    breached_unmet: int  # escalated deadlines of the case not (yet) met
+
+
+#: ``DeadlineBreached.message_id`` = uuid5(this, "<case id>/<kind>/<cycle>"): one breach, one id
+BREACH_NAMESPACE = uuid.UUID("5f0c6b8e-2d7a-4b8e-9a51-6a1f3c2d9e10")
+
+
+def breach_message_id(case_id: UUID | str, kind: str, cycle: int) -> UUID:
+    return uuid.uuid5(BREACH_NAMESPACE, f"{case_id}/{kind}/{cycle}")
 
 
 @lru_cache(maxsize=64)

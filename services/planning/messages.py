@@ -411,8 +411,11 @@ def build_router(
             new_id = int(result.inserted_primary_key[0])  # type: ignore[index]
             if accepted:
                 for ev in events:
-                    await enqueue(
-                        conn, runtime.outbox, HospitalStayEvent(event=ev, correlation_id=correlation_id)
+                    await enqueue(  # handed to the stay-event handler in-process, as the intake's
+                        conn,
+                        runtime.outbox,
+                        HospitalStayEvent(event=ev, correlation_id=correlation_id),
+                        local=True,
                     )
             new = (await conn.execute(sa.select(*list_columns(t)).where(t.c.id == new_id))).one()
         runtime.relay.wake()

@@ -1,9 +1,15 @@
+"""The ports of planning: what its handlers, routes and scheduler need from storage and transport,
+as ``typing.Protocol``s. The composition root (``app.py``) hands them the SQL adapters
+(``adapters/store.py``, ``adapters/deadline_store.py``); the handler tests the in-memory ones."""
+
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID
 
+from services.planning.deadlines import Deadline, NextDeadline
 from services.planning.domain import SipCase
 from services.planning.stays import Stay
 from shared.contracts import Contract
@@ -36,6 +42,40 @@ class CaseRepository(Protocol):
     async def invited_recipients(self, case_id: UUID) -> list[str]: ...
 
 
+@dataclass(frozen=True)
+class RelatedTo:
+    """A pre-filter of the case lists: the cases an organisation (``hsa_id``) owns, takes part in or is
+    the hospital of, or the cases of a person (``person_id``) and of the children a guardian is named
+    for; neither given: no case. The store makes it a query (over-inclusive: the caller checks each
+    case again, ``services.planning.access``)."""
+
+    hsa_id: str | None = None
+    person_id: str | None = None
+
+
+class CaseStore(CaseRepository, Protocol):
+    """The case repository as the HTTP API reads it: the handlers' port and the stays, the filtered
+    lists and the stored plan versions (services/planning/adapters/store.SqlCaseRepository)."""
+
+    async def list_stays(self, limit: int = 200, *, hospital_id: str | None = None) -> list[Stay]: ...
+    async def open_cases(
+        self, include_closed: bool = False, *, related: RelatedTo | None = None
+    ) -> list[SipCase]: ...
+    async def find_cases(
+        self, *, patient: str | None = None, reference: str | None = None, states: set[str] | None = None,
+        external_id: str | None = None, created_from: datetime | None = None,
+        created_to: datetime | None = None, limit: int | None = 100, related: RelatedTo | None = None,
+        with_plan: bool = False,
+    ) -> list[SipCase]: ...  # fmt: skip
+    async def plan_version(self, case_id: UUID, version: int | None = None) -> Any | None:
+        """One stored version (the latest when ``version`` is None): ``version``, ``resource`` (the R4
+        CarePlan as JSON text), ``snapshot``, ``recorded_at`` and the Provenance's ``activity``,
+        ``agent_hsa_id``, ``reason``."""
+
+    async def plan_versions(self, case_id: UUID) -> list[Any]:
+        """Every stored version, newest first (as :meth:`plan_version`)."""
+
+
 class Outbox(Protocol):
     async def send(self, message: Contract) -> None: ...
 
@@ -54,3 +94,20 @@ class Deadlines(Protocol):
     async def case_ended(self, case_id: UUID, *, at: datetime, reason: str) -> Any: ...
     async def start(self, case: SipCase, kind: str, start: datetime, policy: Any, *, at: datetime) -> Any: ...
     async def met(self, case_id: UUID, kind: str, *, at: datetime) -> Any: ...
+
+
+class DeadlineStore(Deadlines, Protocol):
+    """The deadlines as the HTTP API reads and changes them (the lifecycle's commands)."""
+
+    async def history(self, case_id: UUID) -> list[Deadline]:
+        """Every cycle of every deadline of the case, oldest first."""
+
+    async def next_deadlines(self, *, limit: int = 500) -> list[NextDeadline]:
+        """Open cases with their next pending deadline and owner, the soonest first (none: last)."""
+
+
+class DueDeadlines(Protocol):
+    """The scheduler's port: claim the deadlines that passed unmet, inside the caller's transaction."""
+
+    async def claim_due(self, now: datetime, *, limit: int = 100) -> list[Deadline]:
+        """Mark the pending deadlines due by ``now`` breached (at most ``limit``); those this call claimed."""

@@ -6,12 +6,13 @@ overdue deadlines and, in the same transaction, enqueues one ``planning.deadline
 deadline in the outbox (for notify, who escalates to the owning unit; the relay publishes after
 commit) and makes planning's own reaction to it (``react``: a follow-up that came due) — in-process,
 not through RabbitMQ, so the breach and its effect on the case commit together. Several planning
-replicas may run it: a deadline is claimed by exactly one (see :func:`deadline_store.claim_due`),
-and the breach's ``message_id`` is derived from (case, kind, cycle) — the outbox's unique
-``message_id`` refuses a second one even if a claim were ever repeated.
+replicas may run it: a deadline is claimed by exactly one (the store's ``claim_due``, the port
+:class:`~services.planning.ports.DueDeadlines` on the pass's connection), and the breach's
+``message_id`` is derived from (case, kind, cycle) — the outbox's unique ``message_id`` refuses a
+second one even if a claim were ever repeated.
 
-Register it in ``app.py``: ``runtime.background.append(scheduler_job(runtime, clock,
-settings.deadline_check_interval, react=...))``.
+Register it in ``app.py``, which hands it the store: ``runtime.background.append(scheduler_job(runtime,
+clock, settings.deadline_check_interval, deadlines=SqlDeadlines, react=...))``.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.planning.adapters import deadline_store
-from services.planning.adapters.deadline_store import Deadline
+from services.planning.deadlines import Deadline, breach_message_id
+from services.planning.ports import DueDeadlines
 from shared.clock import Clock
 from shared.contracts import DeadlineBreached
 from shared.persistence import enqueue
@@ -39,7 +40,7 @@ def breach_message(deadline: Deadline) -> DeadlineBreached:
     """The escalation of one breached deadline. No personal data: ids, kind, times, the owner's HSA-id."""
     assert deadline.breached_at is not None and deadline.escalated_to is not None
     return DeadlineBreached(
-        message_id=deadline_store.breach_message_id(deadline.case_id, deadline.kind, deadline.cycle),
+        message_id=breach_message_id(deadline.case_id, deadline.kind, deadline.cycle),
         occurred_at=deadline.breached_at,
         correlation_id=deadline.correlation_id,
         case_id=deadline.case_id,
@@ -54,12 +55,16 @@ def breach_message(deadline: Deadline) -> DeadlineBreached:
 React = Callable[[AsyncConnection, DeadlineBreached], Awaitable[None]]
 """planning's own reaction to a breach, run on the pass's connection inside its transaction."""
 
+DeadlinesOn = Callable[[AsyncConnection], DueDeadlines]
+"""The deadline store on a connection (``app.py`` hands it ``SqlDeadlines``)."""
+
 
 async def escalate_due(
     engine: AsyncEngine,
     outbox: sa.Table,
     clock: Clock,
     *,
+    deadlines: DeadlinesOn,
     batch: int = 100,
     wake: Callable[[], None] | None = None,
     react: React | None = None,
@@ -73,7 +78,7 @@ async def escalate_due(
     while True:
         now = clock.now()
         async with engine.begin() as conn:
-            claimed = await deadline_store.claim_due(conn, now, limit=batch)
+            claimed = await deadlines(conn).claim_due(now, limit=batch)
             messages = [breach_message(d) for d in claimed]
             for message in messages:
                 await enqueue(conn, outbox, message)
@@ -98,15 +103,22 @@ async def escalate_due(
 
 
 async def run_scheduler(
-    runtime: ServiceRuntime, clock: Clock, interval: float, *, batch: int = 100, react: React | None = None
+    runtime: ServiceRuntime,
+    clock: Clock,
+    interval: float,
+    *,
+    deadlines: DeadlinesOn,
+    batch: int = 100,
+    react: React | None = None,
 ) -> None:
     """Scan every ``interval`` seconds until cancelled (``ServiceRuntime.stop`` cancels it)."""
     log.info("deadline scheduler started", extra={"interval": interval})
     while True:
         try:
             await escalate_due(
-                runtime.engine, runtime.outbox, clock, batch=batch, wake=runtime.relay.wake, react=react
-            )
+                runtime.engine, runtime.outbox, clock, deadlines=deadlines, batch=batch,
+                wake=runtime.relay.wake, react=react,
+            )  # fmt: skip
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the scheduler must outlive database hiccups; the next pass retries
@@ -120,7 +132,12 @@ async def run_scheduler(
 
 
 def scheduler_job(
-    runtime: ServiceRuntime, clock: Clock, interval: float, *, react: React | None = None
+    runtime: ServiceRuntime,
+    clock: Clock,
+    interval: float,
+    *,
+    deadlines: DeadlinesOn,
+    react: React | None = None,
 ) -> Callable[[], Coroutine[Any, Any, None]]:
     """The scheduler as a ``runtime.background`` job."""
-    return functools.partial(run_scheduler, runtime, clock, interval, react=react)
+    return functools.partial(run_scheduler, runtime, clock, interval, deadlines=deadlines, react=react)

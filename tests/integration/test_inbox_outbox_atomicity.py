@@ -169,3 +169,51 @@ async def test_two_relays_on_one_outbox_publish_every_row_once(store):
         await second.dispose()
     assert sorted(published) == sorted(ids)
     assert len(published) == len(set(published)) == 120
+
+
+async def test_local_rows_are_handed_over_in_order_and_a_failure_counts_for_its_row_only(store):
+    """A service's own work (``enqueue(local=True)``) goes to ``deliver_locally`` in outbox order,
+    never to the broker; a failed hand-over counts one attempt for that row only (not for the untried
+    rows behind it), and a sick dependency counts none."""
+    from shared.dependencies import DATABASE, DependencyMonitor, DependencyUnavailable
+    from shared.persistence import LOCAL_EXCHANGE
+
+    engine, inbox, outbox, effects = store  # noqa: RUF059
+    async with engine.begin() as conn:
+        for i in range(4):
+            msg = ConsentRequested(
+                case_id=f"00000000-0000-0000-0000-00000000000{i}", patient_identifier=ADULT
+            )
+            await enqueue(conn, outbox, msg, local=i % 2 == 0)
+    async with engine.connect() as c:
+        rows = (
+            await c.execute(sa.select(outbox.c.message_id, outbox.c.exchange).order_by(outbox.c.id))
+        ).all()
+    assert [r.exchange for r in rows] == [LOCAL_EXCHANGE, "consent.commands"] * 2
+    order: list[tuple[str, str]] = []
+    failures = [RuntimeError("handler failed"), DependencyUnavailable(DATABASE, "OperationalError: gone")]
+
+    async def publish(**kw):
+        order.append(("published", kw["message_id"]))
+
+    async def deliver(row):
+        if failures:
+            raise failures.pop(0)
+        order.append(("local", row.message_id))
+
+    monitor = DependencyMonitor("test", backoff_initial=0.01, backoff_max=0.02)
+    relay = OutboxRelay(engine, outbox, publish, poll_interval=0.01, dependencies=monitor)
+    relay.deliver_locally = deliver
+
+    async def attempts():
+        async with engine.connect() as c:
+            return list((await c.execute(sa.select(outbox.c.attempts).order_by(outbox.c.id))).scalars())
+
+    await relay.drain_once()  # the first row fails: nothing after it goes
+    assert order == [] and await attempts() == [1, 0, 0, 0]
+    await relay.drain_once()  # the database is away: not the message's fault
+    assert order == [] and await attempts() == [1, 0, 0, 0]
+    await relay.drain_once()
+    ids = [r.message_id for r in rows]
+    assert order == [("local", ids[0]), ("published", ids[1]), ("local", ids[2]), ("published", ids[3])]
+    await monitor.close()

@@ -58,6 +58,22 @@ class InMemoryNotificationRepository:
         found = [n for n in self.rows.values() if n.case_id == case_id]
         return sorted(found, key=lambda n: (n.created_at, n.recipient_hsa_id, n.channel))
 
+    async def deliveries(
+        self, *, since: datetime | None = None, until: datetime | None = None, recipient: str | None = None,
+        channel: str | None = None, status: str | None = None, case_id: UUID | None = None,
+        seen_by: str | None = None, limit: int = 100,
+    ) -> list[Notification]:  # fmt: skip
+        wanted = {"recipient_hsa_id": recipient, "channel": channel, "status": status, "case_id": case_id}
+        found = [
+            n
+            for n in self.rows.values()
+            if all(value is None or getattr(n, name) == value for name, value in wanted.items())
+            and (since is None or n.created_at >= since)
+            and (until is None or n.created_at < until)
+            and (seen_by is None or seen_by in (n.owner_hsa_id, n.recipient_hsa_id))
+        ]
+        return sorted(found, key=lambda n: (n.created_at, str(n.id)), reverse=True)[:limit]
+
     def _expired(self, n: Notification, now: datetime) -> bool:
         until, _ = self.leases.get(n.id, (None, None))
         return n.status == "sending" and (until is None or until < now)

@@ -1,7 +1,7 @@
 """SQL storage of case deadlines (``case_deadlines``): the durable state of every deadline timer.
 
 The table is added to planning's one :data:`~services.planning.adapters.store.metadata`; importing this
-module (``services.planning.scheduler`` does) is what makes ``create_all`` create it.
+module (``services.planning.app`` and the unit of work do) is what makes ``create_all`` create it.
 
 A deadline is one row per *cycle* of a (case, kind): ``schedule`` opens cycle 1, a reschedule (ready
 for discharge again after a revocation, a moved date) closes the pending cycle and opens the next one.
@@ -22,8 +22,6 @@ Nothing here stores personal data: case id, reference, kind, times and the owner
 from __future__ import annotations
 
 import dataclasses
-import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -32,16 +30,20 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.planning.adapters.store import cases, metadata
-from services.planning.deadlines import DEADLINE_KINDS, DeadlinePolicy, due_at
+from services.planning.deadlines import (
+    DEADLINE_KINDS,
+    Deadline,
+    DeadlinePolicy,
+    NextDeadline,
+    breach_message_id,
+    due_at,
+)
 from services.planning.domain import INVITATION_CLOCK_STATES, OPEN_STATES, SipCase
 from services.planning.rules import admission_notice_due, admission_notice_late
 from shared.persistence import UTCDateTime, utcnow
 
 PENDING, MET, BREACHED, CANCELLED = "pending", "met", "breached", "cancelled"
 STATUSES = (PENDING, MET, BREACHED, CANCELLED)
-
-#: ``DeadlineBreached.message_id`` = uuid5(this, "<case id>/<kind>/<cycle>"): one breach, one id
-BREACH_NAMESPACE = uuid.UUID("5f0c6b8e-2d7a-4b8e-9a51-6a1f3c2d9e10")
 
 _pending = sa.literal_column("status") == PENDING  # for the partial index (both dialects)
 
@@ -89,43 +91,6 @@ admission_notices = sa.Table(
 """When each stay's admission notice arrived: the admission-notice deadline is judged when the case opens."""
 
 
-@dataclass(frozen=True)
-class Deadline:
-    id: int
-    case_id: UUID
-    case_reference: str
-    kind: str
-    cycle: int
-    status: str
-    started_at: datetime
-    due_at: datetime
-    owner_hsa_id: str
-    correlation_id: str | None
-    met_at: datetime | None
-    breached_at: datetime | None
-    escalated_to: str | None
-    breach_message_id: str | None
-    cancelled_at: datetime | None
-    cancel_reason: str | None
-
-    @property
-    def met_late(self) -> bool:
-        return self.met_at is not None and self.met_at > self.due_at
-
-
-@dataclass(frozen=True)
-class NextDeadline:
-    """One open case for the coordinators' overview: its next pending deadline (if any) and owner."""
-
-    case_id: UUID
-    case_reference: str
-    case_state: str
-    owner_hsa_id: str
-    kind: str | None
-    due_at: datetime | None
-    breached_unmet: int  # escalated deadlines of the case not (yet) met
-
-
 def _deadline(row: Any) -> Deadline:
     return Deadline(
         id=row.id,
@@ -150,10 +115,6 @@ def _deadline(row: Any) -> Deadline:
 def _check_kind(kind: str) -> None:
     if kind not in DEADLINE_KINDS:
         raise ValueError(f"unknown deadline kind {kind!r}; known: {', '.join(DEADLINE_KINDS)}")
-
-
-def breach_message_id(case_id: UUID | str, kind: str, cycle: int) -> UUID:
-    return uuid.uuid5(BREACH_NAMESPACE, f"{case_id}/{kind}/{cycle}")
 
 
 async def _get(conn: AsyncConnection, deadline_id: int) -> Deadline:
@@ -572,8 +533,10 @@ async def schedule_for_case(
 
 
 class SqlDeadlines:
-    """The deadline operations bound to one unit of work's connection, for the handlers
-    (``deadlines=SqlDeadlines(uow.conn)`` next to ``repo=SqlCaseRepository(uow.conn)``)."""
+    """The deadline operations bound to one connection: for the handlers in a unit of work
+    (``deadlines=SqlDeadlines(uow.conn)`` next to ``repo=SqlCaseRepository(uow.conn)``), the HTTP API's
+    reads (:class:`~services.planning.ports.DeadlineStore`) and the scheduler's claim
+    (:class:`~services.planning.ports.DueDeadlines`) — ``app.py`` hands the class to both."""
 
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
@@ -620,3 +583,12 @@ class SqlDeadlines:
 
     async def pending(self, case_id: UUID) -> list[Deadline]:
         return await pending_for(self.conn, case_id)
+
+    async def history(self, case_id: UUID) -> list[Deadline]:
+        return await history_for(self.conn, case_id)
+
+    async def next_deadlines(self, *, limit: int = 500) -> list[NextDeadline]:
+        return await next_deadlines(self.conn, limit=limit)
+
+    async def claim_due(self, now: datetime, *, limit: int = 100) -> list[Deadline]:
+        return await claim_due(self.conn, now, limit=limit)

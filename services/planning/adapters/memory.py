@@ -10,8 +10,8 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from services.planning.adapters.fhir import care_plan
 from services.planning.domain import OPEN_STATES, SipCase
+from services.planning.fhir import care_plan
 from services.planning.handlers import PlanningDeps
 from services.planning.stays import Stay
 from shared.unit_of_work import InMemoryUnitOfWork

@@ -13,9 +13,10 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.planning.adapters.fhir import care_plan
 from services.planning.domain import OPEN_STATES, Participant, SipCase
+from services.planning.fhir import care_plan
 from services.planning.plan import STORED, Approval, Meeting, MeetingPreferences, PlanContent
+from services.planning.ports import RelatedTo
 from services.planning.stays import Cancellation, Stay
 from shared.persistence import UTCDateTime, insert_once
 
@@ -327,6 +328,13 @@ def related_to(*, hsa_id: str | None = None, person_id: str | None = None) -> An
     return sa.false()
 
 
+def _related(related: RelatedTo | None) -> Any:
+    """The port's :class:`~services.planning.ports.RelatedTo` as the SQL pre-filter (None: none)."""
+    if related is None:
+        return None
+    return related_to(hsa_id=related.hsa_id, person_id=related.person_id)
+
+
 class SqlCaseRepository:
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
@@ -378,11 +386,14 @@ class SqlCaseRepository:
     async def update_case(self, case: SipCase) -> None:
         await self.conn.execute(_UPDATE_CASE, {**_values(case), "k_id": str(case.id)})
 
-    async def open_cases(self, include_closed: bool = False, *, where: Any = None) -> list[SipCase]:
-        """``where``: a pre-filter such as :func:`related_to`."""
+    async def open_cases(
+        self, include_closed: bool = False, *, where: Any = None, related: RelatedTo | None = None
+    ) -> list[SipCase]:
+        """``where``: a pre-filter such as :func:`related_to`; ``related``: the same as a port value."""
         q = cases.select().order_by(cases.c.invitation_due_at, cases.c.opened_at)
-        if where is not None:
-            q = q.where(where)
+        for clause in (where, _related(related)):
+            if clause is not None:
+                q = q.where(clause)
         if not include_closed:
             q = q.where(cases.c.state.in_(sorted(OPEN_STATES)))
         return [_case(r) for r in await self.conn.execute(q)]
@@ -398,7 +409,7 @@ class SqlCaseRepository:
         self, case: SipCase, version: int, at: datetime, *, validate: bool = True, activity: str = "UPDATE",
         agent_hsa_id: str | None = None, reason: str | None = None,
     ) -> None:  # fmt: skip
-        """The case as plan ``version``: its CarePlan (:func:`~services.planning.adapters.fhir.care_plan`;
+        """The case as plan ``version``: its CarePlan (:func:`~services.planning.fhir.care_plan`;
         ``validate=False`` skips the fhir.resources round trip), its snapshot and the Provenance."""
         case_id = case.id
         resource = care_plan(case, version=version, at=at, validate=validate)
@@ -445,15 +456,16 @@ class SqlCaseRepository:
         self, *, patient: str | None = None, reference: str | None = None, states: set[str] | None = None,
         external_id: str | None = None,
         created_from: datetime | None = None, created_to: datetime | None = None, limit: int | None = 100,
-        where: Any = None, with_plan: bool = False,
+        where: Any = None, related: RelatedTo | None = None, with_plan: bool = False,
     ) -> list[SipCase]:  # fmt: skip
-        """``where``: a pre-filter such as :func:`related_to`, applied before the limit; ``with_plan``:
-        only cases that have a CarePlan (a version stored)."""
+        """``where``: a pre-filter such as :func:`related_to`, applied before the limit (``related``: the
+        same as a port value); ``with_plan``: only cases that have a CarePlan (a version stored)."""
         q = cases.select().order_by(cases.c.opened_at.desc(), cases.c.id)
         if limit is not None:
             q = q.limit(limit)
-        if where is not None:
-            q = q.where(where)
+        for clause in (where, _related(related)):
+            if clause is not None:
+                q = q.where(clause)
         if with_plan:
             q = q.where(sa.exists().where(care_plans.c.case_id == cases.c.id))
         if patient is not None:

@@ -4,6 +4,7 @@ The clock is a :class:`FixedClock` the tests move; the scheduler's state is only
 """
 
 import asyncio
+import functools
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -13,15 +14,18 @@ from uuid import UUID, uuid4
 import pytest
 import sqlalchemy as sa
 
+from services.planning import scheduler
 from services.planning.adapters import deadline_store as ds
 from services.planning.adapters.store import cases, metadata
-from services.planning.scheduler import escalate_due, scheduler_job
 from shared.clock import FixedClock
 from shared.persistence import make_engine, outbox_table, sqlite_url
 
 T0 = datetime(2026, 4, 2, 13, 0, tzinfo=UTC)  # Thu before Easter, 15:00 in Stockholm
 OWNER = "SE2321000016-VC01"
 OUTBOX = outbox_table(metadata)
+# the scheduler wired as app.py wires it: the SQL deadline store on the pass's connection
+escalate_due = functools.partial(scheduler.escalate_due, deadlines=ds.SqlDeadlines)
+scheduler_job = functools.partial(scheduler.scheduler_job, deadlines=ds.SqlDeadlines)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

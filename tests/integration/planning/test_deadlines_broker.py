@@ -27,7 +27,8 @@ async def test_the_scheduler_publishes_the_breach_to_planning_events(amqp_url, t
     )
     clock = FixedClock(T0)
     runtime = ServiceRuntime("planning", settings, metadata)
-    runtime.background.append(scheduler_job(runtime, clock, 0.05))  # as app.py registers it
+    # as app.py registers it
+    runtime.background.append(scheduler_job(runtime, clock, 0.05, deadlines=ds.SqlDeadlines))
     conn = await aio_pika.connect(amqp_url)
     try:
         await runtime.start(consume=False)

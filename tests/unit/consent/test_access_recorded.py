@@ -10,10 +10,10 @@ import sqlalchemy as sa
 from faststream.rabbit import TestRabbitBroker
 
 from services.consent import handlers
-from services.consent.adapters.fhir import audit_event_resource
 from services.consent.adapters.store import SqlConsentRepository, audit_events, metadata
 from services.consent.app import create_app
 from services.consent.domain import ConsentDetails, GuardianStatement
+from services.consent.fhir import audit_event_resource
 from services.consent.settings import ConsentSettings
 from shared.clock import FixedClock
 from shared.contracts import AccessRecorded, ConsentGranted, ConsentRequested, RecordConsent

@@ -8,8 +8,8 @@ from datetime import timedelta
 
 import pytest
 
-from services.consent.adapters.fhir import consent_resource
 from services.consent.domain import GuardianStatement
+from services.consent.fhir import consent_resource
 from tests.support.narrative_rules import narrative_problems, narrative_text
 from tests.support.personnummer import ADULT, CHILD
 from tests.unit.consent.test_consent_rules import NOW, record

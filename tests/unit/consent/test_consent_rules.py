@@ -4,13 +4,13 @@ from uuid import uuid4
 import pytest
 
 from services.consent import handlers
-from services.consent.adapters.fhir import consent_resource
 from services.consent.domain import (
     ConsentRecord,
     ConsentRequest,
     ConsentRuleViolation,
     check_new_consent,
 )
+from services.consent.fhir import consent_resource
 from shared.clock import FixedClock
 from shared.contracts import ConsentDeclined, ConsentGranted, ConsentRequested, RecordConsent
 from shared.fhir import FhirValidationError, check_required_bindings

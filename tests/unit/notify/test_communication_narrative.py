@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from services.notify.adapters.fhir import communication_resource
+from services.notify.fhir import communication_resource
 from tests.support.narrative_rules import narrative_problems, narrative_text
 from tests.unit.notify.test_http_channels import HSA, T, notification
 

@@ -12,7 +12,6 @@ from uuid import uuid4
 import httpx
 import pytest
 
-from services.notify.adapters.fhir import communication_resource
 from services.notify.adapters.http_channels import (
     SmsGatewaySender,
     WebhookChannelSender,
@@ -22,6 +21,7 @@ from services.notify.adapters.http_channels import (
     secret_env_name,
 )
 from services.notify.domain import Notification
+from services.notify.fhir import communication_resource
 from services.notify.ports import Delivery, PermanentSendError, TransientSendError
 from services.notify.signing import verify_signature
 

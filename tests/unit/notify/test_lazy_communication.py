@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
-from services.notify.adapters import fhir
-from services.notify.adapters.fhir import communication_resource
+from services.notify import fhir
 from services.notify.adapters.http_channels import WebhookChannelSender, WebhookSecrets
 from services.notify.app import create_app
+from services.notify.fhir import communication_resource
 from services.notify.ports import Delivery
 from services.notify.signing import verify_signature
 from tests.unit.notify.conftest import T0, FakeChannel

@@ -17,8 +17,8 @@ import pytest
 from fhir.resources.R4B.communication import Communication
 
 from services.notify import handlers
-from services.notify.adapters.fhir import NEEDS_EXTENSION
 from services.notify.adapters.store import SqlNotificationRepository
+from services.notify.fhir import NEEDS_EXTENSION
 from services.notify.templates import UnsafeText, contains_health_data, contains_personal_number, render
 from shared.contracts import MeetingNeeds
 from shared.directory import load_directory

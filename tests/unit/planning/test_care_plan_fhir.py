@@ -13,8 +13,8 @@ from fhir.resources.R4B.careplan import CarePlan as CarePlanR4
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.planning.adapters.fhir import care_plan, provenance
 from services.planning.domain import TRANSITIONS, Participant, SipCase
+from services.planning.fhir import care_plan, provenance
 from services.planning.plan import Approval, Meeting, MeetingPreferences, PlanContent
 from shared.fhir import FhirValidationError, check_required_bindings
 from tests.support.examples import examples

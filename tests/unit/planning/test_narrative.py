@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.planning.adapters.fhir import care_plan
 from services.planning.domain import TRANSITIONS
+from services.planning.fhir import care_plan
 from services.planning.narrative import STATUS_TEXT
 from services.planning.plan import MeetingPreferences, PlanContent
 from tests.support.examples import examples

@@ -10,9 +10,9 @@ import sqlalchemy as sa
 from faststream.rabbit import TestRabbitBroker
 
 from services.planning import handlers
-from services.planning.adapters.fhir import care_plan
 from services.planning.adapters.store import SqlCaseRepository, metadata
 from services.planning.app import create_app
+from services.planning.fhir import care_plan
 from services.planning.settings import PlanningSettings
 from shared.clock import FixedClock
 from shared.contracts import (
@@ -277,7 +277,7 @@ async def test_subscribers_with_test_broker(tmp_path):
 @pytest.fixture
 def validations(monkeypatch):
     """The fhir.resources round trips (validate + required bindings + dump) made, by resource type."""
-    from services.planning.adapters import fhir
+    from services.planning import fhir
 
     made: list[str] = []
     real = fhir._validated

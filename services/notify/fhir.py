@@ -16,6 +16,9 @@ Neither carries personal data: no ``subject`` (patient), the text is the guarded
 A notice a participant acts on (invitation, reminder, plan established, follow-up due) also carries
 the person's meeting needs as data: the extension ``urn:sip-suite:extension:meeting-needs``
 (:func:`needs_extension`), beside the same needs in the text (the "Inför mötet" block).
+
+A pure mapping (no I/O, no clock: the attempt's time is passed in), so it is not an adapter: the
+routes (``api.py``) and the dispatcher call it directly.
 """
 
 from __future__ import annotations

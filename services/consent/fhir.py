@@ -6,7 +6,8 @@ minimal: type ``rest``, subtype ``read`` / ``search-type``, the reading organisa
 the agent, the patient and what was read — never what was disclosed — as entities).
 
 Every resource is validated once here, at the edge, including the required-binding codes
-fhir.resources does not check (:func:`shared.fhir.check_required_bindings`).
+fhir.resources does not check (:func:`shared.fhir.check_required_bindings`). A pure mapping — no I/O,
+no store — so not an adapter: the FHIR routes (:mod:`services.consent.api_fhir`) import it directly.
 """
 
 from __future__ import annotations
