@@ -8,9 +8,14 @@ message is being stored takes the loop's CPU from it. With :class:`Foreground`:
 
 - work marked foreground (``with foreground.work():``, and every task started inside it) takes the
   next free connection before any background waiter (:class:`PriorityQueue`, the pool's queue);
-- background work asking for a connection while foreground work is in flight waits until none is (at
-  most ``max_wait`` seconds each time, so it is slowed, never starved) — it gives the foreground the
-  CPU as well as the connection (:class:`PriorityPool`).
+- background work asking for a connection while foreground work is in flight — or ended less than
+  ``grace`` ago: a sender waiting for each answer sends its next message right after it — waits until
+  it is not (at most ``max_wait`` seconds each time, so it is slowed, never starved): it gives the
+  foreground the CPU as well as the connection (:class:`PriorityPool`).
+
+benchmarks.intake_mllp, 2026-12-04 (README, Hospital intake): over one MLLP connection SQLite went from
+p50 4.9 / p99 22 ms to 1.5 / 9.3 ms, PostgreSQL from 4.8 / 9.9 to 2.3 / 8.1 ms; the follow-up work is
+done as soon as before, behind the intake instead of before it.
 
 Only a new transaction waits: one in progress runs to its end. Nothing about durability changes — the
 same transactions commit in the same way, only their order does.

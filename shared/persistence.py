@@ -97,11 +97,11 @@ def make_engine(url: str, *, sqlite_driver: str = "inline") -> AsyncEngine:
             # SQLite has one writer at a time, and every transaction here takes the write lock
             # (BEGIN IMMEDIATE, below). With several connections, the transactions waiting for it
             # sleep in SQLite's busy handler (1, 2, 5 … 100 ms steps) while the lock sits free;
-            # one connection makes them queue in the pool instead, first come first served, woken
-            # the moment the previous transaction ends. Other processes on the same file (replicas)
-            # still wait on busy_timeout. The pool wait is bounded like the lock wait was (30 s).
-            # The intake's transactions (foreground) take it before any waiting background work, which
-            # also waits while the intake is storing a message (shared.foreground)
+            # one connection makes them queue in the pool instead, woken the moment the previous
+            # transaction ends: the intake's (foreground) first, then first come first served; and
+            # background work waits to begin while the intake stores a message (shared.foreground).
+            # Other processes on the same file (replicas) still wait on busy_timeout. The pool wait
+            # is bounded like the lock wait was (30 s).
             pool = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 30, "poolclass": priority_pool()}
             # inline needs that one connection: a statement on the loop's thread must never wait
             # for another connection of this process (see shared.sqlite_inline)
