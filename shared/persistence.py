@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from shared.contracts import Contract
 from shared.dependencies import BROKER, DATABASE, DependencyMonitor
+from shared.foreground import priority_pool
 from shared.tracing import outbox_traceparent
 
 log = logging.getLogger("sip.outbox")
@@ -96,10 +97,12 @@ def make_engine(url: str, *, sqlite_driver: str = "inline") -> AsyncEngine:
             # SQLite has one writer at a time, and every transaction here takes the write lock
             # (BEGIN IMMEDIATE, below). With several connections, the transactions waiting for it
             # sleep in SQLite's busy handler (1, 2, 5 … 100 ms steps) while the lock sits free;
-            # one connection makes them queue in the pool instead, first come first served, woken
-            # the moment the previous transaction ends. Other processes on the same file (replicas)
-            # still wait on busy_timeout. The pool wait is bounded like the lock wait was (30 s).
-            pool = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 30}
+            # one connection makes them queue in the pool instead, woken the moment the previous
+            # transaction ends: the intake's (foreground) first, then first come first served; and
+            # background work waits to begin while the intake stores a message (shared.foreground).
+            # Other processes on the same file (replicas) still wait on busy_timeout. The pool wait
+            # is bounded like the lock wait was (30 s).
+            pool = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 30, "poolclass": priority_pool()}
             # inline needs that one connection: a statement on the loop's thread must never wait
             # for another connection of this process (see shared.sqlite_inline)
             inline = sqlite_driver == "inline" and "?" not in db_path and not db_path.startswith("file:")
@@ -149,7 +152,11 @@ def make_engine(url: str, *, sqlite_driver: str = "inline") -> AsyncEngine:
     # The pool keeps as many connections as the service's concurrent work uses (a consumer per
     # queue, the outbox relay, the dispatcher or scheduler, the API, MLLP connections): a checkout
     # beyond it opens a connection — a new server process — and closes it again on return.
-    engine = create_async_engine(url, pool_size=PG_POOL_SIZE, max_overflow=PG_MAX_OVERFLOW)
+    # Foreground first (shared.foreground): while the intake stores a message, background work waits
+    # to begin its next transaction, and a free connection goes to the intake first.
+    engine = create_async_engine(
+        url, pool_size=PG_POOL_SIZE, max_overflow=PG_MAX_OVERFLOW, poolclass=priority_pool()
+    )
     count_statements(engine, url)
     return engine
 

@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shared.clock import STOCKHOLM
+from shared.foreground import foreground_of
 from shared.hospital import HospitalEvent
 from shared.persistence import insert_once, utcnow
 
@@ -86,9 +87,16 @@ class IntakeService:
         #: group commit: the messages waiting for the next commit, and the task committing them
         self._pending: list[_Pending] = []
         self._committer: asyncio.Task[None] | None = None
+        #: the intake is the engine's foreground work: from a message's arrival to its answer, its
+        #: transactions take the connection first and background work waits to begin its next one
+        self._foreground = foreground_of(engine)
 
     async def handle_hl7(self, raw: bytes) -> bytes:
         """One HL7 v2 message (MLLP framing removed) → the ACK bytes to send back."""
+        with self._foreground.work():
+            return await self._handle_hl7(raw)
+
+    async def _handle_hl7(self, raw: bytes) -> bytes:
         outcome = parse_adt(raw, default_tz=self._tz)
         if outcome.ack_code != "AA":
             log.info(
@@ -120,6 +128,10 @@ class IntakeService:
         MedCom's acknowledgement message for a MedCom HospitalNotification, FHIR's response message for
         the others — and an ``OperationOutcome`` (status 400/422) when refused.
         """
+        with self._foreground.work():
+            return await self._handle_fhir(bundle_json)
+
+    async def _handle_fhir(self, bundle_json: bytes) -> tuple[int, dict[str, Any]]:
         outcome = parse_message_bundle(
             bundle_json, default_tz=self._tz, now=self._clock(), fhir_base=self._fhir_base
         )
@@ -159,6 +171,7 @@ class IntakeService:
         item.answer.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._pending.append(item)
         if self._committer is None or self._committer.done():
+            # the committer inherits this context: foreground (shared.foreground), its transactions first
             self._committer = loop.create_task(self._commit_pending(), name="intake-group-commit")
         return await asyncio.shield(item.answer)
 
