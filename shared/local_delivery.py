@@ -27,12 +27,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from shared.contracts import Contract
 from shared.dependencies import describe_unavailable
-from shared.messaging import ERROR_TYPE_HEADER, REASON_HEADER, describe_error, is_permanent, publish_raw
+from shared.messaging import dead_letter_headers, describe_error, is_permanent, publish_raw
 from shared.persistence import LocalRow
 from shared.runtime import ServiceRuntime
 from shared.topology import dead_letter_exchange_name, subscription
@@ -116,16 +115,15 @@ class LocalDelivery:
             routing_key=contract.routing_key,
             message_id=row.message_id,
             correlation_id=row.correlation_id,
-            headers={
-                REASON_HEADER: reason,
-                ERROR_TYPE_HEADER: type(exc).__name__,
-                "x-sip-failed-at": datetime.now(UTC).isoformat(),
-                "x-sip-attempts": attempt,
-                # a replay goes where a broker delivery of the contract goes: to this same queue
-                "x-sip-original-exchange": contract.exchange,
-                "x-sip-original-routing-key": contract.routing_key,
-                "x-sip-consumer": service,
-            },
+            # a replay goes where a broker delivery of the contract goes: to this same queue
+            headers=dead_letter_headers(
+                reason,
+                exc,
+                attempts=attempt,
+                exchange=contract.exchange,
+                routing_key=contract.routing_key,
+                consumer=service,
+            ),
         )
         log.error(
             "message dead-lettered",

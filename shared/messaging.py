@@ -71,6 +71,22 @@ def describe_error(exc: BaseException) -> str:
     return text[:1000]
 
 
+def dead_letter_headers(
+    reason: str, exc: BaseException, *, attempts: int, exchange: str, routing_key: str, consumer: str
+) -> dict[str, Any]:
+    """What a dead letter carries (``sipctl dead-letters`` reads it; replay goes to ``exchange`` with
+    ``routing_key``): the consume middleware's and :mod:`shared.local_delivery`'s alike."""
+    return {
+        REASON_HEADER: reason,
+        ERROR_TYPE_HEADER: type(exc).__name__,
+        "x-sip-failed-at": datetime.now(UTC).isoformat(),
+        "x-sip-attempts": attempts,
+        "x-sip-original-exchange": exchange,
+        "x-sip-original-routing-key": routing_key,
+        "x-sip-consumer": consumer,
+    }
+
+
 def is_permanent(exc: BaseException) -> bool:
     return isinstance(exc, ValidationError | json.JSONDecodeError | UnicodeDecodeError | PermanentError)
 
@@ -302,17 +318,16 @@ def dead_letter_middleware(
             reason = describe_error(_body_error(msg.body) or exc)
             headers = dict(msg.raw_message.headers or {})
             headers.update(
-                {
-                    REASON_HEADER: reason,
-                    ERROR_TYPE_HEADER: type(exc).__name__,
-                    "x-sip-failed-at": datetime.now(UTC).isoformat(),
-                    "x-sip-attempts": attempt,
-                    "x-sip-original-exchange": (msg.raw_message.headers or {}).get("x-sip-original-exchange")
+                dead_letter_headers(
+                    reason,
+                    exc,
+                    attempts=attempt,
+                    exchange=(msg.raw_message.headers or {}).get("x-sip-original-exchange")
                     or msg.raw_message.exchange
                     or "",
-                    "x-sip-original-routing-key": routing_key,
-                    "x-sip-consumer": consumer,
-                }
+                    routing_key=routing_key,
+                    consumer=consumer,
+                )
             )
             # publish (confirmed) first, then ack: a crash in between gives a duplicate
             # dead letter, never a lost message.
