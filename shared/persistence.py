@@ -169,6 +169,38 @@ PG_MAX_OVERFLOW = 10
 SQL_STATS_ENV = "SIP_SQL_STATS_DIR"
 
 
+def sqlite_directory(engine: AsyncEngine) -> Path | None:
+    """The directory of ``engine``'s SQLite file, or None (PostgreSQL, or SQLite in memory)."""
+    if engine.dialect.name != "sqlite":
+        return None
+    database = engine.url.database
+    if not database or database == ":memory:":
+        return None
+    return Path(database).resolve().parent
+
+
+PROBE_BYTES = 64 * 1024
+
+
+def check_disk_room(directory: Path, nbytes: int = PROBE_BYTES) -> None:
+    """Write, sync and remove ``nbytes`` in ``directory``: raises OSError (ENOSPC, EROFS, EIO …)
+    when the file system there cannot take a write now. A SQLite transaction that only reads (or
+    writes into WAL pages the file already has) succeeds on a full disk, so it cannot tell."""
+    probe = directory / f".sip-disk-probe-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            written = os.write(fd, b"\0" * nbytes)
+            if written < nbytes:
+                raise OSError(28, "No space left on device (a short write)")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+
+
 def count_statements(engine: AsyncEngine, url: str) -> None:
     """With ``SIP_SQL_STATS_DIR`` set (benchmarks, debugging — never in production), count what this
     engine sends: statements (one per round trip: an ``executemany`` is one), transactions begun,
@@ -486,13 +518,15 @@ class OutboxRelay:
                     },
                 )
             ).all()
-        if self.dependencies is not None:
-            self.dependencies.up(DATABASE)
+        # the claim alone does not say the database is back: on a full disk an UPDATE that matches
+        # nothing (or fits the WAL) commits while every real write fails, and calling it "up" here
+        # flapped /readyz to 200 mid-outage. The database is up once this pass has stored its work.
         if not claimed:
             return False
         rows = sorted(claimed, key=lambda r: r.id)  # RETURNING has no order: publish in outbox order
         done: list[int] = []
         error: str | None = None
+        unavailable: str | None = None
         failed: int | None = None  # the row that failed, when it was the message's fault
         for row in rows:
             local = row.exchange == LOCAL_EXCHANGE
@@ -538,6 +572,9 @@ class OutboxRelay:
                 await conn.execute(sql.release, {"relay_ids": rest, "relay_error": error})
             if failed is not None:
                 await conn.execute(sql.attempted, {"relay_ids": [failed]})
+        if done and self.dependencies is not None and not self.dependencies.is_up(DATABASE):
+            if error is None or unavailable != DATABASE:
+                self.dependencies.up(DATABASE)
         if error:
             if self.dependencies is not None and not self.dependencies.is_up(BROKER):
                 await self._wait_for(BROKER)

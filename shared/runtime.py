@@ -49,9 +49,11 @@ from shared.metrics import CONTENT_TYPE, HttpMetricsMiddleware, ServiceMetrics
 from shared.migrations import has_migrations, upgrade_to_head
 from shared.persistence import (
     OutboxRelay,
+    check_disk_room,
     inbox_table,
     make_engine,
     outbox_table,
+    sqlite_directory,
     upgrade_inbox,
     upgrade_outbox,
 )
@@ -116,9 +118,13 @@ class ServiceRuntime:
         self._document_publications()
 
     async def _probe_database(self) -> None:
-        """A transaction (on SQLite it takes the write lock: BEGIN IMMEDIATE) with one statement."""
+        """A transaction (on SQLite it takes the write lock: BEGIN IMMEDIATE) with one statement, and on
+        SQLite a write of a few pages beside the database file (a full disk fails it)."""
         async with self.engine.begin() as conn:
             await conn.execute(sa.text("SELECT 1"))
+        directory = sqlite_directory(self.engine)
+        if directory is not None:  # a full disk lets that transaction through: try a real write
+            await asyncio.to_thread(check_disk_room, directory)
 
     async def _probe_broker(self) -> None:
         if not await self.broker.ping(timeout=2.0):

@@ -176,7 +176,8 @@ class Dispatcher:
         now = self.clock.now()
         async with self.runtime.engine.connect() as conn:
             due = await self.notifications(conn).due(now, BATCH)
-        self.runtime.dependencies.up(DATABASE)
+        # a read is not a sign the database is back (on a full disk reads work, writes do not): the
+        # claims below, the consumers' stored work and the monitor's probe say so
         late = [
             n.id
             for n in due
@@ -221,6 +222,7 @@ class Dispatcher:
                 )
             if n is None:
                 return None
+            self.runtime.dependencies.up(DATABASE)  # the claim was stored
             return await self._send_checked(n)
 
     async def send_claimed(self, n: Notification) -> str:

@@ -217,3 +217,35 @@ async def test_local_rows_are_handed_over_in_order_and_a_failure_counts_for_its_
     ids = [r.message_id for r in rows]
     assert order == [("local", ids[0]), ("published", ids[1]), ("local", ids[2]), ("published", ids[3])]
     await monitor.close()
+
+
+async def test_the_relay_calls_the_database_back_only_when_it_has_stored_work(store):
+    """An empty claim, or a claim whose hand-over met the outage again, says nothing about the
+    database coming back (on a full SQLite disk such a transaction commits while every real write
+    fails, and /readyz flapped to 200 with it); a pass that stored its rows as published does."""
+    from shared.dependencies import DATABASE, DependencyMonitor, DependencyUnavailable
+
+    engine, inbox, outbox, effects = store  # noqa: RUF059
+    monitor = DependencyMonitor("test", backoff_initial=0.01, backoff_max=0.02)
+    outage = [DependencyUnavailable(DATABASE, "OperationalError: database or disk is full")]
+
+    async def publish(**kw):
+        pass
+
+    async def deliver(row):
+        if outage:
+            raise outage.pop(0)
+
+    relay = OutboxRelay(engine, outbox, publish, poll_interval=0.01, dependencies=monitor)
+    relay.deliver_locally = deliver
+    monitor.down(DATABASE, "OperationalError: database or disk is full")
+    await relay.drain_once()  # nothing to claim
+    assert not monitor.is_up(DATABASE)
+    async with engine.begin() as conn:
+        await enqueue(conn, outbox, ConsentRequested(case_id="00000000-0000-0000-0000-0000000000aa", patient_identifier=ADULT),
+                      local=True)  # fmt: skip
+    await relay.drain_once()  # claimed, but the hand-over met the outage
+    assert not monitor.is_up(DATABASE)
+    await relay.drain_once()  # handed over and marked
+    assert monitor.is_up(DATABASE)
+    await monitor.close()
