@@ -51,6 +51,9 @@ INBOX_MINIMUM_DAYS = 7
 
 Keys = Sequence[sa.Row[Any]]
 
+#: the first batch of a kind (then sized by time: :meth:`Pruner._resize`)
+FIRST_BATCH = 50
+
 
 def audit_cutoff(now: datetime, days: int) -> datetime:
     """The newest time an access-log entry may have and still be pruned: ``days`` ago, and never later
@@ -154,14 +157,24 @@ class Pruner:
         *,
         batch: int = 500,
         pause: float = 0.05,
+        batch_seconds: float = 0.004,
         now: Callable[[], datetime] = utcnow,
         counter: Any = None,
     ) -> None:
         self.service = service
         self.engine = engine
         self.kinds = list(kinds)
+        #: the most rows one batch takes
         self.batch = batch
         self.pause = pause
+        #: how long one batch's transaction should take on SQLite: the batch shrinks or grows (up to
+        #: ``batch``) towards it, per kind. There a batch holds the one write lock every live write
+        #: waits for (and, with the inline driver, the event loop). On PostgreSQL a batch locks only
+        #: the rows it prunes, which the live path never touches, and most of its time is round trips
+        #: that hold nothing: ``batch`` rows. 0: always ``batch`` rows.
+        self.batch_seconds = batch_seconds if engine.dialect.name == "sqlite" else 0.0
+        #: the batch size each kind reached (kept from pass to pass)
+        self.sizes: dict[str, int] = {}
         self.now = now
         #: ``sip_retention_pruned_total{kind}`` (a prometheus Counter), or None
         self.counter = counter
@@ -194,17 +207,33 @@ class Pruner:
     async def _prune(self, kind: Kind, cutoff: datetime) -> int:
         total = 0
         dialect = self.engine.dialect.name
-        stmt = kind.statement(dialect, cutoff, self.batch)
+        first = min(self.batch, FIRST_BATCH) if self.batch_seconds > 0 else self.batch
+        size = self.sizes.get(kind.name, first)
         while True:
+            stmt = kind.statement(dialect, cutoff, size)
             async with self.engine.begin() as conn:
+                started = time.perf_counter()  # once the connection is ours: not the wait for it
                 keys = (await conn.execute(stmt)).all()
                 done = await kind.apply(conn, keys) if keys else 0
+            elapsed = time.perf_counter() - started
             total += done
             if self.counter is not None and done:
                 self.counter.labels(kind=kind.name).inc(done)
-            if len(keys) < self.batch:
+            if len(keys) < size:
                 return total
+            size = self.sizes[kind.name] = self._resize(size, elapsed)
             await asyncio.sleep(self.pause)  # the live path takes the database between two batches
+
+    def _resize(self, size: int, elapsed: float) -> int:
+        """The next batch's size: towards :attr:`batch_seconds` per transaction (at most doubling
+        from one batch to the next), between 1 and :attr:`batch`. A batch holds the database (on
+        SQLite the write lock, and with the inline driver the event loop) for its whole transaction;
+        the same number of rows costs more as tables grow and pages leave the cache, so a fixed row
+        count held the live path 30 ms and more on a year-old store."""
+        if self.batch_seconds <= 0:
+            return self.batch
+        aim = size * 2 if elapsed <= 0 else min(size * 2, int(size * self.batch_seconds / elapsed))
+        return max(1, min(self.batch, aim))
 
     async def run(
         self, interval: float, *, first_after: float | None = None, dependencies: Any = None
@@ -245,6 +274,7 @@ def install(runtime: Any, kinds: Sequence[Kind], *, now: Callable[[], datetime] 
         kinds,
         batch=s.retention_batch,
         pause=s.retention_pause_seconds,
+        batch_seconds=s.retention_batch_seconds,
         now=now,
         counter=runtime.metrics.retention_pruned,
     )

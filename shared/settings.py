@@ -109,6 +109,11 @@ class ServiceSettings(BaseSettings):
     retention_batch: int = Field(
         default=500, ge=1, le=10000, description="Rows pruned per transaction (one batch)"
     )
+    retention_batch_seconds: float = Field(
+        default=0.004, ge=0, le=10,
+        description="SQLite: how long one batch's transaction (which holds the write lock) should take;"
+        " the batch is sized to it, up to retention_batch rows (0, and on PostgreSQL: retention_batch rows)",
+    )  # fmt: skip
     retention_pause_seconds: float = Field(
         default=0.05, ge=0, le=60, description="Pause between two batches, so the live path is not stalled"
     )

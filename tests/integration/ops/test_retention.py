@@ -392,3 +392,65 @@ async def test_sipctl_prune_counts_then_prunes_once(tmp_path, monkeypatch, capsy
     assert done["pruned"]["intake_messages"] == 4
     assert not await _ids(rt.engine, t)
     await rt.engine.dispose()
+
+
+async def test_a_batch_is_sized_to_its_time_so_the_live_path_never_waits_long(tmp_path):
+    """On SQLite each batch's transaction (which holds the write lock every live write waits for)
+    aims at ``batch_seconds``: a kind whose rows cost 1 ms each is pruned in batches of about 5 rows
+    (not the 500 the row limit allows), every row goes, and the size learnt carries over to the next
+    pass. With ``batch_seconds`` 0 — and on PostgreSQL, where a batch locks only its own rows — the row
+    limit alone decides."""
+    import time
+
+    from shared.persistence import make_engine, sqlite_url
+    from shared.retention import FIRST_BATCH, Kind, delete_by_key
+    from tests.support.dbmode import database_url
+
+    url = database_url(tmp_path, "retention") if ON_POSTGRES else sqlite_url(tmp_path / "r.db")
+    engine = make_engine(url)
+    metadata = sa.MetaData()
+    rows = sa.Table("pruned_rows", metadata, sa.Column("id", sa.Integer, primary_key=True))
+    delete = delete_by_key(rows)
+    held: list[tuple[int, float]] = []  # (rows, seconds) per batch
+
+    async def slow_apply(conn, keys):
+        started = time.perf_counter()
+        time.sleep(0.001 * len(keys))  # a transaction that holds the database for 1 ms per row
+        done = await delete(conn, keys)
+        held.append((len(keys), time.perf_counter() - started))
+        return done
+
+    async def fill(n: int) -> None:
+        async with engine.begin() as conn:
+            await conn.execute(rows.delete())
+            await conn.execute(rows.insert(), [{"id": i} for i in range(n)])
+
+    kind = Kind("r", 1, lambda cutoff: sa.select(rows.c.id).order_by(rows.c.id), slow_apply)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        await fill(400)
+        pruner = Pruner("test", engine, [kind], batch=500, pause=0, batch_seconds=0.005)
+        assert (await pruner.prune_once())["r"] == 400
+        if ON_POSTGRES:
+            assert [n for n, _ in held] == [400] and not pruner.sizes
+            return
+        assert held[0][0] == FIRST_BATCH
+        settled = held[1:]
+        assert settled and all(n <= 10 for n, _ in settled), held
+        assert all(seconds < 0.02 for _, seconds in settled), held
+        learnt = pruner.sizes["r"]
+        assert 3 <= learnt <= 10
+
+        held.clear()
+        await fill(60)
+        assert (await pruner.prune_once())["r"] == 60
+        assert held[0][0] == learnt  # the next pass starts where the last one ended
+
+        held.clear()
+        await fill(60)
+        fixed = Pruner("test", engine, [kind], batch=25, pause=0, batch_seconds=0)
+        assert (await fixed.prune_once())["r"] == 60
+        assert [n for n, _ in held] == [25, 25, 10]
+    finally:
+        await engine.dispose()
