@@ -53,6 +53,8 @@ Keys = Sequence[sa.Row[Any]]
 
 #: the first batch of a kind (then sized by time: :meth:`Pruner._resize`)
 FIRST_BATCH = 50
+#: the pause after a batch is at least this many times as long as the batch took
+IDLE_PER_BUSY = 3.0
 
 
 def audit_cutoff(now: datetime, days: int) -> datetime:
@@ -156,8 +158,8 @@ class Pruner:
         kinds: Sequence[Kind],
         *,
         batch: int = 500,
-        pause: float = 0.05,
-        batch_seconds: float = 0.004,
+        pause: float = 0.01,
+        batch_seconds: float = 0.002,
         now: Callable[[], datetime] = utcnow,
         counter: Any = None,
     ) -> None:
@@ -222,7 +224,10 @@ class Pruner:
             if len(keys) < size:
                 return total
             size = self.sizes[kind.name] = self._resize(size, elapsed)
-            await asyncio.sleep(self.pause)  # the live path takes the database between two batches
+            # the live path takes the database between two batches: at least ``pause``, and at least
+            # IDLE_PER_BUSY times as long as the batch took, so a pass holds the database (and a core)
+            # for at most a quarter of its time however long its batches take
+            await asyncio.sleep(max(self.pause, elapsed * IDLE_PER_BUSY))
 
     def _resize(self, size: int, elapsed: float) -> int:
         """The next batch's size: towards :attr:`batch_seconds` per transaction (at most doubling

@@ -396,14 +396,14 @@ async def test_sipctl_prune_counts_then_prunes_once(tmp_path, monkeypatch, capsy
 
 async def test_a_batch_is_sized_to_its_time_so_the_live_path_never_waits_long(tmp_path):
     """On SQLite each batch's transaction (which holds the write lock every live write waits for)
-    aims at ``batch_seconds``: a kind whose rows cost 1 ms each is pruned in batches of about 5 rows
-    (not the 500 the row limit allows), every row goes, and the size learnt carries over to the next
-    pass. With ``batch_seconds`` 0 — and on PostgreSQL, where a batch locks only its own rows — the row
-    limit alone decides."""
+    aims at ``batch_seconds``, and the pause after it is at least three times as long: a kind whose
+    rows cost 1 ms each is pruned in batches of about 5 rows (not the 500 the row limit allows), every
+    row goes, and the size learnt carries over to the next pass. With ``batch_seconds`` 0 — and on
+    PostgreSQL, where a batch locks only its own rows — the row limit alone decides."""
     import time
 
     from shared.persistence import make_engine, sqlite_url
-    from shared.retention import FIRST_BATCH, Kind, delete_by_key
+    from shared.retention import FIRST_BATCH, IDLE_PER_BUSY, Kind, delete_by_key
     from tests.support.dbmode import database_url
 
     url = database_url(tmp_path, "retention") if ON_POSTGRES else sqlite_url(tmp_path / "r.db")
@@ -429,11 +429,16 @@ async def test_a_batch_is_sized_to_its_time_so_the_live_path_never_waits_long(tm
     try:
         async with engine.begin() as conn:
             await conn.run_sync(metadata.create_all)
-        await fill(400)
+        await fill(200)
         pruner = Pruner("test", engine, [kind], batch=500, pause=0, batch_seconds=0.005)
-        assert (await pruner.prune_once())["r"] == 400
+        started = time.perf_counter()
+        assert (await pruner.prune_once())["r"] == 200
+        wall = time.perf_counter() - started
+        # after each batch (but the last) a pause at least IDLE_PER_BUSY times as long: the pass holds
+        # the database for at most a quarter of its time
+        assert wall >= 0.95 * (1 + IDLE_PER_BUSY) * sum(seconds for _, seconds in held[:-1]), (wall, held)
         if ON_POSTGRES:
-            assert [n for n, _ in held] == [400] and not pruner.sizes
+            assert [n for n, _ in held] == [200] and not pruner.sizes
             return
         assert held[0][0] == FIRST_BATCH
         settled = held[1:]
