@@ -159,7 +159,7 @@ class Pruner:
         *,
         batch: int = 500,
         pause: float = 0.01,
-        batch_seconds: float = 0.002,
+        batch_seconds: float = 0.01,
         now: Callable[[], datetime] = utcnow,
         counter: Any = None,
     ) -> None:

@@ -110,7 +110,7 @@ class ServiceSettings(BaseSettings):
         default=500, ge=1, le=10000, description="Rows pruned per transaction (one batch)"
     )
     retention_batch_seconds: float = Field(
-        default=0.002, ge=0, le=10,
+        default=0.01, ge=0, le=10,
         description="SQLite: how long one batch's transaction (which holds the write lock) should take;"
         " the batch is sized to it, up to retention_batch rows (0, and on PostgreSQL: retention_batch rows)",
     )  # fmt: skip
