@@ -63,9 +63,11 @@ def test_sqlite_disk_full_for_a_minute_mid_stream(amqp_url: str, tmp_path: Path,
         assert "message dead-lettered" not in logs
         assert "dependency unavailable: holding work" in logs and "disk is full" in logs
         print("planning /readyz during the outage:", readings)
-        # not ready while the disk is full: the probe that brings it back writes for real (a read-only
-        # transaction on SQLite succeeds on a full disk, and readiness flapped to 200 with it)
-        assert readings and all(code == 503 for code in readings), readings
+        # not ready while the disk is full: only stored work or a probe that writes for real brings the
+        # database back (a claim that matched nothing, a read, SELECT 1 all succeed on a full disk, and
+        # readiness flapped to 200 with them). A write that still fits the WAL file's old pages is
+        # stored, and may truthfully show ready for a moment: hence "nearly every reading".
+        assert len(readings) >= 10 and readings.count(503) >= 0.9 * len(readings), readings
 
 
 # ---- SMTP away for longer than the retry budget -----------------------------------------------------
