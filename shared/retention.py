@@ -53,6 +53,8 @@ Keys = Sequence[sa.Row[Any]]
 
 #: the first batch of a kind (then sized by time: :meth:`Pruner._resize`)
 FIRST_BATCH = 50
+#: the smallest batch sized by time
+MIN_BATCH = 10
 #: the pause after a batch is at least this many times as long as the batch took
 IDLE_PER_BUSY = 3.0
 
@@ -230,15 +232,19 @@ class Pruner:
             await asyncio.sleep(max(self.pause, elapsed * IDLE_PER_BUSY))
 
     def _resize(self, size: int, elapsed: float) -> int:
-        """The next batch's size: towards :attr:`batch_seconds` per transaction (at most doubling
-        from one batch to the next), between 1 and :attr:`batch`. A batch holds the database (on
-        SQLite the write lock, and with the inline driver the event loop) for its whole transaction;
-        the same number of rows costs more as tables grow and pages leave the cache, so a fixed row
-        count held the live path 30 ms and more on a year-old store."""
+        """The next batch's size: towards :attr:`batch_seconds` per transaction (at most halving or
+        doubling from one batch to the next), between :data:`MIN_BATCH` and :attr:`batch`. A batch
+        holds the database (on SQLite the write lock, and with the inline driver the event loop) for
+        its whole transaction; the same number of rows costs more as tables grow and pages leave the
+        cache, so a fixed row count held the live path 14-57 ms on a year-old store."""
         if self.batch_seconds <= 0:
             return self.batch
-        aim = size * 2 if elapsed <= 0 else min(size * 2, int(size * self.batch_seconds / elapsed))
-        return max(1, min(self.batch, aim))
+        aim = size * 2 if elapsed <= 0 else int(size * self.batch_seconds / elapsed)
+        # at most halving or doubling per batch: one slow commit (SQLite checkpoints the WAL inside
+        # whichever commit crosses its threshold) must not cut the batch tenfold; and never below
+        # MIN_BATCH, where each batch's fixed cost (its query, the commit) would be most of its time
+        aim = max(size // 2, min(size * 2, aim))
+        return max(min(MIN_BATCH, self.batch), min(self.batch, aim))
 
     async def run(
         self, interval: float, *, first_after: float | None = None, dependencies: Any = None
