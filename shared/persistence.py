@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -192,7 +193,7 @@ def check_disk_room(directory: Path, nbytes: int = PROBE_BYTES) -> None:
         try:
             written = os.write(fd, b"\0" * nbytes)
             if written < nbytes:
-                raise OSError(28, "No space left on device (a short write)")
+                raise OSError(errno.ENOSPC, "No space left on device (a short write)")
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -572,9 +573,8 @@ class OutboxRelay:
                 await conn.execute(sql.release, {"relay_ids": rest, "relay_error": error})
             if failed is not None:
                 await conn.execute(sql.attempted, {"relay_ids": [failed]})
-        if done and self.dependencies is not None and not self.dependencies.is_up(DATABASE):
-            if error is None or unavailable != DATABASE:
-                self.dependencies.up(DATABASE)
+        if done and unavailable != DATABASE and self.dependencies is not None:
+            self.dependencies.up(DATABASE)  # this pass stored its work
         if error:
             if self.dependencies is not None and not self.dependencies.is_up(BROKER):
                 await self._wait_for(BROKER)
