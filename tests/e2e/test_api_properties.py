@@ -20,6 +20,11 @@ import httpx
 import pytest
 import requests
 import schemathesis
+
+# schemathesis imports its OpenAPI modules lazily, at the first schema; pytest rewrites them (it is a
+# plugin) and CPython 3.11.7 once failed that mid-test with "SystemError: AST constructor recursion
+# depth mismatch" (fixed in later CPython). Imported here, at collection, with a shallow stack.
+import schemathesis.specs.openapi.schemas
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
