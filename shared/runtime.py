@@ -110,7 +110,9 @@ class ServiceRuntime:
             hold_max_seconds=self.settings.dependency_hold_max_seconds,
         )
         self.engine = make_engine(
-            self.settings.sqlalchemy_url(self.service), sqlite_driver=self.settings.sqlite_driver
+            self.settings.sqlalchemy_url(self.service),
+            sqlite_driver=self.settings.sqlite_driver,
+            pg_pool_size=self.settings.database_pool_size,
         )
         self.relay = OutboxRelay(self.engine, self.outbox, self._publish, dependencies=self.dependencies)
         self.dependencies.add_probe(DATABASE, self._probe_database)

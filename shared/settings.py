@@ -30,6 +30,14 @@ class ServiceSettings(BaseSettings):
         "per process; a BEGIN that waits for another process waits in a worker thread) | thread = "
         "aiosqlite, a worker-thread round trip per call (several times the CPU per statement)",
     )
+    database_pool_size: int = Field(
+        default=10,
+        ge=1,
+        le=200,
+        description="PostgreSQL only: connections each service process keeps open (and never more): "
+        "its consumers, relay, scheduler or dispatcher and API wait for a free one rather than open "
+        "and close server processes under load",
+    )
     http_host: str = "127.0.0.1"
     http_port: int = 0
     prefetch: int = Field(default=32, ge=1, le=1000, description="RabbitMQ prefetch per channel")
