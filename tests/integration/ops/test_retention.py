@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 from datetime import timedelta
 from pathlib import Path
 from uuid import uuid4
@@ -404,7 +405,7 @@ async def test_a_batch_is_sized_to_its_time_so_the_live_path_never_waits_long(tm
     import time
 
     from shared.persistence import make_engine, sqlite_url
-    from shared.retention import FIRST_BATCH, IDLE_PER_BUSY, Kind, delete_by_key
+    from shared.retention import FIRST_BATCH, IDLE_PER_BUSY, MIN_BATCH, Kind, delete_by_key
     from tests.support.dbmode import database_url
 
     url = database_url(tmp_path, "retention") if ON_POSTGRES else sqlite_url(tmp_path / "r.db")
@@ -440,13 +441,16 @@ async def test_a_batch_is_sized_to_its_time_so_the_live_path_never_waits_long(tm
             return
         assert held[0][0] == FIRST_BATCH
         settled = held[2:-1]  # from 50 it halves at most once per batch; the last is what was left
-        assert settled and all(12 <= n <= 50 for n, _ in settled), held
-        assert all(seconds < 0.015 for _, seconds in settled), held
+        # about 25 rows (5 ms at 0.2 ms a row); a batch the machine's other work slowed halves the next,
+        # never below the floor, and the time per batch stays near the aim (the median: one slowed
+        # batch is the machine's, not the sizing's)
+        assert settled and all(MIN_BATCH <= n <= 50 for n, _ in settled), held
+        assert statistics.median(seconds for _, seconds in settled) < 0.01, held
         # after each batch (but the last) a pause at least IDLE_PER_BUSY times as long: the pass holds
         # the database for at most a quarter of its time
         assert wall >= 0.95 * (1 + IDLE_PER_BUSY) * sum(seconds for _, seconds in held[:-1]), (wall, held)
         learnt = pruner.sizes["r"]
-        assert 12 <= learnt <= 50
+        assert MIN_BATCH <= learnt <= 50
 
         held.clear()
         await fill(100)
