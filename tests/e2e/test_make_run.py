@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.infra import REPO, free_port
 
-pytestmark = [pytest.mark.e2e, pytest.mark.broker]
+pytestmark = [pytest.mark.e2e, pytest.mark.broker, pytest.mark.store_free]
 
 
 def test_make_run_on_a_fresh_clone_reports_healthy(tmp_path, amqp_url):

@@ -12,6 +12,8 @@ import sqlalchemy as sa
 
 from shared.persistence import SQL_STATS_ENV, make_engine, sqlite_url
 
+pytestmark = pytest.mark.store_free
+
 
 async def test_an_engine_counts_its_statements_and_transactions(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -18,6 +18,8 @@ from shared.persistence import make_engine, sqlite_url
 from tests.support.personnummer import ADULT
 from tests.unit.intake.messages import CONFORMANCE, adt_bytes, bad_check_digit, msa, segment
 
+pytestmark = pytest.mark.store_free
+
 
 @dataclass
 class Stack:

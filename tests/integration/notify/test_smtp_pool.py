@@ -25,6 +25,8 @@ from services.notify.settings import NotifySettings
 from tests.integration.ops.test_tls import self_signed
 from tests.support.infra import Proc, free_port, python_module
 
+pytestmark = pytest.mark.store_free
+
 USER, PASSWORD = "sip-notify", "test-only-password"
 
 

@@ -19,7 +19,7 @@ import pytest
 from shared.broker_failover import FailoverConnection, FailoverRabbitBroker, connect_failover
 from tests.support.infra import free_port
 
-pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.broker, pytest.mark.timeout(120), pytest.mark.store_free]
 
 
 class NodeProxy:

@@ -21,6 +21,8 @@ from fastapi.testclient import TestClient
 from shared.auth import TokenRejected, TokenVerifier, install_auth
 from tests.support.personnummer import ADULTS
 
+pytestmark = pytest.mark.store_free
+
 VC = "SE2321000016-VC001"
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from tests.support.infra import REPO
 
-pytestmark = [pytest.mark.e2e]
+pytestmark = [pytest.mark.e2e, pytest.mark.store_free]
 
 
 def _base_python() -> dict[str, str]:

@@ -20,6 +20,7 @@ from tests.support.private_pg import pg_bin
 
 pytestmark = [
     pytest.mark.postgres,
+    pytest.mark.store_free,
     pytest.mark.skipif(pg_bin() is None, reason="no PostgreSQL server binaries (initdb, pg_ctl)"),
 ]
 

@@ -173,6 +173,7 @@ def rabbit_names(vhost: str, kind: str) -> set[str]:
     return {i["name"] for i in json.loads(out) if i["name"] and not i["name"].startswith("amq.")}
 
 
+@pytest.mark.store_free
 def test_imported_permissions_are_the_definitions(broker: Broker):
     out = subprocess.run(
         ["rabbitmqctl", "-q", "list_permissions", "-p", broker.vhost, "--formatter", "json"],
@@ -354,6 +355,7 @@ async def _ignore(message: aio_pika.abc.AbstractIncomingMessage) -> None:
     pass
 
 
+@pytest.mark.store_free
 async def test_a_service_user_cannot_touch_what_is_not_its_own(broker: Broker):
     notify, planning, consent = broker.url("notify"), broker.url("planning"), broker.url("consent")
 
@@ -396,6 +398,7 @@ async def test_a_service_user_cannot_touch_what_is_not_its_own(broker: Broker):
         await q.cancel(tag)
 
 
+@pytest.mark.store_free
 @pytest.mark.parametrize("service", SERVICES)
 async def test_a_service_user_cannot_delete_purge_consume_or_bind_another_services_queues(
     broker: Broker, service: str
@@ -477,6 +480,7 @@ async def test_a_service_user_cannot_delete_purge_consume_or_bind_another_servic
         assert rabbit_names(broker.vhost, "exchanges") == {e["name"] for e in broker.definitions["exchanges"]}
 
 
+@pytest.mark.store_free
 @pytest.mark.parametrize("service", SERVICES)
 async def test_on_an_empty_vhost_a_service_user_cannot_create_another_services_queues(
     empty_broker: Broker, service: str

@@ -12,7 +12,7 @@ from shared.messaging import declare_topology, make_broker
 from shared.topology import contract_exchange, subscription, work_queue
 from tests.support.personnummer import ADULT
 
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.store_free]
 SUB = subscription("consent", RecordConsent)
 
 

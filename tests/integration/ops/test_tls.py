@@ -18,6 +18,8 @@ from services.planning.intake.mllp import FrameDecoder, MLLPServer, frame
 from tests.support.infra import Proc, free_port, python_module
 from tests.unit.intake.messages import adt_bytes, msa
 
+pytestmark = pytest.mark.store_free
+
 
 def self_signed(tmp: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())

@@ -21,6 +21,8 @@ from shared.persistence import make_engine
 from tests.support.personnummer import ADULT, CHILD
 from tests.unit.intake.messages import CONFORMANCE, adt_bytes
 
+pytestmark = pytest.mark.store_free
+
 REPO = Path(__file__).resolve().parents[3]
 DIRECTORY = load_directory(REPO / "config" / "directory.yaml")
 NOW = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
