@@ -157,7 +157,7 @@ def make_engine(url: str, *, sqlite_driver: str = "inline", pg_pool_size: int = 
     # every burst opened server processes and closed them on return — a fork, an authentication and
     # a cold catalogue cache each time: at saturation planning opened 108 of them for 300
     # discharges, and PostgreSQL spent 22 ms of CPU per discharge instead of 15 (benchmarks.e2e,
-    # README "Round trips on PostgreSQL"). Nothing takes a second connection while holding one
+    # README "Connections on PostgreSQL"). Nothing takes a second connection while holding one
     # (on SQLite the whole service runs on one), so waiting cannot deadlock.
     # Foreground first (shared.foreground): while the intake stores a message, background work waits
     # to begin its next transaction, and a free connection goes to the intake first.
