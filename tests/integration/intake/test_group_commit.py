@@ -94,3 +94,17 @@ async def test_copies_of_one_message_in_a_group_take_effect_once(store: Store) -
     assert all(c == first for c in copies) and msa(first)[1] == "AA"
     assert await store.control_ids() == ["DUP-1"]
     assert len(seen) == 1
+
+
+async def test_a_message_that_arrives_as_the_commit_starts_joins_it(store: Store) -> None:
+    """The committer lets the event loop run once before it takes its group: a message received on
+    another connection in that turn (its bytes read while the previous commit held the loop) shares
+    the commit instead of waiting for one of its own."""
+    service = IntakeService(store.engine, store.table)
+    first = asyncio.create_task(service.handle_hl7(adt_bytes(control_id="T-1")))
+    await asyncio.sleep(0)  # T-1 parsed and pending, the committer scheduled to run next
+    second = asyncio.create_task(service.handle_hl7(adt_bytes(control_id="T-2")))  # arrives in its turn
+    answers = await asyncio.gather(first, second)
+    assert [msa(a)[1:3] for a in answers] == [["AA", "T-1"], ["AA", "T-2"]]
+    assert len(store.commits) == 1
+    assert await store.control_ids() == ["T-1", "T-2"]
