@@ -41,6 +41,13 @@ ACCEPTED = ("AA", "ok")
 GROUP_MAX = 64
 
 
+def _committers_for(engine: AsyncEngine) -> int:
+    """Concurrent intake transactions on a pooled engine: half its connections (the rest for the
+    service's background work), at least one, at most four."""
+    size = getattr(engine.pool, "size", None)
+    return max(1, min(4, size() // 2)) if callable(size) else 1
+
+
 @dataclass
 class _Pending:
     message: dict[str, Any]
@@ -84,9 +91,15 @@ class IntakeService:
         self._fhir_base = fhir_base
         self._pass_correlation = pass_correlation
         self._observe = observe or (lambda source, hospital_id, outcome: None)
-        #: group commit: the messages waiting for the next commit, and the task committing them
+        #: group commit: the messages waiting for the next commit, and the tasks committing them —
+        #: one on SQLite (one connection, one writer); on PostgreSQL up to half the pool at once, so
+        #: a message that arrives while a commit is under way starts its own instead of waiting for
+        #: that one's round trips (each connection's transaction still holds the messages it took)
         self._pending: list[_Pending] = []
-        self._committer: asyncio.Task[None] | None = None
+        self._committers: set[asyncio.Task[None]] = set()
+        #: committers started or between groups, about to take what is pending
+        self._taking = 0
+        self._max_committers = 1 if engine.dialect.name == "sqlite" else _committers_for(engine)
         #: the intake is the engine's foreground work: from a message's arrival to its answer, its
         #: transactions take the connection first and background work waits to begin its next one
         self._foreground = foreground_of(engine)
@@ -170,9 +183,12 @@ class IntakeService:
         # a sender gone before its answer (connection closed) leaves no "exception never retrieved"
         item.answer.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._pending.append(item)
-        if self._committer is None or self._committer.done():
+        if not self._taking and len(self._committers) < self._max_committers:
             # the committer inherits this context: foreground (shared.foreground), its transactions first
-            self._committer = loop.create_task(self._commit_pending(), name="intake-group-commit")
+            task = loop.create_task(self._commit_pending(), name="intake-group-commit")
+            self._taking += 1
+            self._committers.add(task)
+            task.add_done_callback(self._committers.discard)
         return await asyncio.shield(item.answer)
 
     async def _commit_pending(self) -> None:
@@ -187,7 +203,11 @@ class IntakeService:
                 await asyncio.sleep(0)
                 batch = self._pending[:GROUP_MAX]
                 del self._pending[:GROUP_MAX]
-                await self._commit_group(batch)
+                self._taking -= 1
+                try:
+                    await self._commit_group(batch)
+                finally:
+                    self._taking += 1
                 batch = []
         except BaseException as exc:  # cancelled (shutdown): nobody waits for an answer that never comes
             for item in batch + self._pending:
@@ -195,6 +215,8 @@ class IntakeService:
                     item.answer.set_exception(exc if isinstance(exc, Exception) else RuntimeError("stopped"))
             self._pending.clear()
             raise
+        finally:
+            self._taking -= 1
 
     async def _commit_group(self, batch: list[_Pending]) -> None:
         if len(batch) > 1:

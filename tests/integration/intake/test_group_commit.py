@@ -108,3 +108,30 @@ async def test_a_message_that_arrives_as_the_commit_starts_joins_it(store: Store
     assert [msa(a)[1:3] for a in answers] == [["AA", "T-1"], ["AA", "T-2"]]
     assert len(store.commits) == 1
     assert await store.control_ids() == ["T-1", "T-2"]
+
+
+async def test_a_message_waits_for_a_slow_commit_only_on_sqlite(store: Store) -> None:
+    """PostgreSQL: a message that arrives while another's transaction is under way is stored in a
+    transaction of its own on another of the pool's connections and answered at once. SQLite has
+    one writer: it waits for that commit."""
+    release = asyncio.Event()
+
+    async def on_event(conn: AsyncConnection, ev: HospitalEvent) -> None:
+        if ev.stay_id == "V-SLOW":
+            await release.wait()
+
+    service = IntakeService(store.engine, store.table, on_event=on_event)
+    slow = asyncio.create_task(service.handle_hl7(adt_bytes(control_id="S-1", visit="V-SLOW")))
+    await asyncio.sleep(0.1)
+    fast = asyncio.create_task(service.handle_hl7(adt_bytes(control_id="S-2", visit="V-FAST")))
+    if store.engine.dialect.name == "postgresql":
+        assert msa(await asyncio.wait_for(fast, 10))[1:3] == ["AA", "S-2"]
+        assert not slow.done()
+        assert await store.control_ids() == ["S-2"]
+    else:
+        await asyncio.sleep(0.3)
+        assert not fast.done()
+    release.set()
+    answers = await asyncio.gather(slow, fast)
+    assert [msa(a)[1] for a in answers] == ["AA", "AA"]
+    assert sorted(await store.control_ids()) == ["S-1", "S-2"]
