@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -91,6 +91,10 @@ class ChannelSender(Protocol):
 class NotificationRepository(Protocol):
     async def add(self, n: Notification) -> bool:
         """Insert; False if a notification with the same dedupe key exists (nothing changes)."""
+        ...
+
+    async def add_all(self, ns: Sequence[Notification]) -> list[Notification]:
+        """Insert each as :meth:`add` (together where the store can); the ones inserted, in order."""
         ...
 
     async def get(self, notification_id: UUID) -> Notification | None: ...

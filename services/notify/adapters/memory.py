@@ -9,6 +9,7 @@ restores the state from before the block when an exception leaves it.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -50,6 +51,9 @@ class InMemoryNotificationRepository:
             )
         self.rows[n.id] = n
         return True
+
+    async def add_all(self, ns: Sequence[Notification]) -> list[Notification]:
+        return [n for n in ns if await self.add(n)]
 
     async def get(self, notification_id: UUID) -> Notification | None:
         return self.rows.get(notification_id)

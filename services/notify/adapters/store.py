@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -280,6 +283,12 @@ _INSERT_DETAILS = _d.insert()
 _INSERT_CONSENT = _k.insert()
 _INSERT_REMINDER = _r.insert()
 _INSERT_NEEDS = _n.insert()
+_INSERT_CANCELLATION = _x.insert()
+#: several notifications in one statement, answering the ids it inserted (SQLite ≥ 3.35, PostgreSQL)
+_INSERT_IGNORE_RETURNING = {
+    "sqlite": sqlite_insert(_t).on_conflict_do_nothing().returning(_t.c.id),
+    "postgresql": pg_insert(_t).on_conflict_do_nothing().returning(_t.c.id),
+}
 # Claimable: pending and due, or sending under a lease that has run out (its replica died mid-send, or
 # a row from before leases). One conditional UPDATE: on SQLite under the write lock, on PostgreSQL the
 # second of two concurrent claims waits for the first and then finds the row no longer claimable.
@@ -322,35 +331,62 @@ class SqlNotificationRepository:
             try:
                 async with self.conn.begin_nested():
                     await self.conn.execute(_INSERT_NOTIFICATION, _row(n))
-                    await self._add_details(n)
+                    await self._add_details([n])
             except IntegrityError:
                 return False
             return True
         if inserted:
-            await self._add_details(n)
+            await self._add_details([n])
         return inserted
 
-    async def _add_details(self, n: Notification) -> None:
-        await self.conn.execute(_INSERT_DETAILS, _details(n))
-        if n.consent_id is not None:
-            await self.conn.execute(_INSERT_CONSENT, {"id": str(n.id), "consent_id": str(n.consent_id)})
-        if n.meeting_start is not None:
-            await self.conn.execute(_INSERT_REMINDER, {"id": str(n.id), "meeting_start": n.meeting_start})
-        if n.meeting_needs is not None:
-            await self.conn.execute(
-                _INSERT_NEEDS, {"id": str(n.id), "needs": n.meeting_needs.model_dump_json()}
-            )
-        if n.status == "cancelled":
-            await self.conn.execute(
-                _x.insert().values(
-                    id=str(n.id),
-                    reason_code=_code_of(n.status_reason),
-                    reason=n.status_reason or CANCEL_REASONS["consent-withdrawn"],
-                    cancelled_at=n.cancelled_at or n.created_at,
-                    from_status="pending",
-                    consent_id=str(n.consent_id) if n.consent_id else None,
+    async def add_all(self, ns: Sequence[Notification]) -> list[Notification]:
+        """Store new notifications — a command's, one per recipient and channel — and return those
+        stored, in order; one whose dedupe key (or id) is there already is left out, as :meth:`add`.
+
+        One ``INSERT … ON CONFLICT DO NOTHING RETURNING id`` for all of them (a row whose key another
+        of them took first is skipped too) and one statement per detail table for the inserted ones:
+        three statements for a discharge's three invitations where one by one took nine."""
+        build = _INSERT_IGNORE_RETURNING.get(self.conn.dialect.name)
+        if len(ns) < 2 or build is None:
+            return [n for n in ns if await self.add(n)]
+        inserted = set((await self.conn.execute(build, [_row(n) for n in ns])).scalars())
+        created = [n for n in ns if str(n.id) in inserted]
+        await self._add_details(created)
+        return created
+
+    async def _add_details(self, ns: Sequence[Notification]) -> None:
+        """The detail rows of new notifications: one statement per table that has rows for them."""
+        if not ns:
+            return
+        consents, reminders, needs, cancellations = [], [], [], []
+        for n in ns:
+            key = str(n.id)
+            if n.consent_id is not None:
+                consents.append({"id": key, "consent_id": str(n.consent_id)})
+            if n.meeting_start is not None:
+                reminders.append({"id": key, "meeting_start": n.meeting_start})
+            if n.meeting_needs is not None:
+                needs.append({"id": key, "needs": n.meeting_needs.model_dump_json()})
+            if n.status == "cancelled":
+                cancellations.append(
+                    {
+                        "id": key,
+                        "reason_code": _code_of(n.status_reason),
+                        "reason": n.status_reason or CANCEL_REASONS["consent-withdrawn"],
+                        "cancelled_at": n.cancelled_at or n.created_at,
+                        "from_status": "pending",
+                        "consent_id": str(n.consent_id) if n.consent_id else None,
+                    }
                 )
-            )
+        await self.conn.execute(_INSERT_DETAILS, [_details(n) for n in ns])
+        for statement, rows in (
+            (_INSERT_CONSENT, consents),
+            (_INSERT_REMINDER, reminders),
+            (_INSERT_NEEDS, needs),
+            (_INSERT_CANCELLATION, cancellations),
+        ):
+            if rows:
+                await self.conn.execute(statement, rows)
 
     async def get(self, notification_id: UUID) -> Notification | None:
         r = (await self.conn.execute(_GET, {"k_id": str(notification_id)})).first()

@@ -182,7 +182,7 @@ async def accept_invitation(
     withdrawn = await repo.withdrawal(cmd.consent_id)
     if withdrawn is not None:
         planned = [stopped(n, withdrawn) for n in planned]
-    created = [n for n in planned if await repo.add(n)]
+    created = await repo.add_all(planned)
     if meeting is not None and reminder is not None:
         created += await schedule_reminders(
             cmd, meeting, reminder, orgs, organizer=organizer, repo=repo, clock=clock, options=options,

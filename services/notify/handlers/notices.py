@@ -202,7 +202,7 @@ async def handle_case_notice(
             )  # fmt: skip
     if withdrawn is not None:
         planned = [stopped(n, withdrawn) for n in planned]
-    created = [n for n in planned if await repo.add(n)]
+    created = await repo.add_all(planned)
     if notice.kind == "case-closed":
         pending = [n.id for n in found if n.kind == "reminder" and n.status == "pending"]
         await repo.cancel_pending(

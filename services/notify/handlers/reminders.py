@@ -101,7 +101,7 @@ async def schedule_reminders(
             planned.append(n)
     if withdrawn is not None:
         planned = [stopped(n, withdrawn) for n in planned]
-    return [n for n in planned if await repo.add(n)]
+    return await repo.add_all(planned)
 
 
 # ---- deadline escalation (issue #6) -------------------------------------------------------------
@@ -149,4 +149,4 @@ async def escalate_deadline(
                 language=language, now=now, owner_hsa_id=ev.owner_hsa_id,
             )
         )  # fmt: skip
-    return [n for n in planned if await repo.add(n)]
+    return await repo.add_all(planned)
