@@ -43,7 +43,7 @@ async def test_a_commands_notifications_go_in_together_and_a_taken_key_is_left_o
     )  # fmt: skip
     inserts: list[str] = []
 
-    def count(conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001
+    def count(conn, cursor, statement, parameters, context, executemany) -> None:
         if statement.lstrip().upper().startswith("INSERT"):
             inserts.append(statement.split("(")[0].split()[-1])
 
