@@ -262,9 +262,9 @@ def reads(planning: Store, consent: Store) -> dict[str, tuple[Store, Read]]:
     t = intake_tables(planning.app.state.runtime.metadata)
 
     async def overview(c: Any) -> Any:  # what /overview runs for a coordinator of an organisation
-        rows = await deadline_store.next_deadlines(c)
-        mine = {x.id for x in await SqlCaseRepository(c).open_cases(where=related_to(hsa_id=org))}
-        return [r for r in rows if r.case_id in mine]
+        related = related_to(hsa_id=org)
+        mine = {x.id for x in await SqlCaseRepository(c).open_cases(where=related)}
+        return await deadline_store.next_deadlines(c, where=related, keep=mine)
 
     async def get_case(c: Any) -> Any:
         found = await SqlCaseRepository(c).get_case(case)

@@ -278,13 +278,12 @@ async def list_cases(
 )  # fmt: skip
 async def overview(caller: CallerDep, ctx: Ctx) -> list[OverviewRow]:
     async with ctx.runtime.engine.connect() as conn:
-        rows = await ctx.deadlines(conn).next_deadlines()
-        if caller is not None and not caller.operator:
-            repo = ctx.cases(conn)
-            mine = {
-                c.id for c in await repo.open_cases(related=access.list_filter(caller)) if in_lists(caller, c)
-            }
-            rows = [r for r in rows if r.case_id in mine]
+        related = access.list_filter(caller)
+        if related is None:  # the operator (or no authentication): every open case
+            rows = await ctx.deadlines(conn).next_deadlines()
+        else:  # the caller's own cases, chosen before the limit (not their share of the region's first)
+            mine = {c.id for c in await ctx.cases(conn).open_cases(related=related) if in_lists(caller, c)}
+            rows = await ctx.deadlines(conn).next_deadlines(related=related, keep=mine)
     return [
         OverviewRow(
             case_id=r.case_id,

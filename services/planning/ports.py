@@ -4,6 +4,7 @@ as ``typing.Protocol``s. The composition root (``app.py``) hands them the SQL ad
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -102,8 +103,12 @@ class DeadlineStore(Deadlines, Protocol):
     async def history(self, case_id: UUID) -> list[Deadline]:
         """Every cycle of every deadline of the case, oldest first."""
 
-    async def next_deadlines(self, *, limit: int = 500) -> list[NextDeadline]:
-        """Open cases with their next pending deadline and owner, the soonest first (none: last)."""
+    async def next_deadlines(
+        self, *, limit: int = 500, related: RelatedTo | None = None, keep: Collection[UUID] | None = None
+    ) -> list[NextDeadline]:
+        """Open cases with their next pending deadline and owner, the soonest first (none: last);
+        ``related``: only the cases it pre-filters to, ``keep``: of those only these — both before
+        the ``limit``."""
 
 
 class DueDeadlines(Protocol):

@@ -22,6 +22,7 @@ Nothing here stores personal data: case id, reference, kind, times and the owner
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -29,7 +30,7 @@ from uuid import UUID
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.planning.adapters.store import cases, metadata
+from services.planning.adapters.store import _related, cases, metadata
 from services.planning.deadlines import (
     DEADLINE_KINDS,
     Deadline,
@@ -39,6 +40,7 @@ from services.planning.deadlines import (
     due_at,
 )
 from services.planning.domain import INVITATION_CLOCK_STATES, OPEN_STATES, SipCase
+from services.planning.ports import RelatedTo
 from services.planning.rules import admission_notice_due, admission_notice_late
 from shared.persistence import UTCDateTime, utcnow
 
@@ -326,22 +328,39 @@ async def history_for(conn: AsyncConnection, case_id: UUID) -> list[Deadline]:
     return [_deadline(r) for r in await conn.execute(q)]
 
 
-async def next_deadlines(conn: AsyncConnection, *, limit: int = 500) -> list[NextDeadline]:
-    """Open cases with their next pending deadline and owner, the soonest first (none: last)."""
+async def next_deadlines(
+    conn: AsyncConnection,
+    *,
+    limit: int = 500,
+    where: Any = None,
+    keep: Collection[UUID] | None = None,
+) -> list[NextDeadline]:
+    """Open cases with their next pending deadline and owner, the soonest first (none: last).
+
+    ``where``: a SQL pre-filter of the cases (:func:`~services.planning.adapters.store.related_to`),
+    applied to the cases and to the deadlines read with them; ``keep``: of those, only these (the
+    caller's own check of each case). Both before the ``limit``: an organisation gets its own first
+    ``limit`` cases, not its share of the region's first ``limit``."""
     d = case_deadlines
+    chosen: Any = cases.c.state.in_(sorted(OPEN_STATES))
+    if where is not None:
+        chosen = sa.and_(chosen, where)
     open_cases = (
         await conn.execute(
-            sa.select(cases.c.id, cases.c.reference, cases.c.state, cases.c.owner_hsa_id).where(
-                cases.c.state.in_(sorted(OPEN_STATES))
-            )
+            sa.select(cases.c.id, cases.c.reference, cases.c.state, cases.c.owner_hsa_id).where(chosen)
         )
     ).all()
+    if keep is not None:
+        kept = {str(k) for k in keep}
+        open_cases = [c for c in open_cases if c.id in kept]
     if not open_cases:
         return []
+    # the deadlines of the open cases chosen (a pending or unmet deadline of a closed case is not shown)
+    of_chosen = d.c.case_id.in_(sa.select(cases.c.id).where(chosen))
     first: dict[str, Any] = {}
     pending = await conn.execute(
         sa.select(d.c.case_id, d.c.kind, d.c.due_at, d.c.owner_hsa_id)
-        .where(d.c.status == PENDING)
+        .where(d.c.status == PENDING, *([of_chosen] if where is not None else []))
         .order_by(d.c.due_at, d.c.id)
     )
     for row in pending:
@@ -350,7 +369,7 @@ async def next_deadlines(conn: AsyncConnection, *, limit: int = 500) -> list[Nex
         (
             await conn.execute(
                 sa.select(d.c.case_id, sa.func.count())
-                .where(d.c.status == BREACHED, d.c.met_at.is_(None))
+                .where(d.c.status == BREACHED, d.c.met_at.is_(None), of_chosen)
                 .group_by(d.c.case_id)
             )
         ).all()
@@ -587,8 +606,10 @@ class SqlDeadlines:
     async def history(self, case_id: UUID) -> list[Deadline]:
         return await history_for(self.conn, case_id)
 
-    async def next_deadlines(self, *, limit: int = 500) -> list[NextDeadline]:
-        return await next_deadlines(self.conn, limit=limit)
+    async def next_deadlines(
+        self, *, limit: int = 500, related: RelatedTo | None = None, keep: Collection[UUID] | None = None
+    ) -> list[NextDeadline]:
+        return await next_deadlines(self.conn, limit=limit, where=_related(related), keep=keep)
 
     async def claim_due(self, now: datetime, *, limit: int = 100) -> list[Deadline]:
         return await claim_due(self.conn, now, limit=limit)

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from services.planning import scheduler
 from services.planning.adapters import deadline_store as ds
-from services.planning.adapters.store import cases, metadata
+from services.planning.adapters.store import cases, metadata, related_to
 from shared.clock import FixedClock
 from shared.persistence import make_engine, outbox_table, sqlite_url
 
@@ -351,6 +351,32 @@ async def test_next_deadlines_lists_open_cases_with_their_next_deadline_and_owne
         (soon.id, "meeting", T0 + timedelta(days=9), OWNER, 1),
         (idle.id, None, None, OWNER, 0),
     ]
+
+
+async def test_an_organisations_overview_is_its_own_cases_chosen_before_the_limit(engine):
+    """The region's first ``limit`` cases by deadline are not an organisation's: filtered after the
+    limit, an organisation whose deadlines come later than the region's first saw nothing."""
+    other = "SE2321000016-VC02"
+    soon = [new_case() for _ in range(4)]  # OWNER's, each due before other's
+    later, breached_closed = new_case(owner=other), new_case("closed", owner=other)
+    clock = FixedClock(T0)
+    due = {breached_closed.id: 1, **{c.id: 8 + i for i, c in enumerate(soon)}, later.id: 20}  # hours
+    async with engine.begin() as conn:
+        for c in (breached_closed, *soon, later):
+            await add_case(conn, c)
+            await ds.schedule(
+                conn, c.id, "invitation", T0 + timedelta(hours=due[c.id]), c.owner_hsa_id, started_at=T0
+            )
+    clock.advance(timedelta(hours=2))  # breached_closed's deadline passes unmet
+    await escalate_due(engine, OUTBOX, clock)
+    async with engine.connect() as conn:
+        region = [n.case_id for n in await ds.next_deadlines(conn, limit=3)]
+        assert later.id not in region and len(region) == 3  # the region's first three are OWNER's
+        mine = await ds.next_deadlines(conn, limit=3, where=related_to(hsa_id=other))
+        assert [(n.case_id, n.breached_unmet) for n in mine] == [(later.id, 0)]
+        assert await ds.next_deadlines(conn, limit=3, where=related_to(hsa_id=other), keep=set()) == []
+        kept = await ds.next_deadlines(conn, limit=2, keep={c.id for c in soon[2:]})
+        assert [n.case_id for n in kept] == [c.id for c in soon[2:]]
 
 
 async def test_the_scheduler_job_runs_in_the_background_and_wakes_the_relay(engine):
