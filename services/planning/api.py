@@ -277,6 +277,9 @@ async def list_cases(
     openapi_extra=access.LIST_CASES,
 )  # fmt: skip
 async def overview(caller: CallerDep, ctx: Ctx) -> list[OverviewRow]:
+    """The open cases the caller may list (an organisation: those it owns, takes part in or is the
+    hospital of; the operator: all), the soonest next deadline first and cases without one last — at
+    most 500, chosen among the caller's own cases."""
     async with ctx.runtime.engine.connect() as conn:
         related = access.list_filter(caller)
         if related is None:  # the operator (or no authentication): every open case
