@@ -30,7 +30,7 @@ from uuid import UUID
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.planning.adapters.store import _related, cases, metadata
+from services.planning.adapters.store import cases, metadata, related_filter
 from services.planning.deadlines import (
     DEADLINE_KINDS,
     Deadline,
@@ -360,6 +360,8 @@ async def next_deadlines(
     first: dict[str, Any] = {}
     pending = await conn.execute(
         sa.select(d.c.case_id, d.c.kind, d.c.due_at, d.c.owner_hsa_id)
+        # unfiltered (the operator), the pending deadlines are read whole through ix_case_deadlines_due:
+        # those of cases no longer open are few and not shown (the loop below goes by the open cases)
         .where(d.c.status == PENDING, *([of_chosen] if where is not None else []))
         .order_by(d.c.due_at, d.c.id)
     )
@@ -609,7 +611,7 @@ class SqlDeadlines:
     async def next_deadlines(
         self, *, limit: int = 500, related: RelatedTo | None = None, keep: Collection[UUID] | None = None
     ) -> list[NextDeadline]:
-        return await next_deadlines(self.conn, limit=limit, where=_related(related), keep=keep)
+        return await next_deadlines(self.conn, limit=limit, where=related_filter(related), keep=keep)
 
     async def claim_due(self, now: datetime, *, limit: int = 100) -> list[Deadline]:
         return await claim_due(self.conn, now, limit=limit)

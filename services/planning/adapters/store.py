@@ -328,7 +328,7 @@ def related_to(*, hsa_id: str | None = None, person_id: str | None = None) -> An
     return sa.false()
 
 
-def _related(related: RelatedTo | None) -> Any:
+def related_filter(related: RelatedTo | None) -> Any:
     """The port's :class:`~services.planning.ports.RelatedTo` as the SQL pre-filter (None: none)."""
     if related is None:
         return None
@@ -391,7 +391,7 @@ class SqlCaseRepository:
     ) -> list[SipCase]:
         """``where``: a pre-filter such as :func:`related_to`; ``related``: the same as a port value."""
         q = cases.select().order_by(cases.c.invitation_due_at, cases.c.opened_at)
-        for clause in (where, _related(related)):
+        for clause in (where, related_filter(related)):
             if clause is not None:
                 q = q.where(clause)
         if not include_closed:
@@ -463,7 +463,7 @@ class SqlCaseRepository:
         q = cases.select().order_by(cases.c.opened_at.desc(), cases.c.id)
         if limit is not None:
             q = q.limit(limit)
-        for clause in (where, _related(related)):
+        for clause in (where, related_filter(related)):
             if clause is not None:
                 q = q.where(clause)
         if with_plan:

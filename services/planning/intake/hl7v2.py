@@ -240,10 +240,6 @@ def _get(m: Hl7Fields, seg: str, fld: int, rep: int = 1, comp: int = 1, sub: int
     return "" if value == '""' else value
 
 
-def _has_segment(m: Hl7Fields, seg: str) -> bool:
-    return m.has_segment(seg)
-
-
 def _repetitions(m: Hl7Fields, seg: str, fld: int, limit: int = 20) -> int:
     count = 0
     for rep in range(1, limit + 1):
@@ -381,7 +377,7 @@ def _time(m: Hl7Fields, seg: str, fld: int, tz: tzinfo) -> datetime | None:
 def _events(m: Hl7Fields, header: Header, tz: tzinfo) -> tuple[HospitalEvent, ...]:
     trigger = header.trigger
     kind, cancels = TRIGGERS[trigger]
-    if not _has_segment(m, "PID"):
+    if not m.has_segment("PID"):
         raise _Reject("AE", ErrorInfo("PID segment is missing", ERR_REQUIRED_MISSING, "PID", None))
     patient = _patient_identifier(m)
     stay_id = _get(m, "PV1", 19) or _get(m, "PID", 18)
@@ -480,7 +476,7 @@ def _kommun(m: Hl7Fields) -> str | None:
 
 
 def _primary_care(m: Hl7Fields) -> str | None:
-    if not _has_segment(m, "PD1"):
+    if not m.has_segment("PD1"):
         return None
     return _get(m, "PD1", 3, 1, 10) or _get(m, "PD1", 3, 1, 3) or _get(m, "PD1", 3, 1, 1) or None
 
